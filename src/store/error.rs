@@ -1,0 +1,65 @@
+//! Errors every store reports in the same typed terms, so the guard and `main` can match on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "record of {key} in {location} is corrupt: {reason}; it was left as it is (inspect it, then `initguard reset {key}`)"
+    )]
+    Corrupt {
+        key: String,
+        location: String,
+        reason: String,
+    },
+    #[error(
+        "record of {key} in {location} has schema {found}, newer than this initguard understands; upgrade initguard"
+    )]
+    NewerSchema {
+        key: String,
+        location: String,
+        found: u64,
+    },
+    #[error("store {store} is unreachable: {reason}")]
+    Unreachable { store: String, reason: String },
+    #[error("lease on {key} lost (token {token}): {reason}")]
+    LeaseLost {
+        key: String,
+        token: u64,
+        reason: String,
+    },
+    #[error("gave up waiting after {}s for the lease on {key}, held by {holder}", waited.as_secs())]
+    WaitTimeout {
+        key: String,
+        holder: String,
+        waited: Duration,
+    },
+    #[error("store {store} is misconfigured: {reason}")]
+    Config { store: String, reason: String },
+    #[error("store {store} refused access: {reason}")]
+    Forbidden { store: String, reason: String },
+    #[error("state directory {} is not usable: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store {store} does not support {what}")]
+    Unsupported { store: String, what: String },
+}
+
+impl StoreError {
+    pub fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { op, path, source }
+    }
+}

@@ -1,0 +1,106 @@
+//! Stores: where records and leases live. `Store` offers primitive operations only; the run
+//! protocol is written once, in `guard.rs`, over this trait.
+
+mod error;
+pub mod file;
+mod url;
+mod wait;
+
+pub use error::StoreError;
+pub use url::{StoreUrl, default_store_url};
+pub use wait::{Busy, WaitLog};
+
+use crate::record::Record;
+use crate::task::{Holder, TaskId};
+use async_trait::async_trait;
+use std::any::Any;
+use std::time::Duration;
+
+/// A held lease. The token strictly increases per task with every acquisition.
+pub struct Lease {
+    pub id: TaskId,
+    pub token: u64,
+    pub holder: Holder,
+    pub ttl: Duration,
+    /// Backend-specific state (the flocked file, the lease row, the Lease's resourceVersion).
+    pub handle: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.id)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to acquire: lease duration, and how long to wait for a busy lease (`None`: forever).
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireOpts {
+    pub ttl: Duration,
+    pub wait_timeout: Option<Duration>,
+}
+
+/// What `release_holder` (the `initguard release` command) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// A lease owned by this holder (same Pod, or same host outside Kubernetes) was given up.
+    Released { holder: Holder },
+    /// The lease is held by someone else: nothing done.
+    HeldByOther { holder: Option<Holder> },
+    /// Nobody holds the lease: nothing to do.
+    NotHeld,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Where this store is, for logs (never includes credentials).
+    fn describe(&self) -> String;
+
+    /// Whether leases must be renewed while held (file locks need not: the kernel holds them).
+    fn needs_renewal(&self) -> bool {
+        true
+    }
+
+    /// The task's record, if any.
+    async fn read(&self, id: &TaskId) -> Result<Option<Record>, StoreError>;
+
+    /// Take the task's lease, waiting while another holder has it. While blocked, reports the
+    /// holder through a `WaitLog` every few seconds; fails with `StoreError::WaitTimeout` after
+    /// `opts.wait_timeout`.
+    async fn acquire(
+        &self,
+        id: &TaskId,
+        holder: &Holder,
+        opts: AcquireOpts,
+    ) -> Result<Lease, StoreError>;
+
+    /// Extend the lease; `StoreError::LeaseLost` when someone else has taken it.
+    async fn renew(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Write the record, fenced: rejected with `StoreError::LeaseLost` unless `lease` is current.
+    async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError>;
+
+    /// Give the lease up. Releasing a lease already lost is not an error.
+    async fn release(&self, lease: Lease) -> Result<(), StoreError>;
+
+    /// Every record in the store, for `status`.
+    async fn list(&self) -> Result<Vec<Record>, StoreError>;
+
+    /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host).
+    async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError>;
+}
+
+/// Open the store an URL names. Backends not compiled in are a usage error, not a panic.
+pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::File(dir) => Ok(Box::new(file::FileStore::open(dir)?)),
+    }
+}
+
+/// Small jittered pause for backends that poll; jitter spreads many waiters apart.
+pub fn jittered(base: Duration) -> Duration {
+    let factor = 0.5 + rand::random::<f64>();
+    base.mul_f64(factor)
+}
