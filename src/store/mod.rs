@@ -3,11 +3,15 @@
 
 mod error;
 pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sql;
 mod url;
 mod wait;
 
 pub use error::StoreError;
 pub use url::{StoreUrl, StoreUrlError, default_store_url};
+pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
 pub use wait::{Busy, WaitLog};
 
 use crate::record::Record;
@@ -90,12 +94,31 @@ pub trait Store: Send + Sync {
 
     /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host).
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError>;
+
+    /// Run an SQL task and write `done` (its `succeeded` record, fenced by `lease`) so that both
+    /// commit together or not at all. An SQL error rolls back and comes back as
+    /// `SqlTaskError::Sql`; the caller records the failure in a separate write. Only stores that
+    /// are a database can do this; the others say so.
+    async fn run_sql_exactly_once(
+        &self,
+        lease: &Lease,
+        task: &SqlTask,
+        done: &Record,
+    ) -> Result<SqlOutcome, SqlTaskError> {
+        let _ = (lease, task, done);
+        Err(SqlTaskError::Store(StoreError::Unsupported {
+            store: self.describe(),
+            what: "SQL tasks (--sql, --sql-inline); use a postgres:// store".into(),
+        }))
+    }
 }
 
 /// Open the store an URL names. Backends not compiled in are a usage error, not a panic.
 pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
     match url {
         StoreUrl::File(dir) => Ok(Box::new(file::FileStore::open(dir)?)),
+        #[cfg(feature = "postgres")]
+        StoreUrl::Postgres(pg) => Ok(Box::new(postgres::PgStore::open(pg).await?)),
     }
 }
 

@@ -8,6 +8,8 @@ pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/servicea
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     File(PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres(super::postgres::PgUrl),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +40,18 @@ impl StoreUrl {
                 }
                 Ok(StoreUrl::File(PathBuf::from(dir)))
             }
+            #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" => super::postgres::PgUrl::parse(raw)
+                .map(StoreUrl::Postgres)
+                .map_err(|e| StoreUrlError::Invalid {
+                    url: redact_for_error(raw),
+                    why: e.to_string(),
+                }),
+            #[cfg(not(feature = "postgres"))]
+            "postgres" | "postgresql" => Err(StoreUrlError::NotBuilt {
+                url: redact_for_error(raw),
+                feature: "postgres",
+            }),
             _ => Err(StoreUrlError::UnknownScheme {
                 url: raw.to_string(),
             }),
@@ -48,7 +62,21 @@ impl StoreUrl {
     pub fn redacted(&self) -> String {
         match self {
             StoreUrl::File(dir) => format!("file:{}", dir.display()),
+            #[cfg(feature = "postgres")]
+            StoreUrl::Postgres(pg) => pg.redacted(),
         }
+    }
+}
+
+/// A URL that failed to parse, fit for an error message: everything between `://` and the last
+/// `@` (user and password) is hidden, since we cannot tell which part is the password.
+fn redact_for_error(raw: &str) -> String {
+    match (raw.split_once("://"), raw.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => raw.to_string(),
+        },
+        _ => raw.to_string(),
     }
 }
 
@@ -88,5 +116,20 @@ mod tests {
             Err(StoreUrlError::UnknownScheme { .. })
         ));
         assert!(StoreUrl::parse("file:").is_err());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn parses_postgres_urls_and_hides_passwords() {
+        for raw in [
+            "postgres://app:pw@db:5432/app",
+            "postgresql://app:pw@db:5432/app?schema=ops",
+        ] {
+            let url = StoreUrl::parse(raw).unwrap();
+            assert!(matches!(url, StoreUrl::Postgres(_)));
+            assert!(!url.redacted().contains("pw"), "{}", url.redacted());
+        }
+        let err = StoreUrl::parse("postgres://app:hunter2@db/app?sslmode=bogus").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -1,0 +1,277 @@
+//! `postgres://…` store URLs: the initguard-only parameters (`schema`, `sslmode`, `sslrootcert`)
+//! taken out, the rest checked with tokio-postgres' own parser. Pure parsing; must never print or
+//! log the password (`redacted` is the only form that leaves this module in messages).
+
+use percent_encoding::percent_decode_str;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Schema that holds initguard's tables when the URL names none.
+pub const DEFAULT_SCHEMA: &str = "initguard";
+
+/// libpq's `sslmode` values that initguard implements (`allow` is treated like `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it, without checking its certificate (libpq's default).
+    Prefer,
+    /// TLS or nothing; the certificate is checked only when `sslrootcert` is given (as libpq does).
+    Require,
+    /// TLS with a certificate signed by a trusted CA, whatever host name it names.
+    VerifyCa,
+    /// TLS with a trusted certificate for the host connected to.
+    VerifyFull,
+}
+
+/// A parsed `postgres://` / `postgresql://` store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgUrl {
+    /// The URL without initguard's own parameters, as tokio-postgres parses it. Holds the
+    /// password when the URL has one: never log it, use `redacted`.
+    pub(crate) conninfo: String,
+    /// Schema holding initguard's tables (`?schema=`, default `initguard`).
+    pub schema: String,
+    pub ssl: SslMode,
+    /// CA bundle (`?sslrootcert=`); webpki's roots when absent.
+    pub root_cert: Option<PathBuf>,
+    /// File whose first line is the password (`--store-password-file`), read at connect time.
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct PgUrlError(pub String);
+
+impl PgUrl {
+    pub fn parse(raw: &str) -> Result<PgUrl, PgUrlError> {
+        let (base, query) = match raw.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (raw, None),
+        };
+        let mut kept = Vec::new();
+        let mut schema = DEFAULT_SCHEMA.to_string();
+        let mut ssl = None;
+        let mut root_cert = None;
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = || {
+                percent_decode_str(v)
+                    .decode_utf8()
+                    .map(|s| s.into_owned())
+                    .map_err(|_| PgUrlError(format!("parameter {k} is not valid UTF-8")))
+            };
+            match k {
+                "schema" => schema = value()?,
+                "sslmode" => {
+                    ssl = Some(match value()?.as_str() {
+                        "disable" => SslMode::Disable,
+                        "allow" | "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(PgUrlError(format!(
+                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                            )));
+                        }
+                    })
+                }
+                "sslrootcert" => root_cert = Some(PathBuf::from(value()?)),
+                _ => kept.push(pair),
+            }
+        }
+        check_schema_name(&schema)?;
+        let conninfo = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        // tokio-postgres' parser is the authority on the rest; its messages never quote values.
+        let config = tokio_postgres::Config::from_str(&conninfo)
+            .map_err(|e| PgUrlError(error_chain(&e)))?;
+        let ssl = ssl.unwrap_or_else(|| {
+            if all_local(&config) {
+                SslMode::Disable
+            } else {
+                SslMode::Prefer
+            }
+        });
+        Ok(PgUrl {
+            conninfo,
+            schema,
+            ssl,
+            root_cert,
+            password_file: None,
+        })
+    }
+
+    /// The URL with the password (user-info or `password=` parameter) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let mut out = redact(&self.conninfo);
+        let mut extra = Vec::new();
+        if self.schema != DEFAULT_SCHEMA {
+            extra.push(format!("schema={}", self.schema));
+        }
+        match self.ssl {
+            SslMode::Disable | SslMode::Prefer => {}
+            SslMode::Require => extra.push("sslmode=require".into()),
+            SslMode::VerifyCa => extra.push("sslmode=verify-ca".into()),
+            SslMode::VerifyFull => extra.push("sslmode=verify-full".into()),
+        }
+        if !extra.is_empty() {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&extra.join("&"));
+        }
+        out
+    }
+
+    /// The same database with another schema (for `--pg-schema`).
+    pub fn with_schema(mut self, schema: &str) -> Result<PgUrl, PgUrlError> {
+        check_schema_name(schema)?;
+        self.schema = schema.to_string();
+        Ok(self)
+    }
+}
+
+/// Schema names are spliced into SQL as quoted identifiers; a plain identifier keeps that simple.
+fn check_schema_name(s: &str) -> Result<(), PgUrlError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(PgUrlError(format!(
+            "schema {s:?} must be 1-63 characters of a-z, 0-9 and _, starting with a letter or _"
+        )))
+    }
+}
+
+fn all_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| match h {
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        })
+}
+
+/// Replace the password in `scheme://user:password@host…` and in a `password=` parameter.
+fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let auth_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(auth_end);
+            let authority = match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***@{hosts}"),
+                    None => format!("{userinfo}@{hosts}"),
+                },
+                None => authority.to_string(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some(("password", _)) => "password=***".to_string(),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// An error and its causes on one line ("error connecting to server: Connection refused").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_initguard_parameters_and_keeps_the_rest() {
+        let u = PgUrl::parse(
+            "postgres://app:s3cret@db.example:5433/app?schema=ops&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(u.schema, "ops");
+        assert_eq!(u.ssl, SslMode::VerifyFull);
+        assert_eq!(u.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            u.conninfo,
+            "postgres://app:s3cret@db.example:5433/app?application_name=x"
+        );
+    }
+
+    #[test]
+    fn loopback_defaults_to_plain_and_remote_to_prefer() {
+        assert_eq!(
+            PgUrl::parse("postgresql://u@127.0.0.1:5432/d").unwrap().ssl,
+            SslMode::Disable
+        );
+        assert_eq!(
+            PgUrl::parse("postgres://u@localhost/d").unwrap().ssl,
+            SslMode::Disable
+        );
+        assert_eq!(
+            PgUrl::parse("postgres://u@db.internal/d").unwrap().ssl,
+            SslMode::Prefer
+        );
+    }
+
+    #[test]
+    fn redacted_hides_the_password_everywhere() {
+        let u = PgUrl::parse("postgres://app:s3cret@db:5432/app?password=other&sslmode=require")
+            .unwrap();
+        let r = u.redacted();
+        assert!(!r.contains("s3cret") && !r.contains("other"), "{r}");
+        assert_eq!(
+            r,
+            "postgres://app:***@db:5432/app?password=***&sslmode=require"
+        );
+        let u = PgUrl::parse("postgres://app@db/app").unwrap();
+        assert_eq!(u.redacted(), "postgres://app@db/app");
+    }
+
+    #[test]
+    fn bad_schema_and_sslmode_are_refused() {
+        assert!(PgUrl::parse("postgres://u@h/d?schema=Bad-Name").is_err());
+        assert!(PgUrl::parse("postgres://u@h/d?schema=x%3Bdrop").is_err());
+        assert!(PgUrl::parse("postgres://u@h/d?sslmode=sometimes").is_err());
+        assert!(PgUrl::parse("postgres://u@h/d?nonsense=1").is_err());
+    }
+}

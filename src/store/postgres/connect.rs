@@ -1,0 +1,515 @@
+//! Connecting to PostgreSQL: password sources, rustls TLS per `sslmode`, bounded retries, and the
+//! task that drives each connection and passes LISTEN notifications on. Must never put the
+//! password in an error or a log line, and never retry forever.
+
+use super::config::{PgUrl, SslMode, error_chain};
+use crate::store::StoreError;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::NoTls;
+use tokio_postgres::{AsyncMessage, Client, Connection};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Attempts per connect, and the pauses between them: a few seconds in all, so that a store
+/// that is down is reported (exit 69) rather than waited for.
+const CONNECT_ATTEMPTS: u32 = 3;
+const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
+/// Per attempt; an unroutable address would otherwise hang for the kernel's SYN timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A live connection: the client, its LISTEN notifications, and its backend pid.
+pub(crate) struct Conn {
+    pub client: Client,
+    /// Payloads of NOTIFYs on initguard's channel; closed when the connection ends.
+    pub notes: broadcast::Sender<String>,
+}
+
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(MakeRustlsConnect),
+}
+
+/// Everything needed to (re)connect to one database, prepared once.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    config: tokio_postgres::Config,
+    tls: Tls,
+    /// The URL as logged (password removed).
+    pub label: String,
+    /// LISTEN channel, or None for connections that only run SQL tasks.
+    pub channel: Option<String>,
+}
+
+impl Connector {
+    pub fn new(url: &PgUrl, channel: Option<String>) -> Result<Connector, StoreError> {
+        let label = url.redacted();
+        let config_err = |reason: String| StoreError::Config {
+            store: label.clone(),
+            reason,
+        };
+        let mut config: tokio_postgres::Config = url
+            .conninfo
+            .parse()
+            .map_err(|e: tokio_postgres::Error| config_err(error_chain(&e)))?;
+        if config.get_hosts().is_empty() {
+            config.host(env_nonempty("PGHOST").as_deref().unwrap_or("localhost"));
+        }
+        if config.get_ports().is_empty()
+            && let Some(port) = env_nonempty("PGPORT").and_then(|p| p.parse::<u16>().ok())
+        {
+            config.port(port);
+        }
+        if config.get_user().is_none() {
+            let user = env_nonempty("PGUSER")
+                .or_else(os_user)
+                .ok_or_else(|| config_err("no user in the URL and none in PGUSER".into()))?;
+            config.user(user);
+        }
+        if config.get_dbname().is_none()
+            && let Some(db) = env_nonempty("PGDATABASE")
+        {
+            config.dbname(db);
+        }
+        if config.get_password().is_none()
+            && let Some(pw) = password(url, &config).map_err(config_err)?
+        {
+            config.password(pw);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("initguard");
+        }
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // Notice a dead server or a cut network on an idle connection within seconds, not hours.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(10));
+        let tls = match url.ssl {
+            SslMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Tls::Plain
+            }
+            mode => {
+                config.ssl_mode(if mode == SslMode::Prefer {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                Tls::Rustls(MakeRustlsConnect::new(
+                    tls_config(mode, url.root_cert.as_deref()).map_err(config_err)?,
+                ))
+            }
+        };
+        Ok(Connector {
+            config,
+            tls,
+            label,
+            channel,
+        })
+    }
+
+    /// Add a server setting for every session (`-c name=value` in the startup options).
+    pub fn set_option(&mut self, name: &str, value: &str) {
+        let cur = self.config.get_options().unwrap_or_default().to_string();
+        let opts = format!("{cur} -c {name}={value}");
+        self.config.options(opts.trim());
+    }
+
+    /// Cancel whatever a connection is running, in the background (used when a task's future is
+    /// dropped: its transaction must not go on holding locks).
+    pub fn cancel_in_background(&self, token: tokio_postgres::CancelToken) {
+        let tls = self.tls.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = match tls {
+                    Tls::Plain => token.cancel_query(NoTls).await,
+                    Tls::Rustls(t) => token.cancel_query(t).await,
+                };
+            });
+        }
+    }
+
+    /// Connect, retrying transient failures a few times; configuration problems fail at once.
+    pub async fn connect(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut last = String::new();
+        for attempt in 0..CONNECT_ATTEMPTS {
+            if attempt > 0 {
+                let pause = CONNECT_BACKOFF[(attempt as usize - 1).min(CONNECT_BACKOFF.len() - 1)];
+                tracing::debug!(store = %self.label, "connect attempt {attempt} failed ({last}); retrying in {}ms", pause.as_millis());
+                tokio::time::sleep(pause).await;
+            }
+            match self.connect_once().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => match classify(&self.label, &e) {
+                    Err(fatal) => return Err(fatal),
+                    Ok(transient) => last = transient,
+                },
+            }
+        }
+        Err(StoreError::Unreachable {
+            store: self.label.clone(),
+            reason: format!("{last} (after {CONNECT_ATTEMPTS} attempts)"),
+        })
+    }
+
+    async fn connect_once(&self) -> Result<Arc<Conn>, tokio_postgres::Error> {
+        let (client, notes) = match &self.tls {
+            Tls::Plain => {
+                let (client, conn) = self.config.connect(NoTls).await?;
+                (client, drive(conn))
+            }
+            Tls::Rustls(tls) => {
+                let (client, conn) = self.config.connect(tls.clone()).await?;
+                (client, drive(conn))
+            }
+        };
+        if let Some(channel) = &self.channel {
+            client
+                .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+                .await?;
+        }
+        Ok(Arc::new(Conn { client, notes }))
+    }
+}
+
+/// Run the connection in a task of its own, forwarding notifications. The sender is dropped when
+/// the connection ends, which wakes every waiter so that it reconnects.
+fn drive<S, T>(mut conn: Connection<S, T>) -> broadcast::Sender<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, _) = broadcast::channel(256);
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = sender.send(n.payload().to_string());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!("postgres connection ended: {}", error_chain(&e));
+                    break;
+                }
+                None => break,
+            }
+        }
+        // Dropping the last sender closes every subscriber's receiver.
+        drop(sender);
+    });
+    tx
+}
+
+/// `Ok(reason)` for failures worth retrying (server down, network), `Err` for the ones that
+/// retrying cannot fix (bad password, unknown database, TLS misconfiguration).
+pub(crate) fn classify(store: &str, e: &tokio_postgres::Error) -> Result<String, StoreError> {
+    let reason = error_chain(e);
+    if let Some(code) = e.code() {
+        let config = |reason| StoreError::Config {
+            store: store.to_string(),
+            reason,
+        };
+        return if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            Err(config(format!(
+                "{reason}; check the user and the password (PGPASSWORD, PGPASSFILE or --store-password-file)"
+            )))
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            Err(config(reason))
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            Err(StoreError::Forbidden {
+                store: store.to_string(),
+                reason,
+            })
+        } else {
+            // Starting up, shutting down, too many connections, admin shutdown: all pass.
+            Ok(reason)
+        };
+    }
+    let kind = e.to_string();
+    if kind.starts_with("invalid configuration")
+        || kind.starts_with("invalid connection string")
+        || kind.starts_with("authentication error")
+        || kind.starts_with("error performing TLS handshake")
+    {
+        return Err(StoreError::Config {
+            store: store.to_string(),
+            reason,
+        });
+    }
+    Ok(reason)
+}
+
+/// True for failures of the connection itself (as opposed to an SQL error on a live one).
+pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+        }
+        None => {
+            let kind = e.to_string();
+            kind.starts_with("error communicating with the server")
+                || kind.starts_with("timeout waiting for server")
+                || kind.starts_with("error connecting to server")
+        }
+    }
+}
+
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn os_user() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+/// The password, from (in order) the password file, `PGPASSWORD`, then `PGPASSFILE` or
+/// `~/.pgpass` entries matching host, port, database and user. Errors never quote the file.
+fn password(url: &PgUrl, config: &tokio_postgres::Config) -> Result<Option<String>, String> {
+    let explicit = url
+        .password_file
+        .clone()
+        .or_else(|| env_nonempty("INITGUARD_STORE_PASSWORD_FILE").map(PathBuf::from));
+    if let Some(path) = explicit {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+        let pw = text.lines().next().unwrap_or_default().to_string();
+        if pw.is_empty() {
+            return Err(format!("the password file {} is empty", path.display()));
+        }
+        return Ok(Some(pw));
+    }
+    if let Some(pw) = env_nonempty("PGPASSWORD") {
+        return Ok(Some(pw));
+    }
+    let passfile = env_nonempty("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| env_nonempty("HOME").map(|h| Path::new(&h).join(".pgpass")));
+    let Some(text) = passfile.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return Ok(None);
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or_default();
+    let db = config.get_dbname().unwrap_or(user);
+    Ok(pgpass_lookup(&text, &host, &port, db, user))
+}
+
+/// One `host:port:database:user:password` line per entry, `*` matching anything, `\` escaping.
+fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let want = [host, port, db, user];
+        if fields[..4]
+            .iter()
+            .zip(want)
+            .all(|(f, w)| f == "*" || f == w)
+        {
+            return Some(fields[4].clone());
+        }
+    }
+    None
+}
+
+fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = match root_cert {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+            let mut store = RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("bad sslrootcert {}: {e}", path.display()))?;
+                store
+                    .add(cert)
+                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            }
+            if store.is_empty() {
+                return Err(format!("sslrootcert {} holds no certificate", path.display()));
+            }
+            store
+        }
+        None => RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    // libpq semantics: `require` checks the chain only when a CA file is given.
+    let check = match (mode, root_cert) {
+        (SslMode::VerifyFull, _) => return Ok(builder.with_root_certificates(roots).with_no_client_auth()),
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Check::Chain,
+        _ => Check::Nothing,
+    };
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("TLS setup: {e}"))?;
+    let verifier = Arc::new(PgVerifier {
+        check,
+        webpki,
+        provider,
+    });
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `prefer`/`require` without a CA: encryption only, as libpq does.
+    Nothing,
+    /// `verify-ca`: a trusted chain, any host name.
+    Chain,
+}
+
+/// Certificate checks for the sslmodes that do not check everything.
+#[derive(Debug)]
+struct PgVerifier {
+    check: Check,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PgVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.check == Check::Nothing {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_matches_wildcards_and_escapes() {
+        let text = "# comment\nother:5432:*:*:no\ndb:*:app:u\\:x:pa\\:ss\n*:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(text, "db", "5432", "app", "u:x").as_deref(),
+            Some("pa:ss")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "elsewhere", "1", "d", "u").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(pgpass_lookup("a:b:c", "a", "b", "c", "d"), None);
+    }
+
+    #[test]
+    fn tls_configs_build_for_every_mode() {
+        for mode in [
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ] {
+            assert!(tls_config(mode, None).is_ok(), "{mode:?}");
+        }
+        let err = tls_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/ca.pem")))
+            .unwrap_err();
+        assert!(err.contains("cannot read sslrootcert"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

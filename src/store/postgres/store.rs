@@ -1,0 +1,564 @@
+//! `PgStore`: records and leases in a PostgreSQL table. The lease is a row judged by the
+//! database clock (`clock_timestamp()`), never the client's; its token is a counter in the row,
+//! incremented by every acquisition; every write is fenced on that token. Waiters sleep on
+//! LISTEN/NOTIFY (a release notifies at commit) and otherwise wake exactly when the holder's lease
+//! would lapse, by the database's own reckoning: no tight polling. Must never take a lease that
+//! has not lapsed, and never write without the writer's token matching.
+
+use super::config::{PgUrl, error_chain};
+use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
+use super::schema::{self, SchemaError};
+use crate::record::{Record, RecordError};
+use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
+use crate::store::wait::WAIT_LOG_EVERY;
+use crate::store::{AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog};
+use crate::task::{Holder, TaskId};
+use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Longest any one store query may take before the connection is given up as hung.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A blocked statement (row lock held by a committing SQL task) gives up after this, server side.
+const LOCK_TIMEOUT_MS: u32 = 5000;
+/// Extra sleep past the holder's expiry, so that the re-check finds it lapsed by the DB clock.
+const EXPIRY_SLACK: Duration = Duration::from_millis(25);
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+type PgFuture<T> = Pin<Box<dyn Future<Output = PgResult<T>> + Send>>;
+
+/// Marks a `Lease` as taken by this store (the row itself holds everything else).
+pub(crate) struct PgHandle;
+
+/// The statements, with the schema spliced in once.
+struct Statements {
+    take: String,
+    peek: String,
+    insert: String,
+    renew: String,
+    write: String,
+    release: String,
+    read: String,
+    list: String,
+    holder_of: String,
+}
+
+impl Statements {
+    fn new(schema: &str) -> Statements {
+        let t = format!("{}.tasks", quote_ident(schema));
+        Statements {
+            take: format!(
+                "UPDATE {t} SET token = token + 1, holder = $2, lease_nonce = $3,
+                        holder_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
+                        expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
+                 WHERE task = $1 AND (expires_at IS NULL OR expires_at <= clock_timestamp())
+                 RETURNING token"
+            ),
+            peek: format!(
+                "SELECT token, holder, lease_nonce,
+                        EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8,
+                        EXTRACT(EPOCH FROM clock_timestamp() - acquired_at)::float8
+                 FROM {t} WHERE task = $1"
+            ),
+            insert: format!(
+                "INSERT INTO {t} (task, key, scope, instance) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (task) DO NOTHING"
+            ),
+            renew: format!(
+                "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL"
+            ),
+            write: format!(
+                "UPDATE {t} SET record = $3, state = $4, fingerprint = $5, updated_at = clock_timestamp()
+                 WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL"
+            ),
+            release: format!(
+                "WITH r AS (
+                    UPDATE {t} SET expires_at = NULL, holder = NULL, lease_nonce = NULL, holder_pid = NULL
+                    WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL RETURNING task)
+                 SELECT pg_notify($3, task) FROM r"
+            ),
+            read: format!("SELECT record FROM {t} WHERE task = $1"),
+            list: format!("SELECT task, record FROM {t} WHERE record IS NOT NULL ORDER BY task"),
+            holder_of: format!(
+                "SELECT token, holder, expires_at > clock_timestamp() FROM {t}
+                 WHERE task = $1 AND expires_at IS NOT NULL"
+            ),
+        }
+    }
+}
+
+pub struct PgStore {
+    pub(crate) url: PgUrl,
+    connector: Connector,
+    channel: String,
+    sql: Arc<Statements>,
+    /// The shared connection; replaced when it dies. Held across reconnects so that concurrent
+    /// callers wait for one reconnect instead of each opening a connection.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+enum Take {
+    Taken(u64),
+    Busy { busy: Busy, left: Duration },
+    Again,
+}
+
+impl PgStore {
+    /// Connect and make sure initguard's tables exist (creating or upgrading them once).
+    pub async fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
+        // Channel names are identifiers (at most 63 bytes); schema names are ASCII.
+        let channel: String = format!("initguard_{}", url.schema).chars().take(63).collect();
+        let mut connector = Connector::new(url, Some(channel.clone()))?;
+        connector.set_option("lock_timeout", &LOCK_TIMEOUT_MS.to_string());
+        let conn = connector.connect().await?;
+        let store = PgStore {
+            url: url.clone(),
+            sql: Arc::new(Statements::new(&url.schema)),
+            channel,
+            connector,
+            conn: tokio::sync::Mutex::new(Some(conn.clone())),
+        };
+        store.ensure_schema(&conn).await?;
+        Ok(store)
+    }
+
+    pub(crate) async fn ensure_schema(&self, conn: &Conn) -> Result<(), StoreError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, schema::ensure(conn, &self.url.schema)).await {
+            Err(_) => Err(self.unreachable("creating initguard's tables timed out")),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(SchemaError::Newer { schema, found })) => Err(StoreError::NewerSchema {
+                key: format!("(tables in schema {schema})"),
+                location: self.connector.label.clone(),
+                found: u64::try_from(found).unwrap_or_default(),
+            }),
+            Ok(Err(SchemaError::Db(e))) => Err(self.pg_error("creating initguard's tables", &e)),
+        }
+    }
+
+    fn unreachable(&self, reason: &str) -> StoreError {
+        StoreError::Unreachable {
+            store: self.connector.label.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Typed error for a failed statement; `what` says what initguard was doing.
+    pub(crate) fn pg_error(&self, what: &str, e: &tokio_postgres::Error) -> StoreError {
+        if is_connection_error(e) {
+            return self.unreachable(&format!("{what}: {}", error_chain(e)));
+        }
+        match classify(&self.connector.label, e) {
+            Err(StoreError::Forbidden { store, reason }) => StoreError::Forbidden {
+                store,
+                reason: format!(
+                    "{what}: {reason}; grant the role USAGE and CREATE on schema {0} (or create the tables as an administrator)",
+                    self.url.schema
+                ),
+            },
+            Err(fatal) => fatal,
+            Ok(reason) => self.unreachable(&format!("{what}: {reason}")),
+        }
+    }
+
+    /// The live shared connection, reconnecting (with bounded retries) when it died.
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && !c.client.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let c = self.connector.connect().await?;
+        tracing::info!(store = %self.connector.label, "reconnected to the store");
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forget `c` if it is still the shared connection (it hung or died).
+    async fn forget(&self, c: &Arc<Conn>) {
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, c)) {
+            *slot = None;
+        }
+    }
+
+    /// Run one statement on the shared connection within `limit`; on a dead or hung connection,
+    /// reconnect and try once more. Only for statements that are safe to repeat.
+    async fn call<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(Arc<Conn>) -> PgFuture<T>,
+    ) -> Result<T, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let conn = self.conn().await?;
+            match tokio::time::timeout(limit, f(conn.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_connection_error(&e) && tries < 2 => {
+                    tracing::warn!(store = %self.connector.label, "{what}: {}; reconnecting", error_chain(&e));
+                    self.forget(&conn).await;
+                }
+                Ok(Err(e)) => {
+                    if is_connection_error(&e) {
+                        self.forget(&conn).await;
+                    }
+                    return Err(self.pg_error(what, &e));
+                }
+                Err(_) => {
+                    self.forget(&conn).await;
+                    if tries >= 2 {
+                        return Err(self.unreachable(&format!(
+                            "{what}: no answer within {}s",
+                            limit.as_secs_f32()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode(&self, id_name: &str, value: serde_json::Value) -> Result<Record, StoreError> {
+        let location = format!("{} (table {}.tasks)", self.connector.label, self.url.schema);
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        Record::from_json(&bytes).map_err(|e| match e {
+            RecordError::NewerSchema { found } => StoreError::NewerSchema {
+                key: id_name.to_string(),
+                location,
+                found,
+            },
+            other => StoreError::Corrupt {
+                key: id_name.to_string(),
+                location,
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    fn lost(lease: &Lease, reason: impl Into<String>) -> StoreError {
+        StoreError::LeaseLost {
+            key: lease.id.to_string(),
+            token: lease.token,
+            reason: reason.into(),
+        }
+    }
+
+    /// Leases from another store must not fence writes here.
+    pub(crate) fn check_lease(lease: &Lease) -> Result<(), StoreError> {
+        if lease.handle.is::<PgHandle>() {
+            Ok(())
+        } else {
+            Err(Self::lost(lease, "the lease was not taken by this postgres store"))
+        }
+    }
+
+    pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+        i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    pub(crate) fn token_i64(token: u64) -> i64 {
+        i64::try_from(token).unwrap_or(i64::MAX)
+    }
+
+    /// The fenced UPDATE of the record, as the SQL-task transaction also runs it.
+    pub(crate) fn write_statement(&self) -> &str {
+        &self.sql.write
+    }
+
+    /// One attempt at taking the lease: one UPDATE when it is free; otherwise who holds it and
+    /// for how much longer, by the database clock.
+    async fn try_take(
+        &self,
+        id: &TaskId,
+        holder: &serde_json::Value,
+        nonce: &str,
+        ttl_ms: i64,
+    ) -> Result<Take, StoreError> {
+        let name = id.storage_name();
+        let sql = self.sql.clone();
+        let (n, h, nc) = (name.clone(), holder.clone(), nonce.to_string());
+        let taken: Option<i64> = self
+            .call("taking the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n, h, nc) = (sql.clone(), n.clone(), h.clone(), nc.clone());
+                Box::pin(async move {
+                    let row = c.client.query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms]).await?;
+                    row.map(|r| r.try_get(0)).transpose()
+                })
+            })
+            .await?;
+        if let Some(token) = taken {
+            return Ok(Take::Taken(u64::try_from(token).unwrap_or_default()));
+        }
+        let sql = self.sql.clone();
+        let n = name.clone();
+        type Peek = (i64, Option<serde_json::Value>, Option<String>, Option<f64>, Option<f64>);
+        let peek: Option<Peek> = self
+            .call("reading the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n) = (sql.clone(), n.clone());
+                Box::pin(async move {
+                    let row = c.client.query_opt(&sql.peek, &[&n]).await?;
+                    row.map(|r| {
+                        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))
+                    })
+                    .transpose()
+                })
+            })
+            .await?;
+        let Some((token, holder_json, row_nonce, left, held_for)) = peek else {
+            let sql = self.sql.clone();
+            let (key, scope, inst) = (
+                id.key.to_string(),
+                id.scope.to_string(),
+                id.instance.clone(),
+            );
+            self.call("creating the task row", QUERY_TIMEOUT, move |c| {
+                let (sql, n, k, s, i) = (sql.clone(), name.clone(), key.clone(), scope.clone(), inst.clone());
+                Box::pin(async move { c.client.execute(&sql.insert, &[&n, &k, &s, &i]).await })
+            })
+            .await?;
+            return Ok(Take::Again);
+        };
+        // Our own UPDATE committed but its answer was lost with the connection: it is ours.
+        if row_nonce.as_deref() == Some(nonce) {
+            return Ok(Take::Taken(u64::try_from(token).unwrap_or_default()));
+        }
+        match left {
+            Some(secs) if secs > 0.0 => Ok(Take::Busy {
+                busy: Busy {
+                    holder: holder_json.and_then(|h| serde_json::from_value(h).ok()),
+                    held_for: held_for.and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                },
+                left: Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO),
+            }),
+            // Released or lapsed between the two statements.
+            _ => Ok(Take::Again),
+        }
+    }
+
+    /// Wait for a release notification about `name`, or for the connection to end.
+    async fn notified(rx: &mut broadcast::Receiver<String>, name: &str) {
+        loop {
+            match rx.recv().await {
+                Ok(payload) if payload == name => return,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Runs an SQL task; see `sql_task.rs`.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn describe(&self) -> String {
+        self.connector.label.clone()
+    }
+
+    async fn read(&self, id: &TaskId) -> Result<Option<Record>, StoreError> {
+        let name = id.storage_name();
+        let sql = self.sql.clone();
+        let n = name.clone();
+        let value: Option<serde_json::Value> = self
+            .call("reading the record", QUERY_TIMEOUT, move |c| {
+                let (sql, n) = (sql.clone(), n.clone());
+                Box::pin(async move {
+                    let row = c.client.query_opt(&sql.read, &[&n]).await?;
+                    Ok(row.map(|r| r.try_get(0)).transpose()?.flatten())
+                })
+            })
+            .await?;
+        value.map(|v| self.decode(&id.to_string(), v)).transpose()
+    }
+
+    async fn acquire(
+        &self,
+        id: &TaskId,
+        holder: &Holder,
+        opts: AcquireOpts,
+    ) -> Result<Lease, StoreError> {
+        let started = Instant::now();
+        let mut log = WaitLog::new(id);
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let holder_json = serde_json::to_value(holder).unwrap_or_default();
+        let ttl_ms = Self::ttl_ms(opts.ttl);
+        let name = id.storage_name();
+        loop {
+            // Subscribe before looking, so that a release between the look and the wait wakes us.
+            let mut notes = self.conn().await?.notes.subscribe();
+            let (busy, left) = match self.try_take(id, &holder_json, &nonce, ttl_ms).await? {
+                Take::Taken(token) => {
+                    return Ok(Lease {
+                        id: id.clone(),
+                        token,
+                        holder: holder.clone(),
+                        ttl: opts.ttl,
+                        handle: Box::new(PgHandle),
+                    });
+                }
+                Take::Again => continue,
+                Take::Busy { busy, left } => (busy, left),
+            };
+            log.tick(&busy);
+            let mut slice = (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY);
+            if let Some(limit) = opts.wait_timeout {
+                let remaining = limit.saturating_sub(started.elapsed());
+                if remaining.is_zero() {
+                    return Err(StoreError::WaitTimeout {
+                        key: id.to_string(),
+                        holder: busy.holder_text(),
+                        waited: started.elapsed(),
+                    });
+                }
+                slice = slice.min(remaining);
+            }
+            tokio::select! {
+                _ = Self::notified(&mut notes, &name) => {}
+                _ = tokio::time::sleep(slice) => {}
+            }
+        }
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+        Self::check_lease(lease)?;
+        let sql = self.sql.clone();
+        let (n, token, ttl) = (
+            lease.id.storage_name(),
+            Self::token_i64(lease.token),
+            Self::ttl_ms(lease.ttl),
+        );
+        // A renewal that cannot finish within a third of the lease is as good as failed.
+        let limit = (lease.ttl / 3).clamp(Duration::from_millis(300), QUERY_TIMEOUT);
+        let rows = self
+            .call("renewing the lease", limit, move |c| {
+                let (sql, n) = (sql.clone(), n.clone());
+                Box::pin(async move { c.client.execute(&sql.renew, &[&n, &token, &ttl]).await })
+            })
+            .await?;
+        if rows == 1 {
+            Ok(())
+        } else {
+            Err(Self::lost(
+                lease,
+                "another holder took the lease over after it lapsed, or it was released",
+            ))
+        }
+    }
+
+    async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
+        Self::check_lease(lease)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&record.to_json()).unwrap_or_default();
+        let sql = self.sql.clone();
+        let (n, token, state, fp) = (
+            lease.id.storage_name(),
+            Self::token_i64(lease.token),
+            record.state.to_string(),
+            record.fingerprint.clone(),
+        );
+        // Repeating this UPDATE is harmless: same token, same document.
+        let rows = self
+            .call("writing the record", QUERY_TIMEOUT, move |c| {
+                let (sql, n, v, s, f) = (sql.clone(), n.clone(), value.clone(), state.clone(), fp.clone());
+                Box::pin(async move { c.client.execute(&sql.write, &[&n, &token, &v, &s, &f]).await })
+            })
+            .await?;
+        if rows == 1 {
+            Ok(())
+        } else {
+            Err(Self::lost(
+                lease,
+                "the write was fenced off: another holder has taken the lease since",
+            ))
+        }
+    }
+
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        let sql = self.sql.clone();
+        let (n, token, ch) = (
+            lease.id.storage_name(),
+            Self::token_i64(lease.token),
+            self.channel.clone(),
+        );
+        self.call("releasing the lease", QUERY_TIMEOUT, move |c| {
+            let (sql, n, ch) = (sql.clone(), n.clone(), ch.clone());
+            Box::pin(async move { c.client.query(&sql.release, &[&n, &token, &ch]).await })
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Record>, StoreError> {
+        let sql = self.sql.clone();
+        let rows: Vec<(String, Option<serde_json::Value>)> = self
+            .call("listing records", QUERY_TIMEOUT, move |c| {
+                let sql = sql.clone();
+                Box::pin(async move {
+                    c.client
+                        .query(&sql.list, &[])
+                        .await?
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect()
+                })
+            })
+            .await?;
+        rows.into_iter()
+            .filter_map(|(name, v)| v.map(|v| self.decode(&name, v)))
+            .collect()
+    }
+
+    async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
+        let sql = self.sql.clone();
+        let n = id.storage_name();
+        let n2 = n.clone();
+        let row: Option<(i64, Option<serde_json::Value>, Option<bool>)> = self
+            .call("reading the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n) = (sql.clone(), n2.clone());
+                Box::pin(async move {
+                    let row = c.client.query_opt(&sql.holder_of, &[&n]).await?;
+                    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                        .transpose()
+                })
+            })
+            .await?;
+        let Some((token, holder, live)) = row else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        let holder: Option<Holder> = holder.and_then(|h| serde_json::from_value(h).ok());
+        match holder {
+            Some(h) if h.same_owner(me) => {
+                let sql = self.sql.clone();
+                let ch = self.channel.clone();
+                self.call("releasing the lease", QUERY_TIMEOUT, move |c| {
+                    let (sql, n, ch) = (sql.clone(), n.clone(), ch.clone());
+                    Box::pin(async move { c.client.query(&sql.release, &[&n, &token, &ch]).await })
+                })
+                .await?;
+                Ok(ReleaseOutcome::Released { holder: h })
+            }
+            h if live == Some(true) => Ok(ReleaseOutcome::HeldByOther { holder: h }),
+            _ => Ok(ReleaseOutcome::NotHeld),
+        }
+    }
+
+    async fn run_sql_exactly_once(
+        &self,
+        lease: &Lease,
+        task: &SqlTask,
+        done: &Record,
+    ) -> Result<SqlOutcome, SqlTaskError> {
+        Self::check_lease(lease)?;
+        super::sql_task::run(self, lease, task, done).await
+    }
+}
