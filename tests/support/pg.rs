@@ -1,0 +1,275 @@
+//! A throwaway PostgreSQL for tests: Debian's `initdb` + `pg_ctl` in a temp dir, listening on a
+//! random loopback port, stopped (`-m immediate`) on drop. As root it runs the server as the
+//! system user `initguard-test` (the server refuses to run as root). With no binaries installed
+//! it returns None after a visible SKIP line, or panics under `CI=true`. Never touches any
+//! server it did not start.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Unprivileged account that runs the server when the tests run as root.
+const RUN_AS: &str = "initguard-test";
+/// Superuser (created by initdb) and the role initguard connects as.
+pub const ADMIN: &str = "postgres";
+pub const ADMIN_PASSWORD: &str = "admin-pw-7f3a";
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-secret-pw-91c2";
+/// Databases created for the tests: the store's and a separate SQL target.
+pub const APP_DB: &str = "app";
+pub const TARGET_DB: &str = "target";
+
+pub struct Pg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    run_as: Option<String>,
+    running: bool,
+}
+
+fn find_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").is_file() && p.join("pg_ctl").is_file())
+        .collect();
+    // Newest major version first (directory names are the major version).
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn ensure_run_as_user() {
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(RUN_AS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        // Two test binaries may race here; the loser's "already exists" is fine.
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS])
+            .status();
+    }
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Pg {
+    /// Start a fresh server with roles `postgres` (superuser) and `app`, and databases `app`
+    /// (owned by app) and `target`. None (after a SKIP line) when PostgreSQL is not installed.
+    pub fn start() -> Option<Pg> {
+        let Some(bin) = find_bin() else {
+            let msg = "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin \
+                       (apt-get install postgresql)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}; CI=true, so this is a failure");
+            }
+            eprintln!("SKIP: {msg}; skipping PostgreSQL tests");
+            return None;
+        };
+        let run_as = is_root().then(|| {
+            ensure_run_as_user();
+            RUN_AS.to_string()
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("initguard-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let mut pg = Pg {
+            dir,
+            bin,
+            port: 0,
+            run_as,
+            running: false,
+        };
+        std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n")).expect("pwfile");
+        if let Some(user) = &pg.run_as {
+            check(
+                Command::new("chown")
+                    .args(["-R", &format!("{user}:"), &pg.path_str(pg.dir.path())])
+                    .output()
+                    .expect("chown"),
+                "chown",
+            );
+        }
+        let data = pg.data_dir();
+        let pwfile = pg.dir.path().join("pwfile");
+        check(
+            pg.as_server_user(&pg.bin.join("initdb"))
+                .args(["-D", &pg.path_str(&data), "-U", ADMIN, "-E", "UTF8", "--no-sync"])
+                .arg("--auth=scram-sha-256")
+                .arg(format!("--pwfile={}", pg.path_str(&pwfile)))
+                .output()
+                .expect("initdb"),
+            "initdb",
+        );
+        // A port picked free may be taken by the time the server binds it: try a few.
+        for attempt in 0..5 {
+            pg.port = free_port();
+            if pg.try_start() {
+                break;
+            }
+            assert!(attempt < 4, "PostgreSQL did not start:\n{}", pg.log());
+        }
+        pg.admin(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"));
+        pg.admin(&format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"));
+        pg.admin(&format!("CREATE DATABASE {TARGET_DB} OWNER {APP_USER}"));
+        Some(pg)
+    }
+
+    fn path_str(&self, p: &Path) -> String {
+        p.to_string_lossy().into_owned()
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn as_server_user(&self, program: &Path) -> Command {
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn try_start(&mut self) -> bool {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            self.port,
+            self.path_str(self.dir.path())
+        );
+        let ok = self
+            .as_server_user(&self.bin.join("pg_ctl"))
+            .args(["-D", &self.path_str(&self.data_dir()), "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &opts, "-w", "-t", "30", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        self.running = ok;
+        ok
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Store URL for the app role, password included.
+    pub fn url(&self) -> String {
+        self.url_for(APP_DB)
+    }
+
+    pub fn url_for(&self, db: &str) -> String {
+        format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    /// Store URL without a password (tests pass it through PGPASSWORD or a file).
+    pub fn url_without_password(&self) -> String {
+        format!("postgres://{APP_USER}@127.0.0.1:{}/{APP_DB}", self.port)
+    }
+
+    pub fn admin_url(&self, db: &str) -> String {
+        format!(
+            "postgres://{ADMIN}:{ADMIN_PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    /// Run SQL as the superuser in `postgres`; returns psql's unaligned output.
+    pub fn admin(&self, sql: &str) -> String {
+        self.sql_in("postgres", sql)
+    }
+
+    /// Run SQL as the superuser in database `db`; panics on error.
+    pub fn sql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.try_sql_in(db, sql);
+        match out {
+            Ok(s) => s,
+            Err(e) => panic!("psql failed on {sql:?}: {e}"),
+        }
+    }
+
+    pub fn try_sql_in(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .arg(self.admin_url(db))
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-q", "-A", "-t", "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Stop the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn kill(&mut self) {
+        if self.running {
+            let _ = self
+                .as_server_user(&self.bin.join("pg_ctl"))
+                .args(["-D", &self.path_str(&self.data_dir()), "-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            self.running = false;
+        }
+    }
+
+    /// Start it again on the same port, after `kill`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.try_start() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not restart:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
