@@ -4,7 +4,7 @@
 
 use crate::record::{ExitInfo, Record, State};
 use crate::runner::{self, ChildOutcome, ChildSpec, Ended, Signals};
-use crate::store::{AcquireOpts, Lease, Store, StoreError};
+use crate::store::{AcquireOpts, Lease, SqlOutcome, SqlTask, SqlTaskError, Store, StoreError};
 use crate::task::{Holder, TaskId};
 use chrono::Utc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,19 @@ pub struct Plan {
     pub done_if: Option<String>,
     pub child: ChildSpec,
     pub history: usize,
+    /// An SQL task (`--sql`): run through the store, committed with its success record.
+    pub sql: Option<SqlTask>,
+}
+
+/// How one SQL attempt ended, in the terms the attempt loop uses for children.
+enum SqlAttempt {
+    /// Committed, and its `succeeded` record with it: nothing left to write.
+    Recorded,
+    /// Did not commit; `why` is the server's account, when there is one.
+    Ended {
+        result: runner::ChildResult,
+        why: Option<String>,
+    },
 }
 
 /// How a run ended, when initguard itself did not fail.
@@ -278,7 +291,22 @@ impl<'a> Guard<'a> {
                 env: self.child_env(lease, attempt, previous),
                 ..plan.child.clone()
             };
-            let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
+            let (res, why) = match &plan.sql {
+                None => (
+                    runner::run(&spec, signals, heartbeat.lost(store, lease)).await,
+                    None,
+                ),
+                Some(sql) => match self
+                    .run_sql(lease, sql, &rec, signals, &mut heartbeat)
+                    .await?
+                {
+                    SqlAttempt::Recorded => {
+                        info!(key = %plan.id, "succeeded: {} committed its SQL together with its success record (attempt {attempt})", self.key());
+                        return Ok(Outcome::Succeeded { attempt });
+                    }
+                    SqlAttempt::Ended { result, why } => (result, why),
+                },
+            };
             if let Ended::Stopped(reason) = res.ended {
                 return Err(self.lease_lost(lease, reason));
             }
@@ -315,7 +343,7 @@ impl<'a> Guard<'a> {
                     signal,
                 });
             }
-            let reason = describe(&res.outcome);
+            let reason = why.unwrap_or_else(|| describe(&res.outcome));
             if plan.max_attempts > 0 && attempt >= plan.max_attempts {
                 rec.finish(
                     State::GaveUp,
@@ -359,6 +387,70 @@ impl<'a> Guard<'a> {
                     return Ok(Outcome::Interrupted { outcome: res.outcome, signal });
                 }
             }
+        }
+    }
+
+    /// One attempt of an SQL task: the store runs it in one transaction with the `succeeded`
+    /// record. Losing the lease, a signal or `--timeout` drops the transaction (rolled back).
+    async fn run_sql(
+        &self,
+        lease: &Lease,
+        sql: &SqlTask,
+        rec: &Record,
+        signals: &mut Signals,
+        heartbeat: &mut Heartbeat,
+    ) -> Result<SqlAttempt, GuardError> {
+        let plan = self.plan;
+        let store = self.store;
+        let mut done = rec.clone();
+        done.finish(
+            State::Succeeded,
+            lease.token,
+            Some(ExitInfo::Code(0)),
+            None,
+            Utc::now(),
+            plan.history,
+        );
+        let committed = done.clone();
+        let work = async {
+            let run = store.run_sql_exactly_once(lease, sql, &committed);
+            match plan.child.timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.ok(),
+                None => Some(run.await),
+            }
+        };
+        let ended = |outcome, ended, why: &str| SqlAttempt::Ended {
+            result: runner::ChildResult {
+                outcome,
+                ended,
+                tail: why.as_bytes().to_vec(),
+            },
+            why: Some(why.to_string()),
+        };
+        tokio::select! {
+            res = work => match res {
+                None => Ok(ended(ChildOutcome::TimedOut, Ended::Normally, "exceeded --timeout; the SQL was cancelled and rolled back")),
+                Some(Ok(SqlOutcome::Committed)) => Ok(SqlAttempt::Recorded),
+                Some(Ok(SqlOutcome::AlreadyDone { token })) => {
+                    done.reason = Some(format!("the target database already holds this fingerprint's completion (token {token}); not run again"));
+                    store.write(lease, &done).await?;
+                    Ok(SqlAttempt::Recorded)
+                }
+                Some(Err(SqlTaskError::Sql(failure))) => {
+                    warn!(key = %plan.id, "SQL of {} failed and was rolled back: {failure}", self.key());
+                    Ok(ended(ChildOutcome::Exited(1), Ended::Normally, &failure.to_string()))
+                }
+                Some(Err(SqlTaskError::Store(e))) => Err(e.into()),
+            },
+            reason = heartbeat.lost(store, lease) => Ok(SqlAttempt::Ended {
+                result: runner::ChildResult { outcome: ChildOutcome::Signaled(9), ended: Ended::Stopped(reason), tail: Vec::new() },
+                why: None,
+            }),
+            signal = signals.recv() => Ok(ended(
+                ChildOutcome::Signaled(signal),
+                Ended::BySignal(signal),
+                &format!("stopped by signal {signal}; the SQL was cancelled and rolled back"),
+            )),
         }
     }
 

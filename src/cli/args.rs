@@ -135,8 +135,22 @@ pub struct RunArgs {
     #[arg(long, env = "INITGUARD_PRINT_FINGERPRINT")]
     pub print_fingerprint: bool,
 
+    /// SQL file to run instead of a command: it commits in one transaction with its success
+    /// record (PostgreSQL store), so its effect happens exactly once. Part of the fingerprint
+    #[arg(long, env = "INITGUARD_SQL", conflicts_with_all = ["sql_inline", "command"])]
+    pub sql: Option<PathBuf>,
+
+    /// SQL text to run like --sql
+    #[arg(long, env = "INITGUARD_SQL_INLINE", conflicts_with = "command")]
+    pub sql_inline: Option<String>,
+
+    /// PostgreSQL database the SQL runs in when it is not the store's; the completion row is
+    /// then kept there, in the same transaction (password: PGPASSWORD/PGPASSFILE, not the URL)
+    #[arg(long, env = "INITGUARD_SQL_TARGET")]
+    pub sql_target: Option<String>,
+
     /// The command and its arguments, after `--`
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[arg(last = true, required_unless_present_any = ["sql", "sql_inline"], num_args = 1..)]
     pub command: Vec<String>,
 }
 

@@ -5,7 +5,7 @@ use super::args::{OnInterruptedArg, RunArgs, TaskArgs};
 use crate::fingerprint::{self, Fingerprint, FingerprintError, Sources};
 use crate::guard::{OnInterrupted, Plan};
 use crate::runner::ChildSpec;
-use crate::store::{AcquireOpts, StoreUrl, default_store_url};
+use crate::store::{AcquireOpts, SqlTask, StoreUrl, default_store_url};
 use crate::task::{Holder, Key, Scope, TaskError, TaskId};
 use std::time::Duration;
 
@@ -54,13 +54,71 @@ pub fn task_id_of(key: &str, scope: &str) -> Result<TaskId, SettingsError> {
 }
 
 pub fn fingerprint(args: &RunArgs) -> Result<Fingerprint, SettingsError> {
+    let mut extra = Vec::new();
+    if let Some(task) = sql_task(args)? {
+        let label = match &args.sql {
+            Some(path) => format!("--sql {}", path.display()),
+            None => "--sql-inline".to_string(),
+        };
+        extra.push((label, task.sql.into_bytes()));
+        if let Some(target) = &task.target {
+            // The redacted form: rotating the target's password is not a change of the task.
+            extra.push(("--sql-target".to_string(), target_label(target).into_bytes()));
+        }
+    }
     Ok(fingerprint::compute(&Sources {
         argv: args.command.clone(),
         inputs: args.inputs.clone(),
         input_env: args.input_env.clone(),
         version: args.version.clone(),
-        extra: Vec::new(),
+        extra,
     })?)
+}
+
+/// The SQL task `--sql`/`--sql-inline`/`--sql-target` describe, if any.
+pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
+    let sql = match (&args.sql, &args.sql_inline) {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|e| SettingsError::Usage {
+            flag: "--sql",
+            why: format!("cannot read {}: {e}", path.display()),
+        })?,
+        (None, Some(text)) => text.clone(),
+        (None, None) => {
+            if args.sql_target.is_some() {
+                return Err(SettingsError::Usage {
+                    flag: "--sql-target",
+                    why: "needs --sql FILE or --sql-inline SQL".into(),
+                });
+            }
+            return Ok(None);
+        }
+    };
+    if sql.trim().is_empty() {
+        return Err(SettingsError::Usage {
+            flag: if args.sql.is_some() { "--sql" } else { "--sql-inline" },
+            why: "the SQL is empty".into(),
+        });
+    }
+    let target = args.sql_target.clone().filter(|t| !t.trim().is_empty());
+    if let Some(t) = &target {
+        match StoreUrl::parse(t) {
+            #[cfg(feature = "postgres")]
+            Ok(StoreUrl::Postgres(_)) => {}
+            Ok(_) | Err(_) => {
+                return Err(SettingsError::Usage {
+                    flag: "--sql-target",
+                    why: format!("{} is not a valid postgres:// URL", target_label(t)),
+                });
+            }
+        }
+    }
+    Ok(Some(SqlTask { sql, target }))
+}
+
+fn target_label(raw: &str) -> String {
+    StoreUrl::parse(raw)
+        .map(|u| u.redacted())
+        .unwrap_or_else(|_| "the URL".to_string())
 }
 
 pub fn plan(args: &RunArgs, id: TaskId, fingerprint: String) -> Result<Plan, SettingsError> {
@@ -102,6 +160,7 @@ pub fn plan(args: &RunArgs, id: TaskId, fingerprint: String) -> Result<Plan, Set
             tail_bytes: args.tail_bytes,
         },
         history: args.history.max(1),
+        sql: sql_task(args)?,
     })
 }
 
