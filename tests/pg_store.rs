@@ -1,28 +1,691 @@
-//! End-to-end tests of the PostgreSQL store through the real `initguard` binary against a
-//! throwaway server (tests/support/pg.rs).
+//! End-to-end tests of the PostgreSQL store and SQL tasks, through the real `initguard` binary
+//! against throwaway servers (tests/support/pg.rs). Every concurrency test counts side effects
+//! and asserts the exact number; timings are printed, never asserted beyond loose bounds.
 
 #[path = "support/pg.rs"]
 mod pg;
 
-use std::process::Command;
+use pg::Pg;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_initguard")
+}
+
+/// `initguard` against `url`, in `work`, with no password or store settings leaking in.
+fn ig(url: &str, work: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(work)
+        .env("INITGUARD_STORE", url)
+        .env("INITGUARD_LOG", "info")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSFILE")
+        .env_remove("INITGUARD_STORE_PASSWORD_FILE")
+        .env_remove("POD_UID")
+        .env_remove("NODE_NAME")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run_task(url: &str, work: &Path, key: &str, extra: &[&str], script: &str) -> Command {
+    let mut c = ig(url, work);
+    c.args(["run", "--key", key])
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
+    c
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_output(child: Child) -> Output {
+    child.wait_with_output().expect("wait for initguard")
+}
+
+fn status_json(url: &str, work: &Path, key: &str) -> serde_json::Value {
+    let out = ig(url, work)
+        .args(["status", key, "--json"])
+        .output()
+        .expect("status");
+    assert!(out.status.success(), "status failed: {}", stderr(&out));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    all.as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn count_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A table in the app database that the app role owns.
+fn effect_table(pg: &Pg, db: &str, name: &str) {
+    pg.sql_in(db, &format!("CREATE TABLE {name} (k text NOT NULL)"));
+    pg.sql_in(db, &format!("ALTER TABLE {name} OWNER TO {}", pg::APP_USER));
+}
+
+fn effects(pg: &Pg, db: &str, table: &str, k: &str) -> usize {
+    pg.sql_in(db, &format!("SELECT count(*) FROM {table} WHERE k = '{k}'"))
+        .parse()
+        .expect("count")
+}
+
+fn task_state(pg: &Pg, task: &str) -> String {
+    pg.sql_in(
+        pg::APP_DB,
+        &format!("SELECT coalesce(state, '') FROM initguard.tasks WHERE task = '{task}'"),
+    )
+}
 
 #[test]
-fn smoke() {
-    let Some(pg) = pg::Pg::start() else { return };
+fn runs_once_then_skips_and_status_reads_the_record() {
+    let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_initguard"))
-        .current_dir(work.path())
-        .args(["run", "--store", &pg.url(), "--key", "smoke", "--", "sh", "-c", "echo hi"])
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}", count.display());
+    for _ in 0..2 {
+        let out = run_task(&pg.url(), work.path(), "app/once", &[], &script)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(count_lines(&count), 1);
+    let rec = status_json(&pg.url(), work.path(), "app/once");
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["token"], 1);
+    // The URL is logged without its password.
+    let out = run_task(&pg.url(), work.path(), "app/once", &[], &script)
         .output()
         .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_initguard"))
-        .current_dir(work.path())
-        .args(["run", "--store", &pg.url(), "--key", "smoke", "--", "sh", "-c", "echo hi"])
+    let err = stderr(&out);
+    assert!(err.contains("postgres://app:***@127.0.0.1"), "{err}");
+    assert!(!err.contains(pg::APP_PASSWORD), "{err}");
+}
+
+#[test]
+fn thirty_processes_run_once_and_waiters_exit_promptly() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    // All 30 also race to create the tables on first use.
+    let script = format!("echo run >> {}; sleep 2", count.display());
+    let mut children: Vec<(usize, Child)> = (0..30)
+        .map(|i| {
+            let c = run_task(
+                &pg.url(),
+                work.path(),
+                "fleet/migrate",
+                &["--lock-ttl", "10s"],
+                &script,
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+            (i, c)
+        })
+        .collect();
+    let mut exits: Vec<(usize, Instant, std::process::ExitStatus)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !children.is_empty() {
+        assert!(Instant::now() < deadline, "processes did not finish");
+        children.retain_mut(|(i, c)| match c.try_wait() {
+            Ok(Some(st)) => {
+                exits.push((*i, Instant::now(), st));
+                false
+            }
+            _ => true,
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(count_lines(&count), 1, "exactly one execution");
+    assert!(
+        exits.iter().all(|(_, _, st)| st.success()),
+        "all exit 0: {exits:?}"
+    );
+    let first = exits.iter().map(|e| e.1).min().unwrap();
+    let last = exits.iter().map(|e| e.1).max().unwrap();
+    let spread = last - first;
+    eprintln!(
+        "30 processes: first exit to last exit {} ms (the holder exits first; waiters follow)",
+        spread.as_millis()
+    );
+    assert!(spread < Duration::from_secs(5), "waiters took {spread:?}");
+}
+
+#[test]
+fn wrong_password_exits_78_without_echoing_it() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let secret = "Wr0ng-S3cret-pw";
+    let url = format!(
+        "postgres://{}:{secret}@127.0.0.1:{}/{}",
+        pg::APP_USER,
+        pg.port,
+        pg::APP_DB
+    );
+    let out = run_task(&url, work.path(), "k", &[], "true")
         .output()
         .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success());
-    eprintln!("{}", pg.sql_in("app", "select task, token, state, expires_at from initguard.tasks"));
+    let err = stderr(&out);
+    assert_eq!(code(&out), 78, "{err}");
+    assert!(!err.contains(secret), "password echoed: {err}");
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    // Same through PGPASSWORD.
+    let out = run_task(&pg.url_without_password(), work.path(), "k", &[], "true")
+        .env("PGPASSWORD", secret)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert!(!stderr(&out).contains(secret));
+
+    // The right password from a file works, and a missing one is a config problem too.
+    let pwfile = work.path().join("pw");
+    std::fs::write(&pwfile, format!("{}\n", pg::APP_PASSWORD)).unwrap();
+    let out = run_task(&pg.url_without_password(), work.path(), "k", &[], "true")
+        .env("INITGUARD_STORE_PASSWORD_FILE", &pwfile)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run_task(&pg.url_without_password(), work.path(), "k2", &[], "true")
+        .env("HOME", work.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+}
+
+#[test]
+fn unreachable_host_exits_69_after_bounded_retries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("postgres://app:pw@127.0.0.1:{port}/app");
+    let started = Instant::now();
+    let out = run_task(&url, work.path(), "k", &[], "true")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 69, "{err}");
+    assert!(
+        err.contains("unreachable") && err.contains("after 3 attempts"),
+        "{err}"
+    );
+    eprintln!("unreachable store reported after {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(30));
+}
+
+#[test]
+fn sql_syntax_error_records_failed_with_the_server_message() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let out = ig(&pg.url(), work.path())
+        .args([
+            "run",
+            "--key",
+            "sql/bad",
+            "--sql-inline",
+            "SELECT 1;\nSELEC 2;",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let rec = status_json(&pg.url(), work.path(), "sql/bad");
+    assert_eq!(rec["state"], "failed");
+    let reason = rec["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("syntax error at or near \"SELEC\"") && reason.contains("line 2, column 1"),
+        "{reason}"
+    );
+    assert!(stderr(&out).contains("syntax error"), "{}", stderr(&out));
+}
+
+#[test]
+fn sql_that_ends_the_transaction_itself_is_refused() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let out = ig(&pg.url(), work.path())
+        .args([
+            "run",
+            "--key",
+            "sql/commit",
+            "--sql-inline",
+            "SELECT 1; COMMIT; SELECT 2;",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let rec = status_json(&pg.url(), work.path(), "sql/commit");
+    assert_eq!(rec["state"], "failed");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ends initguard's transaction"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn sql_file_runs_exactly_once_across_concurrent_processes() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let file = work.path().join("seed.sql");
+    std::fs::write(
+        &file,
+        "INSERT INTO effect VALUES ('seed');\nSELECT pg_sleep(0.3);\n",
+    )
+    .unwrap();
+    let children: Vec<Child> = (0..10)
+        .map(|_| {
+            ig(&pg.url(), work.path())
+                .args(["run", "--key", "sql/seed", "--sql"])
+                .arg(&file)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        assert!(wait_output(c).status.success());
+    }
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "seed"), 1);
+    assert_eq!(task_state(&pg, "sql/seed"), "succeeded");
+    // A changed file is a new fingerprint: it runs again, once.
+    std::fs::write(&file, "INSERT INTO effect VALUES ('seed');\n").unwrap();
+    let out = ig(&pg.url(), work.path())
+        .args(["run", "--key", "sql/seed", "--sql"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "seed"), 2);
+}
+
+#[test]
+fn sql_task_killed_at_random_instants_commits_effect_and_record_together() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let trials = 24;
+    let (mut before, mut after) = (0, 0);
+    // Learn how long a whole run takes, so that kill instants spread over all of it.
+    let t0 = Instant::now();
+    let out = ig(&pg.url(), work.path())
+        .args([
+            "run",
+            "--key",
+            "kill/probe",
+            "--sql-inline",
+            "INSERT INTO effect VALUES ('probe')",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let span = t0.elapsed().as_micros() as u64;
+    for trial in 0..trials {
+        let key = format!("kill/t{trial}");
+        let sql = format!("INSERT INTO effect VALUES ('{key}')");
+        let delay = Duration::from_micros(rand::random_range(0..=span + span / 4));
+        let mut child = ig(&pg.url(), work.path())
+            .args([
+                "run",
+                "--key",
+                &key,
+                "--lock-ttl",
+                "1s",
+                "--sql-inline",
+                &sql,
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let n = effects(&pg, pg::APP_DB, "effect", &key);
+        let state = task_state(&pg, &key);
+        assert!(n <= 1, "trial {trial}: effect applied {n} times");
+        assert_eq!(
+            n == 1,
+            state == "succeeded",
+            "trial {trial} (killed after {delay:?}, {status}): effect {n} but record {state:?}"
+        );
+        if n == 1 {
+            after += 1;
+        } else {
+            before += 1;
+        }
+        // A re-run completes it exactly once (after the dead holder's lease lapses).
+        let out = ig(&pg.url(), work.path())
+            .args([
+                "run",
+                "--key",
+                &key,
+                "--lock-ttl",
+                "1s",
+                "--sql-inline",
+                &sql,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "trial {trial} re-run: {}", stderr(&out));
+        assert_eq!(effects(&pg, pg::APP_DB, "effect", &key), 1, "trial {trial}");
+        assert_eq!(task_state(&pg, &key), "succeeded");
+    }
+    eprintln!(
+        "kill -9 trials: {trials} (run takes ~{} ms): {before} killed before commit, {after} after; all consistent",
+        span / 1000
+    );
+}
+
+#[test]
+fn sql_target_keeps_the_completion_row_in_the_target_database() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let target = pg.url_for(pg::TARGET_DB);
+    let args = |key: &str| {
+        vec![
+            "run".to_string(),
+            "--key".into(),
+            key.into(),
+            "--sql-inline".into(),
+            "INSERT INTO effect VALUES ('t')".into(),
+            "--sql-target".into(),
+            target.clone(),
+            "--lock-ttl".into(),
+            "1s".into(),
+        ]
+    };
+    let out = ig(&pg.url(), work.path())
+        .args(args("tgt"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains(pg::APP_PASSWORD));
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "t"), 1);
+    assert_eq!(
+        pg.sql_in(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM initguard.sql_completions WHERE task = 'tgt'"
+        ),
+        "1"
+    );
+    assert_eq!(task_state(&pg, "tgt"), "succeeded");
+    // A holder that committed in the target but died before recording success in the store:
+    // the next one finds the completion row and records success without running the SQL again.
+    pg.sql_in(
+        pg::APP_DB,
+        "UPDATE initguard.tasks SET state = 'running', record = jsonb_set(record, '{state}', '\"running\"') WHERE task = 'tgt'",
+    );
+    let out = ig(&pg.url(), work.path())
+        .args(args("tgt"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "t"), 1, "ran twice");
+    let rec = status_json(&pg.url(), work.path(), "tgt");
+    assert_eq!(rec["state"], "succeeded");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already holds"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn holder_connection_terminated_mid_run_never_overlaps_runs() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("runs.log");
+    // Each run logs start, a beat every 50 ms, and end, with the time in ns.
+    let script = format!(
+        "echo \"start $RUN $(date +%s%N)\" >> {log}; i=0; while [ $i -lt 80 ]; do echo \"beat $RUN $(date +%s%N)\" >> {log}; sleep 0.05; i=$((i+1)); done; echo \"end $RUN $(date +%s%N)\" >> {log}",
+        log = log.display()
+    );
+    let url_a = format!("{}?application_name=holder_a", pg.url());
+    let url_b = format!("{}?application_name=holder_b", pg.url());
+    let a = run_task(
+        &url_a,
+        work.path(),
+        "term/k",
+        &["--lock-ttl", "3s"],
+        &script,
+    )
+    .env("RUN", "a")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("a to start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.contains("start a"))
+    });
+    let b = run_task(
+        &url_b,
+        work.path(),
+        "term/k",
+        &["--lock-ttl", "3s"],
+        &script,
+    )
+    .env("RUN", "b")
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A single terminated connection: the holder reconnects and keeps its lease.
+    pg.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'holder_a'");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Now it cannot come back: its lease must lapse, and its child must die before b runs.
+    pg.admin(&format!("ALTER ROLE {} NOLOGIN", pg::APP_USER));
+    pg.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'holder_a'");
+    let out_a = wait_output(a);
+    pg.admin(&format!("ALTER ROLE {} LOGIN", pg::APP_USER));
+    let out_b = wait_output(b);
+    assert_eq!(code(&out_a), 75, "a: {}", stderr(&out_a));
+    assert!(stderr(&out_a).contains("lost"), "{}", stderr(&out_a));
+    assert_eq!(code(&out_b), 0, "b: {}", stderr(&out_b));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let times = |kind: &str, run: &str| -> Vec<u128> {
+        text.lines()
+            .filter_map(|l| {
+                let mut p = l.split_whitespace();
+                (p.next() == Some(kind) && p.next() == Some(run))
+                    .then(|| p.next().and_then(|t| t.parse().ok()))
+                    .flatten()
+            })
+            .collect()
+    };
+    assert_eq!(times("start", "a").len(), 1);
+    assert_eq!(times("start", "b").len(), 1, "b ran once");
+    assert!(times("end", "a").is_empty(), "a's child was killed");
+    let a_last = times("beat", "a").into_iter().max().unwrap();
+    let b_first = times("start", "b")[0];
+    assert!(
+        a_last < b_first,
+        "runs overlap: a beat at {a_last}, b started at {b_first}"
+    );
+    eprintln!(
+        "a's child last beat {} ms before b started",
+        (b_first - a_last) / 1_000_000
+    );
+}
+
+#[test]
+fn store_stopped_mid_run_exits_cleanly_and_the_next_run_proceeds() {
+    let Some(mut pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}; sleep 4", count.display());
+    let a = run_task(
+        &pg.url(),
+        work.path(),
+        "down/k",
+        &["--lock-ttl", "3s"],
+        &script,
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("the run to start", Duration::from_secs(20), || {
+        count_lines(&count) == 1
+    });
+    pg.kill();
+    let out = wait_output(a);
+    let err = stderr(&out);
+    eprintln!(
+        "holder with its store stopped: exit {}: {}",
+        code(&out),
+        err.lines().last().unwrap_or("")
+    );
+    assert!(matches!(code(&out), 69 | 75), "{err}");
+    assert!(
+        err.lines().last().unwrap_or("").starts_with("initguard: "),
+        "{err}"
+    );
+    // While it is down, a new run says so.
+    let out = run_task(&pg.url(), work.path(), "down/k", &[], "true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    pg.restart();
+    let out = run_task(
+        &pg.url(),
+        work.path(),
+        "down/k",
+        &["--lock-ttl", "3s"],
+        &script,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(count_lines(&count), 2);
+    let rec = status_json(&pg.url(), work.path(), "down/k");
+    assert_eq!(rec["state"], "succeeded");
+}
+
+#[test]
+fn paused_holder_is_fenced_off_and_exits_75() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}; sleep 0.5", count.display());
+    let a = run_task(
+        &pg.url(),
+        work.path(),
+        "pause/k",
+        &["--lock-ttl", "1s"],
+        &script,
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("a to start its command", Duration::from_secs(20), || {
+        count_lines(&count) == 1
+    });
+    let a_pid = nix::unistd::Pid::from_raw(a.id() as i32);
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // b waits for a's lease to lapse (by the database clock), then runs and succeeds.
+    let out_b = run_task(
+        &pg.url(),
+        work.path(),
+        "pause/k",
+        &["--lock-ttl", "1s"],
+        &script,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out_b), 0, "{}", stderr(&out_b));
+    assert!(stderr(&out_b).contains("interrupted"), "{}", stderr(&out_b));
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out_a = wait_output(a);
+    assert_eq!(code(&out_a), 75, "{}", stderr(&out_a));
+    assert!(stderr(&out_a).contains("lost"), "{}", stderr(&out_a));
+    let rec = status_json(&pg.url(), work.path(), "pause/k");
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["token"], 2, "the record is b's: {rec}");
+    assert_eq!(count_lines(&count), 2);
+}
+
+#[test]
+fn newer_table_layout_is_refused_with_65() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let out = run_task(&pg.url(), work.path(), "k", &[], "true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    pg.sql_in(pg::APP_DB, "UPDATE initguard.layout SET version = 99");
+    let out = run_task(&pg.url(), work.path(), "k", &[], "true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("table layout")
+            && err.contains("schema 99")
+            && err.contains("upgrade initguard"),
+        "{err}"
+    );
+}
+
+#[test]
+fn schema_parameter_keeps_tables_apart() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("{}?schema=ops_init", pg.url());
+    let out = run_task(&url, work.path(), "k", &[], "true")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg.sql_in(
+            pg::APP_DB,
+            "SELECT count(*) FROM ops_init.tasks WHERE state = 'succeeded'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg.sql_in(
+            pg::APP_DB,
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'initguard'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn sql_tasks_need_a_postgres_store() {
+    let work = tempfile::tempdir().unwrap();
+    let out = ig("file:.initguard", work.path())
+        .args(["run", "--key", "k", "--sql-inline", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SQL tasks"), "{}", stderr(&out));
 }

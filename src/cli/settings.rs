@@ -63,7 +63,10 @@ pub fn fingerprint(args: &RunArgs) -> Result<Fingerprint, SettingsError> {
         extra.push((label, task.sql.into_bytes()));
         if let Some(target) = &task.target {
             // The redacted form: rotating the target's password is not a change of the task.
-            extra.push(("--sql-target".to_string(), target_label(target).into_bytes()));
+            extra.push((
+                "--sql-target".to_string(),
+                target_label(target).into_bytes(),
+            ));
         }
     }
     Ok(fingerprint::compute(&Sources {
@@ -95,7 +98,11 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
     };
     if sql.trim().is_empty() {
         return Err(SettingsError::Usage {
-            flag: if args.sql.is_some() { "--sql" } else { "--sql-inline" },
+            flag: if args.sql.is_some() {
+                "--sql"
+            } else {
+                "--sql-inline"
+            },
             why: "the SQL is empty".into(),
         });
     }

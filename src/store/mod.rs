@@ -10,8 +10,8 @@ mod url;
 mod wait;
 
 pub use error::StoreError;
-pub use url::{StoreUrl, StoreUrlError, default_store_url};
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
+pub use url::{StoreUrl, StoreUrlError, default_store_url};
 pub use wait::{Busy, WaitLog};
 
 use crate::record::Record;

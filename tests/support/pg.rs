@@ -69,7 +69,13 @@ fn ensure_run_as_user() {
     if !exists {
         // Two test binaries may race here; the loser's "already exists" is fine.
         let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                RUN_AS,
+            ])
             .status();
     }
 }
@@ -113,7 +119,8 @@ impl Pg {
             run_as,
             running: false,
         };
-        std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n")).expect("pwfile");
+        std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n"))
+            .expect("pwfile");
         if let Some(user) = &pg.run_as {
             check(
                 Command::new("chown")
@@ -127,7 +134,15 @@ impl Pg {
         let pwfile = pg.dir.path().join("pwfile");
         check(
             pg.as_server_user(&pg.bin.join("initdb"))
-                .args(["-D", &pg.path_str(&data), "-U", ADMIN, "-E", "UTF8", "--no-sync"])
+                .args([
+                    "-D",
+                    &pg.path_str(&data),
+                    "-U",
+                    ADMIN,
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ])
                 .arg("--auth=scram-sha-256")
                 .arg(format!("--pwfile={}", pg.path_str(&pwfile)))
                 .output()
@@ -142,7 +157,9 @@ impl Pg {
             }
             assert!(attempt < 4, "PostgreSQL did not start:\n{}", pg.log());
         }
-        pg.admin(&format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"));
+        pg.admin(&format!(
+            "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"
+        ));
         pg.admin(&format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"));
         pg.admin(&format!("CREATE DATABASE {TARGET_DB} OWNER {APP_USER}"));
         Some(pg)
@@ -169,8 +186,10 @@ impl Pg {
 
     fn try_start(&mut self) -> bool {
         let opts = format!(
+            // fsync=off is safe for crash tests: a killed server's writes are in the page cache.
+            // synchronous_commit stays on: a commit must survive `kill()` as it would in prod.
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
+             -c full_page_writes=off",
             self.port,
             self.path_str(self.dir.path())
         );
@@ -249,7 +268,14 @@ impl Pg {
         if self.running {
             let _ = self
                 .as_server_user(&self.bin.join("pg_ctl"))
-                .args(["-D", &self.path_str(&self.data_dir()), "-m", "immediate", "-w", "stop"])
+                .args([
+                    "-D",
+                    &self.path_str(&self.data_dir()),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
@@ -262,7 +288,11 @@ impl Pg {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.try_start() {
-            assert!(Instant::now() < deadline, "PostgreSQL did not restart:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not restart:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

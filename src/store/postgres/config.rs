@@ -90,8 +90,8 @@ impl PgUrl {
             format!("{base}?{}", kept.join("&"))
         };
         // tokio-postgres' parser is the authority on the rest; its messages never quote values.
-        let config = tokio_postgres::Config::from_str(&conninfo)
-            .map_err(|e| PgUrlError(error_chain(&e)))?;
+        let config =
+            tokio_postgres::Config::from_str(&conninfo).map_err(|e| PgUrlError(error_chain(&e)))?;
         let ssl = ssl.unwrap_or_else(|| {
             if all_local(&config) {
                 SslMode::Disable

@@ -315,7 +315,12 @@ fn password(url: &PgUrl, config: &tokio_postgres::Config) -> Result<Option<Strin
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let user = config.get_user().unwrap_or_default();
     let db = config.get_dbname().unwrap_or(user);
     Ok(pgpass_lookup(&text, &host, &port, db, user))
@@ -367,7 +372,10 @@ fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientC
                     .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
             }
             if store.is_empty() {
-                return Err(format!("sslrootcert {} holds no certificate", path.display()));
+                return Err(format!(
+                    "sslrootcert {} holds no certificate",
+                    path.display()
+                ));
             }
             store
         }
@@ -380,7 +388,9 @@ fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientC
         .map_err(|e| format!("TLS setup: {e}"))?;
     // libpq semantics: `require` checks the chain only when a CA file is given.
     let check = match (mode, root_cert) {
-        (SslMode::VerifyFull, _) => return Ok(builder.with_root_certificates(roots).with_no_client_auth()),
+        (SslMode::VerifyFull, _) => {
+            return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+        }
         (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Check::Chain,
         _ => Check::Nothing,
     };
@@ -503,8 +513,8 @@ mod tests {
         ] {
             assert!(tls_config(mode, None).is_ok(), "{mode:?}");
         }
-        let err = tls_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/ca.pem")))
-            .unwrap_err();
+        let err =
+            tls_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert!(err.contains("cannot read sslrootcert"), "{err}");
     }
 

@@ -53,7 +53,9 @@ const STEPS: &[&str] = &[
 pub(crate) enum SchemaError {
     #[error("{0}")]
     Db(#[from] tokio_postgres::Error),
-    #[error("the initguard tables in schema {schema} have layout {found}, newer than this initguard understands ({LAYOUT}); upgrade initguard")]
+    #[error(
+        "the initguard tables in schema {schema} have layout {found}, newer than this initguard understands ({LAYOUT}); upgrade initguard"
+    )]
     Newer { schema: String, found: i32 },
 }
 

@@ -210,14 +210,16 @@ async fn in_target_db(
         Ok(()) => {}
         Err(SchemaError::Newer { schema, found }) => {
             return Err(StoreError::NewerSchema {
-                key: format!("(tables in schema {schema})"),
-                location: url.redacted(),
+                key: "initguard's table layout".into(),
+                location: format!("schema {schema} of {}", url.redacted()),
                 found: u64::try_from(found).unwrap_or_default(),
             }
             .into());
         }
         Err(SchemaError::Db(e)) => {
-            return Err(store.pg_error("creating initguard's tables in the target", &e).into());
+            return Err(store
+                .pg_error("creating initguard's tables in the target", &e)
+                .into());
         }
     }
     let sch = quote_ident(&url.schema);
@@ -242,13 +244,19 @@ async fn in_target_db(
         .map_err(|e| s.store_err("fencing the SQL task in the target", &e))?;
     if fenced.is_none() {
         s.rollback().await;
-        return Err(lost(lease, "a newer holder has already run this task in the target database").into());
+        return Err(lost(
+            lease,
+            "a newer holder has already run this task in the target database",
+        )
+        .into());
     }
     let existing = s
         .conn
         .client
         .query_opt(
-            &format!("SELECT token FROM {sch}.sql_completions WHERE task = $1 AND fingerprint = $2"),
+            &format!(
+                "SELECT token FROM {sch}.sql_completions WHERE task = $1 AND fingerprint = $2"
+            ),
             &[&name, &done.fingerprint],
         )
         .await

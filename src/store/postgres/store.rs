@@ -111,7 +111,10 @@ impl PgStore {
     /// Connect and make sure initguard's tables exist (creating or upgrading them once).
     pub async fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
         // Channel names are identifiers (at most 63 bytes); schema names are ASCII.
-        let channel: String = format!("initguard_{}", url.schema).chars().take(63).collect();
+        let channel: String = format!("initguard_{}", url.schema)
+            .chars()
+            .take(63)
+            .collect();
         let mut connector = Connector::new(url, Some(channel.clone()))?;
         connector.set_option("lock_timeout", &LOCK_TIMEOUT_MS.to_string());
         let conn = connector.connect().await?;
@@ -131,8 +134,8 @@ impl PgStore {
             Err(_) => Err(self.unreachable("creating initguard's tables timed out")),
             Ok(Ok(())) => Ok(()),
             Ok(Err(SchemaError::Newer { schema, found })) => Err(StoreError::NewerSchema {
-                key: format!("(tables in schema {schema})"),
-                location: self.connector.label.clone(),
+                key: "initguard's table layout".into(),
+                location: format!("schema {schema} of {}", self.connector.label),
                 found: u64::try_from(found).unwrap_or_default(),
             }),
             Ok(Err(SchemaError::Db(e))) => Err(self.pg_error("creating initguard's tables", &e)),
@@ -254,7 +257,10 @@ impl PgStore {
         if lease.handle.is::<PgHandle>() {
             Ok(())
         } else {
-            Err(Self::lost(lease, "the lease was not taken by this postgres store"))
+            Err(Self::lost(
+                lease,
+                "the lease was not taken by this postgres store",
+            ))
         }
     }
 
@@ -287,7 +293,10 @@ impl PgStore {
             .call("taking the lease", QUERY_TIMEOUT, move |c| {
                 let (sql, n, h, nc) = (sql.clone(), n.clone(), h.clone(), nc.clone());
                 Box::pin(async move {
-                    let row = c.client.query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms]).await?;
+                    let row = c
+                        .client
+                        .query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms])
+                        .await?;
                     row.map(|r| r.try_get(0)).transpose()
                 })
             })
@@ -297,14 +306,26 @@ impl PgStore {
         }
         let sql = self.sql.clone();
         let n = name.clone();
-        type Peek = (i64, Option<serde_json::Value>, Option<String>, Option<f64>, Option<f64>);
+        type Peek = (
+            i64,
+            Option<serde_json::Value>,
+            Option<String>,
+            Option<f64>,
+            Option<f64>,
+        );
         let peek: Option<Peek> = self
             .call("reading the lease", QUERY_TIMEOUT, move |c| {
                 let (sql, n) = (sql.clone(), n.clone());
                 Box::pin(async move {
                     let row = c.client.query_opt(&sql.peek, &[&n]).await?;
                     row.map(|r| {
-                        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                        ))
                     })
                     .transpose()
                 })
@@ -318,7 +339,13 @@ impl PgStore {
                 id.instance.clone(),
             );
             self.call("creating the task row", QUERY_TIMEOUT, move |c| {
-                let (sql, n, k, s, i) = (sql.clone(), name.clone(), key.clone(), scope.clone(), inst.clone());
+                let (sql, n, k, s, i) = (
+                    sql.clone(),
+                    name.clone(),
+                    key.clone(),
+                    scope.clone(),
+                    inst.clone(),
+                );
                 Box::pin(async move { c.client.execute(&sql.insert, &[&n, &k, &s, &i]).await })
             })
             .await?;
@@ -469,8 +496,18 @@ impl Store for PgStore {
         // Repeating this UPDATE is harmless: same token, same document.
         let rows = self
             .call("writing the record", QUERY_TIMEOUT, move |c| {
-                let (sql, n, v, s, f) = (sql.clone(), n.clone(), value.clone(), state.clone(), fp.clone());
-                Box::pin(async move { c.client.execute(&sql.write, &[&n, &token, &v, &s, &f]).await })
+                let (sql, n, v, s, f) = (
+                    sql.clone(),
+                    n.clone(),
+                    value.clone(),
+                    state.clone(),
+                    fp.clone(),
+                );
+                Box::pin(async move {
+                    c.client
+                        .execute(&sql.write, &[&n, &token, &v, &s, &f])
+                        .await
+                })
             })
             .await?;
         if rows == 1 {
