@@ -39,7 +39,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run COMMAND once per fingerprint, one holder at a time; others wait, then skip
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the recorded state of every task, or of KEY
     Status(StatusArgs),
     /// Show the past runs of KEY

@@ -63,7 +63,7 @@ fn init_logging(format: LogFormat) {
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
-        Command::Run(args) => run(cli.store.as_deref(), args).await,
+        Command::Run(args) => run(cli.store.as_deref(), *args).await,
         Command::Status(args) => status(cli.store.as_deref(), args).await,
         Command::History(args) => history(cli.store.as_deref(), args).await,
         Command::Reset(args) => reset(cli.store.as_deref(), args).await,
