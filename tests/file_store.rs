@@ -226,7 +226,7 @@ fn unwritable_state_dir_exits_78() {
 }
 
 #[test]
-fn command_not_found_exits_127_and_is_recorded() {
+fn command_not_found_exits_127_and_records_nothing() {
     let fx = FileFixture::new();
     let work = tempfile::tempdir().unwrap();
     let out = cmd(&fx, work.path())
@@ -234,10 +234,12 @@ fn command_not_found_exits_127_and_is_recorded() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 127, "{}", stderr(&out));
-    assert!(stderr(&out).contains("command not found"));
-    let rec = record(&fx, work.path(), "nf");
-    assert_eq!(rec["state"], "failed");
-    assert_eq!(rec["exit"], "not_found");
+    assert!(one_line_error(&out).contains("command not found"));
+    assert_eq!(
+        status_json(&fx, work.path(), "nf"),
+        serde_json::json!([]),
+        "nothing recorded"
+    );
 }
 
 #[test]
@@ -253,6 +255,55 @@ fn not_executable_exits_126() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 126, "{}", stderr(&out));
+    assert!(one_line_error(&out).contains("not executable"));
+}
+
+#[test]
+fn the_child_inherits_no_lock_descriptor() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let fds = work.path().join("fds");
+    let out = run_task(
+        &fx,
+        work.path(),
+        "fds",
+        &[],
+        &format!("ls -l /proc/$$/fd > {}", fds.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listing = fs::read_to_string(&fds).unwrap();
+    assert!(listing.contains("/proc/") || !listing.is_empty());
+    assert!(
+        !listing.contains(".lock"),
+        "lock fd leaked into the child: {listing}"
+    );
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_after_grace() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let child = spawn_task(
+        &fx,
+        work.path(),
+        "stubborn",
+        &["--grace", "500ms"],
+        &format!("trap '' TERM; touch {}; sleep 30", started.display()),
+    );
+    wait_for("start", std::time::Duration::from_secs(10), || {
+        started.exists()
+    });
+    let begun = std::time::Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(begun.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+    assert_eq!(record(&fx, work.path(), "stubborn")["state"], "interrupted");
+    assert_eq!(
+        record(&fx, work.path(), "stubborn")["exit"],
+        serde_json::json!({"signal": 9})
+    );
 }
 
 #[test]
