@@ -2,6 +2,7 @@
 //! the store contract suite, plus what only the file store can show (bad input leaves files
 //! byte-identical, unwritable state dir, output passthrough).
 
+#[macro_use]
 mod support;
 
 use sha2::{Digest, Sha256};
@@ -34,55 +35,7 @@ impl StoreFixture for FileFixture {
     }
 }
 
-#[test]
-fn contract_exactly_once_under_contention() {
-    contract::exactly_once_under_contention(&FileFixture::new(), 30);
-}
-
-#[test]
-fn contract_skips_after_success_and_reruns_on_change() {
-    contract::skips_after_success_and_reruns_on_change(&FileFixture::new());
-}
-
-#[test]
-fn contract_killed_holder_is_detected_as_interrupted() {
-    contract::killed_holder_is_detected_as_interrupted(&FileFixture::new());
-}
-
-#[test]
-fn contract_interrupted_predecessor_with_fail_policy_exits_75() {
-    contract::interrupted_predecessor_with_fail_policy_exits_75(&FileFixture::new());
-}
-
-#[test]
-fn contract_sigterm_is_forwarded_and_recorded() {
-    contract::sigterm_is_forwarded_and_recorded(&FileFixture::new());
-}
-
-#[test]
-fn contract_gives_up_after_max_attempts_and_reset_clears_it() {
-    contract::gives_up_after_max_attempts_and_reset_clears_it(&FileFixture::new());
-}
-
-#[test]
-fn contract_retries_in_process_with_backoff() {
-    contract::retries_in_process_with_backoff(&FileFixture::new());
-}
-
-#[test]
-fn contract_done_if_adopts_without_running() {
-    contract::done_if_adopts_without_running(&FileFixture::new());
-}
-
-#[test]
-fn contract_status_and_history_json_have_the_design_fields() {
-    contract::status_and_history_json_have_the_design_fields(&FileFixture::new());
-}
-
-#[test]
-fn contract_child_env_names_key_token_attempt_previous() {
-    contract::child_env_names_key_token_attempt_previous(&FileFixture::new());
-}
+contract_tests!(FileFixture::new());
 
 /// Every file under `dir` with its bytes, to show that a refused run changed nothing.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

@@ -5,21 +5,63 @@ use super::*;
 use nix::sys::signal::Signal;
 use std::fs;
 
-/// Every scenario, in order; backends call this (or single scenarios while debugging).
-pub fn all(fx: &dyn StoreFixture) {
-    exactly_once_under_contention(fx, 30);
-    skips_after_success_and_reruns_on_change(fx);
-    killed_holder_is_detected_as_interrupted(fx);
-    interrupted_predecessor_with_fail_policy_exits_75(fx);
-    sigterm_is_forwarded_and_recorded(fx);
-    gives_up_after_max_attempts_and_reset_clears_it(fx);
-    retries_in_process_with_backoff(fx);
-    done_if_adopts_without_running(fx);
-    status_and_history_json_have_the_design_fields(fx);
-    child_env_names_key_token_attempt_previous(fx);
-    if fx.leases_lapse() {
-        paused_holder_past_its_lease_is_fenced(fx);
-    }
+/// One `#[test]` per contract scenario, each with a fixture from `$fx` (an expression evaluated
+/// per test, e.g. `FileFixture::new()` or a reference to a shared server's fixture).
+#[macro_export]
+macro_rules! contract_tests {
+    ($fx:expr) => {
+        #[test]
+        fn contract_exactly_once_under_contention() {
+            support::contract::exactly_once_under_contention(&$fx, 30);
+        }
+        #[test]
+        fn contract_skips_after_success_and_reruns_on_change() {
+            support::contract::skips_after_success_and_reruns_on_change(&$fx);
+        }
+        #[test]
+        fn contract_killed_holder_is_detected_as_interrupted() {
+            support::contract::killed_holder_is_detected_as_interrupted(&$fx);
+        }
+        #[test]
+        fn contract_interrupted_predecessor_with_fail_policy_exits_75() {
+            support::contract::interrupted_predecessor_with_fail_policy_exits_75(&$fx);
+        }
+        #[test]
+        fn contract_sigterm_is_forwarded_and_recorded() {
+            support::contract::sigterm_is_forwarded_and_recorded(&$fx);
+        }
+        #[test]
+        fn contract_gives_up_after_max_attempts_and_reset_clears_it() {
+            support::contract::gives_up_after_max_attempts_and_reset_clears_it(&$fx);
+        }
+        #[test]
+        fn contract_retries_in_process_with_backoff() {
+            support::contract::retries_in_process_with_backoff(&$fx);
+        }
+        #[test]
+        fn contract_done_if_adopts_without_running() {
+            support::contract::done_if_adopts_without_running(&$fx);
+        }
+        #[test]
+        fn contract_status_and_history_json_have_the_design_fields() {
+            support::contract::status_and_history_json_have_the_design_fields(&$fx);
+        }
+        #[test]
+        fn contract_child_env_names_key_token_attempt_previous() {
+            support::contract::child_env_names_key_token_attempt_previous(&$fx);
+        }
+        #[test]
+        fn contract_paused_holder_past_its_lease_is_fenced() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::contract::paused_holder_past_its_lease_is_fenced(&fx);
+            } else {
+                eprintln!(
+                    "not applicable: this store's lock lives exactly as long as its holder process"
+                );
+            }
+        }
+    };
 }
 
 /// N processes start at once on one key: the command runs exactly once, all exit 0.

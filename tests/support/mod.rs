@@ -2,6 +2,7 @@
 //! Each test binary includes this with `mod support;`; not every binary uses every helper.
 #![allow(dead_code)]
 
+#[macro_use]
 pub mod contract;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,19 @@ pub trait StoreFixture {
     /// True when a paused or dead holder's lease lapses after its TTL (not the file store, where
     /// the kernel holds the lock for exactly as long as the process lives).
     fn leases_lapse(&self) -> bool;
+}
+
+/// So that a test can pass a shared fixture by reference (`contract_tests!(&*SHARED)`).
+impl<T: StoreFixture + ?Sized> StoreFixture for &T {
+    fn url(&self) -> String {
+        (**self).url()
+    }
+    fn env(&self) -> Vec<(String, String)> {
+        (**self).env()
+    }
+    fn leases_lapse(&self) -> bool {
+        (**self).leases_lapse()
+    }
 }
 
 /// A unique key per test, so that suites can share one server.
@@ -47,6 +61,23 @@ pub fn cmd(fx: &dyn StoreFixture, work: &Path) -> Command {
     c
 }
 
+/// `initguard run --key KEY EXTRA… -- sh -c SCRIPT`.
+pub fn task_cmd(
+    fx: &dyn StoreFixture,
+    work: &Path,
+    key: &str,
+    extra: &[&str],
+    script: &str,
+) -> Command {
+    let mut c = cmd(fx, work);
+    c.arg("run")
+        .arg("--key")
+        .arg(key)
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
+    c
+}
+
 pub fn run_task(
     fx: &dyn StoreFixture,
     work: &Path,
@@ -54,13 +85,9 @@ pub fn run_task(
     extra: &[&str],
     script: &str,
 ) -> Output {
-    let mut c = cmd(fx, work);
-    c.arg("run")
-        .arg("--key")
-        .arg(key)
-        .args(extra)
-        .args(["--", "sh", "-c", script]);
-    c.output().expect("spawn initguard")
+    task_cmd(fx, work, key, extra, script)
+        .output()
+        .expect("spawn initguard")
 }
 
 pub fn spawn_task(
@@ -70,14 +97,11 @@ pub fn spawn_task(
     extra: &[&str],
     script: &str,
 ) -> Child {
-    let mut c = cmd(fx, work);
-    c.arg("run")
-        .arg("--key")
-        .arg(key)
-        .args(extra)
-        .args(["--", "sh", "-c", script]);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.spawn().expect("spawn initguard")
+    task_cmd(fx, work, key, extra, script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn initguard")
 }
 
 pub fn lines(path: &Path) -> Vec<String> {
