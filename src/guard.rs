@@ -106,6 +106,15 @@ pub enum GuardError {
         "the previous run of {key} was interrupted and --on-interrupted is fail; check its effects, then run `initguard reset {key}`"
     )]
     InterruptedPredecessor { key: String },
+    #[error(
+        "{key}: cannot run {program:?}: {}; nothing was recorded",
+        describe(outcome)
+    )]
+    Command {
+        key: String,
+        program: String,
+        outcome: ChildOutcome,
+    },
     #[error("stopped by signal {signal} while waiting for the lease on {key}; nothing was run")]
     SignalWhileWaiting { key: String, signal: i32 },
 }
@@ -192,6 +201,13 @@ impl<'a> Guard<'a> {
             if rec.gave_up_for(fp) {
                 return Err(self.gave_up(&rec));
             }
+        }
+        if let Err(outcome) = runner::preflight(&plan.child.argv) {
+            return Err(GuardError::Command {
+                key: self.key(),
+                program: plan.child.argv.first().cloned().unwrap_or_default(),
+                outcome,
+            });
         }
         let started_wait = Instant::now();
         let lease = tokio::select! {

@@ -141,6 +141,37 @@ where
     }
 }
 
+/// Check before anything is written that the program exists and is executable, the way `exec`
+/// will look it up (PATH search for a bare name), so that a typo changes nothing in the store.
+pub fn preflight(argv: &[String]) -> Result<(), ChildOutcome> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+        return Err(ChildOutcome::NotFound);
+    };
+    let candidates: Vec<std::path::PathBuf> = if program.contains('/') {
+        vec![program.into()]
+    } else {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(program))
+            .collect()
+    };
+    let mut not_executable = false;
+    for c in candidates {
+        match std::fs::metadata(&c) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+            Ok(_) => not_executable = true,
+            Err(_) => {}
+        }
+    }
+    Err(if not_executable {
+        ChildOutcome::NotExecutable
+    } else {
+        ChildOutcome::NotFound
+    })
+}
+
 fn spawn_error(e: &std::io::Error) -> ChildOutcome {
     match e.kind() {
         std::io::ErrorKind::NotFound => ChildOutcome::NotFound,
@@ -292,6 +323,19 @@ mod tests {
         assert_eq!(t.buf.iter().copied().collect::<Vec<_>>(), b"efgh");
         t.push(b"i");
         assert_eq!(t.buf.iter().copied().collect::<Vec<_>>(), b"fghi");
+    }
+
+    #[test]
+    fn preflight_finds_programs_on_path_and_refuses_missing_ones() {
+        assert_eq!(preflight(&["sh".into()]), Ok(()));
+        assert_eq!(preflight(&["/bin/sh".into()]), Ok(()));
+        assert_eq!(
+            preflight(&["no-such-program-xyz".into()]),
+            Err(ChildOutcome::NotFound)
+        );
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        let path = plain.path().to_string_lossy().into_owned();
+        assert_eq!(preflight(&[path]), Err(ChildOutcome::NotExecutable));
     }
 
     #[test]

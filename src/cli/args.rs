@@ -39,7 +39,6 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run COMMAND once per fingerprint, one holder at a time; others wait, then skip
-    // Boxed: by far the largest variant (clippy::large_enum_variant).
     Run(Box<RunArgs>),
     /// Show the recorded state of every task, or of KEY
     Status(StatusArgs),

@@ -28,6 +28,7 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::Guard(GuardError::GaveUp { .. } | GuardError::InterruptedPredecessor { .. }) => {
             exit::TEMP_FAIL
         }
+        Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
         Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
     }
