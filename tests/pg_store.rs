@@ -2,13 +2,39 @@
 //! against throwaway servers (tests/support/pg.rs). Every concurrency test counts side effects
 //! and asserts the exact number; timings are printed, never asserted beyond loose bounds.
 
-#[path = "support/pg.rs"]
-mod pg;
+#[macro_use]
+mod support;
 
-use pg::Pg;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::pg::{self, Pg};
+
+/// The contract suite's view of a throwaway server (one per test, so tests stay independent).
+struct PgFixture {
+    pg: Pg,
+}
+
+impl PgFixture {
+    fn start() -> Option<PgFixture> {
+        Pg::start().map(|pg| PgFixture { pg })
+    }
+}
+
+impl support::StoreFixture for PgFixture {
+    fn url(&self) -> String {
+        self.pg.url()
+    }
+    fn leases_lapse(&self) -> bool {
+        true
+    }
+}
+
+// Without PostgreSQL installed (and CI unset) each scenario returns after Pg::start's SKIP line.
+contract_tests!(match PgFixture::start() {
+    Some(fx) => fx,
+    None => return,
+});
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_initguard")

@@ -4,6 +4,7 @@
 
 #[macro_use]
 pub mod contract;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
