@@ -202,7 +202,16 @@ impl<'a> Guard<'a> {
                 return Err(self.gave_up(&rec));
             }
         }
-        if let Err(outcome) = runner::preflight(&plan.child.argv) {
+        if plan.sql.is_some() && !self.store.supports_sql() {
+            // Refused before anything is written, like a missing command.
+            return Err(GuardError::Store(StoreError::Unsupported {
+                store: self.store.describe(),
+                what: "SQL tasks (--sql, --sql-inline); use a postgres:// store".into(),
+            }));
+        }
+        if plan.sql.is_none()
+            && let Err(outcome) = runner::preflight(&plan.child.argv)
+        {
             return Err(GuardError::Command {
                 key: self.key(),
                 program: plan.child.argv.first().cloned().unwrap_or_default(),

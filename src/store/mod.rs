@@ -95,6 +95,11 @@ pub trait Store: Send + Sync {
     /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host).
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError>;
 
+    /// Whether `run_sql_exactly_once` is available (the store is a database).
+    fn supports_sql(&self) -> bool {
+        false
+    }
+
     /// Run an SQL task and write `done` (its `succeeded` record, fenced by `lease`) so that both
     /// commit together or not at all. An SQL error rolls back and comes back as
     /// `SqlTaskError::Sql`; the caller records the failure in a separate write. Only stores that

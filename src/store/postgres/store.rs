@@ -392,6 +392,10 @@ impl Store for PgStore {
         self.connector.label.clone()
     }
 
+    fn supports_sql(&self) -> bool {
+        true
+    }
+
     async fn read(&self, id: &TaskId) -> Result<Option<Record>, StoreError> {
         let name = id.storage_name();
         let sql = self.sql.clone();
