@@ -7,7 +7,7 @@
 
 use super::config::{PgUrl, error_chain};
 use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
-use super::schema::{self, SchemaError};
+use super::schema::{self, SchemaError, lock_key};
 use crate::record::{Record, RecordError};
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::wait::WAIT_LOG_EVERY;
@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
+use tokio_postgres::error::SqlState;
 
 /// Longest any one store query may take before the connection is given up as hung.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +37,6 @@ pub(crate) struct PgHandle;
 /// The statements, with the schema spliced in once.
 struct Statements {
     take: String,
-    peek: String,
     insert: String,
     renew: String,
     write: String,
@@ -50,18 +50,27 @@ impl Statements {
     fn new(schema: &str) -> Statements {
         let t = format!("{}.tasks", quote_ident(schema));
         Statements {
+            // One statement, one round trip: takes the lease if it is free or lapsed, and
+            // either way returns the row as it now is. Always updating (a no-op when busy) locks
+            // the row, so the answer reflects any concurrent taker that committed first. `c.now`
+            // is read once; if the statement waited for a lock it is a little stale, which can
+            // only make the lease look *less* lapsed, never take it early.
             take: format!(
-                "UPDATE {t} SET token = token + 1, holder = $2, lease_nonce = $3,
-                        holder_pid = pg_backend_pid(), acquired_at = clock_timestamp(),
-                        expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
-                 WHERE task = $1 AND (expires_at IS NULL OR expires_at <= clock_timestamp())
-                 RETURNING token"
-            ),
-            peek: format!(
-                "SELECT token, holder, lease_nonce,
-                        EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8,
-                        EXTRACT(EPOCH FROM clock_timestamp() - acquired_at)::float8
-                 FROM {t} WHERE task = $1"
+                "UPDATE {t} AS t SET
+                    token       = CASE WHEN {free} THEN t.token + 1 ELSE t.token END,
+                    holder      = CASE WHEN {free} THEN $2 ELSE t.holder END,
+                    lease_nonce = CASE WHEN {free} THEN $3 ELSE t.lease_nonce END,
+                    holder_pid  = CASE WHEN {free} THEN pg_backend_pid() ELSE t.holder_pid END,
+                    acquired_at = CASE WHEN {free} THEN c.now ELSE t.acquired_at END,
+                    expires_at  = CASE WHEN {free}
+                                  THEN c.now + $4::bigint * interval '1 millisecond'
+                                  ELSE t.expires_at END
+                 FROM (SELECT clock_timestamp() AS now) AS c
+                 WHERE t.task = $1
+                 RETURNING t.token, t.holder, t.lease_nonce,
+                           EXTRACT(EPOCH FROM t.expires_at - c.now)::float8,
+                           EXTRACT(EPOCH FROM c.now - t.acquired_at)::float8",
+                free = "(t.expires_at IS NULL OR t.expires_at <= c.now)"
             ),
             insert: format!(
                 "INSERT INTO {t} (task, key, scope, instance) VALUES ($1, $2, $3, $4)
@@ -289,49 +298,44 @@ impl PgStore {
         let name = id.storage_name();
         let sql = self.sql.clone();
         let (n, h, nc) = (name.clone(), holder.clone(), nonce.to_string());
-        let taken: Option<i64> = self
-            .call("taking the lease", QUERY_TIMEOUT, move |c| {
-                let (sql, n, h, nc) = (sql.clone(), n.clone(), h.clone(), nc.clone());
-                Box::pin(async move {
-                    let row = c
-                        .client
-                        .query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms])
-                        .await?;
-                    row.map(|r| r.try_get(0)).transpose()
-                })
-            })
-            .await?;
-        if let Some(token) = taken {
-            return Ok(Take::Taken(u64::try_from(token).unwrap_or_default()));
-        }
-        let sql = self.sql.clone();
-        let n = name.clone();
-        type Peek = (
+        type Seen = (
             i64,
             Option<serde_json::Value>,
             Option<String>,
             Option<f64>,
             Option<f64>,
         );
-        let peek: Option<Peek> = self
-            .call("reading the lease", QUERY_TIMEOUT, move |c| {
-                let (sql, n) = (sql.clone(), n.clone());
+        // Outer None: the row stayed locked past lock_timeout (an SQL task committing).
+        let seen: Option<Option<Seen>> = self
+            .call("taking the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n, h, nc) = (sql.clone(), n.clone(), h.clone(), nc.clone());
                 Box::pin(async move {
-                    let row = c.client.query_opt(&sql.peek, &[&n]).await?;
-                    row.map(|r| {
-                        Ok((
-                            r.try_get(0)?,
-                            r.try_get(1)?,
-                            r.try_get(2)?,
-                            r.try_get(3)?,
-                            r.try_get(4)?,
-                        ))
-                    })
-                    .transpose()
+                    let row = match c.client.query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms]).await {
+                        Ok(row) => row,
+                        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let seen = row
+                        .map(|r| {
+                            Ok((
+                                r.try_get(0)?,
+                                r.try_get(1)?,
+                                r.try_get(2)?,
+                                r.try_get(3)?,
+                                r.try_get(4)?,
+                            ))
+                        })
+                        .transpose()?;
+                    Ok(Some(seen))
                 })
             })
             .await?;
-        let Some((token, holder_json, row_nonce, left, held_for)) = peek else {
+        let Some(seen) = seen else {
+            return Ok(Take::Again);
+        };
+        let Some((token, holder_json, row_nonce, left, held_for)) = seen else {
             let sql = self.sql.clone();
             let (key, scope, inst) = (
                 id.key.to_string(),
@@ -351,20 +355,130 @@ impl PgStore {
             .await?;
             return Ok(Take::Again);
         };
-        // Our own UPDATE committed but its answer was lost with the connection: it is ours.
+        // Ours: just now, or by an earlier attempt whose answer was lost with its connection.
         if row_nonce.as_deref() == Some(nonce) {
             return Ok(Take::Taken(u64::try_from(token).unwrap_or_default()));
         }
-        match left {
-            Some(secs) if secs > 0.0 => Ok(Take::Busy {
-                busy: Busy {
-                    holder: holder_json.and_then(|h| serde_json::from_value(h).ok()),
-                    held_for: held_for.and_then(|s| Duration::try_from_secs_f64(s).ok()),
-                },
-                left: Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO),
-            }),
-            // Released or lapsed between the two statements.
-            _ => Ok(Take::Again),
+        Ok(Take::Busy {
+            busy: Busy {
+                holder: holder_json.and_then(|h| serde_json::from_value(h).ok()),
+                held_for: held_for.and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            },
+            left: left
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .unwrap_or(Duration::ZERO),
+        })
+    }
+
+    /// The waiting loop of `acquire`. Waiters line up in the server's FIFO queue of an advisory
+    /// lock; only the one at its head (`head`: the connection holding that lock) listens for the
+    /// release, so a release wakes one process, not the whole fleet. Everyone in the line still
+    /// wakes when the holder's lease would lapse (and every few seconds, to log), so a stuck head
+    /// of the line cannot keep a lapsed lease from being taken over.
+    async fn acquire_queued(
+        &self,
+        id: &TaskId,
+        holder: &Holder,
+        opts: AcquireOpts,
+        queue: i64,
+        head: &mut Option<Arc<Conn>>,
+    ) -> Result<Lease, StoreError> {
+        let started = Instant::now();
+        let mut log = WaitLog::new(id);
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let holder_json = serde_json::to_value(holder).unwrap_or_default();
+        let ttl_ms = Self::ttl_ms(opts.ttl);
+        let name = id.storage_name();
+        loop {
+            let conn = self.conn().await?;
+            if head.as_ref().is_some_and(|h| !Arc::ptr_eq(h, &conn)) {
+                // The queue lock went with the connection that held it.
+                *head = None;
+            }
+            // Subscribe before looking, so that a release between the look and the wait wakes us.
+            let mut notes = conn.notes.subscribe();
+            let (busy, left) = match self.try_take(id, &holder_json, &nonce, ttl_ms).await? {
+                Take::Taken(token) => {
+                    return Ok(Lease {
+                        id: id.clone(),
+                        token,
+                        holder: holder.clone(),
+                        ttl: opts.ttl,
+                        handle: Box::new(PgHandle),
+                    });
+                }
+                Take::Again => continue,
+                Take::Busy { busy, left } => (busy, left),
+            };
+            log.tick(&busy);
+            let mut slice = (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY);
+            if let Some(limit) = opts.wait_timeout {
+                let remaining = limit.saturating_sub(started.elapsed());
+                if remaining.is_zero() {
+                    return Err(StoreError::WaitTimeout {
+                        key: id.to_string(),
+                        holder: busy.holder_text(),
+                        waited: started.elapsed(),
+                    });
+                }
+                slice = slice.min(remaining);
+            }
+            if head.is_some() {
+                tokio::select! {
+                    _ = Self::notified(&mut notes, &name) => {}
+                    _ = tokio::time::sleep(slice) => {}
+                }
+            } else if self.queue_up(&conn, queue, slice).await? {
+                *head = Some(conn);
+            }
+        }
+    }
+
+    /// Wait at most `limit` in the advisory-lock queue; true when this connection now heads it.
+    async fn queue_up(
+        &self,
+        conn: &Arc<Conn>,
+        queue: i64,
+        limit: Duration,
+    ) -> Result<bool, StoreError> {
+        let ms = limit.as_millis().clamp(1, 3_600_000);
+        // The wait is bounded by the server (lock_timeout), so nothing is left pending on the
+        // connection when it ends; the session's usual lock_timeout is put back either way.
+        let wait = format!(
+            "SET lock_timeout = {ms}; SELECT pg_advisory_lock({queue}); SET lock_timeout = {LOCK_TIMEOUT_MS}"
+        );
+        match tokio::time::timeout(limit + QUERY_TIMEOUT, conn.client.batch_execute(&wait)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let reset = format!("SET lock_timeout = {LOCK_TIMEOUT_MS}");
+                match tokio::time::timeout(QUERY_TIMEOUT, conn.client.batch_execute(&reset)).await {
+                    Ok(Ok(())) => {}
+                    _ => self.forget(conn).await,
+                }
+                Ok(false)
+            }
+            Ok(Err(e)) if is_connection_error(&e) => {
+                // Reconnect on the next round (bounded retries there).
+                self.forget(conn).await;
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(self.pg_error("waiting in line for the lease", &e)),
+            Err(_) => {
+                self.forget(conn).await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Step out of the queue so that the next waiter heads it (best effort: a closed connection
+    /// has dropped the lock already).
+    async fn leave_queue(&self, conn: &Arc<Conn>, queue: i64) {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&queue];
+        let unlock = conn
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &params);
+        if !matches!(tokio::time::timeout(QUERY_TIMEOUT, unlock).await, Ok(Ok(_))) {
+            self.forget(conn).await;
         }
     }
 
@@ -418,46 +532,19 @@ impl Store for PgStore {
         holder: &Holder,
         opts: AcquireOpts,
     ) -> Result<Lease, StoreError> {
-        let started = Instant::now();
-        let mut log = WaitLog::new(id);
-        let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let holder_json = serde_json::to_value(holder).unwrap_or_default();
-        let ttl_ms = Self::ttl_ms(opts.ttl);
-        let name = id.storage_name();
-        loop {
-            // Subscribe before looking, so that a release between the look and the wait wakes us.
-            let mut notes = self.conn().await?.notes.subscribe();
-            let (busy, left) = match self.try_take(id, &holder_json, &nonce, ttl_ms).await? {
-                Take::Taken(token) => {
-                    return Ok(Lease {
-                        id: id.clone(),
-                        token,
-                        holder: holder.clone(),
-                        ttl: opts.ttl,
-                        handle: Box::new(PgHandle),
-                    });
-                }
-                Take::Again => continue,
-                Take::Busy { busy, left } => (busy, left),
-            };
-            log.tick(&busy);
-            let mut slice = (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY);
-            if let Some(limit) = opts.wait_timeout {
-                let remaining = limit.saturating_sub(started.elapsed());
-                if remaining.is_zero() {
-                    return Err(StoreError::WaitTimeout {
-                        key: id.to_string(),
-                        holder: busy.holder_text(),
-                        waited: started.elapsed(),
-                    });
-                }
-                slice = slice.min(remaining);
-            }
-            tokio::select! {
-                _ = Self::notified(&mut notes, &name) => {}
-                _ = tokio::time::sleep(slice) => {}
-            }
+        let queue = lock_key(&format!(
+            "initguard queue {} {}",
+            self.url.schema,
+            id.storage_name()
+        ));
+        let mut head = None;
+        let res = self
+            .acquire_queued(id, holder, opts, queue, &mut head)
+            .await;
+        if let Some(conn) = head {
+            self.leave_queue(&conn, queue).await;
         }
+        res
     }
 
     async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
