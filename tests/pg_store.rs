@@ -232,6 +232,13 @@ fn wrong_password_exits_78_without_echoing_it() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = ig(&pg.url_without_password(), work.path())
+        .arg("--store-password-file")
+        .arg(&pwfile)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = run_task(&pg.url_without_password(), work.path(), "k2", &[], "true")
         .env("HOME", work.path())
         .output()
@@ -703,6 +710,29 @@ fn schema_parameter_keeps_tables_apart() {
         ),
         "0"
     );
+    // --pg-schema does the same, and wins over ?schema=.
+    let out = ig(&url, work.path())
+        .args([
+            "--pg-schema",
+            "other_init",
+            "run",
+            "--key",
+            "k",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        pg.sql_in(pg::APP_DB, "SELECT count(*) FROM other_init.tasks"),
+        "1"
+    );
+    let out = ig(&url, work.path())
+        .args(["--pg-schema", "Bad;Name", "run", "--key", "k", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
 
 #[test]

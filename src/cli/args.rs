@@ -16,6 +16,14 @@ pub struct Cli {
     #[arg(long, env = "INITGUARD_STORE", global = true)]
     pub store: Option<String>,
 
+    /// File holding the store's password (first line), instead of PGPASSWORD or ~/.pgpass
+    #[arg(long, env = "INITGUARD_STORE_PASSWORD_FILE", global = true)]
+    pub store_password_file: Option<PathBuf>,
+
+    /// Schema for initguard's tables in a postgres:// store (default: initguard, or ?schema=)
+    #[arg(long, env = "INITGUARD_PG_SCHEMA", global = true)]
+    pub pg_schema: Option<String>,
+
     /// Log format on stderr
     #[arg(
         long,

@@ -4,6 +4,7 @@ use super::args::{
     Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
 };
 use super::failure::{Failure, exit_code};
+use super::settings::StoreChoice;
 use super::{report, settings};
 use crate::runner::Signals;
 use crate::store::{self, AcquireOpts, ReleaseOutcome, Store};
@@ -74,23 +75,29 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let store = StoreChoice {
+        url: cli.store,
+        password_file: cli.store_password_file,
+        pg_schema: cli.pg_schema,
+    };
+    let url = &store;
     match cli.command {
-        Command::Run(args) => run(cli.store.as_deref(), *args).await,
-        Command::Status(args) => status(cli.store.as_deref(), args).await,
-        Command::History(args) => history(cli.store.as_deref(), args).await,
-        Command::Reset(args) => reset(cli.store.as_deref(), args).await,
-        Command::Release(args) => release(cli.store.as_deref(), args).await,
+        Command::Run(args) => run(url, *args).await,
+        Command::Status(args) => status(url, args).await,
+        Command::History(args) => history(url, args).await,
+        Command::Reset(args) => reset(url, args).await,
+        Command::Release(args) => release(url, args).await,
     }
 }
 
-async fn open(url: Option<&str>) -> Result<Box<dyn Store>, Failure> {
+async fn open(url: &StoreChoice) -> Result<Box<dyn Store>, Failure> {
     let url = settings::store_url(url)?;
     let store = store::open(&url).await?;
     info!(store = %url.redacted(), "store {}", url.redacted());
     Ok(store)
 }
 
-async fn run(url: Option<&str>, args: RunArgs) -> Result<u8, Failure> {
+async fn run(url: &StoreChoice, args: RunArgs) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
     let url = settings::store_url(url)?;
@@ -109,7 +116,7 @@ async fn run(url: Option<&str>, args: RunArgs) -> Result<u8, Failure> {
     Ok(outcome.exit_code())
 }
 
-async fn status(url: Option<&str>, args: StatusArgs) -> Result<u8, Failure> {
+async fn status(url: &StoreChoice, args: StatusArgs) -> Result<u8, Failure> {
     let key = args
         .key
         .as_deref()
@@ -132,7 +139,7 @@ async fn status(url: Option<&str>, args: StatusArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn history(url: Option<&str>, args: HistoryArgs) -> Result<u8, Failure> {
+async fn history(url: &StoreChoice, args: HistoryArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let store = open(url).await?;
     let mut records = store.list().await?;
@@ -145,7 +152,7 @@ async fn history(url: Option<&str>, args: HistoryArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn reset(url: Option<&str>, args: ResetArgs) -> Result<u8, Failure> {
+async fn reset(url: &StoreChoice, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
     let store = open(url).await?;
@@ -171,7 +178,7 @@ async fn reset(url: Option<&str>, args: ResetArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn release(url: Option<&str>, args: ReleaseArgs) -> Result<u8, Failure> {
+async fn release(url: &StoreChoice, args: ReleaseArgs) -> Result<u8, Failure> {
     let id = settings::task_id_of(&args.key, &args.scope)?;
     let store = open(url).await?;
     let me = Holder::from_env();

@@ -7,6 +7,7 @@ use crate::guard::{OnInterrupted, Plan};
 use crate::runner::ChildSpec;
 use crate::store::{AcquireOpts, SqlTask, StoreUrl, default_store_url};
 use crate::task::{Holder, Key, Scope, TaskError, TaskId};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +33,43 @@ pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError
     })
 }
 
-pub fn store_url(raw: Option<&str>) -> Result<StoreUrl, SettingsError> {
-    Ok(StoreUrl::parse(raw.unwrap_or(default_store_url()))?)
+/// The store flags as given: URL and the settings that do not belong in it.
+#[derive(Debug, Clone, Default)]
+pub struct StoreChoice {
+    pub url: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub pg_schema: Option<String>,
+}
+
+pub fn store_url(choice: &StoreChoice) -> Result<StoreUrl, SettingsError> {
+    let url = StoreUrl::parse(choice.url.as_deref().unwrap_or(default_store_url()))?;
+    match url {
+        #[cfg(feature = "postgres")]
+        StoreUrl::Postgres(mut pg) => {
+            if let Some(file) = &choice.password_file {
+                pg.password_file = Some(file.clone());
+            }
+            if let Some(schema) = &choice.pg_schema {
+                pg = pg.with_schema(schema).map_err(|e| SettingsError::Usage {
+                    flag: "--pg-schema",
+                    why: e.to_string(),
+                })?;
+            }
+            Ok(StoreUrl::Postgres(pg))
+        }
+        other => {
+            if choice.pg_schema.is_some() {
+                return Err(SettingsError::Usage {
+                    flag: "--pg-schema",
+                    why: format!(
+                        "only applies to a postgres:// store, not {}",
+                        other.redacted()
+                    ),
+                });
+            }
+            Ok(other)
+        }
+    }
 }
 
 pub fn task_id(args: &TaskArgs) -> Result<TaskId, SettingsError> {

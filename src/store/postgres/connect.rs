@@ -289,12 +289,8 @@ fn os_user() -> Option<String> {
 /// The password, from (in order) the password file, `PGPASSWORD`, then `PGPASSFILE` or
 /// `~/.pgpass` entries matching host, port, database and user. Errors never quote the file.
 fn password(url: &PgUrl, config: &tokio_postgres::Config) -> Result<Option<String>, String> {
-    let explicit = url
-        .password_file
-        .clone()
-        .or_else(|| env_nonempty("INITGUARD_STORE_PASSWORD_FILE").map(PathBuf::from));
-    if let Some(path) = explicit {
-        let text = std::fs::read_to_string(&path)
+    if let Some(path) = &url.password_file {
+        let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
         let pw = text.lines().next().unwrap_or_default().to_string();
         if pw.is_empty() {
