@@ -745,3 +745,127 @@ fn sql_tasks_need_a_postgres_store() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("SQL tasks"), "{}", stderr(&out));
 }
+
+#[test]
+fn tls_modes_connect_and_verify_as_libpq_does() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(ca) = pg.enable_tls() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let base = |host: &str, params: &str| {
+        format!(
+            "postgres://{}:{}@{host}:{}/{}?{params}",
+            pg::APP_USER,
+            pg::APP_PASSWORD,
+            pg.port,
+            pg::APP_DB
+        )
+    };
+    let ca = ca.display().to_string();
+    let run = |url: String, key: &str| {
+        let out = run_task(&url, work.path(), key, &[], "true")
+            .output()
+            .unwrap();
+        (code(&out), stderr(&out))
+    };
+    // Plain TCP is refused by the server for this role: proves the others really use TLS.
+    let (c, err) = run(base("127.0.0.1", "sslmode=disable"), "tls/plain");
+    assert_eq!(c, 78, "{err}");
+    let (c, err) = run(base("127.0.0.1", "sslmode=require"), "tls/require");
+    assert_eq!(c, 0, "{err}");
+    let (c, err) = run(
+        base(
+            "127.0.0.1",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        "tls/full-ip",
+    );
+    assert_eq!(c, 0, "{err}");
+    let (c, err) = run(
+        base(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        "tls/full-name",
+    );
+    assert_eq!(c, 0, "{err}");
+    let (c, err) = run(
+        base("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        "tls/ca",
+    );
+    assert_eq!(c, 0, "{err}");
+    // A certificate from a CA we were not told to trust: a configuration problem, not a retry.
+    let (c, err) = run(base("127.0.0.1", "sslmode=verify-full"), "tls/untrusted");
+    assert_eq!(c, 78, "{err}");
+    assert!(err.contains("TLS"), "{err}");
+}
+
+#[test]
+fn sql_task_stopped_by_sigterm_is_cancelled_and_rolled_back() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let child = ig(&pg.url(), work.path())
+        .args(["run", "--key", "sql/term", "--sql-inline"])
+        .arg("INSERT INTO effect VALUES ('term'); SELECT pg_sleep(30)")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)' AND state = 'active' AND pid <> pg_backend_pid()";
+    wait_for("the SQL to run", Duration::from_secs(20), || {
+        pg.admin(sleeping) == "1"
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = wait_output(child);
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    // The statement is cancelled server-side, not left running until it ends by itself.
+    wait_for("the SQL to be cancelled", Duration::from_secs(5), || {
+        pg.admin(sleeping) == "0"
+    });
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "term"), 0);
+    assert_eq!(task_state(&pg, "sql/term"), "interrupted");
+}
+
+#[test]
+fn paused_sql_holder_is_fenced_and_the_effect_happens_once() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let sql = "INSERT INTO effect VALUES ('p'); SELECT pg_sleep(1.5)";
+    let args = [
+        "run",
+        "--key",
+        "sql/pause",
+        "--lock-ttl",
+        "1s",
+        "--sql-inline",
+        sql,
+    ];
+    let a = ig(&pg.url(), work.path())
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(1.5)' AND state = 'active' AND pid <> pg_backend_pid()";
+    wait_for("a's SQL to run", Duration::from_secs(20), || {
+        pg.admin(sleeping) == "1"
+    });
+    let a_pid = nix::unistd::Pid::from_raw(a.id() as i32);
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let out_b = ig(&pg.url(), work.path()).args(args).output().unwrap();
+    assert_eq!(code(&out_b), 0, "{}", stderr(&out_b));
+    nix::sys::signal::kill(a_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let out_a = wait_output(a);
+    assert_eq!(code(&out_a), 75, "{}", stderr(&out_a));
+    assert_eq!(
+        effects(&pg, pg::APP_DB, "effect", "p"),
+        1,
+        "effect applied once"
+    );
+    let rec = status_json(&pg.url(), work.path(), "sql/pause");
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["token"], 2, "the record is b's: {rec}");
+}

@@ -206,6 +206,130 @@ impl Pg {
         ok
     }
 
+    /// Turn TLS on with a certificate for `localhost`/`127.0.0.1` signed by a fresh CA, and make
+    /// the app role connect over TLS only. Returns the CA file, or None (after a SKIP line) when
+    /// `openssl` is missing.
+    pub fn enable_tls(&self) -> Option<PathBuf> {
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir_all(&dir).expect("tls dir");
+        let found = Command::new("openssl")
+            .arg("version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let msg = "openssl not found: cannot make test certificates";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg}; CI=true, so this is a failure");
+            }
+            eprintln!("SKIP: {msg}");
+            return None;
+        }
+        let openssl = |args: &[&str]| {
+            check(
+                Command::new("openssl")
+                    .current_dir(&dir)
+                    .args(args)
+                    .output()
+                    .expect("openssl"),
+                "openssl",
+            )
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=initguard-test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let data = self.data_dir();
+        std::fs::copy(dir.join("server.crt"), data.join("server.crt")).expect("copy cert");
+        std::fs::copy(dir.join("server.key"), data.join("server.key")).expect("copy key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod key");
+        }
+        if let Some(user) = &self.run_as {
+            for f in ["server.crt", "server.key"] {
+                check(
+                    Command::new("chown")
+                        .arg(format!("{user}:"))
+                        .arg(data.join(f))
+                        .output()
+                        .expect("chown"),
+                    "chown",
+                );
+            }
+        }
+        // First match wins: the app role over plain TCP is turned away.
+        let hba = data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("hostnossl all {APP_USER} 0.0.0.0/0 reject\n{old}"),
+        )
+        .expect("pg_hba.conf");
+        self.admin("ALTER SYSTEM SET ssl = on");
+        self.admin("SELECT pg_reload_conf()");
+        // The reload is asynchronous: wait until the server says TLS is on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.admin("SHOW ssl") != "on" {
+            assert!(
+                Instant::now() < deadline,
+                "TLS did not come on:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(dir.join("ca.crt"))
+    }
+
     /// The server's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()

@@ -146,9 +146,25 @@ pub(crate) async fn run(
     task: &SqlTask,
     done: &Record,
 ) -> Result<SqlOutcome, SqlTaskError> {
-    match &task.target {
+    let res = match &task.target {
         None => in_store_db(store, lease, task, done).await,
         Some(target) => in_target_db(store, lease, task, done, target).await,
+    };
+    match res {
+        // A task connection that broke may have been ended by the server because its holder
+        // stalled past the lease (idle_in_transaction_session_timeout): if the lease has moved
+        // on, that is the truth to report (exit 75), not the broken connection (exit 69).
+        Err(SqlTaskError::Store(StoreError::Unreachable { store: label, reason })) => {
+            match store.holds(lease).await {
+                Ok(false) => Err(lost(
+                    lease,
+                    &format!("another holder took the lease over while the SQL ran ({reason}); nothing of it was committed"),
+                )
+                .into()),
+                _ => Err(StoreError::Unreachable { store: label, reason }.into()),
+            }
+        }
+        other => other,
     }
 }
 

@@ -482,6 +482,21 @@ impl PgStore {
         }
     }
 
+    /// Whether `lease` is still the task's current lease (its token, not released).
+    pub(crate) async fn holds(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let sql = self.sql.clone();
+        let (n, token) = (lease.id.storage_name(), Self::token_i64(lease.token));
+        let row = self
+            .call("reading the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n) = (sql.clone(), n.clone());
+                Box::pin(async move { c.client.query_opt(&sql.holder_of, &[&n]).await })
+            })
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<_, i64>(0).is_ok_and(|t| t == token))
+            .unwrap_or(false))
+    }
+
     /// Wait for a release notification about `name`, or for the connection to end.
     async fn notified(rx: &mut broadcast::Receiver<String>, name: &str) {
         loop {
