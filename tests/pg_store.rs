@@ -869,3 +869,16 @@ fn paused_sql_holder_is_fenced_and_the_effect_happens_once() {
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(rec["token"], 2, "the record is b's: {rec}");
 }
+
+#[test]
+fn sql_tasks_wait_for_locks_without_the_store_lock_timeout() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let check = "DO $$ BEGIN IF current_setting('lock_timeout') <> '0' THEN \
+                 RAISE EXCEPTION 'lock_timeout is %', current_setting('lock_timeout'); END IF; END $$";
+    let out = ig(&pg.url(), work.path())
+        .args(["run", "--key", "sql/locks", "--sql-inline", check])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -40,6 +40,9 @@ impl Session {
         // next holder for longer than the lease itself would.
         let idle_ms = PgStore::ttl_ms(lease.ttl).max(1000);
         connector.set_option("idle_in_transaction_session_timeout", &idle_ms.to_string());
+        // The store's short lock_timeout is for its own statements; a migration may rightly wait
+        // for its locks (later `-c` options override earlier ones).
+        connector.set_option("lock_timeout", "0");
         let conn = connector.connect().await?;
         Ok(Session {
             conn,
