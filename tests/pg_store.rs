@@ -882,3 +882,35 @@ fn sql_tasks_wait_for_locks_without_the_store_lock_timeout() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+#[test]
+fn waiter_logs_the_holder_and_gives_up_after_wait_timeout() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let script = format!("touch {}; sleep 4", started.display());
+    let holder = run_task(&pg.url(), work.path(), "wait/k", &[], &script)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the holder to run", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let t0 = Instant::now();
+    let out = run_task(
+        &pg.url(),
+        work.path(),
+        "wait/k",
+        &["--wait-timeout", "1s"],
+        "true",
+    )
+    .output()
+    .unwrap();
+    let waited = t0.elapsed();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 75, "{err}");
+    assert!(err.contains("waiting for wait/k held by host"), "{err}");
+    assert!(err.contains("gave up waiting"), "{err}");
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert!(wait_output(holder).status.success());
+}
