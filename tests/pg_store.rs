@@ -361,75 +361,89 @@ fn sql_file_runs_exactly_once_across_concurrent_processes() {
 fn sql_task_killed_at_random_instants_commits_effect_and_record_together() {
     let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
-    effect_table(&pg, pg::APP_DB, "effect");
-    let trials = 24;
-    let (mut before, mut after) = (0, 0);
-    // Learn how long a whole run takes, so that kill instants spread over all of it.
-    let t0 = Instant::now();
-    let out = ig(&pg.url(), work.path())
-        .args([
-            "run",
-            "--key",
-            "kill/probe",
-            "--sql-inline",
-            "INSERT INTO effect VALUES ('probe')",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let span = t0.elapsed().as_micros() as u64;
-    for trial in 0..trials {
-        let key = format!("kill/t{trial}");
-        let sql = format!("INSERT INTO effect VALUES ('{key}')");
-        let delay = Duration::from_micros(rand::random_range(0..=span + span / 4));
-        let mut child = ig(&pg.url(), work.path())
-            .args([
-                "run",
-                "--key",
-                &key,
-                "--lock-ttl",
-                "1s",
-                "--sql-inline",
-                &sql,
-            ])
+    // The effect table's deferred trigger sleeps inside COMMIT (20 ms, or what the SQL asks
+    // for), so that kills land in COMMIT too, and COMMIT can be aimed at.
+    pg.sql_in(
+        pg::APP_DB,
+        "CREATE TABLE effect (k text NOT NULL);
+         CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+           PERFORM pg_sleep(coalesce(nullif(current_setting('initguard_test.commit_sleep', true), '')::float8, 0.02));
+           RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON effect
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+         ALTER TABLE effect OWNER TO app;",
+    );
+    let sessions_gone = || {
+        pg.admin("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'initguard'")
+            == "0"
+    };
+    let run = |key: &str, sql: &str| {
+        ig(&pg.url(), work.path())
+            .args(["run", "--key", key, "--lock-ttl", "1s", "--sql-inline", sql])
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
+            .unwrap()
+    };
+    // Learn how long a whole run takes, so that kill instants spread over all of it.
+    let t0 = Instant::now();
+    let out = wait_output(run("kill/probe", "INSERT INTO effect VALUES ('probe')"));
+    assert!(out.status.success());
+    let span = t0.elapsed().as_micros() as u64;
+    let random_trials = 20;
+    let aimed_trials = 4;
+    let (mut before, mut after, mut in_commit) = (0, 0, 0);
+    for trial in 0..random_trials + aimed_trials {
+        let key = format!("kill/t{trial}");
+        let aimed = trial >= random_trials;
+        let sql = if aimed {
+            format!(
+                "SET LOCAL initguard_test.commit_sleep = '0.5'; INSERT INTO effect VALUES ('{key}')"
+            )
+        } else {
+            format!("INSERT INTO effect VALUES ('{key}')")
+        };
+        let mut child = run(&key, &sql);
+        if aimed {
+            let committing = "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' \
+                              AND state = 'active' AND application_name = 'initguard'";
+            wait_for("COMMIT to start", Duration::from_secs(20), || {
+                pg.admin(committing) == "1"
+            });
+        } else {
+            std::thread::sleep(Duration::from_micros(rand::random_range(
+                0..=span + span / 4,
+            )));
+        }
         let _ = child.kill();
-        let status = child.wait().unwrap();
+        let _ = child.wait();
+        // Let the server finish with the dead client's session before judging.
+        wait_for(
+            "the killed holder's sessions to end",
+            Duration::from_secs(20),
+            sessions_gone,
+        );
         let n = effects(&pg, pg::APP_DB, "effect", &key);
         let state = task_state(&pg, &key);
         assert!(n <= 1, "trial {trial}: effect applied {n} times");
         assert_eq!(
             n == 1,
             state == "succeeded",
-            "trial {trial} (killed after {delay:?}, {status}): effect {n} but record {state:?}"
+            "trial {trial} (aimed at COMMIT: {aimed}): effect {n} but record {state:?}"
         );
-        if n == 1 {
-            after += 1;
-        } else {
-            before += 1;
+        match (n, aimed) {
+            (1, true) => in_commit += 1,
+            (1, false) => after += 1,
+            _ => before += 1,
         }
         // A re-run completes it exactly once (after the dead holder's lease lapses).
-        let out = ig(&pg.url(), work.path())
-            .args([
-                "run",
-                "--key",
-                &key,
-                "--lock-ttl",
-                "1s",
-                "--sql-inline",
-                &sql,
-            ])
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), 0, "trial {trial} re-run: {}", stderr(&out));
+        let out = wait_output(run(&key, &sql));
+        assert_eq!(code(&out), 0, "trial {trial} re-run");
         assert_eq!(effects(&pg, pg::APP_DB, "effect", &key), 1, "trial {trial}");
         assert_eq!(task_state(&pg, &key), "succeeded");
     }
     eprintln!(
-        "kill -9 trials: {trials} (run takes ~{} ms): {before} killed before commit, {after} after; all consistent",
+        "kill -9 trials: {random_trials} at random instants over a ~{} ms run ({before} before commit, {after} after) \
+         and {aimed_trials} during COMMIT ({in_commit} committed); effect and success row always together",
         span / 1000
     );
 }
