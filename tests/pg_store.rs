@@ -928,3 +928,53 @@ fn waiter_logs_the_holder_and_gives_up_after_wait_timeout() {
     assert!(waited < Duration::from_secs(4), "waited {waited:?}");
     assert!(wait_output(holder).status.success());
 }
+
+#[test]
+fn release_gives_up_this_hosts_lease_and_reports_a_free_one() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let out = ig(&pg.url(), work.path())
+        .args(["release", "rel/k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to release"),
+        "{}",
+        stderr(&out)
+    );
+    let started = work.path().join("started");
+    let holder = run_task(
+        &pg.url(),
+        work.path(),
+        "rel/k",
+        &["--lock-ttl", "30s"],
+        &format!("touch {}; sleep 2", started.display()),
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("the holder to run", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let out = ig(&pg.url(), work.path())
+        .args(["release", "rel/k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("released the lease"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg.sql_in(
+            pg::APP_DB,
+            "SELECT count(*) FROM initguard.tasks WHERE task = 'rel/k' AND expires_at IS NULL"
+        ),
+        "1"
+    );
+    // The holder learns at its next renewal or write that the lease is gone.
+    let out = wait_output(holder);
+    assert_eq!(code(&out), 75);
+}
