@@ -1,6 +1,10 @@
 //! initguard: run an init command once per change of its inputs, by one replica at a time.
 
+pub mod cli;
 pub mod exit;
+pub mod fingerprint;
+pub mod guard;
 pub mod record;
+pub mod runner;
 pub mod store;
 pub mod task;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `initguard` binary: all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    initguard::cli::main()
+}

@@ -47,6 +47,18 @@ impl FileStore {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            // The state dir is a file, or unreadable: a configuration problem, not an outage.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotADirectory | ErrorKind::PermissionDenied
+                ) =>
+            {
+                return Err(StoreError::StateDir {
+                    path: self.dir.clone(),
+                    source: e,
+                });
+            }
             Err(e) => return Err(StoreError::io("cannot read record", path)(e)),
         };
         Record::from_json(&bytes).map(Some).map_err(|e| match e {

@@ -9,7 +9,7 @@ mod url;
 mod wait;
 
 pub use error::StoreError;
-pub use url::{StoreUrl, default_store_url};
+pub use url::{StoreUrl, StoreUrlError, default_store_url};
 pub use wait::{Busy, WaitLog};
 
 use crate::record::Record;

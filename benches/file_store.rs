@@ -1,0 +1,127 @@
+//! Timings of the run protocol on the embedded file store, with real processes of the built
+//! binary: skip latency, 30 contenders on one key, and fingerprinting a 1000-file tree. Writes
+//! its figures into BENCHMARKS.md between its markers. Nothing here is asserted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BEGIN: &str = "<!-- bench:file-store:begin -->";
+const END: &str = "<!-- bench:file-store:end -->";
+
+fn initguard(store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
+    c.env("INITGUARD_STORE", format!("file:{}", store.display()))
+        .env("INITGUARD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn stats(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
+    xs.sort();
+    let pick = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+    (pick(0.0), pick(0.5), pick(0.95))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("state");
+    let mut rows = Vec::new();
+
+    // 1. A skip: the path every replica takes on every restart once the task is done.
+    let ok = initguard(&store)
+        .args(["run", "--key", "bench/skip", "--", "true"])
+        .status()?;
+    assert!(ok.success(), "first run failed");
+    let skips: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = initguard(&store)
+                .args(["run", "--key", "bench/skip", "--", "true"])
+                .status();
+            t.elapsed()
+        })
+        .collect();
+    let (min, med, p95) = stats(skips);
+    rows.push(format!(
+        "| skip of a done task (50 runs) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+
+    // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited.
+    let mut walls = Vec::new();
+    for round in 0..5 {
+        let key = format!("bench/contend-{round}");
+        let t = Instant::now();
+        let children: Vec<_> = (0..30)
+            .map(|_| {
+                initguard(&store)
+                    .args(["run", "--key", &key, "--", "sleep", "0.2"])
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut c in children {
+            c.wait()?;
+        }
+        walls.push(t.elapsed());
+    }
+    let (min, med, p95) = stats(walls);
+    rows.push(format!(
+        "| 30 contenders, 200 ms command, until all exited (5 rounds) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+
+    // 3. Fingerprint of a 1000-file, 4 MiB tree.
+    let tree = tmp.path().join("tree");
+    for i in 0..1000 {
+        let dir = tree.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("f{i}.sql")), vec![b'x'; 4096])?;
+    }
+    let fps: Vec<Duration> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = initguard(&store)
+                .args(["run", "--key", "bench/fp", "--print-fingerprint", "--input"])
+                .arg(&tree)
+                .args(["--", "true"])
+                .status();
+            t.elapsed()
+        })
+        .collect();
+    let (min, med, p95) = stats(fps);
+    rows.push(format!(
+        "| --print-fingerprint of 1000 files / 4 MiB (10 runs) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+
+    let section = format!(
+        "{BEGIN}\n## File store (`cargo bench --bench file_store`)\n\nMeasured {} on {} cores; whole-process times of the release binary.\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{END}",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        rows.join("\n")
+    );
+    println!("{section}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `cargo bench`; timings are reported, never asserted.\n".into());
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! clap definitions: every flag of every subcommand, with its `INITGUARD_*` variable. No logic.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "initguard",
+    version,
+    about = "Run an init command once per change of its inputs, by one replica at a time",
+    propagate_version = false
+)]
+pub struct Cli {
+    /// Store URL: file:DIR, postgres://…, kubernetes:[NAMESPACE]. Default: kubernetes: in a Pod
+    /// with a service-account token, else file:.initguard
+    #[arg(long, env = "INITGUARD_STORE", global = true)]
+    pub store: Option<String>,
+
+    /// Log format on stderr
+    #[arg(
+        long,
+        env = "INITGUARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run COMMAND once per fingerprint, one holder at a time; others wait, then skip
+    Run(Box<RunArgs>),
+    /// Show the recorded state of every task, or of KEY
+    Status(StatusArgs),
+    /// Show the past runs of KEY
+    History(HistoryArgs),
+    /// Forget success or gave_up of KEY so that the next run runs
+    Reset(ResetArgs),
+    /// Give up a lease this holder (this Pod, or this host) owns, e.g. from a preStop hook
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Task name: 1–200 chars of [A-Za-z0-9._/-], no '..', no leading '/'
+    #[arg(long, env = "INITGUARD_KEY")]
+    pub key: String,
+
+    /// What "once" means: global, pod (per POD_UID) or node (per NODE_NAME)
+    #[arg(long, env = "INITGUARD_SCOPE", default_value = "global")]
+    pub scope: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+
+    /// File or directory whose content is part of the fingerprint (repeatable; env: comma-separated)
+    #[arg(long = "input", env = "INITGUARD_INPUT", value_delimiter = ',')]
+    pub inputs: Vec<PathBuf>,
+
+    /// Environment variable whose value is part of the fingerprint (repeatable; env: comma-separated)
+    #[arg(long = "input-env", env = "INITGUARD_INPUT_ENV", value_delimiter = ',')]
+    pub input_env: Vec<String>,
+
+    /// A version string that is part of the fingerprint
+    #[arg(long = "version", env = "INITGUARD_VERSION")]
+    pub version: Option<String>,
+
+    /// Lease duration; a dead holder's lease is taken over after it
+    #[arg(long, env = "INITGUARD_LOCK_TTL", default_value = "30s")]
+    pub lock_ttl: String,
+
+    /// How long to wait for another holder's lease ("0" or "forever": no limit)
+    #[arg(long, env = "INITGUARD_WAIT_TIMEOUT", default_value = "1h")]
+    pub wait_timeout: String,
+
+    /// In-process retries after a failed attempt
+    #[arg(long, env = "INITGUARD_RETRIES", default_value_t = 0)]
+    pub retries: u32,
+
+    /// First pause between retries; doubles each retry, with jitter
+    #[arg(long, env = "INITGUARD_BACKOFF", default_value = "1s")]
+    pub backoff: String,
+
+    /// Failed attempts (across restarts) after which the task gives up; 0: never
+    #[arg(long, env = "INITGUARD_MAX_ATTEMPTS", default_value_t = 0)]
+    pub max_attempts: u32,
+
+    /// What to do when the previous run was interrupted
+    #[arg(
+        long,
+        env = "INITGUARD_ON_INTERRUPTED",
+        value_enum,
+        default_value = "rerun"
+    )]
+    pub on_interrupted: OnInterruptedArg,
+
+    /// Shell command; if it exits 0 under the lease, the task is recorded done without running
+    #[arg(long, env = "INITGUARD_DONE_IF")]
+    pub done_if: Option<String>,
+
+    /// Kill the command after this long (exit 124)
+    #[arg(long, env = "INITGUARD_TIMEOUT")]
+    pub timeout: Option<String>,
+
+    /// Time between forwarding SIGTERM and sending SIGKILL
+    #[arg(long, env = "INITGUARD_GRACE", default_value = "10s")]
+    pub grace: String,
+
+    /// Let the command write straight to initguard's stdout/stderr; keep no tail
+    #[arg(long, env = "INITGUARD_NO_CAPTURE")]
+    pub no_capture: bool,
+
+    /// Bytes of output kept in the record
+    #[arg(long, env = "INITGUARD_TAIL_BYTES", default_value_t = 4096)]
+    pub tail_bytes: usize,
+
+    /// Runs kept in the record's history
+    #[arg(long, env = "INITGUARD_HISTORY", default_value_t = crate::record::DEFAULT_HISTORY)]
+    pub history: usize,
+
+    /// Print the fingerprint and what went into it, run nothing
+    #[arg(long, env = "INITGUARD_PRINT_FINGERPRINT")]
+    pub print_fingerprint: bool,
+
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnInterruptedArg {
+    Rerun,
+    Fail,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this task
+    pub key: Option<String>,
+    /// JSON array of records instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pub key: String,
+    /// JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    pub key: String,
+    /// How long to wait for a running holder's lease
+    #[arg(long, env = "INITGUARD_WAIT_TIMEOUT", default_value = "1m")]
+    pub wait_timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    pub key: String,
+    /// Scope of the lease to release
+    #[arg(long, env = "INITGUARD_SCOPE", default_value = "global")]
+    pub scope: String,
+}

@@ -1,0 +1,180 @@
+//! `initguard::cli::main`: the runtime, logging, and one function per subcommand.
+
+use super::args::{
+    Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
+};
+use super::failure::{Failure, exit_code};
+use super::{report, settings};
+use crate::runner::Signals;
+use crate::store::{self, AcquireOpts, ReleaseOutcome, Store};
+use crate::task::{Holder, Key};
+use clap::Parser;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use tracing::info;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                crate::exit::USAGE
+            } else {
+                crate::exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    // One thread: the child must be spawned from a thread that lives as long as it does, or its
+    // parent-death signal would fire early (see runner.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Failure::Runtime(e)),
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => fail(&f),
+    }
+}
+
+fn fail(f: &Failure) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "initguard: {f}");
+    ExitCode::from(exit_code(f))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INITGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Run(args) => run(cli.store.as_deref(), *args).await,
+        Command::Status(args) => status(cli.store.as_deref(), args).await,
+        Command::History(args) => history(cli.store.as_deref(), args).await,
+        Command::Reset(args) => reset(cli.store.as_deref(), args).await,
+        Command::Release(args) => release(cli.store.as_deref(), args).await,
+    }
+}
+
+async fn open(url: Option<&str>) -> Result<Box<dyn Store>, Failure> {
+    let url = settings::store_url(url)?;
+    let store = store::open(&url).await?;
+    info!(store = %url.redacted(), "store {}", url.redacted());
+    Ok(store)
+}
+
+async fn run(url: Option<&str>, args: RunArgs) -> Result<u8, Failure> {
+    // Validate everything before touching the store.
+    let id = settings::task_id(&args.task)?;
+    let url = settings::store_url(url)?;
+    let fp = settings::fingerprint(&args)?;
+    if args.print_fingerprint {
+        print!("{}", report::fingerprint(&fp));
+        return Ok(crate::exit::OK);
+    }
+    let plan = settings::plan(&args, id, fp.value.clone())?;
+    let mut signals = Signals::install().map_err(Failure::Runtime)?;
+    let store = store::open(&url).await?;
+    info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", url.redacted(), plan.id, plan.fingerprint);
+    let outcome = crate::guard::Guard::new(store.as_ref(), &plan)
+        .run(&mut signals)
+        .await?;
+    Ok(outcome.exit_code())
+}
+
+async fn status(url: Option<&str>, args: StatusArgs) -> Result<u8, Failure> {
+    let key = args
+        .key
+        .as_deref()
+        .map(Key::parse)
+        .transpose()
+        .map_err(settings::SettingsError::from)?;
+    let store = open(url).await?;
+    let mut records = store.list().await?;
+    if let Some(k) = &key {
+        records.retain(|r| r.key == k.as_str());
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report::status_table(&records, chrono::Utc::now()));
+    }
+    Ok(crate::exit::OK)
+}
+
+async fn history(url: Option<&str>, args: HistoryArgs) -> Result<u8, Failure> {
+    let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
+    let store = open(url).await?;
+    let mut records = store.list().await?;
+    records.retain(|r| r.key == key.as_str());
+    if args.json {
+        println!("{}", report::history_json(&records));
+    } else {
+        print!("{}", report::history_table(&records));
+    }
+    Ok(crate::exit::OK)
+}
+
+async fn reset(url: Option<&str>, args: ResetArgs) -> Result<u8, Failure> {
+    let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
+    let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
+    let store = open(url).await?;
+    let opts = AcquireOpts {
+        ttl: std::time::Duration::from_secs(30),
+        wait_timeout: Some(wait),
+    };
+    let holder = Holder::from_env();
+    let done = crate::guard::reset(
+        store.as_ref(),
+        &key,
+        &holder,
+        opts,
+        crate::record::DEFAULT_HISTORY,
+    )
+    .await?;
+    if done.is_empty() {
+        info!(key = %key, "nothing to reset: no record of {key}");
+    }
+    for (id, was) in done {
+        info!(key = %id, "reset {id} (was {was}): the next run runs");
+    }
+    Ok(crate::exit::OK)
+}
+
+async fn release(url: Option<&str>, args: ReleaseArgs) -> Result<u8, Failure> {
+    let id = settings::task_id_of(&args.key, &args.scope)?;
+    let store = open(url).await?;
+    let me = Holder::from_env();
+    match store.release_holder(&id, &me).await? {
+        ReleaseOutcome::Released { holder } => {
+            info!(key = %id, "released the lease on {id} held by {holder}")
+        }
+        ReleaseOutcome::NotHeld => {
+            info!(key = %id, "nothing to release: nobody holds the lease on {id}")
+        }
+        ReleaseOutcome::HeldByOther { holder } => info!(
+            key = %id,
+            "nothing released: the lease on {id} is held by {}, not by this holder",
+            holder.map(|h| h.to_string()).unwrap_or_else(|| "another process".into())
+        ),
+    }
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,47 @@
+//! The one place that turns an error into the line users read and the exit code they get.
+
+use super::settings::SettingsError;
+use crate::exit;
+use crate::guard::GuardError;
+use crate::store::StoreError;
+
+/// Anything a subcommand can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn exit_code(f: &Failure) -> u8 {
+    match f {
+        Failure::Settings(SettingsError::Task(crate::task::TaskError::MissingScopeEnv {
+            ..
+        })) => exit::CONFIG,
+        Failure::Settings(_) => exit::USAGE,
+        Failure::Guard(GuardError::Store(e)) | Failure::Store(e) => store_code(e),
+        Failure::Guard(GuardError::GaveUp { .. } | GuardError::InterruptedPredecessor { .. }) => {
+            exit::TEMP_FAIL
+        }
+        Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
+        Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
+        Failure::Runtime(_) => exit::CONFIG,
+    }
+}
+
+fn store_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => exit::DATA_ERR,
+        StoreError::Unreachable { .. } | StoreError::Io { .. } => exit::UNAVAILABLE,
+        StoreError::LeaseLost { .. } | StoreError::WaitTimeout { .. } => exit::TEMP_FAIL,
+        StoreError::Config { .. } | StoreError::Forbidden { .. } | StoreError::StateDir { .. } => {
+            exit::CONFIG
+        }
+        StoreError::Unsupported { .. } => exit::USAGE,
+    }
+}

@@ -1,0 +1,135 @@
+//! Human tables and JSON for `status`, `history` and `--print-fingerprint`. Pure formatting.
+
+use crate::fingerprint::Fingerprint;
+use crate::record::Record;
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+pub fn fingerprint(fp: &Fingerprint) -> String {
+    let mut out = String::new();
+    for c in &fp.components {
+        let _ = writeln!(out, "{:<8} {}  {}", c.kind, c.digest, c.label);
+    }
+    let _ = writeln!(out, "fingerprint {}", fp.value);
+    out
+}
+
+fn short(fp: &str) -> &str {
+    let hex = fp.strip_prefix("sha256:").unwrap_or(fp);
+    &hex[..hex.len().min(12)]
+}
+
+fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let secs = (now - t).num_seconds().max(0);
+    let rel = match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    };
+    format!("{} ({rel})", t.format("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+pub fn status_table(records: &[Record], now: DateTime<Utc>) -> String {
+    if records.is_empty() {
+        return "no tasks recorded in this store\n".into();
+    }
+    let mut rows = vec![vec![
+        "KEY".into(),
+        "STATE".into(),
+        "FINGERPRINT".into(),
+        "LAST RUN".into(),
+        "HOLDER".into(),
+        "ATTEMPTS".into(),
+    ]];
+    for r in records {
+        let key = match &r.instance {
+            Some(i) => format!("{} ({} {i})", r.key, r.scope),
+            None => r.key.clone(),
+        };
+        let state = if r.adopted {
+            format!("{} (adopted)", r.state)
+        } else {
+            r.state.to_string()
+        };
+        rows.push(vec![
+            key,
+            state,
+            short(&r.fingerprint).to_string(),
+            ago(r.finished_at.or(r.started_at), now),
+            r.holder.as_ref().map_or("-".into(), |h| h.to_string()),
+            r.attempts.to_string(),
+        ]);
+    }
+    table(rows)
+}
+
+pub fn history_table(records: &[Record]) -> String {
+    if records.is_empty() {
+        return "no record of this key\n".into();
+    }
+    let mut rows = vec![vec![
+        "KEY".into(),
+        "FINISHED".into(),
+        "STATE".into(),
+        "ATTEMPT".into(),
+        "TOKEN".into(),
+        "DURATION".into(),
+        "EXIT".into(),
+        "FINGERPRINT".into(),
+        "HOLDER".into(),
+    ]];
+    for r in records {
+        for h in &r.history {
+            rows.push(vec![
+                match &r.instance {
+                    Some(i) => format!("{} ({} {i})", r.key, r.scope),
+                    None => r.key.clone(),
+                },
+                h.finished_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                h.state.to_string(),
+                h.attempt.to_string(),
+                h.token.to_string(),
+                h.duration_ms.map_or("-".into(), |d| format!("{d}ms")),
+                h.exit.as_ref().map_or("-".into(), |e| e.to_string()),
+                short(&h.fingerprint).to_string(),
+                h.holder.as_ref().map_or("-".into(), |h| h.to_string()),
+            ]);
+        }
+    }
+    table(rows)
+}
+
+pub fn history_json(records: &[Record]) -> String {
+    let doc: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "key": r.key,
+                "scope": r.scope,
+                "instance": r.instance,
+                "state": r.state,
+                "history": r.history,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}

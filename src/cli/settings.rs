@@ -1,0 +1,123 @@
+//! Validation of parsed flags into library values: durations, key, scope, store URL. Errors here
+//! are usage (exit 2) or configuration (exit 78) problems, found before anything is touched.
+
+use super::args::{OnInterruptedArg, RunArgs, TaskArgs};
+use crate::fingerprint::{self, Fingerprint, FingerprintError, Sources};
+use crate::guard::{OnInterrupted, Plan};
+use crate::runner::ChildSpec;
+use crate::store::{AcquireOpts, StoreUrl, default_store_url};
+use crate::task::{Holder, Key, Scope, TaskError, TaskId};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{flag}: {why}")]
+    Usage { flag: &'static str, why: String },
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    Url(#[from] crate::store::StoreUrlError),
+    #[error(transparent)]
+    Fingerprint(#[from] FingerprintError),
+}
+
+pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError> {
+    let raw = raw.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(raw).map_err(|e| SettingsError::Usage {
+        flag,
+        why: format!("{raw:?} is not a duration like 30s, 5m or 1h30m ({e})"),
+    })
+}
+
+pub fn store_url(raw: Option<&str>) -> Result<StoreUrl, SettingsError> {
+    Ok(StoreUrl::parse(raw.unwrap_or(default_store_url()))?)
+}
+
+pub fn task_id(args: &TaskArgs) -> Result<TaskId, SettingsError> {
+    task_id_of(&args.key, &args.scope)
+}
+
+pub fn task_id_of(key: &str, scope: &str) -> Result<TaskId, SettingsError> {
+    let key = Key::parse(key)?;
+    let scope = Scope::parse(scope).ok_or_else(|| SettingsError::Usage {
+        flag: "--scope",
+        why: format!("{scope:?} is not one of global, pod, node"),
+    })?;
+    Ok(TaskId {
+        key,
+        scope,
+        instance: scope.instance_from_env()?,
+    })
+}
+
+pub fn fingerprint(args: &RunArgs) -> Result<Fingerprint, SettingsError> {
+    Ok(fingerprint::compute(&Sources {
+        argv: args.command.clone(),
+        inputs: args.inputs.clone(),
+        input_env: args.input_env.clone(),
+        version: args.version.clone(),
+        extra: Vec::new(),
+    })?)
+}
+
+pub fn plan(args: &RunArgs, id: TaskId, fingerprint: String) -> Result<Plan, SettingsError> {
+    let ttl = duration("--lock-ttl", &args.lock_ttl)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(SettingsError::Usage {
+            flag: "--lock-ttl",
+            why: "must be at least 1s".into(),
+        });
+    }
+    let wait_timeout = match args.wait_timeout.trim() {
+        "forever" | "0" => None,
+        other => Some(duration("--wait-timeout", other)?),
+    };
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| duration("--timeout", t))
+        .transpose()?;
+    Ok(Plan {
+        id,
+        fingerprint,
+        holder: Holder::from_env(),
+        acquire: AcquireOpts { ttl, wait_timeout },
+        retries: args.retries,
+        backoff: duration("--backoff", &args.backoff)?,
+        max_attempts: args.max_attempts,
+        on_interrupted: match args.on_interrupted {
+            OnInterruptedArg::Rerun => OnInterrupted::Rerun,
+            OnInterruptedArg::Fail => OnInterrupted::Fail,
+        },
+        done_if: args.done_if.clone().filter(|d| !d.trim().is_empty()),
+        child: ChildSpec {
+            argv: args.command.clone(),
+            env: Vec::new(),
+            timeout,
+            grace: duration("--grace", &args.grace)?,
+            capture: !args.no_capture,
+            tail_bytes: args.tail_bytes,
+        },
+        history: args.history.max(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_seconds_and_humantime() {
+        assert_eq!(duration("--x", "30").unwrap(), Duration::from_secs(30));
+        assert_eq!(duration("--x", "1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            duration("--x", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        let e = duration("--x", "soon").unwrap_err().to_string();
+        assert!(e.starts_with("--x: \"soon\" is not a duration"), "{e}");
+    }
+}

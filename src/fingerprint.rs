@@ -1,0 +1,335 @@
+//! The fingerprint: SHA-256 over a canonical encoding of the command, its input files and trees,
+//! chosen environment values and a version string. Reads input files; writes nothing. Must never
+//! depend on directory iteration order, mtimes, or where the inputs are mounted.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Format version of the canonical encoding; changing the encoding must change this tag.
+const ENCODING_TAG: &[u8] = b"initguard-fingerprint-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    #[error("cannot read --input {}: {source}", path.display())]
+    Input {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the fingerprint is computed from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub argv: Vec<String>,
+    pub inputs: Vec<PathBuf>,
+    pub input_env: Vec<String>,
+    pub version: Option<String>,
+    /// Further named contents (e.g. an SQL task's text), hashed like a file.
+    pub extra: Vec<(String, Vec<u8>)>,
+}
+
+/// One line of `--print-fingerprint`: what went in, and its own digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub kind: &'static str,
+    pub label: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub value: String,
+    pub components: Vec<Component>,
+}
+
+/// Length-prefixed framing so that no two different component lists encode to the same bytes.
+/// Hand-written because it is four lines and the encoding must stay stable forever.
+fn frame(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_be_bytes());
+    h.update(bytes);
+}
+
+fn hex_digest(h: Sha256) -> String {
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+fn digest_of(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        frame(&mut h, p);
+    }
+    hex_digest(h)
+}
+
+pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
+    let mut components = Vec::new();
+    let argv: Vec<&[u8]> = src.argv.iter().map(|a| a.as_bytes()).collect();
+    components.push(Component {
+        kind: "argv",
+        label: src.argv.join(" "),
+        digest: digest_of(&argv),
+    });
+    let mut inputs = Vec::new();
+    for path in &src.inputs {
+        let (digest, files) = digest_input(path)?;
+        inputs.push(Component {
+            kind: "input",
+            label: format!(
+                "{} ({files} file{})",
+                path.display(),
+                if files == 1 { "" } else { "s" }
+            ),
+            digest,
+        });
+    }
+    // Order of --input flags must not matter: sort by content digest, not by the path given.
+    inputs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    components.extend(inputs);
+    let mut names = src.input_env.clone();
+    names.sort();
+    names.dedup();
+    for name in names {
+        // Values may be secrets: only their digest is ever shown.
+        let (label, digest) = match std::env::var_os(&name) {
+            Some(v) => (
+                format!("{name} (set)"),
+                digest_of(&[b"set", name.as_bytes(), v.as_encoded_bytes()]),
+            ),
+            None => (
+                format!("{name} (unset)"),
+                digest_of(&[b"unset", name.as_bytes()]),
+            ),
+        };
+        components.push(Component {
+            kind: "env",
+            label,
+            digest,
+        });
+    }
+    if let Some(v) = &src.version {
+        components.push(Component {
+            kind: "version",
+            label: v.clone(),
+            digest: digest_of(&[v.as_bytes()]),
+        });
+    }
+    for (name, bytes) in &src.extra {
+        components.push(Component {
+            kind: "content",
+            label: name.clone(),
+            digest: digest_of(&[bytes]),
+        });
+    }
+    let mut h = Sha256::new();
+    frame(&mut h, ENCODING_TAG);
+    for c in &components {
+        frame(&mut h, c.kind.as_bytes());
+        frame(&mut h, c.digest.as_bytes());
+    }
+    Ok(Fingerprint {
+        value: hex_digest(h),
+        components,
+    })
+}
+
+/// Digest of one `--input`: a file, or a whole tree. Symlinks are followed (ConfigMap and Secret
+/// volumes are made of them); names starting with `..` are skipped because they are the volume's
+/// timestamped internals (`..data`, `..2024_…`), which change name without changing content.
+fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| FingerprintError::Input { path, source }
+    };
+    let meta = fs::metadata(root).map_err(err(root))?;
+    if meta.is_file() {
+        let content = fs::read(root).map_err(err(root))?;
+        let exec = exec_bit(&meta);
+        return Ok((digest_of(&[b"file", exec, &content]), 1));
+    }
+    let mut entries: Vec<(Vec<u8>, String)> = Vec::new();
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !e.file_name().to_string_lossy().starts_with(".."));
+    for entry in walker {
+        let entry = entry.map_err(|e| FingerprintError::Input {
+            path: e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf()),
+            source: e.into(),
+        })?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap_or(entry.path())
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec();
+        let meta = entry.metadata().map_err(|e| FingerprintError::Input {
+            path: entry.path().to_path_buf(),
+            source: e.into(),
+        })?;
+        let digest = if meta.is_dir() {
+            digest_of(&[b"dir"])
+        } else {
+            let content = fs::read(entry.path()).map_err(err(entry.path()))?;
+            digest_of(&[b"file", exec_bit(&meta), &content])
+        };
+        entries.push((rel, digest));
+    }
+    entries.sort();
+    let files = entries.len();
+    let mut h = Sha256::new();
+    frame(&mut h, b"tree");
+    for (rel, digest) in &entries {
+        frame(&mut h, rel);
+        frame(&mut h, digest.as_bytes());
+    }
+    Ok((hex_digest(h), files))
+}
+
+fn exec_bit(meta: &fs::Metadata) -> &'static [u8] {
+    if meta.permissions().mode() & 0o111 != 0 {
+        b"x"
+    } else {
+        b"-"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sources(inputs: Vec<PathBuf>) -> Sources {
+        Sources {
+            argv: vec!["./run.sh".into()],
+            inputs,
+            ..Sources::default()
+        }
+    }
+
+    fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
+        for (name, content) in files {
+            let p = root.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+    }
+
+    #[test]
+    fn location_and_mtime_do_not_matter() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let files = vec![
+            ("x/1.sql".to_string(), b"one".to_vec()),
+            ("2.sql".into(), b"two".to_vec()),
+        ];
+        write_tree(a.path(), &files);
+        write_tree(b.path(), &files);
+        let fa = compute(&sources(vec![a.path().into()])).unwrap();
+        let fb = compute(&sources(vec![b.path().into()])).unwrap();
+        assert_eq!(fa.value, fb.value);
+        let f = fs::File::options()
+            .write(true)
+            .open(a.path().join("2.sql"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            compute(&sources(vec![a.path().into()])).unwrap().value,
+            fa.value
+        );
+    }
+
+    #[test]
+    fn content_exec_bit_argv_env_and_version_matter() {
+        let d = tempfile::tempdir().unwrap();
+        write_tree(d.path(), &[("a".into(), b"1".to_vec())]);
+        let base = compute(&sources(vec![d.path().into()])).unwrap().value;
+        fs::write(d.path().join("a"), b"2").unwrap();
+        let changed = compute(&sources(vec![d.path().into()])).unwrap().value;
+        assert_ne!(base, changed);
+        fs::set_permissions(d.path().join("a"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(
+            compute(&sources(vec![d.path().into()])).unwrap().value,
+            changed
+        );
+        let mut s = sources(vec![]);
+        let plain = compute(&s).unwrap().value;
+        s.version = Some("v2".into());
+        assert_ne!(compute(&s).unwrap().value, plain);
+        s.argv.push("--x".into());
+        let with_arg = compute(&s).unwrap().value;
+        s.input_env = vec!["INITGUARD_FP_TEST_SURELY_UNSET".into()];
+        assert_ne!(compute(&s).unwrap().value, with_arg);
+    }
+
+    #[test]
+    fn argv_boundaries_are_unambiguous() {
+        let mut a = sources(vec![]);
+        a.argv = vec!["ab".into(), "c".into()];
+        let mut b = sources(vec![]);
+        b.argv = vec!["a".into(), "bc".into()];
+        assert_ne!(compute(&a).unwrap().value, compute(&b).unwrap().value);
+    }
+
+    #[test]
+    fn input_order_does_not_matter() {
+        let d = tempfile::tempdir().unwrap();
+        write_tree(
+            d.path(),
+            &[("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())],
+        );
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let ab = compute(&sources(vec![a.clone(), b.clone()])).unwrap().value;
+        let ba = compute(&sources(vec![b, a])).unwrap().value;
+        assert_eq!(ab, ba);
+    }
+
+    #[test]
+    fn configmap_internals_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        write_tree(d.path(), &[("..2024_01_01/k".into(), b"v".to_vec())]);
+        std::os::unix::fs::symlink("..2024_01_01", d.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/k", d.path().join("k")).unwrap();
+        let e = tempfile::tempdir().unwrap();
+        write_tree(e.path(), &[("k".into(), b"v".to_vec())]);
+        assert_eq!(
+            compute(&sources(vec![d.path().into()])).unwrap().value,
+            compute(&sources(vec![e.path().into()])).unwrap().value
+        );
+    }
+
+    #[test]
+    fn missing_input_is_an_error() {
+        let err = compute(&sources(vec!["/nonexistent/x".into()])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn tree_digest_ignores_creation_order(
+            files in proptest::collection::btree_map("[a-z]{1,6}(/[a-z]{1,6})?", proptest::collection::vec(any::<u8>(), 0..64), 1..12)
+        ) {
+            // Names that are both a file and a directory prefix cannot coexist on disk.
+            let files: Vec<(String, Vec<u8>)> = files.into_iter().collect();
+            let clash = files.iter().any(|(a, _)| files.iter().any(|(b, _)| b.starts_with(&format!("{a}/"))));
+            prop_assume!(!clash);
+            let a = tempfile::tempdir().unwrap();
+            let b = tempfile::tempdir().unwrap();
+            write_tree(a.path(), &files);
+            let mut rev = files.clone();
+            rev.reverse();
+            write_tree(b.path(), &rev);
+            prop_assert_eq!(
+                compute(&sources(vec![a.path().into()])).unwrap().value,
+                compute(&sources(vec![b.path().into()])).unwrap().value
+            );
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The run protocol of DESIGN.md, written once over the `Store` trait: skip, wait, detect an
+//! interrupted predecessor, adopt, run with heartbeat, retry, record. Prints nothing to stdout
+//! (stdout belongs to the wrapped command); decisions are logged with `tracing`.
+
+use crate::record::{ExitInfo, Record, State};
+use crate::runner::{self, ChildOutcome, ChildSpec, Ended, Signals};
+use crate::store::{AcquireOpts, Lease, Store, StoreError};
+use crate::task::{Holder, TaskId};
+use chrono::Utc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Longest pause between in-process retries, whatever `--backoff` and the attempt number say.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupted {
+    Rerun,
+    Fail,
+}
+
+/// Everything the protocol needs, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub id: TaskId,
+    pub fingerprint: String,
+    pub holder: Holder,
+    pub acquire: AcquireOpts,
+    pub retries: u32,
+    pub backoff: Duration,
+    /// 0: unlimited.
+    pub max_attempts: u32,
+    pub on_interrupted: OnInterrupted,
+    pub done_if: Option<String>,
+    pub child: ChildSpec,
+    pub history: usize,
+}
+
+/// How a run ended, when initguard itself did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already done for this fingerprint; `waited` when another holder finished while we waited.
+    Skipped {
+        waited: bool,
+        by: Option<Holder>,
+    },
+    /// `--done-if` showed the work done: recorded as succeeded without running.
+    Adopted,
+    Succeeded {
+        attempt: u32,
+    },
+    /// The command failed after its last in-process attempt; `gave_up` when that reached
+    /// `--max-attempts`.
+    Failed {
+        outcome: ChildOutcome,
+        gave_up: bool,
+    },
+    /// Stopped by a forwarded signal.
+    Interrupted {
+        outcome: ChildOutcome,
+        signal: i32,
+    },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Skipped { .. } | Outcome::Adopted | Outcome::Succeeded { .. } => {
+                crate::exit::OK
+            }
+            Outcome::Failed { outcome, .. } => outcome.exit_code(),
+            Outcome::Interrupted { outcome, signal } => match outcome {
+                ChildOutcome::Exited(c) if *c != 0 => outcome.exit_code(),
+                _ => crate::exit::for_signal(*signal),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{key} gave up after {attempts} failed attempts with this fingerprint ({reason}); fix the cause, then run `initguard reset {key}`"
+    )]
+    GaveUp {
+        key: String,
+        attempts: u32,
+        reason: String,
+    },
+    #[error(
+        "the previous run of {key} was interrupted and --on-interrupted is fail; check its effects, then run `initguard reset {key}`"
+    )]
+    InterruptedPredecessor { key: String },
+    #[error(
+        "{key}: cannot run {program:?}: {}; nothing was recorded",
+        describe(outcome)
+    )]
+    Command {
+        key: String,
+        program: String,
+        outcome: ChildOutcome,
+    },
+    #[error("stopped by signal {signal} while waiting for the lease on {key}; nothing was run")]
+    SignalWhileWaiting { key: String, signal: i32 },
+}
+
+/// Keeps a lease alive: renews every ttl/3 and reports it lost when renewals stop succeeding in
+/// time, early enough that the child is dead before anyone else can take the lease over.
+struct Heartbeat {
+    last_ok: Instant,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            last_ok: Instant::now(),
+        }
+    }
+
+    /// Resolves only when the lease is lost, with the reason.
+    async fn lost(&mut self, store: &dyn Store, lease: &Lease) -> String {
+        if !store.needs_renewal() {
+            return std::future::pending().await;
+        }
+        let every = (lease.ttl / 3).max(Duration::from_millis(200));
+        // Kill well before the lease lapses: the others judge expiry from their own observation,
+        // which starts no earlier than our last successful renewal.
+        let give_up_after = lease.ttl.mul_f64(0.75);
+        let mut next = self.last_ok + every;
+        loop {
+            tokio::time::sleep_until(next.into()).await;
+            let started = Instant::now();
+            let budget = give_up_after.saturating_sub(started.duration_since(self.last_ok));
+            if budget.is_zero() {
+                return format!(
+                    "no renewal succeeded for {}s",
+                    self.last_ok.elapsed().as_secs()
+                );
+            }
+            match tokio::time::timeout(budget, store.renew(lease)).await {
+                Ok(Ok(())) => {
+                    self.last_ok = started;
+                    next = started + every;
+                }
+                Ok(Err(StoreError::LeaseLost { reason, .. })) => return reason,
+                Ok(Err(e)) => {
+                    warn!(key = %lease.id, "lease renewal failed, retrying: {e}");
+                    next = Instant::now() + Duration::from_millis(500).min(every);
+                }
+                Err(_) => {
+                    return format!(
+                        "no renewal succeeded for {}s",
+                        self.last_ok.elapsed().as_secs()
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub struct Guard<'a> {
+    store: &'a dyn Store,
+    plan: &'a Plan,
+}
+
+impl<'a> Guard<'a> {
+    pub fn new(store: &'a dyn Store, plan: &'a Plan) -> Guard<'a> {
+        Guard { store, plan }
+    }
+
+    fn key(&self) -> String {
+        self.plan.id.to_string()
+    }
+
+    pub async fn run(&self, signals: &mut Signals) -> Result<Outcome, GuardError> {
+        let plan = self.plan;
+        let fp = plan.fingerprint.as_str();
+        if let Some(rec) = self.store.read(&plan.id).await? {
+            if rec.is_done_for(fp) {
+                info!(key = %plan.id, fingerprint = fp, "skipped: {} already succeeded with this fingerprint{}", self.key(), done_by(&rec));
+                return Ok(Outcome::Skipped {
+                    waited: false,
+                    by: rec.holder,
+                });
+            }
+            if rec.gave_up_for(fp) {
+                return Err(self.gave_up(&rec));
+            }
+        }
+        if let Err(outcome) = runner::preflight(&plan.child.argv) {
+            return Err(GuardError::Command {
+                key: self.key(),
+                program: plan.child.argv.first().cloned().unwrap_or_default(),
+                outcome,
+            });
+        }
+        let started_wait = Instant::now();
+        let lease = tokio::select! {
+            lease = self.store.acquire(&plan.id, &plan.holder, plan.acquire) => lease?,
+            signal = signals.recv() => {
+                return Err(GuardError::SignalWhileWaiting { key: self.key(), signal });
+            }
+        };
+        info!(key = %plan.id, token = lease.token, "lease on {} taken (token {}) after {}ms", self.key(), lease.token, started_wait.elapsed().as_millis());
+        let result = self.run_leased(&lease, signals).await;
+        if let Err(e) = self.store.release(lease).await {
+            warn!(key = %plan.id, "could not release the lease (it lapses on its own): {e}");
+        }
+        result
+    }
+
+    fn gave_up(&self, rec: &Record) -> GuardError {
+        GuardError::GaveUp {
+            key: self.key(),
+            attempts: rec.attempts,
+            reason: rec
+                .history
+                .iter()
+                .rev()
+                .find(|h| h.state != State::GaveUp || h.exit.is_some())
+                .and_then(|h| h.exit.as_ref().map(|e| e.to_string()))
+                .or_else(|| rec.reason.clone())
+                .unwrap_or_else(|| "no reason recorded".into()),
+        }
+    }
+
+    async fn run_leased(
+        &self,
+        lease: &Lease,
+        signals: &mut Signals,
+    ) -> Result<Outcome, GuardError> {
+        let plan = self.plan;
+        let fp = plan.fingerprint.as_str();
+        let store = self.store;
+        let existing = store.read(&plan.id).await?;
+        if let Some(rec) = &existing {
+            if rec.is_done_for(fp) {
+                info!(key = %plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
+                return Ok(Outcome::Skipped {
+                    waited: true,
+                    by: rec.holder.clone(),
+                });
+            }
+            if rec.gave_up_for(fp) {
+                return Err(self.gave_up(rec));
+            }
+        }
+        let mut rec = existing.unwrap_or_else(|| Record::new(&plan.id, fp, Utc::now()));
+        let mut previous = rec.previous();
+        let mut heartbeat = Heartbeat::new();
+        if matches!(rec.state, State::Running | State::Interrupted) {
+            let who = rec
+                .holder
+                .as_ref()
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "an unknown holder".into());
+            warn!(key = %plan.id, token = rec.token, "previous run of {} (attempt {}, token {}, by {who}) was interrupted", self.key(), rec.attempts, rec.token);
+            if rec.state == State::Running {
+                rec.mark_interrupted(lease.token, "the holder's lease ended while it was running (process or node died, or it lost the store)", Utc::now(), plan.history);
+                store.write(lease, &rec).await?;
+            }
+            if plan.on_interrupted == OnInterrupted::Fail {
+                return Err(GuardError::InterruptedPredecessor { key: self.key() });
+            }
+        }
+        if let Some(check) = &plan.done_if {
+            let spec = ChildSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), check.clone()],
+                env: self.child_env(lease, rec.attempts, previous),
+                capture: false,
+                ..plan.child.clone()
+            };
+            let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
+            if let Ended::Stopped(reason) = res.ended {
+                return Err(self.lease_lost(lease, reason));
+            }
+            if res.outcome.success() {
+                info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());
+                rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
+                store.write(lease, &rec).await?;
+                return Ok(Outcome::Adopted);
+            }
+            info!(key = %plan.id, "--done-if says not done ({}): running", describe(&res.outcome));
+        }
+        let mut retry = 0u32;
+        loop {
+            rec.start(lease.token, &plan.holder, fp, Utc::now());
+            let attempt = rec.attempts;
+            store.write(lease, &rec).await?;
+            info!(key = %plan.id, token = lease.token, attempt, "running {} (attempt {attempt}{})", self.key(), if previous == "none" { String::new() } else { format!(", previous {previous}") });
+            let spec = ChildSpec {
+                env: self.child_env(lease, attempt, previous),
+                ..plan.child.clone()
+            };
+            let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
+            if let Ended::Stopped(reason) = res.ended {
+                return Err(self.lease_lost(lease, reason));
+            }
+            rec.set_tail(&res.tail, plan.child.tail_bytes);
+            let exit = exit_info(&res.outcome);
+            let now = Utc::now();
+            if res.outcome.success() {
+                rec.finish(
+                    State::Succeeded,
+                    lease.token,
+                    Some(exit),
+                    None,
+                    now,
+                    plan.history,
+                );
+                store.write(lease, &rec).await?;
+                info!(key = %plan.id, "succeeded: {} in {}ms (attempt {attempt})", self.key(), rec.duration_ms.unwrap_or(0));
+                return Ok(Outcome::Succeeded { attempt });
+            }
+            if let Ended::BySignal(signal) = res.ended {
+                let reason = format!("stopped by signal {signal} ({})", describe(&res.outcome));
+                rec.finish(
+                    State::Interrupted,
+                    lease.token,
+                    Some(exit),
+                    Some(reason.clone()),
+                    now,
+                    plan.history,
+                );
+                store.write(lease, &rec).await?;
+                warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
+                return Ok(Outcome::Interrupted {
+                    outcome: res.outcome,
+                    signal,
+                });
+            }
+            let reason = describe(&res.outcome);
+            if plan.max_attempts > 0 && attempt >= plan.max_attempts {
+                rec.finish(
+                    State::GaveUp,
+                    lease.token,
+                    Some(exit),
+                    Some(reason.clone()),
+                    now,
+                    plan.history,
+                );
+                store.write(lease, &rec).await?;
+                warn!(key = %plan.id, "gave up: {} failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", self.key(), plan.max_attempts, plan.id.key);
+                return Ok(Outcome::Failed {
+                    outcome: res.outcome,
+                    gave_up: true,
+                });
+            }
+            rec.finish(
+                State::Failed,
+                lease.token,
+                Some(exit),
+                Some(reason.clone()),
+                now,
+                plan.history,
+            );
+            store.write(lease, &rec).await?;
+            if retry >= plan.retries {
+                warn!(key = %plan.id, "failed: {} {reason} (attempt {attempt})", self.key());
+                return Ok(Outcome::Failed {
+                    outcome: res.outcome,
+                    gave_up: false,
+                });
+            }
+            retry += 1;
+            previous = "failed";
+            let pause = backoff(plan.backoff, retry);
+            warn!(key = %plan.id, "failed: {} {reason} (attempt {attempt}); retry {retry} of {} in {}ms", self.key(), plan.retries, pause.as_millis());
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                reason = heartbeat.lost(store, lease) => return Err(self.lease_lost(lease, reason)),
+                signal = signals.recv() => {
+                    return Ok(Outcome::Interrupted { outcome: res.outcome, signal });
+                }
+            }
+        }
+    }
+
+    fn lease_lost(&self, lease: &Lease, reason: String) -> GuardError {
+        GuardError::Store(StoreError::LeaseLost {
+            key: self.key(),
+            token: lease.token,
+            reason: format!("{reason}; the command was killed and nothing was recorded"),
+        })
+    }
+
+    fn child_env(&self, lease: &Lease, attempt: u32, previous: &str) -> Vec<(String, String)> {
+        vec![
+            ("INITGUARD_KEY".into(), self.plan.id.key.to_string()),
+            (
+                "INITGUARD_FINGERPRINT".into(),
+                self.plan.fingerprint.clone(),
+            ),
+            ("INITGUARD_FENCING_TOKEN".into(), lease.token.to_string()),
+            ("INITGUARD_ATTEMPT".into(), attempt.max(1).to_string()),
+            ("INITGUARD_PREVIOUS".into(), previous.to_string()),
+        ]
+    }
+}
+
+fn done_by(rec: &Record) -> String {
+    match (&rec.holder, rec.finished_at) {
+        (Some(h), Some(t)) => format!(" (by {h} at {})", t.format("%Y-%m-%dT%H:%M:%SZ")),
+        (Some(h), None) => format!(" (by {h})"),
+        _ => String::new(),
+    }
+}
+
+fn exit_info(o: &ChildOutcome) -> ExitInfo {
+    match o {
+        ChildOutcome::Exited(c) => ExitInfo::Code(*c),
+        ChildOutcome::Signaled(s) => ExitInfo::Signal(*s),
+        ChildOutcome::TimedOut => ExitInfo::TimedOut,
+        ChildOutcome::NotFound => ExitInfo::NotFound,
+        ChildOutcome::NotExecutable => ExitInfo::NotExecutable,
+        ChildOutcome::SpawnFailed(_) => ExitInfo::SpawnFailed,
+    }
+}
+
+fn describe(o: &ChildOutcome) -> String {
+    match o {
+        ChildOutcome::Exited(c) => format!("exit status {c}"),
+        ChildOutcome::Signaled(s) => format!("killed by signal {s}"),
+        ChildOutcome::TimedOut => "exceeded --timeout".into(),
+        ChildOutcome::NotFound => "command not found".into(),
+        ChildOutcome::NotExecutable => "command not executable".into(),
+        ChildOutcome::SpawnFailed(e) => format!("could not start: {e}"),
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [base·2^(n-1) / 2, base·2^(n-1)], capped.
+fn backoff(base: Duration, retry: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    exp.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// `initguard reset`: forget success / gave_up of every record of `key`, under each one's lease.
+pub async fn reset(
+    store: &dyn Store,
+    key: &crate::task::Key,
+    holder: &Holder,
+    opts: AcquireOpts,
+    history: usize,
+) -> Result<Vec<(TaskId, State)>, StoreError> {
+    let mut done = Vec::new();
+    for rec in store.list().await? {
+        if rec.key != key.as_str() {
+            continue;
+        }
+        let id = TaskId {
+            key: key.clone(),
+            scope: rec.scope,
+            instance: rec.instance.clone(),
+        };
+        let lease = store.acquire(&id, holder, opts).await?;
+        let res = async {
+            let Some(mut rec) = store.read(&id).await? else {
+                return Ok(None);
+            };
+            let was = rec.state;
+            rec.reset(lease.token, holder, Utc::now(), history);
+            store.write(&lease, &rec).await?;
+            Ok::<_, StoreError>(Some(was))
+        }
+        .await;
+        store.release(lease).await?;
+        if let Some(was) = res? {
+            done.push((id, was));
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_secs(1);
+        for _ in 0..20 {
+            let first = backoff(b, 1);
+            assert!(first >= Duration::from_millis(500) && first <= b);
+            let third = backoff(b, 3);
+            assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
+            assert!(backoff(b, 40) <= MAX_BACKOFF);
+        }
+    }
+
+    #[test]
+    fn interrupted_exit_code_prefers_the_signal() {
+        let o = Outcome::Interrupted {
+            outcome: ChildOutcome::Exited(0),
+            signal: 15,
+        };
+        assert_eq!(o.exit_code(), 143);
+        let o = Outcome::Interrupted {
+            outcome: ChildOutcome::Exited(3),
+            signal: 15,
+        };
+        assert_eq!(o.exit_code(), 3);
+    }
+}

@@ -1,0 +1,471 @@
+//! End-to-end tests of `initguard run` and the operator commands on the embedded file store:
+//! the store contract suite, plus what only the file store can show (bad input leaves files
+//! byte-identical, unwritable state dir, output passthrough).
+
+#[macro_use]
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use support::*;
+
+struct FileFixture {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl FileFixture {
+    fn new() -> FileFixture {
+        let tmp = tempfile::tempdir().unwrap();
+        FileFixture {
+            dir: tmp.path().join("state"),
+            _tmp: tmp,
+        }
+    }
+}
+
+impl StoreFixture for FileFixture {
+    fn url(&self) -> String {
+        format!("file:{}", self.dir.display())
+    }
+    fn leases_lapse(&self) -> bool {
+        false
+    }
+}
+
+contract_tests!(FileFixture::new());
+
+/// Every file under `dir` with its bytes, to show that a refused run changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    if dir.exists() {
+        for e in walk(dir) {
+            out.push((e.clone(), fs::read(&e).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("initguard: "), "error line: {err}");
+    last
+}
+
+#[test]
+fn invalid_key_exits_2_and_writes_nothing() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    for key in ["../etc", "/abs", "has space", ""] {
+        let out = run_task(&fx, work.path(), key, &[], "touch ran");
+        assert_eq!(code(&out), 2, "{key:?}: {}", stderr(&out));
+        assert!(one_line_error(&out).contains("invalid key"));
+    }
+    assert!(!fx.dir.exists(), "no state dir created");
+    assert!(!work.path().join("ran").exists());
+}
+
+#[test]
+fn unknown_store_scheme_exits_2() {
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .current_dir(work.path())
+        .args([
+            "--store",
+            "redis://localhost",
+            "run",
+            "--key",
+            "k",
+            "--",
+            "touch",
+            "ran",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(one_line_error(&out).contains("unknown store URL"));
+    assert!(!work.path().join("ran").exists());
+}
+
+#[test]
+fn corrupt_record_exits_65_and_is_left_byte_identical() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "app/corrupt", &[], "true")),
+        0
+    );
+    let path = fx.dir.join("app/corrupt.json");
+    fs::write(&path, b"{\"schema\": 1, \"state\": \"succ").unwrap();
+    let before = snapshot(&fx.dir);
+    let out = run_task(&fx, work.path(), "app/corrupt", &[], "touch ran");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(one_line_error(&out).contains("corrupt"));
+    assert_eq!(snapshot(&fx.dir), before, "nothing written");
+    assert!(!work.path().join("ran").exists());
+}
+
+#[test]
+fn newer_schema_exits_65_and_is_left_byte_identical() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "app/newer", &[], "true")),
+        0
+    );
+    let path = fx.dir.join("app/newer.json");
+    let mut rec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    rec["schema"] = 99.into();
+    rec["state"] = "failed".into();
+    fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let before = snapshot(&fx.dir);
+    let out = run_task(&fx, work.path(), "app/newer", &[], "touch ran");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(one_line_error(&out).contains("newer than this initguard"));
+    assert_eq!(snapshot(&fx.dir), before);
+    assert!(!work.path().join("ran").exists());
+}
+
+#[test]
+fn unwritable_state_dir_exits_78() {
+    if nix::unistd::geteuid().is_root() {
+        // root ignores directory permissions; use a path under a regular file instead.
+        let work = tempfile::tempdir().unwrap();
+        fs::write(work.path().join("file"), "").unwrap();
+        let out = std::process::Command::new(bin())
+            .current_dir(work.path())
+            .args([
+                "--store",
+                "file:file/state",
+                "run",
+                "--key",
+                "k",
+                "--",
+                "touch",
+                "ran",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 78, "{}", stderr(&out));
+        assert!(one_line_error(&out).contains("state directory"));
+        assert!(!work.path().join("ran").exists());
+        return;
+    }
+    let fx = FileFixture::new();
+    fs::create_dir_all(&fx.dir).unwrap();
+    fs::set_permissions(&fx.dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = run_task(&fx, work.path(), "k", &[], "touch ran");
+    fs::set_permissions(&fx.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert!(!work.path().join("ran").exists());
+}
+
+#[test]
+fn command_not_found_exits_127_and_records_nothing() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let out = cmd(&fx, work.path())
+        .args(["run", "--key", "nf", "--", "/no/such/command-xyz"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 127, "{}", stderr(&out));
+    assert!(one_line_error(&out).contains("command not found"));
+    assert_eq!(
+        status_json(&fx, work.path(), "nf"),
+        serde_json::json!([]),
+        "nothing recorded"
+    );
+}
+
+#[test]
+fn not_executable_exits_126() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("script.sh");
+    fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cmd(&fx, work.path())
+        .args(["run", "--key", "nx", "--"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 126, "{}", stderr(&out));
+    assert!(one_line_error(&out).contains("not executable"));
+}
+
+#[test]
+fn the_child_inherits_no_lock_descriptor() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let fds = work.path().join("fds");
+    let out = run_task(
+        &fx,
+        work.path(),
+        "fds",
+        &[],
+        &format!("ls -l /proc/$$/fd > {}", fds.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listing = fs::read_to_string(&fds).unwrap();
+    assert!(listing.contains("/proc/") || !listing.is_empty());
+    assert!(
+        !listing.contains(".lock"),
+        "lock fd leaked into the child: {listing}"
+    );
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_after_grace() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let child = spawn_task(
+        &fx,
+        work.path(),
+        "stubborn",
+        &["--grace", "500ms"],
+        &format!("trap '' TERM; touch {}; sleep 30", started.display()),
+    );
+    wait_for("start", std::time::Duration::from_secs(10), || {
+        started.exists()
+    });
+    let begun = std::time::Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(begun.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+    assert_eq!(record(&fx, work.path(), "stubborn")["state"], "interrupted");
+    assert_eq!(
+        record(&fx, work.path(), "stubborn")["exit"],
+        serde_json::json!({"signal": 9})
+    );
+}
+
+#[test]
+fn ten_mib_of_output_passes_through_intact_while_the_tail_is_bounded() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let mut bytes = Vec::with_capacity(10 << 20);
+    let mut x: u32 = 12345;
+    while bytes.len() < 10 << 20 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        bytes.push((x >> 16) as u8);
+    }
+    fs::write(&data, &bytes).unwrap();
+    let out = run_task(
+        &fx,
+        work.path(),
+        "big",
+        &["--tail-bytes", "1000"],
+        &format!("cat {}", data.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), bytes.len());
+    assert_eq!(
+        Sha256::digest(&out.stdout),
+        Sha256::digest(&bytes),
+        "output intact"
+    );
+    let rec = record(&fx, work.path(), "big");
+    let tail = rec["tail"].as_str().unwrap();
+    assert!(tail.len() <= 1000, "tail bounded: {}", tail.len());
+    assert!(!tail.is_empty());
+}
+
+#[test]
+fn timeout_exits_124() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let out = run_task(
+        &fx,
+        work.path(),
+        "slow",
+        &["--timeout", "300ms", "--grace", "1s"],
+        "sleep 30",
+    );
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    let rec = record(&fx, work.path(), "slow");
+    assert_eq!(rec["exit"], "timed_out");
+}
+
+#[test]
+fn exit_code_passes_through() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(code(&run_task(&fx, work.path(), "seven", &[], "exit 7")), 7);
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "sig", &[], "kill -USR1 $$")),
+        128 + 10
+    );
+}
+
+#[test]
+fn options_are_read_from_initguard_environment_and_flags_win() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let out = cmd(&fx, work.path())
+        .env("INITGUARD_KEY", "from/env")
+        .env("INITGUARD_VERSION", "v1")
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $INITGUARD_KEY >> {}", marker.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&marker), vec!["from/env"]);
+    // --version from the flag overrides INITGUARD_VERSION: a new fingerprint, so it runs again.
+    let out = cmd(&fx, work.path())
+        .env("INITGUARD_KEY", "from/env")
+        .env("INITGUARD_VERSION", "v1")
+        .args([
+            "run",
+            "--version",
+            "v2",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $INITGUARD_KEY >> {}", marker.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert_eq!(lines(&marker).len(), 2);
+}
+
+#[test]
+fn pod_scope_runs_once_per_pod_uid() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let script = format!("echo $POD_UID >> {}", marker.display());
+    for uid in ["uid-a", "uid-a", "uid-b"] {
+        let out = cmd(&fx, work.path())
+            .env("POD_UID", uid)
+            .args([
+                "run", "--key", "per-pod", "--scope", "pod", "--", "sh", "-c", &script,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(lines(&marker), vec!["uid-a", "uid-b"]);
+    let out = cmd(&fx, work.path())
+        .args(["run", "--key", "per-pod", "--scope", "pod", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        78,
+        "pod scope without POD_UID is a configuration error"
+    );
+    assert!(one_line_error(&out).contains("POD_UID"));
+}
+
+#[test]
+fn waiter_logs_who_it_waits_for_and_wait_timeout_exits_75() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let mut holder = spawn_task(
+        &fx,
+        work.path(),
+        "busy",
+        &[],
+        &format!("touch {}; sleep 30", started.display()),
+    );
+    wait_for(
+        "holder to start",
+        std::time::Duration::from_secs(10),
+        || started.exists(),
+    );
+    let out = run_task(
+        &fx,
+        work.path(),
+        "busy",
+        &["--wait-timeout", "1s"],
+        "touch ran",
+    );
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waiting for busy held by host"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(one_line_error(&out).contains("gave up waiting"));
+    assert!(!work.path().join("ran").exists());
+    signal(&holder, nix::sys::signal::Signal::SIGKILL);
+    let _ = holder.wait();
+}
+
+#[test]
+fn release_reports_a_free_lease_and_a_held_one() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let out = cmd(&fx, work.path())
+        .args(["release", "free"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("nothing to release"),
+        "{}",
+        stderr(&out)
+    );
+    let started = work.path().join("started");
+    let mut holder = spawn_task(
+        &fx,
+        work.path(),
+        "held",
+        &[],
+        &format!("touch {}; sleep 30", started.display()),
+    );
+    wait_for(
+        "holder to start",
+        std::time::Duration::from_secs(10),
+        || started.exists(),
+    );
+    let out = cmd(&fx, work.path())
+        .args(["release", "held"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert!(stderr(&out).contains("is held by host"), "{}", stderr(&out));
+    signal(&holder, nix::sys::signal::Signal::SIGKILL);
+    let _ = holder.wait();
+}
+
+#[test]
+fn reset_of_an_unknown_key_says_so() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let out = cmd(&fx, work.path())
+        .args(["reset", "never/ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    assert!(stderr(&out).contains("nothing to reset"));
+}

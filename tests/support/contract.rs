@@ -1,0 +1,500 @@
+//! The store contract suite: the same scenarios, the same expectations, for every store. Each
+//! scenario runs real processes of the built binary against `fx` and counts the side effects.
+
+use super::*;
+use nix::sys::signal::Signal;
+use std::fs;
+
+/// One `#[test]` per contract scenario, each with a fixture from `$fx` (an expression evaluated
+/// per test, e.g. `FileFixture::new()` or a reference to a shared server's fixture).
+#[macro_export]
+macro_rules! contract_tests {
+    ($fx:expr) => {
+        #[test]
+        fn contract_exactly_once_under_contention() {
+            support::contract::exactly_once_under_contention(&$fx, 30);
+        }
+        #[test]
+        fn contract_skips_after_success_and_reruns_on_change() {
+            support::contract::skips_after_success_and_reruns_on_change(&$fx);
+        }
+        #[test]
+        fn contract_killed_holder_is_detected_as_interrupted() {
+            support::contract::killed_holder_is_detected_as_interrupted(&$fx);
+        }
+        #[test]
+        fn contract_interrupted_predecessor_with_fail_policy_exits_75() {
+            support::contract::interrupted_predecessor_with_fail_policy_exits_75(&$fx);
+        }
+        #[test]
+        fn contract_sigterm_is_forwarded_and_recorded() {
+            support::contract::sigterm_is_forwarded_and_recorded(&$fx);
+        }
+        #[test]
+        fn contract_gives_up_after_max_attempts_and_reset_clears_it() {
+            support::contract::gives_up_after_max_attempts_and_reset_clears_it(&$fx);
+        }
+        #[test]
+        fn contract_retries_in_process_with_backoff() {
+            support::contract::retries_in_process_with_backoff(&$fx);
+        }
+        #[test]
+        fn contract_done_if_adopts_without_running() {
+            support::contract::done_if_adopts_without_running(&$fx);
+        }
+        #[test]
+        fn contract_status_and_history_json_have_the_design_fields() {
+            support::contract::status_and_history_json_have_the_design_fields(&$fx);
+        }
+        #[test]
+        fn contract_child_env_names_key_token_attempt_previous() {
+            support::contract::child_env_names_key_token_attempt_previous(&$fx);
+        }
+        #[test]
+        fn contract_paused_holder_past_its_lease_is_fenced() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::contract::paused_holder_past_its_lease_is_fenced(&fx);
+            } else {
+                eprintln!(
+                    "not applicable: this store's lock lives exactly as long as its holder process"
+                );
+            }
+        }
+    };
+}
+
+/// N processes start at once on one key: the command runs exactly once, all exit 0.
+pub fn exactly_once_under_contention(fx: &dyn StoreFixture, n: usize) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/once");
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}; sleep 1", marker.display());
+    let children: Vec<_> = (0..n)
+        .map(|_| spawn_task(fx, work.path(), &key, &["--lock-ttl", "10s"], &script))
+        .collect();
+    let mut skipped = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "every contender exits 0: {}", stderr(&out));
+        if stderr(&out).contains("skipped") {
+            skipped += 1;
+        }
+    }
+    assert_eq!(lines(&marker).len(), 1, "the command ran exactly once");
+    assert_eq!(skipped, n - 1, "all others skipped");
+    assert_eq!(record(fx, work.path(), &key)["state"], "succeeded");
+}
+
+/// Success skips; a content change re-runs; touching (mtime only) and reordering inputs do not.
+pub fn skips_after_success_and_reruns_on_change(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/skip");
+    let marker = work.path().join("ran");
+    let (a, b) = (work.path().join("a.sql"), work.path().join("b.sql"));
+    fs::write(&a, "create table a();").unwrap();
+    fs::write(&b, "create table b();").unwrap();
+    let script = format!("echo run >> {}", marker.display());
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let ab = ["--input", a_s, "--input", b_s];
+    let ba = ["--input", b_s, "--input", a_s];
+    assert_eq!(code(&run_task(fx, work.path(), &key, &ab, &script)), 0);
+    assert_eq!(lines(&marker).len(), 1);
+    let out = run_task(fx, work.path(), &key, &ab, &script);
+    assert_eq!(code(&out), 0);
+    assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
+    assert_eq!(lines(&marker).len(), 1, "second invocation skipped");
+    // touch: mtime only
+    let f = fs::File::options().write(true).open(&a).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    assert_eq!(code(&run_task(fx, work.path(), &key, &ba, &script)), 0);
+    assert_eq!(
+        lines(&marker).len(),
+        1,
+        "touch and reordered --input flags skip"
+    );
+    fs::write(&a, "create table a(id int);").unwrap();
+    assert_eq!(code(&run_task(fx, work.path(), &key, &ab, &script)), 0);
+    assert_eq!(lines(&marker).len(), 2, "changed content re-runs");
+    // The fingerprint printed for both orders is the same.
+    let fp = |args: &[&str]| {
+        let mut c = cmd(fx, work.path());
+        c.args(["run", "--key", &key, "--print-fingerprint"])
+            .args(args)
+            .args(["--", "sh", "-c", &script]);
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(fp(&ab).starts_with("fingerprint sha256:"));
+    assert_eq!(fp(&ab), fp(&ba));
+}
+
+/// Start a holder whose command writes `started` then sleeps; returns it once the command runs.
+fn start_holder(
+    fx: &dyn StoreFixture,
+    work: &Path,
+    key: &str,
+    extra: &[&str],
+    pidfile: &Path,
+) -> Child {
+    let started = work.join(format!(
+        "started-{}",
+        pidfile.file_name().unwrap().to_string_lossy()
+    ));
+    let script = format!(
+        "echo $$ > {}; touch {}; sleep 60",
+        pidfile.display(),
+        started.display()
+    );
+    let child = spawn_task(fx, work, key, extra, &script);
+    wait_for(
+        "the holder's command to start",
+        Duration::from_secs(20),
+        || started.exists(),
+    );
+    child
+}
+
+fn child_pid(pidfile: &Path) -> i32 {
+    fs::read_to_string(pidfile).unwrap().trim().parse().unwrap()
+}
+
+/// `kill -9` of a holder mid-run: its child dies too; the next run reports the previous run as
+/// interrupted and re-runs it.
+pub fn killed_holder_is_detected_as_interrupted(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/kill9");
+    let pidfile = work.path().join("pid");
+    let ttl = ["--lock-ttl", "2s"];
+    let mut holder = start_holder(fx, work.path(), &key, &ttl, &pidfile);
+    let grandchild = child_pid(&pidfile);
+    signal(&holder, Signal::SIGKILL);
+    let _ = holder.wait();
+    wait_for(
+        "the holder's child to die with it",
+        Duration::from_secs(5),
+        || !pid_alive(grandchild),
+    );
+    let marker = work.path().join("rerun");
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &ttl,
+        &format!("echo $INITGUARD_PREVIOUS >> {}", marker.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted"),
+        "reports the interruption: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        lines(&marker),
+        vec!["interrupted"],
+        "re-ran once, told of the interruption"
+    );
+    let rec = record(fx, work.path(), &key);
+    assert_eq!(rec["state"], "succeeded");
+    let states: Vec<_> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].clone())
+        .collect();
+    assert!(
+        states.contains(&"interrupted".into()),
+        "history has the interruption: {states:?}"
+    );
+    assert!(
+        rec["token"].as_u64().unwrap() >= 2,
+        "the re-run holds a newer token"
+    );
+}
+
+/// With `--on-interrupted fail` the next run exits 75 and names `initguard reset`.
+pub fn interrupted_predecessor_with_fail_policy_exits_75(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/killfail");
+    let pidfile = work.path().join("pid");
+    let args = ["--lock-ttl", "2s", "--on-interrupted", "fail"];
+    let mut holder = start_holder(fx, work.path(), &key, &args, &pidfile);
+    signal(&holder, Signal::SIGKILL);
+    let _ = holder.wait();
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}", marker.display());
+    let out = run_task(fx, work.path(), &key, &args, &script);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("initguard reset {key}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "nothing ran");
+    let reset = cmd(fx, work.path()).args(["reset", &key]).output().unwrap();
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+    assert_eq!(code(&run_task(fx, work.path(), &key, &args, &script)), 0);
+    assert_eq!(lines(&marker).len(), 1, "runs after reset");
+}
+
+/// SIGTERM to initguard reaches the child's trap, the record says interrupted, the lease is free.
+pub fn sigterm_is_forwarded_and_recorded(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/sigterm");
+    let trapped = work.path().join("trapped");
+    let started = work.path().join("started");
+    let script = format!(
+        "trap 'echo got-term > {}; exit 143' TERM; touch {}; while true; do sleep 0.1; done",
+        trapped.display(),
+        started.display()
+    );
+    let child = spawn_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "30s", "--grace", "5s"],
+        &script,
+    );
+    wait_for("the command to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    signal(&child, Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_eq!(lines(&trapped), vec!["got-term"], "the child's trap ran");
+    assert_eq!(record(fx, work.path(), &key)["state"], "interrupted");
+    // The lease is free: a new run starts at once (well within the 30s TTL) and is told why.
+    let marker = work.path().join("again");
+    let begun = Instant::now();
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--wait-timeout", "10s"],
+        &format!("echo $INITGUARD_PREVIOUS > {}", marker.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        begun.elapsed() < Duration::from_secs(20),
+        "did not wait for a lease TTL"
+    );
+    assert_eq!(lines(&marker), vec!["interrupted"]);
+}
+
+/// Three failing invocations with `--max-attempts 3` leave gave_up; the fourth runs nothing and
+/// exits 75; `reset` clears it.
+pub fn gives_up_after_max_attempts_and_reset_clears_it(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/giveup");
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}; exit 3", marker.display());
+    let args = ["--max-attempts", "3"];
+    for i in 1..=3 {
+        let out = run_task(fx, work.path(), &key, &args, &script);
+        assert_eq!(code(&out), 3, "attempt {i}: {}", stderr(&out));
+    }
+    let rec = record(fx, work.path(), &key);
+    assert_eq!(rec["state"], "gave_up");
+    assert_eq!(rec["attempts"], 3);
+    let out = run_task(fx, work.path(), &key, &args, &script);
+    assert_eq!(code(&out), 75);
+    assert!(
+        stderr(&out).contains(&format!("initguard reset {key}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(lines(&marker).len(), 3, "the 4th invocation ran nothing");
+    let reset = cmd(fx, work.path()).args(["reset", &key]).output().unwrap();
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+    assert_eq!(record(fx, work.path(), &key)["state"], "reset");
+    let out = run_task(fx, work.path(), &key, &args, &script);
+    assert_eq!(code(&out), 3, "runs again after reset");
+    assert_eq!(lines(&marker).len(), 4);
+    assert_eq!(
+        record(fx, work.path(), &key)["attempts"],
+        1,
+        "reset starts the count afresh"
+    );
+}
+
+/// `--retries 2` runs up to three times in one invocation, each a counted attempt.
+pub fn retries_in_process_with_backoff(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/retry");
+    let marker = work.path().join("ran");
+    // Fails twice, then succeeds.
+    let script = format!(
+        "echo $INITGUARD_ATTEMPT $INITGUARD_PREVIOUS >> {m}; [ $(wc -l < {m}) -ge 3 ]",
+        m = marker.display()
+    );
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--retries", "2", "--backoff", "50ms"],
+        &script,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&marker), vec!["1 none", "2 failed", "3 failed"]);
+    let rec = record(fx, work.path(), &key);
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["attempts"], 3);
+}
+
+/// `--done-if` exiting 0 records success without running the command.
+pub fn done_if_adopts_without_running(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/adopt");
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}", marker.display());
+    let out = run_task(fx, work.path(), &key, &["--done-if", "false"], &script);
+    assert_eq!(code(&out), 0);
+    assert_eq!(lines(&marker).len(), 1, "done-if false: runs");
+    let key2 = unique_key("contract/adopt2");
+    let out = run_task(fx, work.path(), &key2, &["--done-if", "true"], &script);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&marker).len(), 1, "done-if true: adopted, not run");
+    let rec = record(fx, work.path(), &key2);
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["adopted"], true);
+}
+
+/// `status --json` and `history --json` parse and hold the fields DESIGN.md names.
+pub fn status_and_history_json_have_the_design_fields(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/json");
+    run_task(fx, work.path(), &key, &[], "echo hello-tail; exit 4");
+    let rec = record(fx, work.path(), &key);
+    for field in [
+        "schema",
+        "key",
+        "scope",
+        "state",
+        "fingerprint",
+        "token",
+        "attempts",
+        "holder",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "exit",
+        "tail",
+        "history",
+    ] {
+        assert!(rec.get(field).is_some(), "status --json has {field}: {rec}");
+    }
+    assert_eq!(rec["schema"], 1);
+    assert_eq!(rec["state"], "failed");
+    assert_eq!(rec["exit"], serde_json::json!({"code": 4}));
+    assert!(rec["tail"].as_str().unwrap().contains("hello-tail"));
+    assert!(rec["holder"]["host"].is_string() && rec["holder"]["pid"].is_u64());
+    let out = cmd(fx, work.path())
+        .args(["history", &key, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let hist: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("history --json parses");
+    let runs = hist[0]["history"].as_array().expect("history array");
+    assert_eq!(runs.len(), 1);
+    for field in [
+        "state",
+        "fingerprint",
+        "token",
+        "attempt",
+        "holder",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "exit",
+    ] {
+        assert!(
+            runs[0].get(field).is_some(),
+            "history entry has {field}: {}",
+            runs[0]
+        );
+    }
+    let table = cmd(fx, work.path())
+        .args(["status", &key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("KEY") && text.contains(&key) && text.contains("failed"),
+        "{text}"
+    );
+}
+
+/// The child sees INITGUARD_KEY, _FINGERPRINT, _FENCING_TOKEN, _ATTEMPT, _PREVIOUS.
+pub fn child_env_names_key_token_attempt_previous(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/env");
+    let out_file = work.path().join("env");
+    let script = format!(
+        "echo \"$INITGUARD_KEY|$INITGUARD_FINGERPRINT|$INITGUARD_FENCING_TOKEN|$INITGUARD_ATTEMPT|$INITGUARD_PREVIOUS\" > {}",
+        out_file.display()
+    );
+    assert_eq!(code(&run_task(fx, work.path(), &key, &[], &script)), 0);
+    let rec = record(fx, work.path(), &key);
+    let line = lines(&out_file).pop().unwrap();
+    let parts: Vec<&str> = line.split('|').collect();
+    assert_eq!(parts[0], key);
+    assert_eq!(parts[1], rec["fingerprint"].as_str().unwrap());
+    assert_eq!(parts[2], rec["token"].to_string());
+    assert_eq!(parts[3], "1");
+    assert_eq!(parts[4], "none");
+}
+
+/// A holder paused past its lease while another completes: after SIGCONT its completion write is
+/// rejected (fenced), it exits 75, and the record shows the other's success.
+pub fn paused_holder_past_its_lease_is_fenced(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/sigstop");
+    let marker = work.path().join("ran");
+    let started = work.path().join("started");
+    let release = work.path().join("release");
+    // The stale holder's command waits for `release`, so it is still "running" after SIGCONT.
+    let slow = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.05; done; echo stale >> {}",
+        started.display(),
+        release.display(),
+        marker.display()
+    );
+    let args = ["--lock-ttl", "2s"];
+    let stale = spawn_task(fx, work.path(), &key, &args, &slow);
+    wait_for("the first holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    signal(&stale, Signal::SIGSTOP);
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s", "--wait-timeout", "60s"],
+        &format!("echo fresh >> {}", marker.display()),
+    );
+    assert_eq!(
+        code(&out),
+        0,
+        "the second holder takes over: {}",
+        stderr(&out)
+    );
+    fs::write(&release, "").unwrap();
+    signal(&stale, Signal::SIGCONT);
+    let out = stale.wait_with_output().unwrap();
+    assert_eq!(
+        code(&out),
+        75,
+        "the stale holder is fenced: {}",
+        stderr(&out)
+    );
+    let rec = record(fx, work.path(), &key);
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(lines(&marker).iter().filter(|l| *l == "fresh").count(), 1);
+}
