@@ -4,7 +4,7 @@
 
 use crate::record::{ExitInfo, Record, State};
 use crate::runner::{self, ChildOutcome, ChildSpec, Ended, Signals};
-use crate::store::{AcquireOpts, Lease, Store, StoreError};
+use crate::store::{AcquireOpts, Lease, Store, StoreError, TaskEvent};
 use crate::task::{Holder, TaskId};
 use chrono::Utc;
 use std::time::{Duration, Instant};
@@ -180,6 +180,11 @@ impl<'a> Guard<'a> {
         if let Some(rec) = self.store.read(&plan.id).await? {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, fingerprint = fp, "skipped: {} already succeeded with this fingerprint{}", self.key(), done_by(&rec));
+                self.event(
+                    TaskEvent::Skipped,
+                    &format!("already succeeded with this fingerprint{}", done_by(&rec)),
+                )
+                .await;
                 return Ok(Outcome::Skipped {
                     waited: false,
                     by: rec.holder,
@@ -238,6 +243,11 @@ impl<'a> Guard<'a> {
         if let Some(rec) = &existing {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
+                self.event(
+                    TaskEvent::Skipped,
+                    &format!("completed{} while this Pod waited", done_by(rec)),
+                )
+                .await;
                 return Ok(Outcome::Skipped {
                     waited: true,
                     by: rec.holder.clone(),
@@ -257,6 +267,14 @@ impl<'a> Guard<'a> {
                 .map(|h| h.to_string())
                 .unwrap_or_else(|| "an unknown holder".into());
             warn!(key = %plan.id, token = rec.token, "previous run of {} (attempt {}, token {}, by {who}) was interrupted", self.key(), rec.attempts, rec.token);
+            self.event(
+                TaskEvent::InterruptedPredecessor,
+                &format!(
+                    "previous run (attempt {}, token {}, by {who}) was interrupted",
+                    rec.attempts, rec.token
+                ),
+            )
+            .await;
             if rec.state == State::Running {
                 rec.mark_interrupted(lease.token, "the holder's lease ended while it was running (process or node died, or it lost the store)", Utc::now(), plan.history);
                 store.write(lease, &rec).await?;
@@ -278,6 +296,11 @@ impl<'a> Guard<'a> {
             }
             if res.outcome.success() {
                 info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());
+                self.event(
+                    TaskEvent::Succeeded,
+                    "adopted: --done-if reports the work already done; nothing was run",
+                )
+                .await;
                 rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
                 store.write(lease, &rec).await?;
                 return Ok(Outcome::Adopted);
@@ -290,6 +313,14 @@ impl<'a> Guard<'a> {
             let attempt = rec.attempts;
             store.write(lease, &rec).await?;
             info!(key = %plan.id, token = lease.token, attempt, "running {} (attempt {attempt}{})", self.key(), if previous == "none" { String::new() } else { format!(", previous {previous}") });
+            self.event(
+                TaskEvent::Started,
+                &format!(
+                    "running attempt {attempt} under fencing token {}",
+                    lease.token
+                ),
+            )
+            .await;
             let spec = ChildSpec {
                 env: self.child_env(lease, attempt, previous),
                 ..plan.child.clone()
@@ -312,6 +343,14 @@ impl<'a> Guard<'a> {
                 );
                 store.write(lease, &rec).await?;
                 info!(key = %plan.id, "succeeded: {} in {}ms (attempt {attempt})", self.key(), rec.duration_ms.unwrap_or(0));
+                self.event(
+                    TaskEvent::Succeeded,
+                    &format!(
+                        "succeeded in {}ms (attempt {attempt})",
+                        rec.duration_ms.unwrap_or(0)
+                    ),
+                )
+                .await;
                 return Ok(Outcome::Succeeded { attempt });
             }
             if let Ended::BySignal(signal) = res.ended {
@@ -343,6 +382,7 @@ impl<'a> Guard<'a> {
                 );
                 store.write(lease, &rec).await?;
                 warn!(key = %plan.id, "gave up: {} failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", self.key(), plan.max_attempts, plan.id.key);
+                self.event(TaskEvent::GaveUp, &format!("failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", plan.max_attempts, plan.id.key)).await;
                 return Ok(Outcome::Failed {
                     outcome: res.outcome,
                     gave_up: true,
@@ -357,6 +397,11 @@ impl<'a> Guard<'a> {
                 plan.history,
             );
             store.write(lease, &rec).await?;
+            self.event(
+                TaskEvent::Failed,
+                &format!("attempt {attempt} failed: {reason}"),
+            )
+            .await;
             if retry >= plan.retries {
                 warn!(key = %plan.id, "failed: {} {reason} (attempt {attempt})", self.key());
                 return Ok(Outcome::Failed {
@@ -376,6 +421,11 @@ impl<'a> Guard<'a> {
                 }
             }
         }
+    }
+
+    /// Best effort: a store that can (Kubernetes) tells operators outside the logs.
+    async fn event(&self, kind: TaskEvent, message: &str) {
+        self.store.event(&self.plan.id, kind, message).await;
     }
 
     fn lease_lost(&self, lease: &Lease, reason: String) -> GuardError {

@@ -16,6 +16,11 @@ pub struct Cli {
     #[arg(long, env = "INITGUARD_STORE", global = true)]
     pub store: Option<String>,
 
+    /// kubeconfig context for the kubernetes: store (default: the in-cluster service account, else
+    /// the current context)
+    #[arg(long, env = "INITGUARD_KUBE_CONTEXT", global = true)]
+    pub kube_context: Option<String>,
+
     /// Log format on stderr
     #[arg(
         long,

@@ -62,23 +62,27 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let url = &settings::StoreChoice {
+        raw: cli.store.as_deref(),
+        kube_context: cli.kube_context.as_deref(),
+    };
     match cli.command {
-        Command::Run(args) => run(cli.store.as_deref(), *args).await,
-        Command::Status(args) => status(cli.store.as_deref(), args).await,
-        Command::History(args) => history(cli.store.as_deref(), args).await,
-        Command::Reset(args) => reset(cli.store.as_deref(), args).await,
-        Command::Release(args) => release(cli.store.as_deref(), args).await,
+        Command::Run(args) => run(url, *args).await,
+        Command::Status(args) => status(url, args).await,
+        Command::History(args) => history(url, args).await,
+        Command::Reset(args) => reset(url, args).await,
+        Command::Release(args) => release(url, args).await,
     }
 }
 
-async fn open(url: Option<&str>) -> Result<Box<dyn Store>, Failure> {
+async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure> {
     let url = settings::store_url(url)?;
     let store = store::open(&url).await?;
     info!(store = %url.redacted(), "store {}", url.redacted());
     Ok(store)
 }
 
-async fn run(url: Option<&str>, args: RunArgs) -> Result<u8, Failure> {
+async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
     let url = settings::store_url(url)?;
@@ -97,7 +101,7 @@ async fn run(url: Option<&str>, args: RunArgs) -> Result<u8, Failure> {
     Ok(outcome.exit_code())
 }
 
-async fn status(url: Option<&str>, args: StatusArgs) -> Result<u8, Failure> {
+async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8, Failure> {
     let key = args
         .key
         .as_deref()
@@ -116,11 +120,18 @@ async fn status(url: Option<&str>, args: StatusArgs) -> Result<u8, Failure> {
         );
     } else {
         print!("{}", report::status_table(&records, chrono::Utc::now()));
+        if let Some(limit) = store.record_limit() {
+            println!(
+                "(records in this store are capped at {} KiB: output tails and the oldest history \
+                 entries are trimmed to fit)",
+                limit / 1024
+            );
+        }
     }
     Ok(crate::exit::OK)
 }
 
-async fn history(url: Option<&str>, args: HistoryArgs) -> Result<u8, Failure> {
+async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let store = open(url).await?;
     let mut records = store.list().await?;
@@ -133,7 +144,7 @@ async fn history(url: Option<&str>, args: HistoryArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn reset(url: Option<&str>, args: ResetArgs) -> Result<u8, Failure> {
+async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
     let store = open(url).await?;
@@ -159,7 +170,7 @@ async fn reset(url: Option<&str>, args: ResetArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn release(url: Option<&str>, args: ReleaseArgs) -> Result<u8, Failure> {
+async fn release(url: &settings::StoreChoice<'_>, args: ReleaseArgs) -> Result<u8, Failure> {
     let id = settings::task_id_of(&args.key, &args.scope)?;
     let store = open(url).await?;
     let me = Holder::from_env();

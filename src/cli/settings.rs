@@ -32,8 +32,16 @@ pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError
     })
 }
 
-pub fn store_url(raw: Option<&str>) -> Result<StoreUrl, SettingsError> {
-    Ok(StoreUrl::parse(raw.unwrap_or(default_store_url()))?)
+/// `--store` and `--kube-context` as given; parsed only by subcommands that open the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreChoice<'a> {
+    pub raw: Option<&'a str>,
+    pub kube_context: Option<&'a str>,
+}
+
+pub fn store_url(choice: &StoreChoice) -> Result<StoreUrl, SettingsError> {
+    let url = StoreUrl::parse(choice.raw.unwrap_or(default_store_url()))?;
+    Ok(url.with_kube_context(choice.kube_context.map(str::to_string)))
 }
 
 pub fn task_id(args: &TaskArgs) -> Result<TaskId, SettingsError> {

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Base pause between looks at a busy Lease; jittered to 0.5–1.5×, so at most 0.9 s.
 const POLL: Duration = Duration::from_millis(600);
+/// Longest a release may take.
+const RELEASE_BUDGET: Duration = Duration::from_secs(5);
 /// Conflicts in a row before an update gives up (each one means another writer got in first).
 const MAX_CONFLICTS: u32 = 20;
 
@@ -485,7 +487,13 @@ impl Store for KubeStore {
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
-        match self.update_held(&lease, None, &lease::release).await {
+        // Bounded tighter than other writes: a Lease we fail to give up lapses on its own, and a
+        // holder that lost the API server should not linger on the way out.
+        let deadline = Instant::now() + RELEASE_BUDGET;
+        match self
+            .update_held(&lease, Some(deadline), &lease::release)
+            .await
+        {
             Ok(()) | Err(StoreError::LeaseLost { .. }) => Ok(()),
             Err(e) => Err(e),
         }
