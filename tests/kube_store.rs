@@ -604,6 +604,75 @@ fn kube_release_from_the_same_pod_frees_the_lease() {
     );
 }
 
+/// The Role `initguard k8s rbac` prints parses into the k8s-openapi types, and with the double
+/// enforcing exactly that Role every command works and every granted permission is used: the
+/// store needs all of it and nothing more.
+#[test]
+fn kube_rbac_output_is_exactly_what_every_command_needs() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use serde::Deserialize;
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["k8s", "rbac", "--namespace", NS, "--service-account", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let mut docs = serde_yaml::Deserializer::from_str(&yaml);
+    let sa = ServiceAccount::deserialize(docs.next().unwrap()).unwrap();
+    let role = Role::deserialize(docs.next().unwrap()).unwrap();
+    let binding = RoleBinding::deserialize(docs.next().unwrap()).unwrap();
+    assert!(docs.next().is_none());
+    assert_eq!(sa.metadata.name.as_deref(), Some("web"));
+    assert_eq!(binding.subjects.unwrap()[0].name, "web");
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let mut granted = std::collections::HashSet::new();
+    for rule in role.rules.unwrap() {
+        for r in rule.resources.unwrap() {
+            for v in &rule.verbs {
+                granted.insert((v.clone(), r.clone()));
+            }
+        }
+    }
+
+    let fx = KubeFixture::double();
+    fx.api().allow_only(granted.clone());
+    let key = unique_key("kube/rbac");
+    let pod = |mut c: std::process::Command| {
+        c.env("POD_NAME", "web-0")
+            .env("POD_UID", "uid-web-0")
+            .env("POD_NAMESPACE", NS);
+        c
+    };
+    let ok = |mut c: std::process::Command| {
+        let out = c.output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("Events are skipped"),
+            "{}",
+            stderr(&out)
+        );
+    };
+    ok(pod(task_cmd(&fx, work.path(), &key, &[], "true")));
+    ok(pod(task_cmd(&fx, work.path(), &key, &[], "true")));
+    let mut c = cmd(&fx, work.path());
+    c.args(["status", "--json"]);
+    ok(c);
+    let mut c = cmd(&fx, work.path());
+    c.args(["reset", &key]);
+    ok(c);
+    let mut c = cmd(&fx, work.path());
+    c.args(["release", &key]);
+    ok(c);
+    assert_eq!(fx.api().events().len(), 3, "events were allowed");
+    assert_eq!(
+        fx.api().seen(),
+        granted,
+        "every granted permission is used, no other asked for"
+    );
+}
+
 // ---- a real cluster ----------------------------------------------------------------------------
 
 #[test]

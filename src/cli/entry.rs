@@ -72,7 +72,17 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::History(args) => history(url, args).await,
         Command::Reset(args) => reset(url, args).await,
         Command::Release(args) => release(url, args).await,
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
     }
+}
+
+/// `initguard k8s rbac`: YAML on stdout, nothing else touched.
+#[cfg(feature = "kubernetes")]
+fn rbac(args: &super::args::RbacArgs) -> Result<u8, Failure> {
+    let yaml = crate::k8s::rbac::render(&args.namespace, &args.service_account)?;
+    print!("{yaml}");
+    Ok(crate::exit::OK)
 }
 
 async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure> {

@@ -55,6 +55,10 @@ struct State {
     leases: BTreeMap<(String, String), Value>,
     events: Vec<Value>,
     forbidden: HashSet<(String, String)>,
+    /// When set, like an RBAC Role: only these (verb, resource) pairs are allowed, all else 403.
+    allowed: Option<HashSet<(String, String)>>,
+    /// Every (verb, resource) pair requested.
+    seen: HashSet<(String, String)>,
     requests: HashMap<String, u64>,
     writes: Vec<Write>,
 }
@@ -167,6 +171,16 @@ impl KubeApi {
             .state()
             .forbidden
             .insert((verb.to_string(), resource.to_string()));
+    }
+
+    /// Answer 403 to everything but these (verb, resource) pairs, as an RBAC Role would.
+    pub fn allow_only(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.shared.state().allowed = Some(pairs.into_iter().collect());
+    }
+
+    /// Every (verb, resource) pair requested so far.
+    pub fn seen(&self) -> HashSet<(String, String)> {
+        self.shared.state().seen.clone()
     }
 
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
@@ -506,10 +520,9 @@ fn handle(
     };
     let mut st = sh.state();
     *st.requests.entry(verb.to_string()).or_default() += 1;
-    if st
-        .forbidden
-        .contains(&(verb.to_string(), resource.to_string()))
-    {
+    let pair = (verb.to_string(), resource.to_string());
+    st.seen.insert(pair.clone());
+    if st.forbidden.contains(&pair) || st.allowed.as_ref().is_some_and(|a| !a.contains(&pair)) {
         let subject = match name {
             Some(n) => format!("{} \"{n}\"", group_resource(resource)),
             None => group_resource(resource).to_string(),

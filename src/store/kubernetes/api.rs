@@ -75,6 +75,7 @@ pub(crate) enum ApiError {
     /// No usable answer after every try: refused, timed out, 429/5xx, undecodable.
     Unreachable {
         op: Op,
+        tries: u32,
         reason: String,
     },
 }
@@ -108,12 +109,13 @@ impl ApiError {
                     op.resource_text()
                 ),
             },
-            ApiError::Unreachable { op, reason } => StoreError::Unreachable {
+            ApiError::Unreachable { op, tries, reason } => StoreError::Unreachable {
                 store: store.to_string(),
                 reason: format!(
-                    "{} {} failed after {ATTEMPTS} tries: {reason}",
+                    "{} {} failed after {tries} {}: {reason}",
                     op.verb,
-                    op.resource_text()
+                    op.resource_text(),
+                    if tries == 1 { "try" } else { "tries" }
                 ),
             },
             ApiError::Conflict => StoreError::Unreachable {
@@ -177,7 +179,9 @@ where
     Fut: Future<Output = Result<T, kube::Error>>,
 {
     let mut last = String::new();
+    let mut tries = 0;
     for attempt in 0..ATTEMPTS {
+        tries += 1;
         let budget = match deadline {
             Some(d) => d
                 .saturating_duration_since(Instant::now())
@@ -201,7 +205,11 @@ where
         tracing::debug!(verb = op.verb, resource = op.resource, error = %last, "retrying");
         tokio::time::sleep(pause).await;
     }
-    Err(ApiError::Unreachable { op, reason: last })
+    Err(ApiError::Unreachable {
+        op,
+        tries,
+        reason: last,
+    })
 }
 
 #[cfg(test)]
