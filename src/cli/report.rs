@@ -133,3 +133,42 @@ pub fn history_json(records: &[Record]) -> String {
         .collect();
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ExitInfo, State};
+    use crate::task::{Holder, Key, TaskId};
+
+    #[test]
+    fn status_table_shows_key_state_short_fingerprint_last_run_holder_attempts() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = TaskId::global(Key::parse("app/migrate").unwrap());
+        let mut r = Record::new(&id, "sha256:0123456789abcdef", t0);
+        let h = Holder {
+            pod: Some("web-0".into()),
+            namespace: Some("prod".into()),
+            host: "web-0".into(),
+            pid: 7,
+            ..Holder::default()
+        };
+        r.start(3, &h, "sha256:0123456789abcdef", t0);
+        r.finish(State::Succeeded, 3, Some(ExitInfo::Code(0)), None, t0, 20);
+        let now = t0 + chrono::Duration::seconds(90);
+        assert_eq!(
+            status_table(&[r], now),
+            "KEY          STATE      FINGERPRINT   LAST RUN                       HOLDER                  ATTEMPTS\n\
+             app/migrate  succeeded  0123456789ab  2026-01-02T03:04:05Z (1m ago)  pod prod/web-0 (pid 7)  1\n"
+        );
+    }
+
+    #[test]
+    fn empty_store_says_so() {
+        assert_eq!(
+            status_table(&[], Utc::now()),
+            "no tasks recorded in this store\n"
+        );
+    }
+}
