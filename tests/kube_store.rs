@@ -6,6 +6,7 @@
 //! The same scenarios run against a real cluster, where no fault can be injected:
 //! `INITGUARD_TEST_KUBECONFIG=~/.kube/config cargo test --test kube_store -- --ignored kube`
 //! (namespace from `INITGUARD_TEST_NAMESPACE`, default `default`).
+#![cfg(feature = "kubernetes")]
 
 #[macro_use]
 mod support;
@@ -369,10 +370,10 @@ fn kube_unreachable_api_server_exits_69() {
 
 // ---- fault injection: the double only ---------------------------------------------------------
 
-/// The API server stops answering mid-run: the holder kills its command before the lease
-/// duration has passed since its last successful renewal, so nobody else can overlap it.
-#[test]
-fn kube_failing_renewals_kill_the_child_before_the_lease_can_lapse() {
+/// The API server stops answering (or refuses connections) mid-run: the holder kills its command
+/// before the lease duration has passed since its last successful renewal, so nobody else can
+/// overlap it.
+fn failing_renewals_kill_the_child_before_the_lease_can_lapse(mode: Mode) {
     let fx = KubeFixture::double();
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("kube/partition");
@@ -393,7 +394,7 @@ fn kube_failing_renewals_kill_the_child_before_the_lease_can_lapse() {
     });
     // Let a renewal or two go through, then partition.
     std::thread::sleep(Duration::from_millis(1500));
-    fx.api().set_mode(Mode::Stall);
+    fx.api().set_mode(mode);
     let out = child.wait_with_output().unwrap();
     fx.api().set_mode(Mode::Normal);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
@@ -424,6 +425,16 @@ fn kube_failing_renewals_kill_the_child_before_the_lease_can_lapse() {
     let n = lines(&beats).len();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lines(&beats).len(), n, "the command is dead");
+}
+
+#[test]
+fn kube_failing_renewals_kill_the_child_before_the_lease_can_lapse() {
+    failing_renewals_kill_the_child_before_the_lease_can_lapse(Mode::Stall);
+}
+
+#[test]
+fn kube_refused_renewals_kill_the_child_before_the_lease_can_lapse() {
+    failing_renewals_kill_the_child_before_the_lease_can_lapse(Mode::Refuse);
 }
 
 /// RBAC refusing a verb: exit 78, the line names verb and resource and points to `k8s rbac`.

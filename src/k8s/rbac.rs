@@ -190,6 +190,65 @@ mod tests {
         assert_eq!(granted, expected);
     }
 
+    /// What users apply to their clusters: any change shows up here as a diff in review.
+    #[test]
+    fn output_is_pinned() {
+        let expected = "\
+# RBAC for initguard's kubernetes: store: Leases (the lock and record of each task) and
+# Events (on the Pod) in namespace shop, for service account checkout.
+# Apply with: initguard k8s rbac --namespace shop --service-account checkout | kubectl apply -f -
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  labels:
+    app.kubernetes.io/name: initguard
+  name: checkout
+  namespace: shop
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  labels:
+    app.kubernetes.io/name: initguard
+  name: initguard
+  namespace: shop
+rules:
+- apiGroups:
+  - coordination.k8s.io
+  resources:
+  - leases
+  verbs:
+  - get
+  - list
+  - create
+  - update
+- apiGroups:
+  - ''
+  resources:
+  - events
+  verbs:
+  - create
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  labels:
+    app.kubernetes.io/name: initguard
+  name: initguard-checkout
+  namespace: shop
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: initguard
+subjects:
+- kind: ServiceAccount
+  name: checkout
+  namespace: shop
+";
+        assert_eq!(render("shop", "checkout").unwrap(), expected);
+    }
+
     #[test]
     fn bad_names_are_refused() {
         assert!(matches!(

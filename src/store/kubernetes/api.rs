@@ -6,6 +6,18 @@ use super::super::StoreError;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// Every API permission the store uses, as (API group, resource, verbs): `initguard k8s rbac`
+/// grants exactly these, and the end-to-end tests check the store asks for nothing else.
+/// No `watch`: waiting polls (jittered, under a second) instead.
+pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "list", "create", "update"],
+    ),
+    ("", "events", &["create"]),
+];
+
 /// Longest one request may take before it counts as unanswered.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries per call for transient failures (connection refused, timeout, 429, 5xx).
