@@ -291,8 +291,16 @@ impl<'a> Guard<'a> {
                 ..plan.child.clone()
             };
             let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
-            if let Ended::Stopped(reason) = res.ended {
-                return Err(self.lease_lost(lease, reason));
+            match res.ended {
+                Ended::Stopped(reason) => return Err(self.lease_lost(lease, reason)),
+                // Told to stop while checking: run nothing, record nothing.
+                Ended::BySignal(signal) => {
+                    return Ok(Outcome::Interrupted {
+                        outcome: res.outcome,
+                        signal,
+                    });
+                }
+                Ended::Normally => {}
             }
             if res.outcome.success() {
                 info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());

@@ -56,7 +56,19 @@ fn init_logging(format: LogFormat) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        LogFormat::Text => builder.init(),
+        // People read the text form in `kubectl logs`: the message already says it all, so the
+        // structured fields (kept for --log-format json) would only repeat it.
+        LogFormat::Text => builder
+            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                |w, field, value| {
+                    if field.name() == "message" {
+                        write!(w, "{value:?}")
+                    } else {
+                        Ok(())
+                    }
+                },
+            ))
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }
