@@ -49,7 +49,9 @@ fn fail(f: &Failure) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INITGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // kube's client logs each failed request at ERROR; the store reports them once, in its
+        // own words, after its bounded retries.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -100,7 +102,8 @@ fn rbac(args: &super::args::RbacArgs) -> Result<u8, Failure> {
 async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure> {
     let url = settings::store_url(url)?;
     let store = store::open(&url).await?;
-    info!(store = %url.redacted(), "store {}", url.redacted());
+    // describe(): the store as resolved (e.g. the namespace and credentials source of kubernetes:).
+    info!(store = %url.redacted(), "store {}", store.describe());
     Ok(store)
 }
 
@@ -116,7 +119,7 @@ async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failu
     let plan = settings::plan(&args, id, fp.value.clone())?;
     let mut signals = Signals::install().map_err(Failure::Runtime)?;
     let store = store::open(&url).await?;
-    info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", url.redacted(), plan.id, plan.fingerprint);
+    info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", store.describe(), plan.id, plan.fingerprint);
     let outcome = crate::guard::Guard::new(store.as_ref(), &plan)
         .run(&mut signals)
         .await?;

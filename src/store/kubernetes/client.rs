@@ -12,6 +12,8 @@ pub(crate) struct Connection {
     pub client: kube::Client,
     pub namespace: String,
     pub source: String,
+    /// The API server's URL, for "is it reachable?" hints.
+    pub server: String,
 }
 
 const CONTEXT_ENV: &str = "INITGUARD_KUBE_CONTEXT";
@@ -85,7 +87,8 @@ async fn from_kubeconfig(
     };
     let config = loaded.map_err(|e| {
         config_error(format!(
-            "cannot use the kubeconfig ({where_}{}): {e}",
+            "cannot use the kubeconfig ({where_}{}): {e}; run in a Pod with a service account, \
+             or point KUBECONFIG (and --kube-context) at a working kubeconfig",
             context
                 .map(|c| format!(", context {c}"))
                 .unwrap_or_default()
@@ -112,11 +115,13 @@ fn finish(
     let namespace = namespace
         .map(str::to_string)
         .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .map_err(|e| config_error(format!("cannot build a Kubernetes client: {e}")))?;
     Ok(Connection {
         client,
         namespace,
         source,
+        server,
     })
 }

@@ -36,6 +36,7 @@ pub struct KubeStore {
     api: Api<KubeLease>,
     namespace: String,
     source: String,
+    server: String,
     events: EventSink,
     /// Writes name initguard as field manager, so `kubectl get lease -o yaml` shows who wrote.
     pp: PostParams,
@@ -113,6 +114,7 @@ impl KubeStore {
             events: EventSink::new(conn.client, pod),
             namespace: conn.namespace,
             source: conn.source,
+            server: conn.server,
             pp: post_params(),
         }
     }
@@ -126,7 +128,17 @@ impl KubeStore {
     }
 
     fn err(&self, e: ApiError) -> StoreError {
-        e.into_store(&self.url(), &self.namespace)
+        match e.into_store(&self.url(), &self.namespace) {
+            StoreError::Unreachable { store, reason } => StoreError::Unreachable {
+                store,
+                reason: format!(
+                    "{reason}; check that the API server {} answers from here (network \
+                     policy, proxy, DNS)",
+                    self.server
+                ),
+            },
+            other => other,
+        }
     }
 
     fn location(&self, name: &str) -> String {
