@@ -368,6 +368,80 @@ fn kube_unreachable_api_server_exits_69() {
     unreachable_api_server_exits_69(&KubeFixture::double());
 }
 
+/// Someone else writes the Lease mid-run (here: an unrelated annotation, like `kubectl annotate`):
+/// the holder's next renewal gets 409 Conflict, re-reads, finds the lease still its own under its
+/// token and carries on; the other writer's change survives.
+fn foreign_edit_mid_run_is_a_conflict_the_holder_survives(fx: &KubeFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/conflict");
+    let started = work.path().join("started");
+    let child = spawn_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s"],
+        &format!("touch {}; sleep 2", started.display()),
+    );
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    fx.edit_lease(&key, |l| {
+        l.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("example.com/note".into(), "hello".into());
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lease = fx.lease(&key).unwrap();
+    let ann = lease.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        ann["example.com/note"], "hello",
+        "the other writer's change survived"
+    );
+    assert_eq!(record(fx, work.path(), &key)["state"], "succeeded");
+    assert_eq!(token_of(&lease), 1, "no second acquisition");
+    fx.delete_lease(&key);
+}
+
+#[test]
+fn kube_foreign_edit_mid_run_is_a_conflict_the_holder_survives() {
+    foreign_edit_mid_run_is_a_conflict_the_holder_survives(&KubeFixture::double());
+}
+
+/// `--scope pod`: one Lease and record per Pod UID, listed with their instance.
+#[test]
+fn kube_pod_scope_runs_once_per_pod_uid() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let script = format!("echo $POD_UID >> {}", marker.display());
+    for uid in ["uid-a", "uid-a", "uid-b"] {
+        let out = task_cmd(
+            &fx,
+            work.path(),
+            "kube/per-pod",
+            &["--scope", "pod"],
+            &script,
+        )
+        .env("POD_UID", uid)
+        .output()
+        .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(lines(&marker), vec!["uid-a", "uid-b"]);
+    assert_eq!(fx.api().leases(NS).len(), 2, "one Lease per Pod UID");
+    let all = status_json(&fx, work.path(), "kube/per-pod");
+    let instances: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(instances, vec!["uid-a", "uid-b"]);
+}
+
 // ---- fault injection: the double only ---------------------------------------------------------
 
 /// The API server stops answering (or refuses connections) mid-run: the holder kills its command
@@ -696,6 +770,7 @@ fn kube_real_cluster_suite() {
     lease_holds_record_label_and_token(&fx);
     killed_holder_is_taken_over_with_the_next_token(&fx);
     corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged(&fx);
+    foreign_edit_mid_run_is_a_conflict_the_holder_survives(&fx);
     unreachable_api_server_exits_69(&fx);
     support::contract::exactly_once_under_contention(&fx, 30);
     support::contract::skips_after_success_and_reruns_on_change(&fx);
