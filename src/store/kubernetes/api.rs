@@ -175,8 +175,24 @@ fn sort(op: Op, err: kube::Error) -> Sorted {
         }
         // An answer we cannot decode is most often a proxy or load balancer page, not the API
         // server: treat like no answer.
-        other => Sorted::Transient(other.to_string()),
+        other => Sorted::Transient(chain(&other)),
     }
+}
+
+/// An error with its causes, `outer: inner: innermost`: "client error (Connect)" alone does not
+/// say whether DNS, TCP or the certificate failed.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Run `f` until it answers, at most `ATTEMPTS` times, each try bounded by `CALL_TIMEOUT` and by
