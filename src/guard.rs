@@ -304,13 +304,13 @@ impl<'a> Guard<'a> {
             }
             if res.outcome.success() {
                 info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());
+                rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
+                store.write(lease, &rec).await?;
                 self.event(
                     TaskEvent::Succeeded,
                     "adopted: --done-if reports the work already done; nothing was run",
                 )
                 .await;
-                rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
-                store.write(lease, &rec).await?;
                 return Ok(Outcome::Adopted);
             }
             info!(key = %plan.id, "--done-if says not done ({}): running", describe(&res.outcome));

@@ -13,8 +13,9 @@ use kube::api::PostParams;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// An Event waits at most this long: it is a courtesy, the run matters more.
-const EVENT_BUDGET: Duration = Duration::from_secs(2);
+/// An Event waits at most this long: it is a courtesy, and the run (holding a lease whose clock
+/// is ticking) matters more. API servers answer an Event in milliseconds.
+const EVENT_BUDGET: Duration = Duration::from_secs(1);
 /// Kubernetes caps Event messages at 1 KiB; longer ones are rejected, not cut.
 const MAX_MESSAGE: usize = 1000;
 
