@@ -449,6 +449,51 @@ fn kube_pod_scope_runs_once_per_pod_uid() {
     assert_eq!(instances, vec!["uid-a", "uid-b"]);
 }
 
+/// A waiter names the holder Pod and how long it has held the lease, and gives up after
+/// `--wait-timeout` with exit 75 without running anything.
+#[test]
+fn kube_waiter_names_the_holder_pod_and_times_out_with_75() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/busy");
+    let started = work.path().join("started");
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &[],
+        &format!("touch {}; sleep 60", started.display()),
+    );
+    c.env("POD_NAME", "web-0")
+        .env("POD_NAMESPACE", NS)
+        .env("POD_UID", "uid-web-0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut holder = c.spawn().unwrap();
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let marker = work.path().join("ran");
+    let out = run_task(
+        &fx,
+        work.path(),
+        &key,
+        &["--wait-timeout", "1500ms"],
+        &format!("touch {}", marker.display()),
+    );
+    signal(&holder, Signal::SIGKILL);
+    let _ = holder.wait();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("waiting for {key} held by pod {NS}/web-0"))
+            && err.contains(" since "),
+        "{err}"
+    );
+    assert!(last_line(&out).contains("gave up waiting"), "{err}");
+    assert!(!marker.exists());
+}
+
 // ---- fault injection: the double only ---------------------------------------------------------
 
 /// The API server stops answering (or refuses connections) mid-run: the holder kills its command
