@@ -4,7 +4,9 @@
 
 use crate::record::{ExitInfo, Record, State};
 use crate::runner::{self, ChildOutcome, ChildSpec, Ended, Signals};
-use crate::store::{AcquireOpts, Lease, SqlOutcome, SqlTask, SqlTaskError, Store, StoreError};
+use crate::store::{
+    AcquireOpts, Lease, SqlOutcome, SqlTask, SqlTaskError, Store, StoreError, TaskEvent,
+};
 use crate::task::{Holder, TaskId};
 use chrono::Utc;
 use std::time::{Duration, Instant};
@@ -193,6 +195,11 @@ impl<'a> Guard<'a> {
         if let Some(rec) = self.store.read(&plan.id).await? {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, fingerprint = fp, "skipped: {} already succeeded with this fingerprint{}", self.key(), done_by(&rec));
+                self.event(
+                    TaskEvent::Skipped,
+                    &format!("already succeeded with this fingerprint{}", done_by(&rec)),
+                )
+                .await;
                 return Ok(Outcome::Skipped {
                     waited: false,
                     by: rec.holder,
@@ -260,6 +267,11 @@ impl<'a> Guard<'a> {
         if let Some(rec) = &existing {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
+                self.event(
+                    TaskEvent::Skipped,
+                    &format!("completed{} while this Pod waited", done_by(rec)),
+                )
+                .await;
                 return Ok(Outcome::Skipped {
                     waited: true,
                     by: rec.holder.clone(),
@@ -279,6 +291,14 @@ impl<'a> Guard<'a> {
                 .map(|h| h.to_string())
                 .unwrap_or_else(|| "an unknown holder".into());
             warn!(key = %plan.id, token = rec.token, "previous run of {} (attempt {}, token {}, by {who}) was interrupted", self.key(), rec.attempts, rec.token);
+            self.event(
+                TaskEvent::InterruptedPredecessor,
+                &format!(
+                    "previous run (attempt {}, token {}, by {who}) was interrupted",
+                    rec.attempts, rec.token
+                ),
+            )
+            .await;
             if rec.state == State::Running {
                 rec.mark_interrupted(lease.token, "the holder's lease ended while it was running (process or node died, or it lost the store)", Utc::now(), plan.history);
                 store.write(lease, &rec).await?;
@@ -310,6 +330,11 @@ impl<'a> Guard<'a> {
                 info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());
                 rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
                 store.write(lease, &rec).await?;
+                self.event(
+                    TaskEvent::Succeeded,
+                    "adopted: --done-if reports the work already done; nothing was run",
+                )
+                .await;
                 return Ok(Outcome::Adopted);
             }
             info!(key = %plan.id, "--done-if says not done ({}): running", describe(&res.outcome));
@@ -320,6 +345,14 @@ impl<'a> Guard<'a> {
             let attempt = rec.attempts;
             store.write(lease, &rec).await?;
             info!(key = %plan.id, token = lease.token, attempt, "running {} (attempt {attempt}{})", self.key(), if previous == "none" { String::new() } else { format!(", previous {previous}") });
+            self.event(
+                TaskEvent::Started,
+                &format!(
+                    "running attempt {attempt} under fencing token {}",
+                    lease.token
+                ),
+            )
+            .await;
             let spec = ChildSpec {
                 env: self.child_env(lease, attempt, previous),
                 ..plan.child.clone()
@@ -335,6 +368,11 @@ impl<'a> Guard<'a> {
                 {
                     SqlAttempt::Recorded => {
                         info!(key = %plan.id, "succeeded: {} committed its SQL together with its success record (attempt {attempt})", self.key());
+                        self.event(
+                            TaskEvent::Succeeded,
+                            &format!("SQL committed with its success record (attempt {attempt})"),
+                        )
+                        .await;
                         return Ok(Outcome::Succeeded { attempt });
                     }
                     SqlAttempt::Ended { result, why } => (result, why),
@@ -357,6 +395,14 @@ impl<'a> Guard<'a> {
                 );
                 store.write(lease, &rec).await?;
                 info!(key = %plan.id, "succeeded: {} in {}ms (attempt {attempt})", self.key(), rec.duration_ms.unwrap_or(0));
+                self.event(
+                    TaskEvent::Succeeded,
+                    &format!(
+                        "succeeded in {}ms (attempt {attempt})",
+                        rec.duration_ms.unwrap_or(0)
+                    ),
+                )
+                .await;
                 return Ok(Outcome::Succeeded { attempt });
             }
             if let Ended::BySignal(signal) = res.ended {
@@ -388,6 +434,7 @@ impl<'a> Guard<'a> {
                 );
                 store.write(lease, &rec).await?;
                 warn!(key = %plan.id, "gave up: {} failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", self.key(), plan.max_attempts, plan.id.key);
+                self.event(TaskEvent::GaveUp, &format!("failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", plan.max_attempts, plan.id.key)).await;
                 return Ok(Outcome::Failed {
                     outcome: res.outcome,
                     gave_up: true,
@@ -402,6 +449,11 @@ impl<'a> Guard<'a> {
                 plan.history,
             );
             store.write(lease, &rec).await?;
+            self.event(
+                TaskEvent::Failed,
+                &format!("attempt {attempt} failed: {reason}"),
+            )
+            .await;
             if retry >= plan.retries {
                 warn!(key = %plan.id, "failed: {} {reason} (attempt {attempt})", self.key());
                 return Ok(Outcome::Failed {
@@ -485,6 +537,11 @@ impl<'a> Guard<'a> {
                 &format!("stopped by signal {signal}; the SQL was cancelled and rolled back"),
             )),
         }
+    }
+
+    /// Best effort: a store that can (Kubernetes) tells operators outside the logs.
+    async fn event(&self, kind: TaskEvent, message: &str) {
+        self.store.event(&self.plan.id, kind, message).await;
     }
 
     fn lease_lost(&self, lease: &Lease, reason: String) -> GuardError {

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod exit;
 pub mod fingerprint;
 pub mod guard;
+pub mod k8s;
 pub mod record;
 pub mod runner;
 pub mod store;

@@ -23,6 +23,10 @@ pub struct Cli {
     /// Schema for initguard's tables in a postgres:// store (default: initguard, or ?schema=)
     #[arg(long, env = "INITGUARD_PG_SCHEMA", global = true)]
     pub pg_schema: Option<String>,
+    /// kubeconfig context for the kubernetes: store (default: the in-cluster service account, else
+    /// the current context)
+    #[arg(long, env = "INITGUARD_KUBE_CONTEXT", global = true)]
+    pub kube_context: Option<String>,
 
     /// Log format on stderr
     #[arg(
@@ -56,6 +60,28 @@ pub enum Command {
     Reset(ResetArgs),
     /// Give up a lease this holder (this Pod, or this host) owns, e.g. from a preStop hook
     Release(ReleaseArgs),
+    /// Kubernetes manifest tooling
+    #[cfg(feature = "kubernetes")]
+    #[command(subcommand)]
+    K8s(K8sCommand),
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Subcommand)]
+pub enum K8sCommand {
+    /// Print the least-privilege ServiceAccount, Role and RoleBinding the kubernetes: store needs
+    Rbac(RbacArgs),
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Args)]
+pub struct RbacArgs {
+    /// Namespace the store keeps its Leases in (the Pods' namespace)
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Service account the Pods run as
+    #[arg(long, default_value = crate::k8s::rbac::DEFAULT_SERVICE_ACCOUNT)]
+    pub service_account: String,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,6 @@ use super::args::{
     Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
 };
 use super::failure::{Failure, exit_code};
-use super::settings::StoreChoice;
 use super::{report, settings};
 use crate::runner::Signals;
 use crate::store::{self, AcquireOpts, ReleaseOutcome, Store};
@@ -50,7 +49,9 @@ fn fail(f: &Failure) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INITGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // kube's client logs each failed request at ERROR; the store reports them once, in its
+        // own words, after its bounded retries.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -75,29 +76,40 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
-    let store = StoreChoice {
-        url: cli.store,
-        password_file: cli.store_password_file,
-        pg_schema: cli.pg_schema,
+    let url = &settings::StoreChoice {
+        raw: cli.store.as_deref(),
+        kube_context: cli.kube_context.as_deref(),
+        password_file: cli.store_password_file.as_deref(),
+        pg_schema: cli.pg_schema.as_deref(),
     };
-    let url = &store;
     match cli.command {
         Command::Run(args) => run(url, *args).await,
         Command::Status(args) => status(url, args).await,
         Command::History(args) => history(url, args).await,
         Command::Reset(args) => reset(url, args).await,
         Command::Release(args) => release(url, args).await,
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
     }
 }
 
-async fn open(url: &StoreChoice) -> Result<Box<dyn Store>, Failure> {
+/// `initguard k8s rbac`: YAML on stdout, nothing else touched.
+#[cfg(feature = "kubernetes")]
+fn rbac(args: &super::args::RbacArgs) -> Result<u8, Failure> {
+    let yaml = crate::k8s::rbac::render(&args.namespace, &args.service_account)?;
+    print!("{yaml}");
+    Ok(crate::exit::OK)
+}
+
+async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure> {
     let url = settings::store_url(url)?;
     let store = store::open(&url).await?;
-    info!(store = %url.redacted(), "store {}", url.redacted());
+    // describe(): the store as resolved (e.g. the namespace and credentials source of kubernetes:).
+    info!(store = %url.redacted(), "store {}", store.describe());
     Ok(store)
 }
 
-async fn run(url: &StoreChoice, args: RunArgs) -> Result<u8, Failure> {
+async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
     let url = settings::store_url(url)?;
@@ -109,14 +121,14 @@ async fn run(url: &StoreChoice, args: RunArgs) -> Result<u8, Failure> {
     let plan = settings::plan(&args, id, fp.value.clone())?;
     let mut signals = Signals::install().map_err(Failure::Runtime)?;
     let store = store::open(&url).await?;
-    info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", url.redacted(), plan.id, plan.fingerprint);
+    info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", store.describe(), plan.id, plan.fingerprint);
     let outcome = crate::guard::Guard::new(store.as_ref(), &plan)
         .run(&mut signals)
         .await?;
     Ok(outcome.exit_code())
 }
 
-async fn status(url: &StoreChoice, args: StatusArgs) -> Result<u8, Failure> {
+async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8, Failure> {
     let key = args
         .key
         .as_deref()
@@ -135,11 +147,18 @@ async fn status(url: &StoreChoice, args: StatusArgs) -> Result<u8, Failure> {
         );
     } else {
         print!("{}", report::status_table(&records, chrono::Utc::now()));
+        if let Some(limit) = store.record_limit() {
+            println!(
+                "(records in this store are capped at {} KiB: output tails and the oldest history \
+                 entries are trimmed to fit)",
+                limit / 1024
+            );
+        }
     }
     Ok(crate::exit::OK)
 }
 
-async fn history(url: &StoreChoice, args: HistoryArgs) -> Result<u8, Failure> {
+async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let store = open(url).await?;
     let mut records = store.list().await?;
@@ -152,7 +171,7 @@ async fn history(url: &StoreChoice, args: HistoryArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn reset(url: &StoreChoice, args: ResetArgs) -> Result<u8, Failure> {
+async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
     let store = open(url).await?;
@@ -178,7 +197,7 @@ async fn reset(url: &StoreChoice, args: ResetArgs) -> Result<u8, Failure> {
     Ok(crate::exit::OK)
 }
 
-async fn release(url: &StoreChoice, args: ReleaseArgs) -> Result<u8, Failure> {
+async fn release(url: &settings::StoreChoice<'_>, args: ReleaseArgs) -> Result<u8, Failure> {
     let id = settings::task_id_of(&args.key, &args.scope)?;
     let store = open(url).await?;
     let me = Holder::from_env();

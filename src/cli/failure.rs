@@ -16,6 +16,9 @@ pub enum Failure {
     Store(#[from] StoreError),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Rbac(#[from] crate::k8s::rbac::RbacError),
 }
 
 pub fn exit_code(f: &Failure) -> u8 {
@@ -31,6 +34,8 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
         Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
+        #[cfg(feature = "kubernetes")]
+        Failure::Rbac(_) => exit::USAGE,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::guard::{OnInterrupted, Plan};
 use crate::runner::ChildSpec;
 use crate::store::{AcquireOpts, SqlTask, StoreUrl, default_store_url};
 use crate::task::{Holder, Key, Scope, TaskError, TaskId};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,23 +33,27 @@ pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError
     })
 }
 
-/// The store flags as given: URL and the settings that do not belong in it.
-#[derive(Debug, Clone, Default)]
-pub struct StoreChoice {
-    pub url: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub pg_schema: Option<String>,
+/// `--store` and `--kube-context` as given; parsed only by subcommands that open the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreChoice<'a> {
+    pub raw: Option<&'a str>,
+    pub kube_context: Option<&'a str>,
+    /// `--store-password-file`, for postgres:// stores.
+    pub password_file: Option<&'a Path>,
+    /// `--pg-schema`, for postgres:// stores.
+    pub pg_schema: Option<&'a str>,
 }
 
 pub fn store_url(choice: &StoreChoice) -> Result<StoreUrl, SettingsError> {
-    let url = StoreUrl::parse(choice.url.as_deref().unwrap_or(default_store_url()))?;
+    let url = StoreUrl::parse(choice.raw.unwrap_or(default_store_url()))?;
+    let url = url.with_kube_context(choice.kube_context.map(str::to_string));
     match url {
         #[cfg(feature = "postgres")]
         StoreUrl::Postgres(mut pg) => {
-            if let Some(file) = &choice.password_file {
-                pg.password_file = Some(file.clone());
+            if let Some(file) = choice.password_file {
+                pg.password_file = Some(file.to_path_buf());
             }
-            if let Some(schema) = &choice.pg_schema {
+            if let Some(schema) = choice.pg_schema {
                 pg = pg.with_schema(schema).map_err(|e| SettingsError::Usage {
                     flag: "--pg-schema",
                     why: e.to_string(),

@@ -3,6 +3,8 @@
 
 mod error;
 pub mod file;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sql;
@@ -55,6 +57,44 @@ pub enum ReleaseOutcome {
     HeldByOther { holder: Option<Holder> },
     /// Nobody holds the lease: nothing to do.
     NotHeld,
+}
+
+/// A moment of a run worth telling operators about outside the logs (a Kubernetes Event on the
+/// Pod). Stores without such a channel ignore them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// The command is about to run under the lease.
+    Started,
+    /// Nothing ran: the task had already succeeded for this fingerprint.
+    Skipped,
+    Succeeded,
+    Failed,
+    /// Failed `--max-attempts` times; nothing runs until `initguard reset`.
+    GaveUp,
+    /// A predecessor's `running` record was found after its lease lapsed.
+    InterruptedPredecessor,
+}
+
+impl TaskEvent {
+    /// CamelCase reason, as Kubernetes Events spell them.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TaskEvent::Started => "InitguardStarted",
+            TaskEvent::Skipped => "InitguardSkipped",
+            TaskEvent::Succeeded => "InitguardSucceeded",
+            TaskEvent::Failed => "InitguardFailed",
+            TaskEvent::GaveUp => "InitguardGaveUp",
+            TaskEvent::InterruptedPredecessor => "InitguardInterruptedPredecessor",
+        }
+    }
+
+    /// Whether an operator should look at it (Kubernetes Event type `Warning`).
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            TaskEvent::Failed | TaskEvent::GaveUp | TaskEvent::InterruptedPredecessor
+        )
+    }
 }
 
 #[async_trait]
@@ -116,6 +156,16 @@ pub trait Store: Send + Sync {
             what: "SQL tasks (--sql, --sql-inline); use a postgres:// store".into(),
         }))
     }
+
+    /// Tell operators about a moment of the run (Kubernetes: an Event on the Pod). Best effort:
+    /// never fails the run, so it returns nothing.
+    async fn event(&self, _id: &TaskId, _kind: TaskEvent, _message: &str) {}
+
+    /// Largest record this store keeps, in bytes, when it has to cap them (tail and history are
+    /// trimmed to fit); `None` when records are only bounded by `--tail` and history length.
+    fn record_limit(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Open the store an URL names. Backends not compiled in are a usage error, not a panic.
@@ -124,6 +174,10 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::File(dir) => Ok(Box::new(file::FileStore::open(dir)?)),
         #[cfg(feature = "postgres")]
         StoreUrl::Postgres(pg) => Ok(Box::new(postgres::PgStore::open(pg).await?)),
+        #[cfg(feature = "kubernetes")]
+        StoreUrl::Kubernetes { namespace, context } => Ok(Box::new(
+            kubernetes::KubeStore::open(namespace.as_deref(), context.as_deref()).await?,
+        )),
     }
 }
 

@@ -10,6 +10,13 @@ pub enum StoreUrl {
     File(PathBuf),
     #[cfg(feature = "postgres")]
     Postgres(super::postgres::PgUrl),
+    /// `kubernetes:` (the Pod's own namespace, or the kubeconfig context's) or `kubernetes:NS`.
+    /// `context` picks a kubeconfig context (`--kube-context`); the URL itself never names one.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes {
+        namespace: Option<String>,
+        context: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,9 +59,23 @@ impl StoreUrl {
                 url: redact_for_error(raw),
                 feature: "postgres",
             }),
+            "kubernetes" => parse_kubernetes(raw, rest),
             _ => Err(StoreUrlError::UnknownScheme {
                 url: raw.to_string(),
             }),
+        }
+    }
+
+    /// The same URL with a kubeconfig context to use (`--kube-context`); other stores ignore it.
+    pub fn with_kube_context(self, context: Option<String>) -> StoreUrl {
+        match self {
+            #[cfg(feature = "kubernetes")]
+            StoreUrl::Kubernetes { namespace, .. } => StoreUrl::Kubernetes { namespace, context },
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = context;
+                other
+            }
         }
     }
 
@@ -64,6 +85,10 @@ impl StoreUrl {
             StoreUrl::File(dir) => format!("file:{}", dir.display()),
             #[cfg(feature = "postgres")]
             StoreUrl::Postgres(pg) => pg.redacted(),
+            #[cfg(feature = "kubernetes")]
+            StoreUrl::Kubernetes { namespace, .. } => {
+                format!("kubernetes:{}", namespace.as_deref().unwrap_or(""))
+            }
         }
     }
 }
@@ -78,6 +103,46 @@ fn redact_for_error(raw: &str) -> String {
         },
         _ => raw.to_string(),
     }
+}
+
+#[cfg(feature = "kubernetes")]
+fn parse_kubernetes(raw: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
+    let ns = rest
+        .strip_prefix("//")
+        .unwrap_or(rest)
+        .trim_end_matches('/');
+    if ns.is_empty() {
+        return Ok(StoreUrl::Kubernetes {
+            namespace: None,
+            context: None,
+        });
+    }
+    // Namespaces are DNS-1123 labels; catching a typo here beats a 404 from the API server.
+    let valid = ns.len() <= 63
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if !valid {
+        return Err(StoreUrlError::Invalid {
+            url: raw.to_string(),
+            why: "the namespace must be a DNS-1123 label (a-z, 0-9, '-', at most 63 characters)"
+                .into(),
+        });
+    }
+    Ok(StoreUrl::Kubernetes {
+        namespace: Some(ns.to_string()),
+        context: None,
+    })
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn parse_kubernetes(raw: &str, _rest: &str) -> Result<StoreUrl, StoreUrlError> {
+    Err(StoreUrlError::NotBuilt {
+        url: raw.to_string(),
+        feature: "kubernetes",
+    })
 }
 
 /// `kubernetes:` in a Pod with a service-account token (when built in), else `file:.initguard`.
@@ -131,5 +196,34 @@ mod tests {
         }
         let err = StoreUrl::parse("postgres://app:hunter2@db/app?sslmode=bogus").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn parses_kubernetes_urls() {
+        assert_eq!(
+            StoreUrl::parse("kubernetes:"),
+            Ok(StoreUrl::Kubernetes {
+                namespace: None,
+                context: None
+            })
+        );
+        let ns = StoreUrl::parse("kubernetes:team-a").unwrap();
+        assert_eq!(
+            ns,
+            StoreUrl::Kubernetes {
+                namespace: Some("team-a".into()),
+                context: None
+            }
+        );
+        assert_eq!(ns.redacted(), "kubernetes:team-a");
+        for bad in ["kubernetes:Team", "kubernetes:a_b", "kubernetes:-a"] {
+            assert!(
+                matches!(StoreUrl::parse(bad), Err(StoreUrlError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        let ctx = ns.with_kube_context(Some("kind-dev".into()));
+        assert!(matches!(ctx, StoreUrl::Kubernetes { context: Some(c), .. } if c == "kind-dev"));
     }
 }

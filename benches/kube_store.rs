@@ -1,0 +1,157 @@
+//! Timings of the run protocol on the Kubernetes store, with real processes of the built binary
+//! against the API-server double (loopback HTTP): skip latency, 30 contenders on one key and the
+//! API requests they cost, and takeover after `kill -9`. Writes its figures into BENCHMARKS.md
+//! between its markers. Nothing here is asserted; a real API server adds its own latency.
+
+#[path = "../tests/support/kube_api.rs"]
+mod kube_api;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BEGIN: &str = "<!-- bench:kube-store:begin -->";
+const END: &str = "<!-- bench:kube-store:end -->";
+const NS: &str = "bench";
+
+fn initguard(kubeconfig: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
+    c.env("INITGUARD_STORE", format!("kubernetes:{NS}"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("INITGUARD_LOG", "warn")
+        .env_remove("POD_NAME")
+        .env_remove("POD_UID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn stats(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
+    xs.sort();
+    let pick = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+    (pick(0.0), pick(0.5), pick(0.95))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn total_requests(api: &kube_api::KubeApi) -> u64 {
+    ["get", "list", "create", "update"]
+        .iter()
+        .map(|v| api.requests(v))
+        .sum()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let api = kube_api::KubeApi::start();
+    let kubeconfig = api.kubeconfig(tmp.path(), NS);
+    let mut rows = Vec::new();
+
+    // 1. A skip: one GET of the Lease, the path every replica takes on every restart.
+    let ok = initguard(&kubeconfig)
+        .args(["run", "--key", "bench/skip", "--", "true"])
+        .status()?;
+    assert!(ok.success(), "first run failed");
+    let skips: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = initguard(&kubeconfig)
+                .args(["run", "--key", "bench/skip", "--", "true"])
+                .status();
+            t.elapsed()
+        })
+        .collect();
+    let (min, med, p95) = stats(skips);
+    rows.push(format!(
+        "| skip of a done task (50 runs) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+
+    // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited,
+    // and the API requests the round cost.
+    let mut walls = Vec::new();
+    let mut per_round = Vec::new();
+    for round in 0..5 {
+        let key = format!("bench/contend-{round}");
+        let before = total_requests(&api);
+        let t = Instant::now();
+        let children: Vec<_> = (0..30)
+            .map(|_| {
+                initguard(&kubeconfig)
+                    .args(["run", "--key", &key, "--", "sleep", "0.2"])
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut c in children {
+            c.wait()?;
+        }
+        walls.push(t.elapsed());
+        per_round.push(total_requests(&api) - before);
+    }
+    let (min, med, p95) = stats(walls);
+    rows.push(format!(
+        "| 30 contenders, 200 ms command, until all exited (5 rounds) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+    per_round.sort();
+    rows.push(format!(
+        "| API requests per 30-contender round (get+list+create+update) | {} | {} | {} |",
+        per_round[0],
+        per_round[per_round.len() / 2],
+        per_round[per_round.len() - 1]
+    ));
+
+    // 3. Takeover: the holder is killed with SIGKILL; a successor started right after waits
+    // until it has seen the Lease unchanged for the lease duration (--lock-ttl 2s).
+    let mut takeovers = Vec::new();
+    for round in 0..3 {
+        let key = format!("bench/takeover-{round}");
+        let started = tmp.path().join(format!("started-{round}"));
+        let mut holder = initguard(&kubeconfig)
+            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "sh", "-c"])
+            .arg(format!("touch {}; sleep 60", started.display()))
+            .spawn()?;
+        while !started.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        holder.kill()?;
+        holder.wait()?;
+        let t = Instant::now();
+        initguard(&kubeconfig)
+            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "true"])
+            .status()?;
+        takeovers.push(t.elapsed());
+    }
+    let (min, med, p95) = stats(takeovers);
+    rows.push(format!(
+        "| takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs) | {} | {} | {} |",
+        ms(min),
+        ms(med),
+        ms(p95)
+    ));
+
+    let section = format!(
+        "{BEGIN}\n## Kubernetes store (`cargo bench --bench kube_store`)\n\nMeasured {} on {} cores; whole-process times of the release binary against the API-server double of `tests/support/kube_api.rs` on loopback (a real API server adds its own latency per request).\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{END}",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        rows.join("\n")
+    );
+    println!("{section}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `cargo bench`; timings are reported, never asserted.\n".into());
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    Ok(())
+}

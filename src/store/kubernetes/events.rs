@@ -1,0 +1,162 @@
+//! Kubernetes Events on the Pod that runs a task (run started, skipped, succeeded, …), so that
+//! `kubectl describe pod` tells the story. Best effort: must never fail or slow down a run — one
+//! short try per Event, and one warning line, then silence, when RBAC forbids creating Events.
+
+use super::api::{self, ApiError, Op};
+use crate::store::TaskEvent;
+use crate::task::TaskId;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// An Event waits at most this long: it is a courtesy, and the run (holding a lease whose clock
+/// is ticking) matters more. API servers answer an Event in milliseconds.
+const EVENT_BUDGET: Duration = Duration::from_secs(1);
+/// Kubernetes caps Event messages at 1 KiB; longer ones are rejected, not cut.
+const MAX_MESSAGE: usize = 1000;
+
+/// The Pod Events are about, from the Downward API (`POD_NAME`, `POD_UID`, `POD_NAMESPACE`).
+#[derive(Debug, Clone)]
+pub(crate) struct PodRef {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+}
+
+impl PodRef {
+    /// `None` outside a Pod (or without the Downward API env): then no Events are sent.
+    pub fn from_env(fallback_namespace: &str) -> Option<PodRef> {
+        let var = |n| {
+            std::env::var(n)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        Some(PodRef {
+            name: var("POD_NAME")?,
+            uid: var("POD_UID")?,
+            namespace: var("POD_NAMESPACE").unwrap_or_else(|| fallback_namespace.to_string()),
+        })
+    }
+}
+
+pub(crate) struct EventSink {
+    client: kube::Client,
+    pod: Option<PodRef>,
+    /// Set after the first refusal, so that a missing RBAC rule costs one warning line, not one
+    /// per Event.
+    off: AtomicBool,
+}
+
+impl EventSink {
+    pub fn new(client: kube::Client, pod: Option<PodRef>) -> EventSink {
+        EventSink {
+            client,
+            pod,
+            off: AtomicBool::new(false),
+        }
+    }
+
+    pub async fn send(&self, id: &TaskId, kind: TaskEvent, message: &str) {
+        let Some(pod) = &self.pod else { return };
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        let event = build(pod, id, kind, message);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let deadline = Some(Instant::now() + EVENT_BUDGET);
+        let pp = PostParams::default();
+        let res = api::call(Op::event("create"), deadline, || api.create(&pp, &event)).await;
+        match res {
+            Ok(_) => {}
+            Err(ApiError::Forbidden { .. }) => {
+                if !self.off.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        namespace = %pod.namespace,
+                        "Kubernetes Events are skipped: the service account may not create events \
+                         in namespace {} (see `initguard k8s rbac`)",
+                        pod.namespace
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = ?e, reason = kind.reason(), "event not recorded"),
+        }
+    }
+}
+
+fn build(pod: &PodRef, id: &TaskId, kind: TaskEvent, message: &str) -> Event {
+    let now = Timestamp::now();
+    let mut text = format!("{id}: {message}");
+    if text.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    // Legacy core/v1 style (first/lastTimestamp, no eventTime): accepted by every API server
+    // version without the extra fields events.k8s.io/v1 validation requires.
+    // Event names only need to be unique; this is what kubectl's recorder does too.
+    let suffix: u64 = rand::random();
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{suffix:016x}", pod.name)),
+            namespace: Some(pod.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()),
+            ..ObjectReference::default()
+        },
+        reason: Some(kind.reason().into()),
+        message: Some(text),
+        type_: Some(
+            if kind.is_warning() {
+                "Warning"
+            } else {
+                "Normal"
+            }
+            .into(),
+        ),
+        source: Some(EventSource {
+            component: Some("initguard".into()),
+            host: std::env::var("NODE_NAME").ok(),
+        }),
+        reporting_component: Some("initguard".into()),
+        reporting_instance: Some(pod.name.clone()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        ..Event::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Key;
+
+    #[test]
+    fn events_point_at_the_pod_and_stay_short() {
+        let pod = PodRef {
+            name: "web-0".into(),
+            uid: "u-1".into(),
+            namespace: "shop".into(),
+        };
+        let id = TaskId::global(Key::parse("app/migrate").unwrap());
+        let e = build(&pod, &id, TaskEvent::Failed, &"x".repeat(5000));
+        assert_eq!(e.involved_object.uid.as_deref(), Some("u-1"));
+        assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.reason.as_deref(), Some("InitguardFailed"));
+        assert!(e.message.unwrap().len() <= MAX_MESSAGE);
+        assert!(e.metadata.name.unwrap().starts_with("web-0."));
+    }
+}

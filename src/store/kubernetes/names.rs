@@ -1,0 +1,114 @@
+//! How tasks map onto Kubernetes object names, labels and annotations. Pure functions; must never
+//! change an existing mapping (a renamed Lease would orphan every record already stored).
+
+use crate::task::TaskId;
+use sha2::{Digest, Sha256};
+
+/// Label every initguard Lease carries: `kubectl get leases -l app.kubernetes.io/managed-by=initguard`.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "initguard";
+/// The task's storage name (key, plus scope instance), in full: Lease names are lossy.
+pub(crate) const ANNOTATION_TASK: &str = "initguard.io/task";
+/// The record document (compact JSON, schema-versioned like every store's).
+pub(crate) const ANNOTATION_RECORD: &str = "initguard.io/record";
+/// Who holds the lease, as a `Holder` JSON (Pod, node, host, pid): `holderIdentity` is one token.
+pub(crate) const ANNOTATION_HOLDER: &str = "initguard.io/holder";
+
+/// Object names are at most 63 characters here, so they also fit places that need DNS labels.
+const MAX_NAME: usize = 63;
+const PREFIX: &str = "initguard-";
+/// 10 hex digits (40 bits) of SHA-256 keep distinct keys with the same slug apart.
+const HASH_HEX: usize = 10;
+
+/// `initguard-<dns1123 form of the task>-<short hash>`, at most 63 characters.
+/// The hash is over the full storage name, so keys that slug alike (`a/b`, `a.b`, `A-b`) differ.
+pub fn lease_name(id: &TaskId) -> String {
+    let storage = id.storage_name();
+    let digest = hex::encode(Sha256::digest(storage.as_bytes()));
+    let hash = &digest[..HASH_HEX];
+    let room = MAX_NAME - PREFIX.len() - 1 - HASH_HEX;
+    let mut slug = String::with_capacity(storage.len());
+    for c in storage.chars() {
+        let c = c.to_ascii_lowercase();
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        // Runs of separators collapse: DNS-1123 allows them, but they read badly in kubectl.
+        if c == '-' && (slug.is_empty() || slug.ends_with('-')) {
+            continue;
+        }
+        slug.push(c);
+    }
+    slug.truncate(room);
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() {
+        format!("{PREFIX}{hash}")
+    } else {
+        format!("{PREFIX}{slug}-{hash}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Key, Scope};
+
+    fn dns1123_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
+    fn id(key: &str) -> TaskId {
+        TaskId::global(Key::parse(key).unwrap())
+    }
+
+    #[test]
+    fn names_are_readable_and_stable() {
+        let name = lease_name(&id("myapp/migrate"));
+        assert!(name.starts_with("initguard-myapp-migrate-"), "{name}");
+        assert_eq!(name, lease_name(&id("myapp/migrate")));
+        assert!(dns1123_label(&name));
+    }
+
+    #[test]
+    fn long_and_odd_keys_still_make_valid_names() {
+        for key in [
+            "x".repeat(200),
+            "A/B_C.D".to_string(),
+            "---".to_string(),
+            "_/_".to_string(),
+            "a-/-b".to_string(),
+        ] {
+            let name = lease_name(&id(&key));
+            assert!(dns1123_label(&name), "{key} -> {name}");
+        }
+    }
+
+    #[test]
+    fn keys_that_slug_alike_get_different_names() {
+        let names = ["a/b", "a.b", "a-b", "A/b", "a_b"].map(|k| lease_name(&id(k)));
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn scope_instances_get_their_own_lease() {
+        let pod = TaskId {
+            key: Key::parse("app/init").unwrap(),
+            scope: Scope::Pod,
+            instance: Some("0b7e-11".into()),
+        };
+        let name = lease_name(&pod);
+        assert_ne!(name, lease_name(&id("app/init")));
+        assert!(dns1123_label(&name), "{name}");
+    }
+}

@@ -1,0 +1,840 @@
+//! End-to-end tests of the Kubernetes store: real processes of the built binary, through the real
+//! `kube` client and HTTP, against the API-server double of `support/kube_api.rs` — the store
+//! contract suite, plus what only this store has (Lease takeover tokens, failing renewals, RBAC
+//! refusals, an unreachable API server, a corrupt record annotation, Events, the record cap).
+//!
+//! The same scenarios run against a real cluster, where no fault can be injected:
+//! `INITGUARD_TEST_KUBECONFIG=~/.kube/config cargo test -- --ignored kube`
+//! (namespace from `INITGUARD_TEST_NAMESPACE`, default `default`).
+#![cfg(feature = "kubernetes")]
+
+#[macro_use]
+mod support;
+#[path = "support/kube_api.rs"]
+mod kube_api;
+
+use initguard::store::kubernetes::lease_name;
+use initguard::task::{Key, TaskId};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kube_api::{KubeApi, Mode};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+use support::*;
+
+const NS: &str = "initguard-test";
+const RECORD: &str = "initguard.io/record";
+
+/// A Kubernetes API server for the binary: the double (fault switches in `api`), or a real cluster.
+struct KubeFixture {
+    api: Option<KubeApi>,
+    kubeconfig: PathBuf,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl KubeFixture {
+    fn double() -> KubeFixture {
+        let dir = tempfile::tempdir().unwrap();
+        let api = KubeApi::start();
+        KubeFixture {
+            kubeconfig: api.kubeconfig(dir.path(), NS),
+            api: Some(api),
+            namespace: NS.into(),
+            _dir: dir,
+        }
+    }
+
+    /// `None` (test skipped, or failed under CI) without `INITGUARD_TEST_KUBECONFIG`.
+    fn real() -> Option<KubeFixture> {
+        let kubeconfig = std::env::var("INITGUARD_TEST_KUBECONFIG").ok();
+        if !require(
+            "a Kubernetes API server (set INITGUARD_TEST_KUBECONFIG to its kubeconfig)",
+            kubeconfig.is_some(),
+        ) {
+            return None;
+        }
+        let kubeconfig = kubeconfig?;
+        Some(KubeFixture {
+            api: None,
+            kubeconfig: kubeconfig.into(),
+            namespace: std::env::var("INITGUARD_TEST_NAMESPACE")
+                .unwrap_or_else(|_| "default".into()),
+            _dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn api(&self) -> &KubeApi {
+        self.api
+            .as_ref()
+            .expect("this scenario needs the API-server double")
+    }
+
+    /// Run `f` with a kube client on the Leases of the namespace (one runtime for both: the
+    /// client's connection worker lives on the runtime that built it).
+    fn with_leases<T, Fut>(&self, f: impl FnOnce(Api<Lease>) -> Fut) -> T
+    where
+        Fut: std::future::Future<Output = T>,
+    {
+        let kubeconfig = self.kubeconfig.clone();
+        let ns = self.namespace.clone();
+        block_on(async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            f(Api::namespaced(kube::Client::try_from(cfg).unwrap(), &ns)).await
+        })
+    }
+
+    /// The Lease of `key`, through a kube client (works on the double and on a real cluster).
+    fn lease(&self, key: &str) -> Option<Lease> {
+        let name = lease_of(key);
+        self.with_leases(|api| async move { api.get_opt(&name).await.unwrap() })
+    }
+
+    fn edit_lease(&self, key: &str, edit: impl FnOnce(&mut Lease)) {
+        let name = lease_of(key);
+        self.with_leases(|api| async move {
+            let mut l = api.get(&name).await.unwrap();
+            edit(&mut l);
+            api.replace(&name, &PostParams::default(), &l)
+                .await
+                .unwrap();
+        });
+    }
+
+    fn delete_lease(&self, key: &str) {
+        let name = lease_of(key);
+        self.with_leases(|api| async move {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        });
+    }
+}
+
+impl StoreFixture for KubeFixture {
+    fn url(&self) -> String {
+        format!("kubernetes:{}", self.namespace)
+    }
+    fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "KUBECONFIG".into(),
+            self.kubeconfig.to_string_lossy().into_owned(),
+        )]
+    }
+    fn leases_lapse(&self) -> bool {
+        true
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn lease_of(key: &str) -> String {
+    lease_name(&TaskId::global(Key::parse(key).unwrap()))
+}
+
+fn token_of(l: &Lease) -> i32 {
+    l.spec
+        .as_ref()
+        .and_then(|s| s.lease_transitions)
+        .unwrap_or(0)
+}
+
+fn holder_of(l: &Lease) -> Option<String> {
+    l.spec.as_ref().and_then(|s| s.holder_identity.clone())
+}
+
+fn last_line(o: &std::process::Output) -> String {
+    stderr(o).lines().last().unwrap_or_default().to_string()
+}
+
+contract_tests!(KubeFixture::double());
+
+// ---- scenarios that need no fault injection: run on the double and on a real cluster ----------
+
+/// The record lives in an annotation of the task's Lease; the Lease is labelled for kubectl; every
+/// acquisition bumps `leaseTransitions`, and a finished run leaves nobody holding it.
+fn lease_holds_record_label_and_token(fx: &KubeFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/lease");
+    for i in 1..=2 {
+        let out = run_task(
+            fx,
+            work.path(),
+            &key,
+            &["--version", &i.to_string()],
+            "true",
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let lease = fx.lease(&key).expect("the task's Lease exists");
+    let meta = &lease.metadata;
+    assert_eq!(
+        meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "initguard"
+    );
+    assert_eq!(meta.annotations.as_ref().unwrap()["initguard.io/task"], key);
+    let rec: serde_json::Value =
+        serde_json::from_str(&meta.annotations.as_ref().unwrap()[RECORD]).unwrap();
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["key"], key.as_str());
+    assert_eq!(token_of(&lease), 2, "two acquisitions, two transitions");
+    assert_eq!(rec["token"], 2);
+    assert_eq!(holder_of(&lease), None, "released after the run");
+    assert!(meta.name.as_ref().unwrap().len() <= 63);
+    let listed = record(fx, work.path(), &key);
+    assert_eq!(listed["token"], 2, "status lists it through the label");
+    fx.delete_lease(&key);
+}
+
+/// `kill -9` of the holder: the next run takes the Lease over once it has seen it unchanged for
+/// the lease duration, with the next fencing token, and reports the interruption.
+fn killed_holder_is_taken_over_with_the_next_token(fx: &KubeFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/kill9");
+    let started = work.path().join("started");
+    let mut holder = spawn_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s"],
+        &format!("touch {}; sleep 60", started.display()),
+    );
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let before = fx.lease(&key).unwrap();
+    assert!(holder_of(&before).is_some());
+    signal(&holder, Signal::SIGKILL);
+    let _ = holder.wait();
+    let begun = Instant::now();
+    let marker = work.path().join("rerun");
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s", "--wait-timeout", "60s"],
+        &format!("echo $INITGUARD_FENCING_TOKEN >> {}", marker.display()),
+    );
+    let waited = begun.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted"),
+        "reports the interruption: {}",
+        stderr(&out)
+    );
+    let next = token_of(&before) + 1;
+    assert_eq!(
+        lines(&marker),
+        vec![next.to_string()],
+        "ran once, next token"
+    );
+    assert_eq!(record(fx, work.path(), &key)["token"], next);
+    // Loose bound: a newcomer must see the Lease unchanged for a whole lease duration (2 s).
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "took over after {waited:?}, before the lease could lapse"
+    );
+    fx.delete_lease(&key);
+}
+
+/// A corrupt record annotation: exit 65, nothing run, and the Lease not written at all.
+fn corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged(fx: &KubeFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/corrupt");
+    assert_eq!(code(&run_task(fx, work.path(), &key, &[], "true")), 0);
+    fx.edit_lease(&key, |l| {
+        l.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(RECORD.into(), "{\"schema\": 1, \"state\": \"succ".into());
+    });
+    let before = fx.lease(&key).unwrap();
+    let marker = work.path().join("ran");
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--version", "2"],
+        &format!("touch {}", marker.display()),
+    );
+    let after = fx.lease(&key).unwrap();
+    // Gone before asserting: a corrupt record left behind would fail `status` in later scenarios
+    // sharing a real cluster's namespace.
+    fx.delete_lease(&key);
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(last_line(&out).contains("corrupt"), "{}", stderr(&out));
+    assert!(!marker.exists(), "nothing ran");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the Lease was not written"
+    );
+    assert_eq!(after, before);
+}
+
+/// The API server semantics the store relies on: 409 Conflict on a stale resourceVersion, 409
+/// AlreadyExists on create, 404 NotFound, a new resourceVersion on every write. Pins the double
+/// to a real server when run with `--ignored`.
+fn api_semantics_the_store_relies_on(fx: &KubeFixture) {
+    let name = lease_of(&unique_key("kube/semantics"));
+    fx.with_leases(|api| async move {
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(Default::default()),
+        };
+        let pp = PostParams::default();
+        let created = api.create(&pp, &lease).await.unwrap();
+        let err = api.create(&pp, &lease).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"),
+            "{err:?}"
+        );
+        let updated = api.replace(&name, &pp, &created).await.unwrap();
+        assert_ne!(
+            updated.metadata.resource_version,
+            created.metadata.resource_version
+        );
+        let err = api.replace(&name, &pp, &created).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"),
+            "{err:?}"
+        );
+        api.delete(&name, &DeleteParams::default()).await.unwrap();
+        assert!(api.get_opt(&name).await.unwrap().is_none());
+        let err = api.get(&name).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"),
+            "{err:?}"
+        );
+    });
+}
+
+/// Nothing listens on the API server's address: exit 69 after bounded retries, nothing ran.
+fn unreachable_api_server_exits_69(fx: &KubeFixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig =
+        kube_api::write_kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}"), NS);
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let begun = Instant::now();
+    let out = task_cmd(
+        fx,
+        work.path(),
+        "kube/unreachable",
+        &[],
+        &format!("touch {}", marker.display()),
+    )
+    .env("KUBECONFIG", &kubeconfig)
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(last_line(&out).contains("unreachable"), "{}", stderr(&out));
+    assert!(!marker.exists());
+    assert!(begun.elapsed() < Duration::from_secs(30), "bounded retries");
+}
+
+#[test]
+fn kube_lease_holds_record_label_and_token() {
+    lease_holds_record_label_and_token(&KubeFixture::double());
+}
+
+#[test]
+fn kube_killed_holder_is_taken_over_with_the_next_token() {
+    killed_holder_is_taken_over_with_the_next_token(&KubeFixture::double());
+}
+
+#[test]
+fn kube_corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged() {
+    corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged(&KubeFixture::double());
+}
+
+#[test]
+fn kube_double_reproduces_api_semantics() {
+    api_semantics_the_store_relies_on(&KubeFixture::double());
+}
+
+#[test]
+fn kube_unreachable_api_server_exits_69() {
+    unreachable_api_server_exits_69(&KubeFixture::double());
+}
+
+/// Someone else writes the Lease mid-run (here: an unrelated annotation, like `kubectl annotate`):
+/// the holder's next renewal gets 409 Conflict, re-reads, finds the lease still its own under its
+/// token and carries on; the other writer's change survives.
+fn foreign_edit_mid_run_is_a_conflict_the_holder_survives(fx: &KubeFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/conflict");
+    let started = work.path().join("started");
+    let child = spawn_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s"],
+        &format!("touch {}; sleep 2", started.display()),
+    );
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    fx.edit_lease(&key, |l| {
+        l.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("example.com/note".into(), "hello".into());
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lease = fx.lease(&key).unwrap();
+    let ann = lease.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        ann["example.com/note"], "hello",
+        "the other writer's change survived"
+    );
+    assert_eq!(record(fx, work.path(), &key)["state"], "succeeded");
+    assert_eq!(token_of(&lease), 1, "no second acquisition");
+    fx.delete_lease(&key);
+}
+
+#[test]
+fn kube_foreign_edit_mid_run_is_a_conflict_the_holder_survives() {
+    foreign_edit_mid_run_is_a_conflict_the_holder_survives(&KubeFixture::double());
+}
+
+/// `--scope pod`: one Lease and record per Pod UID, listed with their instance.
+#[test]
+fn kube_pod_scope_runs_once_per_pod_uid() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let script = format!("echo $POD_UID >> {}", marker.display());
+    for uid in ["uid-a", "uid-a", "uid-b"] {
+        let out = task_cmd(
+            &fx,
+            work.path(),
+            "kube/per-pod",
+            &["--scope", "pod"],
+            &script,
+        )
+        .env("POD_UID", uid)
+        .output()
+        .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    assert_eq!(lines(&marker), vec!["uid-a", "uid-b"]);
+    assert_eq!(fx.api().leases(NS).len(), 2, "one Lease per Pod UID");
+    let all = status_json(&fx, work.path(), "kube/per-pod");
+    let instances: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["instance"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(instances, vec!["uid-a", "uid-b"]);
+}
+
+/// A waiter names the holder Pod and how long it has held the lease, and gives up after
+/// `--wait-timeout` with exit 75 without running anything.
+#[test]
+fn kube_waiter_names_the_holder_pod_and_times_out_with_75() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/busy");
+    let started = work.path().join("started");
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &[],
+        &format!("touch {}; sleep 60", started.display()),
+    );
+    c.env("POD_NAME", "web-0")
+        .env("POD_NAMESPACE", NS)
+        .env("POD_UID", "uid-web-0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut holder = c.spawn().unwrap();
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let marker = work.path().join("ran");
+    let out = run_task(
+        &fx,
+        work.path(),
+        &key,
+        &["--wait-timeout", "1500ms"],
+        &format!("touch {}", marker.display()),
+    );
+    signal(&holder, Signal::SIGKILL);
+    let _ = holder.wait();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("waiting for {key} held by pod {NS}/web-0"))
+            && err.contains(" since "),
+        "{err}"
+    );
+    assert!(last_line(&out).contains("gave up waiting"), "{err}");
+    assert!(!marker.exists());
+}
+
+// ---- fault injection: the double only ---------------------------------------------------------
+
+/// The API server stops answering (or refuses connections) mid-run: the holder kills its command
+/// before the lease duration has passed since its last successful renewal, so nobody else can
+/// overlap it.
+fn failing_renewals_kill_the_child_before_the_lease_can_lapse(mode: Mode) {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/partition");
+    let beats = work.path().join("beats");
+    let ttl = Duration::from_secs(3);
+    let child = spawn_task(
+        &fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "3s"],
+        &format!(
+            "while true; do date +%s%N >> {}; sleep 0.05; done",
+            beats.display()
+        ),
+    );
+    wait_for("the command to run", Duration::from_secs(20), || {
+        lines(&beats).len() > 2
+    });
+    // Let a renewal or two go through, then partition.
+    std::thread::sleep(Duration::from_millis(1500));
+    fx.api().set_mode(mode);
+    let out = child.wait_with_output().unwrap();
+    fx.api().set_mode(Mode::Normal);
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(last_line(&out).contains("lease"), "{}", stderr(&out));
+    let name = lease_of(&key);
+    let last_renewal = fx
+        .api()
+        .writes()
+        .into_iter()
+        .filter(|w| w.name == name)
+        .map(|w| w.at)
+        .max()
+        .unwrap();
+    let last_beat: u128 = lines(&beats)
+        .iter()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap();
+    let deadline = (last_renewal + ttl)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert!(
+        last_beat < deadline,
+        "the command ran {}ms past the lease duration since the last renewal",
+        (last_beat - deadline) / 1_000_000
+    );
+    let n = lines(&beats).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&beats).len(), n, "the command is dead");
+}
+
+#[test]
+fn kube_failing_renewals_kill_the_child_before_the_lease_can_lapse() {
+    failing_renewals_kill_the_child_before_the_lease_can_lapse(Mode::Stall);
+}
+
+#[test]
+fn kube_refused_renewals_kill_the_child_before_the_lease_can_lapse() {
+    failing_renewals_kill_the_child_before_the_lease_can_lapse(Mode::Refuse);
+}
+
+/// RBAC refusing a verb: exit 78, the line names verb and resource and points to `k8s rbac`.
+#[test]
+fn kube_forbidden_exits_78_naming_verb_and_resource() {
+    for (verb, line_has) in [("get", "\"get\""), ("create", "\"create\"")] {
+        let fx = KubeFixture::double();
+        fx.api().forbid(verb, "leases");
+        let work = tempfile::tempdir().unwrap();
+        let marker = work.path().join("ran");
+        let out = run_task(
+            &fx,
+            work.path(),
+            "kube/forbidden",
+            &[],
+            &format!("touch {}", marker.display()),
+        );
+        assert_eq!(code(&out), 78, "{verb}: {}", stderr(&out));
+        let line = last_line(&out);
+        assert!(line.contains(line_has), "{line}");
+        assert!(line.contains("leases.coordination.k8s.io"), "{line}");
+        assert!(line.contains("initguard k8s rbac"), "{line}");
+        assert!(!marker.exists());
+    }
+}
+
+/// The API server closing every connection: exit 69, nothing ran.
+#[test]
+fn kube_refused_connections_exit_69() {
+    let fx = KubeFixture::double();
+    fx.api().set_mode(Mode::Refuse);
+    let work = tempfile::tempdir().unwrap();
+    let out = run_task(&fx, work.path(), "kube/refused", &[], "true");
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+}
+
+/// Events on the Pod for started/succeeded/skipped; when RBAC forbids Events, the run goes on
+/// with exactly one warning line.
+#[test]
+fn kube_events_on_the_pod_and_one_warning_when_forbidden() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/events");
+    let pod = |c: &mut std::process::Command| {
+        c.env("POD_NAME", "web-0")
+            .env("POD_UID", "uid-web-0")
+            .env("POD_NAMESPACE", NS);
+    };
+    for _ in 0..2 {
+        let mut c = task_cmd(&fx, work.path(), &key, &[], "true");
+        pod(&mut c);
+        let out = c.output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let reasons: Vec<String> = fx
+        .api()
+        .events()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["involvedObject"]["uid"], "uid-web-0");
+            assert_eq!(e["involvedObject"]["kind"], "Pod");
+            e["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["InitguardStarted", "InitguardSucceeded", "InitguardSkipped"]
+    );
+    fx.api().forbid("create", "events");
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &unique_key("kube/noevents"),
+        &[],
+        "exit 3",
+    );
+    pod(&mut c);
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out)
+            .matches("Kubernetes Events are skipped")
+            .count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A huge output tail cannot push the record past the cap; `status` says records are capped.
+#[test]
+fn kube_record_stays_under_the_cap_and_status_says_so() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/big");
+    let out = run_task(
+        &fx,
+        work.path(),
+        &key,
+        &["--tail-bytes", "500000"],
+        "head -c 400000 /dev/zero | tr '\\0' x",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lease = fx.lease(&key).unwrap();
+    let rec = &lease.metadata.annotations.as_ref().unwrap()[RECORD];
+    assert!(
+        rec.len() <= initguard::store::kubernetes::MAX_RECORD_BYTES,
+        "{}",
+        rec.len()
+    );
+    assert!(rec.contains("xxxx"), "the newest output is kept");
+    let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("capped at 64 KiB"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+}
+
+/// `kubernetes:` without a namespace uses the kubeconfig context's.
+#[test]
+fn kube_namespace_defaults_to_the_context() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let out = task_cmd(&fx, work.path(), "kube/ctx", &[], "true")
+        .env("INITGUARD_STORE", "kubernetes:")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(fx.api().lease(NS, &lease_of("kube/ctx")).is_some());
+}
+
+/// `initguard release` from another process of the holder's Pod (a preStop hook) frees the Lease;
+/// the holder notices at its next renewal and stops its command.
+#[test]
+fn kube_release_from_the_same_pod_frees_the_lease() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/release");
+    let started = work.path().join("started");
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "3s"],
+        &format!("touch {}; sleep 60", started.display()),
+    );
+    c.env("POD_NAME", "web-1").env("POD_UID", "uid-1");
+    let holder = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let other = cmd(&fx, work.path())
+        .env("POD_UID", "uid-2")
+        .args(["release", &key])
+        .output()
+        .unwrap();
+    assert_eq!(code(&other), 0);
+    assert!(
+        holder_of(&fx.lease(&key).unwrap()).is_some(),
+        "another Pod cannot release it"
+    );
+    let same = cmd(&fx, work.path())
+        .env("POD_UID", "uid-1")
+        .args(["release", &key])
+        .output()
+        .unwrap();
+    assert_eq!(code(&same), 0, "{}", stderr(&same));
+    assert!(stderr(&same).contains("released"), "{}", stderr(&same));
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(
+        code(&out),
+        75,
+        "the holder lost its lease: {}",
+        stderr(&out)
+    );
+}
+
+/// The Role `initguard k8s rbac` prints parses into the k8s-openapi types, and with the double
+/// enforcing exactly that Role every command works and every granted permission is used: the
+/// store needs all of it and nothing more.
+#[test]
+fn kube_rbac_output_is_exactly_what_every_command_needs() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use serde::Deserialize;
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["k8s", "rbac", "--namespace", NS, "--service-account", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let mut docs = serde_yaml::Deserializer::from_str(&yaml);
+    let sa = ServiceAccount::deserialize(docs.next().unwrap()).unwrap();
+    let role = Role::deserialize(docs.next().unwrap()).unwrap();
+    let binding = RoleBinding::deserialize(docs.next().unwrap()).unwrap();
+    assert!(docs.next().is_none());
+    assert_eq!(sa.metadata.name.as_deref(), Some("web"));
+    assert_eq!(binding.subjects.unwrap()[0].name, "web");
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let mut granted = std::collections::HashSet::new();
+    for rule in role.rules.unwrap() {
+        for r in rule.resources.unwrap() {
+            for v in &rule.verbs {
+                granted.insert((v.clone(), r.clone()));
+            }
+        }
+    }
+
+    let fx = KubeFixture::double();
+    fx.api().allow_only(granted.clone());
+    let key = unique_key("kube/rbac");
+    let pod = |mut c: std::process::Command| {
+        c.env("POD_NAME", "web-0")
+            .env("POD_UID", "uid-web-0")
+            .env("POD_NAMESPACE", NS);
+        c
+    };
+    let ok = |mut c: std::process::Command| {
+        let out = c.output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("Events are skipped"),
+            "{}",
+            stderr(&out)
+        );
+    };
+    ok(pod(task_cmd(&fx, work.path(), &key, &[], "true")));
+    ok(pod(task_cmd(&fx, work.path(), &key, &[], "true")));
+    let mut c = cmd(&fx, work.path());
+    c.args(["status", "--json"]);
+    ok(c);
+    let mut c = cmd(&fx, work.path());
+    c.args(["reset", &key]);
+    ok(c);
+    let mut c = cmd(&fx, work.path());
+    c.args(["release", &key]);
+    ok(c);
+    assert_eq!(fx.api().events().len(), 3, "events were allowed");
+    assert_eq!(
+        fx.api().seen(),
+        granted,
+        "every granted permission is used, no other asked for"
+    );
+}
+
+// ---- a real cluster ----------------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs a Kubernetes API server"]
+fn kube_real_cluster_suite() {
+    let Some(fx) = KubeFixture::real() else {
+        return;
+    };
+    api_semantics_the_store_relies_on(&fx);
+    lease_holds_record_label_and_token(&fx);
+    killed_holder_is_taken_over_with_the_next_token(&fx);
+    corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged(&fx);
+    foreign_edit_mid_run_is_a_conflict_the_holder_survives(&fx);
+    unreachable_api_server_exits_69(&fx);
+    support::contract::exactly_once_under_contention(&fx, 30);
+    support::contract::skips_after_success_and_reruns_on_change(&fx);
+    support::contract::killed_holder_is_detected_as_interrupted(&fx);
+    support::contract::interrupted_predecessor_with_fail_policy_exits_75(&fx);
+    support::contract::sigterm_is_forwarded_and_recorded(&fx);
+    support::contract::gives_up_after_max_attempts_and_reset_clears_it(&fx);
+    support::contract::retries_in_process_with_backoff(&fx);
+    support::contract::done_if_adopts_without_running(&fx);
+    support::contract::status_and_history_json_have_the_design_fields(&fx);
+    support::contract::child_env_names_key_token_attempt_previous(&fx);
+    support::contract::paused_holder_past_its_lease_is_fenced(&fx);
+}
