@@ -39,6 +39,7 @@ pub struct StoreChoice<'a> {
     pub raw: Option<&'a str>,
     pub kube_context: Option<&'a str>,
     /// `--store-password-file`, for postgres:// stores.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub password_file: Option<&'a Path>,
     /// `--pg-schema`, for postgres:// stores.
     pub pg_schema: Option<&'a str>,
