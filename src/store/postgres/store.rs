@@ -1,9 +1,10 @@
 //! `PgStore`: records and leases in a PostgreSQL table. The lease is a row judged by the
 //! database clock (`clock_timestamp()`), never the client's; its token is a counter in the row,
-//! incremented by every acquisition; every write is fenced on that token. Waiters sleep on
-//! LISTEN/NOTIFY (a release notifies at commit) and otherwise wake exactly when the holder's lease
-//! would lapse, by the database's own reckoning: no tight polling. Must never take a lease that
-//! has not lapsed, and never write without the writer's token matching.
+//! incremented by every acquisition; every write is fenced on that token. Waiters line up behind
+//! an advisory lock; the first in line sleeps on LISTEN/NOTIFY (a release notifies at commit),
+//! and all of them wake when the holder's lease would lapse, by the database's own reckoning: no
+//! tight polling. Must never take a lease that has not lapsed, and never write without the
+//! writer's token matching.
 
 use super::config::{PgUrl, error_chain};
 use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
@@ -52,18 +53,20 @@ impl Statements {
         Statements {
             // One statement, one round trip: takes the lease if it is free or lapsed, and
             // either way returns the row as it now is. Always updating (a no-op when busy) locks
-            // the row, so the answer reflects any concurrent taker that committed first. `c.now`
-            // is read once; if the statement waited for a lock it is a little stale, which can
-            // only make the lease look *less* lapsed, never take it early.
+            // the row, so the answer reflects any concurrent taker that committed first.
+            // Lapsed-ness is judged at `c.now`, read once so that every column agrees; should the
+            // statement wait for a row lock, a stale `c.now` can only make the lease look *less*
+            // lapsed. The new expiry counts from `clock_timestamp()` as the row is written, so a
+            // wait never hands out a lease that is already (nearly) over.
             take: format!(
                 "UPDATE {t} AS t SET
                     token       = CASE WHEN {free} THEN t.token + 1 ELSE t.token END,
                     holder      = CASE WHEN {free} THEN $2 ELSE t.holder END,
                     lease_nonce = CASE WHEN {free} THEN $3 ELSE t.lease_nonce END,
                     holder_pid  = CASE WHEN {free} THEN pg_backend_pid() ELSE t.holder_pid END,
-                    acquired_at = CASE WHEN {free} THEN c.now ELSE t.acquired_at END,
+                    acquired_at = CASE WHEN {free} THEN clock_timestamp() ELSE t.acquired_at END,
                     expires_at  = CASE WHEN {free}
-                                  THEN c.now + $4::bigint * interval '1 millisecond'
+                                  THEN clock_timestamp() + $4::bigint * interval '1 millisecond'
                                   ELSE t.expires_at END
                  FROM (SELECT clock_timestamp() AS now) AS c
                  WHERE t.task = $1
