@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::pg::{self, Pg};
+use support::{code, stderr, wait_for};
 
 /// The contract suite's view of a throwaway server (one per test, so tests stay independent).
 struct PgFixture {
@@ -63,27 +64,11 @@ fn run_task(url: &str, work: &Path, key: &str, extra: &[&str], script: &str) -> 
     c
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn wait_output(child: Child) -> Output {
     child.wait_with_output().expect("wait for initguard")
 }
 
-fn status_json(url: &str, work: &Path, key: &str) -> serde_json::Value {
+fn record_of(url: &str, work: &Path, key: &str) -> serde_json::Value {
     let out = ig(url, work)
         .args(["status", key, "--json"])
         .output()
@@ -134,7 +119,7 @@ fn runs_once_then_skips_and_status_reads_the_record() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
     assert_eq!(count_lines(&count), 1);
-    let rec = status_json(&pg.url(), work.path(), "app/once");
+    let rec = record_of(&pg.url(), work.path(), "app/once");
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(rec["token"], 1);
     // The URL is logged without its password.
@@ -284,7 +269,7 @@ fn sql_syntax_error_records_failed_with_the_server_message() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let rec = status_json(&pg.url(), work.path(), "sql/bad");
+    let rec = record_of(&pg.url(), work.path(), "sql/bad");
     assert_eq!(rec["state"], "failed");
     let reason = rec["reason"].as_str().unwrap_or_default();
     assert!(
@@ -309,7 +294,7 @@ fn sql_that_ends_the_transaction_itself_is_refused() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let rec = status_json(&pg.url(), work.path(), "sql/commit");
+    let rec = record_of(&pg.url(), work.path(), "sql/commit");
     assert_eq!(rec["state"], "failed");
     assert!(
         rec["reason"]
@@ -494,7 +479,7 @@ fn sql_target_keeps_the_completion_row_in_the_target_database() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "t"), 1, "ran twice");
-    let rec = status_json(&pg.url(), work.path(), "tgt");
+    let rec = record_of(&pg.url(), work.path(), "tgt");
     assert_eq!(rec["state"], "succeeded");
     assert!(
         rec["reason"]
@@ -632,7 +617,7 @@ fn store_stopped_mid_run_exits_cleanly_and_the_next_run_proceeds() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     assert_eq!(count_lines(&count), 2);
-    let rec = status_json(&pg.url(), work.path(), "down/k");
+    let rec = record_of(&pg.url(), work.path(), "down/k");
     assert_eq!(rec["state"], "succeeded");
 }
 
@@ -673,7 +658,7 @@ fn paused_holder_is_fenced_off_and_exits_75() {
     let out_a = wait_output(a);
     assert_eq!(code(&out_a), 75, "{}", stderr(&out_a));
     assert!(stderr(&out_a).contains("lost"), "{}", stderr(&out_a));
-    let rec = status_json(&pg.url(), work.path(), "pause/k");
+    let rec = record_of(&pg.url(), work.path(), "pause/k");
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(rec["token"], 2, "the record is b's: {rec}");
     assert_eq!(count_lines(&count), 2);
@@ -879,7 +864,7 @@ fn paused_sql_holder_is_fenced_and_the_effect_happens_once() {
         1,
         "effect applied once"
     );
-    let rec = status_json(&pg.url(), work.path(), "sql/pause");
+    let rec = record_of(&pg.url(), work.path(), "sql/pause");
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(rec["token"], 2, "the record is b's: {rec}");
 }
