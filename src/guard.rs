@@ -605,29 +605,46 @@ fn backoff(base: Duration, retry: u32) -> Duration {
 }
 
 /// `initguard reset`: forget success / gave_up of every record of `key`, under each one's lease.
+/// A corrupt record is replaced by a fresh one (the operator asked for exactly that after the
+/// exit-65 message); a record from a newer schema is never overwritten. Returns each task reset
+/// with what it was.
 pub async fn reset(
     store: &dyn Store,
     key: &crate::task::Key,
     holder: &Holder,
     opts: AcquireOpts,
     history: usize,
-) -> Result<Vec<(TaskId, State)>, StoreError> {
+) -> Result<Vec<(TaskId, String)>, StoreError> {
+    let ids: Vec<TaskId> = match store.list().await {
+        Ok(records) => records
+            .into_iter()
+            .filter(|r| r.key == key.as_str())
+            .map(|r| TaskId {
+                key: key.clone(),
+                scope: r.scope,
+                instance: r.instance,
+            })
+            .collect(),
+        // Listing stops at a corrupt record; the global task is the one the error named.
+        Err(StoreError::Corrupt { .. }) => vec![TaskId::global(key.clone())],
+        Err(e) => return Err(e),
+    };
     let mut done = Vec::new();
-    for rec in store.list().await? {
-        if rec.key != key.as_str() {
-            continue;
-        }
-        let id = TaskId {
-            key: key.clone(),
-            scope: rec.scope,
-            instance: rec.instance.clone(),
-        };
+    for id in ids {
         let lease = store.acquire(&id, holder, opts).await?;
         let res = async {
-            let Some(mut rec) = store.read(&id).await? else {
-                return Ok(None);
+            let (mut rec, was) = match store.read(&id).await {
+                Ok(Some(rec)) => {
+                    let was = rec.state.to_string();
+                    (rec, was)
+                }
+                Ok(None) => return Ok(None),
+                Err(StoreError::Corrupt { .. }) => {
+                    warn!(key = %id, "the record of {id} is corrupt: replacing it with a fresh one (its history is lost)");
+                    (Record::new(&id, "", Utc::now()), "a corrupt record".to_string())
+                }
+                Err(e) => return Err(e),
             };
-            let was = rec.state;
             rec.reset(lease.token, holder, Utc::now(), history);
             store.write(&lease, &rec).await?;
             Ok::<_, StoreError>(Some(was))

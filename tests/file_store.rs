@@ -120,6 +120,16 @@ fn corrupt_record_exits_65_and_is_left_byte_identical() {
     assert!(one_line_error(&out).contains("corrupt"));
     assert_eq!(snapshot(&fx.dir), before, "nothing written");
     assert!(!work.path().join("ran").exists());
+    // The message's advice works: reset replaces the corrupt record, the next run runs.
+    let reset = cmd(&fx, work.path())
+        .args(["reset", "app/corrupt"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+    assert_eq!(record(&fx, work.path(), "app/corrupt")["state"], "reset");
+    let out = run_task(&fx, work.path(), "app/corrupt", &[], "touch ran");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(work.path().join("ran").exists());
 }
 
 #[test]

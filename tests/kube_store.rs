@@ -268,12 +268,30 @@ fn corrupt_record_annotation_exits_65_and_leaves_the_lease_unchanged(fx: &KubeFi
         &format!("touch {}", marker.display()),
     );
     let after = fx.lease(&key).unwrap();
+    let ran_on_corrupt = marker.exists();
+    // The exit-65 message's advice: `initguard reset KEY` replaces the corrupt record.
+    let reset = cmd(fx, work.path()).args(["reset", &key]).output().unwrap();
+    let rerun = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--version", "2"],
+        &format!("touch {}", marker.display()),
+    );
     // Gone before asserting: a corrupt record left behind would fail `status` in later scenarios
     // sharing a real cluster's namespace.
     fx.delete_lease(&key);
+    assert_eq!(
+        code(&reset),
+        0,
+        "reset repairs a corrupt record: {}",
+        stderr(&reset)
+    );
+    assert_eq!(code(&rerun), 0, "runs after reset: {}", stderr(&rerun));
+    assert!(marker.exists());
     assert_eq!(code(&out), 65, "{}", stderr(&out));
     assert!(last_line(&out).contains("corrupt"), "{}", stderr(&out));
-    assert!(!marker.exists(), "nothing ran");
+    assert!(!ran_on_corrupt, "nothing ran");
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
         "the Lease was not written"
