@@ -963,3 +963,62 @@ fn release_gives_up_this_hosts_lease_and_reports_a_free_one() {
     let out = wait_output(holder);
     assert_eq!(code(&out), 75);
 }
+
+#[test]
+fn corrupt_or_newer_records_exit_65_untouched_and_reset_repairs_corrupt_ones() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}", count.display());
+    let out = run_task(&pg.url(), work.path(), "bad/k", &[], &script)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let record = || {
+        pg.sql_in(
+            pg::APP_DB,
+            "SELECT record::text FROM initguard.tasks WHERE task = 'bad/k'",
+        )
+    };
+    // From a newer initguard: refused, never overwritten, not even by reset.
+    pg.sql_in(
+        pg::APP_DB,
+        "UPDATE initguard.tasks SET record = jsonb_set(record, '{schema}', '2') WHERE task = 'bad/k'",
+    );
+    let before = record();
+    let out = run_task(&pg.url(), work.path(), "bad/k", &[], &script)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(stderr(&out).contains("newer"), "{}", stderr(&out));
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", "bad/k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert_eq!(record(), before, "a newer record was overwritten");
+    // Corrupt (valid JSON, not a record): refused; reset replaces it; the next run runs.
+    pg.sql_in(
+        pg::APP_DB,
+        "UPDATE initguard.tasks SET record = '{\"schema\": 1, \"nonsense\": true}' WHERE task = 'bad/k'",
+    );
+    let out = run_task(&pg.url(), work.path(), "bad/k", &[], &script)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("initguard reset bad/k"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", "bad/k"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run_task(&pg.url(), work.path(), "bad/k", &[], &script)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(count_lines(&count), 2);
+}
