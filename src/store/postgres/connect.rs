@@ -24,7 +24,7 @@ const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(400), Duration::fr
 /// Per attempt; an unroutable address would otherwise hang for the kernel's SYN timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A live connection: the client, its LISTEN notifications, and its backend pid.
+/// A live connection: the client and the LISTEN notifications it receives.
 pub(crate) struct Conn {
     pub client: Client,
     /// Payloads of NOTIFYs on initguard's channel; closed when the connection ends.

@@ -512,7 +512,7 @@ impl PgStore {
         }
     }
 
-    /// Runs an SQL task; see `sql_task.rs`.
+    /// How to reach the store database, for the SQL-task connections of `sql_task.rs`.
     pub(crate) fn connector(&self) -> &Connector {
         &self.connector
     }
