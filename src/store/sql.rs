@@ -5,11 +5,21 @@ use super::StoreError;
 use std::fmt;
 
 /// An SQL task: its text, and where it runs (`None`: the store's own database).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SqlTask {
     pub sql: String,
-    /// `--sql-target URL`: another PostgreSQL database; its completion row is kept there.
+    /// `--sql-target URL`: another PostgreSQL database; its completion row is kept there. May
+    /// hold a password: `Debug` leaves it out.
     pub target: Option<String>,
+}
+
+impl fmt::Debug for SqlTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlTask")
+            .field("sql", &self.sql)
+            .field("target", &self.target.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// How an SQL task that did not fail ended.

@@ -23,8 +23,8 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// A parsed `postgres://` / `postgresql://` store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed `postgres://` / `postgresql://` store URL. `Debug` shows it redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
     /// The URL without initguard's own parameters, as tokio-postgres parses it. Holds the
     /// password when the URL has one: never log it, use `redacted`.
@@ -36,6 +36,12 @@ pub struct PgUrl {
     pub root_cert: Option<PathBuf>,
     /// File whose first line is the password (`--store-password-file`), read at connect time.
     pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PgUrl").field(&self.redacted()).finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -265,6 +271,8 @@ mod tests {
         );
         let u = PgUrl::parse("postgres://app@db/app").unwrap();
         assert_eq!(u.redacted(), "postgres://app@db/app");
+        let u = PgUrl::parse("postgres://app:s3cret@db/app").unwrap();
+        assert!(!format!("{u:?}").contains("s3cret"));
     }
 
     #[test]
