@@ -1,7 +1,8 @@
 //! Timings of the PostgreSQL store with real processes of the built binary against a throwaway
 //! server: skip latency, 30 contenders on one key (and how soon the waiters follow the holder
-//! out), and a one-statement SQL task. Writes its figures into BENCHMARKS.md between its
-//! markers. Nothing here is asserted; without PostgreSQL installed it prints SKIP and exits.
+//! out), a one-statement SQL task, and takeover after `kill -9`. Writes its figures into
+//! BENCHMARKS.md between its markers. Nothing here is asserted; without PostgreSQL installed it
+//! prints SKIP and exits.
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -115,6 +116,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     rows.push(row("SQL task, one INSERT + success record (20 runs)", sqls));
+
+    // 4. Takeover: the holder is killed with SIGKILL; a successor started right after waits
+    //    until the lease lapses by the database clock (--lock-ttl 2s), then runs.
+    let mut takeovers = Vec::new();
+    for round in 0..3 {
+        let key = format!("bench/takeover-{round}");
+        let started = work.path().join(format!("started-{round}"));
+        let mut holder = initguard(&url, work.path())
+            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "sh", "-c"])
+            .arg(format!("touch {}; sleep 60", started.display()))
+            .spawn()?;
+        while !started.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        holder.kill()?;
+        holder.wait()?;
+        let t = Instant::now();
+        initguard(&url, work.path())
+            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "true"])
+            .status()?;
+        takeovers.push(t.elapsed());
+    }
+    rows.push(row(
+        "takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs)",
+        takeovers,
+    ));
 
     let section = format!(
         "{BEGIN}\n## PostgreSQL store (`cargo bench --bench pg_store`)\n\nMeasured {} on {} cores against a local throwaway server; whole-process times of the release binary.\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{END}",
