@@ -108,9 +108,16 @@ impl Pg {
             ensure_run_as_user();
             RUN_AS.to_string()
         });
+        // As root, the server user must be able to reach the directory: /tmp is world-traversable
+        // where a $TMPDIR under /root would not be.
+        let parent = if run_as.is_some() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
         let dir = tempfile::Builder::new()
             .prefix("initguard-pg-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir");
         let mut pg = Pg {
             dir,
