@@ -1022,3 +1022,86 @@ fn corrupt_or_newer_records_exit_65_untouched_and_reset_repairs_corrupt_ones() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(count_lines(&count), 2);
 }
+
+#[test]
+fn sql_target_task_killed_at_random_instants_keeps_effect_and_completion_together() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let target = pg.url_for(pg::TARGET_DB);
+    let run = |key: &str| {
+        ig(&pg.url(), work.path())
+            .args([
+                "run",
+                "--key",
+                key,
+                "--lock-ttl",
+                "1s",
+                "--sql-target",
+                &target,
+            ])
+            .args([
+                "--sql-inline",
+                &format!("INSERT INTO effect VALUES ('{key}')"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    assert!(wait_output(run("tkill/probe")).status.success());
+    let span = t0.elapsed().as_micros() as u64;
+    let trials = 12;
+    let (mut before, mut after) = (0, 0);
+    for trial in 0..trials {
+        let key = format!("tkill/t{trial}");
+        let mut child = run(&key);
+        std::thread::sleep(Duration::from_micros(rand::random_range(
+            0..=span + span / 4,
+        )));
+        let _ = child.kill();
+        let _ = child.wait();
+        wait_for(
+            "the killed holder's sessions to end",
+            Duration::from_secs(20),
+            || {
+                pg.admin(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'initguard'",
+                ) == "0"
+            },
+        );
+        let n = effects(&pg, pg::TARGET_DB, "effect", &key);
+        let done = pg.sql_in(
+            pg::TARGET_DB,
+            &format!("SELECT count(*) FROM initguard.sql_completions WHERE task = '{key}'"),
+        );
+        // The target schema may not exist yet if the kill came before first use.
+        let done: usize = if done.is_empty() {
+            0
+        } else {
+            done.parse().unwrap()
+        };
+        assert!(n <= 1, "trial {trial}: effect applied {n} times");
+        assert_eq!(
+            n, done,
+            "trial {trial}: effect {n} but completion rows {done}"
+        );
+        if n == 1 {
+            after += 1
+        } else {
+            before += 1
+        }
+        let out = wait_output(run(&key));
+        assert_eq!(code(&out), 0, "trial {trial} re-run");
+        assert_eq!(
+            effects(&pg, pg::TARGET_DB, "effect", &key),
+            1,
+            "trial {trial}"
+        );
+        assert_eq!(task_state(&pg, &key), "succeeded");
+    }
+    eprintln!(
+        "--sql-target kill -9 trials: {trials} over a ~{} ms run: {before} before commit, {after} after; effect and completion row always together",
+        span / 1000
+    );
+}
