@@ -23,6 +23,7 @@ pub struct Cli {
     /// Schema for initguard's tables in a postgres:// store (default: initguard, or ?schema=)
     #[arg(long, env = "INITGUARD_PG_SCHEMA", global = true)]
     pub pg_schema: Option<String>,
+
     /// kubeconfig context for the kubernetes: store (default: the in-cluster service account, else
     /// the current context)
     #[arg(long, env = "INITGUARD_KUBE_CONTEXT", global = true)]
