@@ -65,12 +65,15 @@ fn digest_of(parts: &[&[u8]]) -> String {
 
 pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
     let mut components = Vec::new();
-    let argv: Vec<&[u8]> = src.argv.iter().map(|a| a.as_bytes()).collect();
-    components.push(Component {
-        kind: "argv",
-        label: src.argv.join(" "),
-        digest: digest_of(&argv),
-    });
+    // SQL tasks have no command: no argv component rather than an empty one.
+    if !src.argv.is_empty() {
+        let argv: Vec<&[u8]> = src.argv.iter().map(|a| a.as_bytes()).collect();
+        components.push(Component {
+            kind: "argv",
+            label: src.argv.join(" "),
+            digest: digest_of(&argv),
+        });
+    }
     let mut inputs = Vec::new();
     for path in &src.inputs {
         let (digest, files) = digest_input(path)?;

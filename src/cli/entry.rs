@@ -113,12 +113,13 @@ async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failu
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
     let url = settings::store_url(url)?;
-    let fp = settings::fingerprint(&args)?;
+    let sql = settings::sql_task(&args)?;
+    let fp = settings::fingerprint(&args, sql.as_ref())?;
     if args.print_fingerprint {
         print!("{}", report::fingerprint(&fp));
         return Ok(crate::exit::OK);
     }
-    let plan = settings::plan(&args, id, fp.value.clone())?;
+    let plan = settings::plan(&args, id, fp.value.clone(), sql)?;
     let mut signals = Signals::install().map_err(Failure::Runtime)?;
     let store = store::open(&url).await?;
     info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", store.describe(), plan.id, plan.fingerprint);

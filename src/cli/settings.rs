@@ -94,14 +94,16 @@ pub fn task_id_of(key: &str, scope: &str) -> Result<TaskId, SettingsError> {
     })
 }
 
-pub fn fingerprint(args: &RunArgs) -> Result<Fingerprint, SettingsError> {
+/// `sql` is the task `sql_task` read, passed in so that the file is read once: the text that is
+/// fingerprinted is the text that runs.
+pub fn fingerprint(args: &RunArgs, sql: Option<&SqlTask>) -> Result<Fingerprint, SettingsError> {
     let mut extra = Vec::new();
-    if let Some(task) = sql_task(args)? {
+    if let Some(task) = sql {
         let label = match &args.sql {
             Some(path) => format!("--sql {}", path.display()),
             None => "--sql-inline".to_string(),
         };
-        extra.push((label, task.sql.into_bytes()));
+        extra.push((label, task.sql.clone().into_bytes()));
         if let Some(target) = &task.target {
             // The redacted form: rotating the target's password is not a change of the task.
             extra.push((
@@ -169,7 +171,12 @@ fn target_label(raw: &str) -> String {
         .unwrap_or_else(|_| "the URL".to_string())
 }
 
-pub fn plan(args: &RunArgs, id: TaskId, fingerprint: String) -> Result<Plan, SettingsError> {
+pub fn plan(
+    args: &RunArgs,
+    id: TaskId,
+    fingerprint: String,
+    sql: Option<SqlTask>,
+) -> Result<Plan, SettingsError> {
     let ttl = duration("--lock-ttl", &args.lock_ttl)?;
     if ttl < Duration::from_secs(1) {
         return Err(SettingsError::Usage {
@@ -208,7 +215,7 @@ pub fn plan(args: &RunArgs, id: TaskId, fingerprint: String) -> Result<Plan, Set
             tail_bytes: args.tail_bytes,
         },
         history: args.history.max(1),
-        sql: sql_task(args)?,
+        sql,
     })
 }
 
