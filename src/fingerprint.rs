@@ -76,7 +76,14 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
     }
     let mut inputs = Vec::new();
     for path in &src.inputs {
-        let (digest, files) = digest_input(path)?;
+        let (content, files) = digest_input(path)?;
+        // The input's own name counts (swapping the contents of a.env and b.env is a change),
+        // the directories above it do not (mount points differ between Pods and machines).
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .unwrap_or_default();
+        let digest = digest_of(&[&name, content.as_bytes()]);
         inputs.push(Component {
             kind: "input",
             label: format!(
@@ -178,9 +185,12 @@ fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
         })?;
         let digest = if meta.is_dir() {
             digest_of(&[b"dir"])
-        } else {
+        } else if meta.is_file() {
             let content = fs::read(entry.path()).map_err(err(entry.path()))?;
             digest_of(&[b"file", exec_bit(&meta), &content])
+        } else {
+            // FIFOs, sockets, devices: reading them could block forever; their name counts.
+            digest_of(&[b"special"])
         };
         entries.push((rel, digest));
     }
@@ -226,24 +236,25 @@ mod tests {
 
     #[test]
     fn location_and_mtime_do_not_matter() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
+        let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Same input name, mounted in different places.
+        let (a, b) = (ta.path().join("migrations"), tb.path().join("migrations"));
         let files = vec![
             ("x/1.sql".to_string(), b"one".to_vec()),
             ("2.sql".into(), b"two".to_vec()),
         ];
-        write_tree(a.path(), &files);
-        write_tree(b.path(), &files);
-        let fa = compute(&sources(vec![a.path().into()])).unwrap();
-        let fb = compute(&sources(vec![b.path().into()])).unwrap();
+        write_tree(a.as_path(), &files);
+        write_tree(b.as_path(), &files);
+        let fa = compute(&sources(vec![a.as_path().into()])).unwrap();
+        let fb = compute(&sources(vec![b.as_path().into()])).unwrap();
         assert_eq!(fa.value, fb.value);
         let f = fs::File::options()
             .write(true)
-            .open(a.path().join("2.sql"))
+            .open(a.as_path().join("2.sql"))
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(
-            compute(&sources(vec![a.path().into()])).unwrap().value,
+            compute(&sources(vec![a.as_path().into()])).unwrap().value,
             fa.value
         );
     }
@@ -295,16 +306,38 @@ mod tests {
 
     #[test]
     fn configmap_internals_are_skipped() {
-        let d = tempfile::tempdir().unwrap();
-        write_tree(d.path(), &[("..2024_01_01/k".into(), b"v".to_vec())]);
-        std::os::unix::fs::symlink("..2024_01_01", d.path().join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/k", d.path().join("k")).unwrap();
-        let e = tempfile::tempdir().unwrap();
-        write_tree(e.path(), &[("k".into(), b"v".to_vec())]);
+        let td = tempfile::tempdir().unwrap();
+        let d = td.path().join("config");
+        write_tree(d.as_path(), &[("..2024_01_01/k".into(), b"v".to_vec())]);
+        std::os::unix::fs::symlink("..2024_01_01", d.as_path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/k", d.as_path().join("k")).unwrap();
+        let te = tempfile::tempdir().unwrap();
+        let e = te.path().join("config");
+        write_tree(e.as_path(), &[("k".into(), b"v".to_vec())]);
         assert_eq!(
-            compute(&sources(vec![d.path().into()])).unwrap().value,
-            compute(&sources(vec![e.path().into()])).unwrap().value
+            compute(&sources(vec![d.as_path().into()])).unwrap().value,
+            compute(&sources(vec![e.as_path().into()])).unwrap().value
         );
+    }
+
+    #[test]
+    fn swapping_the_contents_of_two_inputs_is_a_change() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.env"), d.path().join("b.env"));
+        fs::write(&a, "X=1").unwrap();
+        fs::write(&b, "X=2").unwrap();
+        let before = compute(&sources(vec![a.clone(), b.clone()])).unwrap().value;
+        fs::write(&a, "X=2").unwrap();
+        fs::write(&b, "X=1").unwrap();
+        assert_ne!(compute(&sources(vec![a, b])).unwrap().value, before);
+    }
+
+    #[test]
+    fn a_fifo_in_an_input_tree_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        write_tree(d.path(), &[("a".into(), b"1".to_vec())]);
+        nix::unistd::mkfifo(&d.path().join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(compute(&sources(vec![d.path().into()])).is_ok());
     }
 
     #[test]
@@ -323,15 +356,15 @@ mod tests {
             let files: Vec<(String, Vec<u8>)> = files.into_iter().collect();
             let clash = files.iter().any(|(a, _)| files.iter().any(|(b, _)| b.starts_with(&format!("{a}/"))));
             prop_assume!(!clash);
-            let a = tempfile::tempdir().unwrap();
-            let b = tempfile::tempdir().unwrap();
-            write_tree(a.path(), &files);
+            let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (a, b) = (ta.path().join("in"), tb.path().join("in"));
+            write_tree(&a, &files);
             let mut rev = files.clone();
             rev.reverse();
-            write_tree(b.path(), &rev);
+            write_tree(&b, &rev);
             prop_assert_eq!(
-                compute(&sources(vec![a.path().into()])).unwrap().value,
-                compute(&sources(vec![b.path().into()])).unwrap().value
+                compute(&sources(vec![a.clone()])).unwrap().value,
+                compute(&sources(vec![b.clone()])).unwrap().value
             );
         }
     }

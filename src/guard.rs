@@ -128,9 +128,31 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn new() -> Heartbeat {
-        Heartbeat {
-            last_ok: Instant::now(),
+    /// `asked` is when we asked for the lease: the store granted (renewed) it no earlier, so
+    /// counting from there errs on the safe side.
+    fn since(asked: Instant) -> Heartbeat {
+        Heartbeat { last_ok: asked }
+    }
+
+    /// Renew now unless a renewal is recent, so that a command never starts on a lease that may
+    /// be about to lapse (slow store calls since the last renewal, a long wait for the lease).
+    /// A renewal that succeeds proves the lease is still ours: every store fences it.
+    async fn ensure_fresh(&mut self, store: &dyn Store, lease: &Lease) -> Result<(), String> {
+        if !store.needs_renewal() || self.last_ok.elapsed() < lease.ttl / 3 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let limit = (lease.ttl / 4).max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, store.renew(lease)).await {
+            Ok(Ok(())) => {
+                self.last_ok = started;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("could not renew the lease before starting: {e}")),
+            Err(_) => Err(format!(
+                "could not renew the lease before starting (no answer in {}s)",
+                limit.as_secs()
+            )),
         }
     }
 
@@ -233,7 +255,9 @@ impl<'a> Guard<'a> {
             }
         };
         info!(key = %plan.id, token = lease.token, "lease on {} taken (token {}) after {}ms", self.key(), lease.token, started_wait.elapsed().as_millis());
-        let result = self.run_leased(&lease, signals).await;
+        let result = self
+            .run_leased(&lease, signals, Heartbeat::since(started_wait))
+            .await;
         if let Err(e) = self.store.release(lease).await {
             warn!(key = %plan.id, "could not release the lease (it lapses on its own): {e}");
         }
@@ -243,7 +267,7 @@ impl<'a> Guard<'a> {
     fn gave_up(&self, rec: &Record) -> GuardError {
         GuardError::GaveUp {
             key: self.key(),
-            attempts: rec.attempts,
+            attempts: rec.failures,
             reason: rec
                 .history
                 .iter()
@@ -259,6 +283,7 @@ impl<'a> Guard<'a> {
         &self,
         lease: &Lease,
         signals: &mut Signals,
+        mut heartbeat: Heartbeat,
     ) -> Result<Outcome, GuardError> {
         let plan = self.plan;
         let fp = plan.fingerprint.as_str();
@@ -283,7 +308,6 @@ impl<'a> Guard<'a> {
         }
         let mut rec = existing.unwrap_or_else(|| Record::new(&plan.id, fp, Utc::now()));
         let mut previous = rec.previous();
-        let mut heartbeat = Heartbeat::new();
         if matches!(rec.state, State::Running | State::Interrupted) {
             let who = rec
                 .holder
@@ -314,6 +338,9 @@ impl<'a> Guard<'a> {
                 capture: false,
                 ..plan.child.clone()
             };
+            if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
+                return Err(self.lease_lost(lease, reason));
+            }
             let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
             match res.ended {
                 Ended::Stopped(reason) => return Err(self.lease_lost(lease, reason)),
@@ -357,6 +384,9 @@ impl<'a> Guard<'a> {
                 env: self.child_env(lease, attempt, previous),
                 ..plan.child.clone()
             };
+            if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
+                return Err(self.lease_lost(lease, reason));
+            }
             let (res, why) = match &plan.sql {
                 None => (
                     runner::run(&spec, signals, heartbeat.lost(store, lease)).await,
@@ -384,6 +414,27 @@ impl<'a> Guard<'a> {
             rec.set_tail(&res.tail, plan.child.tail_bytes);
             let exit = exit_info(&res.outcome);
             let now = Utc::now();
+            // A forwarded SIGTERM/SIGINT means the run was cut short, whatever the command then
+            // exits with: DESIGN.md records it as interrupted.
+            if let Ended::BySignal(signal) = res.ended {
+                let reason = format!("stopped by signal {signal} ({})", describe(&res.outcome));
+                rec.finish(
+                    State::Interrupted,
+                    lease.token,
+                    Some(exit),
+                    Some(reason.clone()),
+                    now,
+                    plan.history,
+                );
+                if !self.write_unless_committed(lease, &rec).await? {
+                    return Ok(self.committed_meanwhile(attempt));
+                }
+                warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
+                return Ok(Outcome::Interrupted {
+                    outcome: res.outcome,
+                    signal,
+                });
+            }
             if res.outcome.success() {
                 rec.finish(
                     State::Succeeded,
@@ -405,25 +456,8 @@ impl<'a> Guard<'a> {
                 .await;
                 return Ok(Outcome::Succeeded { attempt });
             }
-            if let Ended::BySignal(signal) = res.ended {
-                let reason = format!("stopped by signal {signal} ({})", describe(&res.outcome));
-                rec.finish(
-                    State::Interrupted,
-                    lease.token,
-                    Some(exit),
-                    Some(reason.clone()),
-                    now,
-                    plan.history,
-                );
-                store.write(lease, &rec).await?;
-                warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
-                return Ok(Outcome::Interrupted {
-                    outcome: res.outcome,
-                    signal,
-                });
-            }
             let reason = why.unwrap_or_else(|| describe(&res.outcome));
-            if plan.max_attempts > 0 && attempt >= plan.max_attempts {
+            if plan.max_attempts > 0 && rec.failures + 1 >= plan.max_attempts {
                 rec.finish(
                     State::GaveUp,
                     lease.token,
@@ -432,7 +466,9 @@ impl<'a> Guard<'a> {
                     now,
                     plan.history,
                 );
-                store.write(lease, &rec).await?;
+                if !self.write_unless_committed(lease, &rec).await? {
+                    return Ok(self.committed_meanwhile(attempt));
+                }
                 warn!(key = %plan.id, "gave up: {} failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", self.key(), plan.max_attempts, plan.id.key);
                 self.event(TaskEvent::GaveUp, &format!("failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", plan.max_attempts, plan.id.key)).await;
                 return Ok(Outcome::Failed {
@@ -448,7 +484,9 @@ impl<'a> Guard<'a> {
                 now,
                 plan.history,
             );
-            store.write(lease, &rec).await?;
+            if !self.write_unless_committed(lease, &rec).await? {
+                return Ok(self.committed_meanwhile(attempt));
+            }
             self.event(
                 TaskEvent::Failed,
                 &format!("attempt {attempt} failed: {reason}"),
@@ -469,7 +507,11 @@ impl<'a> Guard<'a> {
                 _ = tokio::time::sleep(pause) => {}
                 reason = heartbeat.lost(store, lease) => return Err(self.lease_lost(lease, reason)),
                 signal = signals.recv() => {
-                    return Ok(Outcome::Interrupted { outcome: res.outcome, signal });
+                    let reason = format!("stopped by signal {signal} while waiting to retry");
+                    rec.finish(State::Interrupted, lease.token, None, Some(reason.clone()), Utc::now(), plan.history);
+                    store.write(lease, &rec).await?;
+                    warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
+                    return Ok(Outcome::Interrupted { outcome: ChildOutcome::Signaled(signal), signal });
                 }
             }
         }
@@ -537,6 +579,34 @@ impl<'a> Guard<'a> {
                 &format!("stopped by signal {signal}; the SQL was cancelled and rolled back"),
             )),
         }
+    }
+
+    /// Write an attempt's end (failed, gave up, interrupted). For an SQL task cut short during its
+    /// COMMIT, the store may already hold `succeeded` under this very token; the store refuses to
+    /// overwrite that (see `Store::write`), and this returns `false` so that the caller reports the
+    /// success instead of recording a failure that would make the SQL run twice.
+    async fn write_unless_committed(
+        &self,
+        lease: &Lease,
+        rec: &Record,
+    ) -> Result<bool, GuardError> {
+        match self.store.write(lease, rec).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::LeaseLost { .. }) if self.plan.sql.is_some() => {
+                match self.store.read(&self.plan.id).await? {
+                    Some(now) if now.state == State::Succeeded && now.token == lease.token => {
+                        Ok(false)
+                    }
+                    _ => Err(self.lease_lost(lease, "the record write was fenced off".into())),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn committed_meanwhile(&self, attempt: u32) -> Outcome {
+        info!(key = %self.plan.id, "succeeded: {}'s SQL committed with its success record before the cancellation reached it (attempt {attempt})", self.key());
+        Outcome::Succeeded { attempt }
     }
 
     /// Best effort: a store that can (Kubernetes) tells operators outside the logs.

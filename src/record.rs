@@ -112,6 +112,10 @@ pub struct Record {
     pub token: u64,
     /// Attempts for the current fingerprint since it last succeeded or was reset.
     pub attempts: u32,
+    /// Of those attempts, the ones that failed (not the interrupted ones): what `--max-attempts`
+    /// counts, so that evictions and rollouts do not use up a task's attempts.
+    #[serde(default)]
+    pub failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<Holder>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +150,7 @@ impl Record {
             fingerprint: fingerprint.to_string(),
             token: 0,
             attempts: 0,
+            failures: 0,
             holder: None,
             started_at: None,
             finished_at: None,
@@ -213,6 +218,7 @@ impl Record {
     pub fn start(&mut self, token: u64, holder: &Holder, fingerprint: &str, now: DateTime<Utc>) {
         if self.fingerprint != fingerprint || self.state == State::Succeeded {
             self.attempts = 0;
+            self.failures = 0;
         }
         self.fingerprint = fingerprint.to_string();
         self.state = State::Running;
@@ -241,6 +247,9 @@ impl Record {
     ) {
         self.state = state;
         self.token = token;
+        if matches!(state, State::Failed | State::GaveUp) {
+            self.failures = self.failures.saturating_add(1);
+        }
         self.exit = exit;
         self.reason = reason;
         self.finished_at = Some(now);
@@ -294,6 +303,7 @@ impl Record {
         self.holder = Some(holder.clone());
         self.started_at = None;
         self.attempts = 0;
+        self.failures = 0;
         self.finish(
             State::Reset,
             token,
@@ -389,8 +399,12 @@ mod tests {
         );
         r.start(2, &h, "sha256:a", Utc::now());
         assert_eq!(r.attempts, 2);
+        assert_eq!(r.failures, 1);
+        r.mark_interrupted(2, "lease lapsed", Utc::now(), 20);
+        assert_eq!(r.failures, 1, "interruptions are not failures");
         r.start(3, &h, "sha256:b", Utc::now());
         assert_eq!(r.attempts, 1);
+        assert_eq!(r.failures, 0);
     }
 
     #[test]

@@ -282,6 +282,9 @@ pub async fn run(
             }
         }
     };
+    // Whatever the command left running in its group (background jobs) must not outlive the
+    // lease it ran under: the next holder could start while they still work.
+    group_kill(Signal::SIGKILL);
     let drain = async {
         for p in pumps {
             let _ = p.await;

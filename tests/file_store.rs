@@ -479,3 +479,133 @@ fn reset_of_an_unknown_key_says_so() {
     assert_eq!(code(&out), 0);
     assert!(stderr(&out).contains("nothing to reset"));
 }
+
+#[test]
+fn a_command_exiting_0_after_sigterm_is_recorded_interrupted() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let script = format!(
+        "trap 'exit 0' TERM; touch {}; while true; do sleep 0.1; done",
+        started.display()
+    );
+    let child = spawn_task(&fx, work.path(), "clean-exit", &[], &script);
+    wait_for("start", std::time::Duration::from_secs(10), || {
+        started.exists()
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_eq!(
+        record(&fx, work.path(), "clean-exit")["state"],
+        "interrupted"
+    );
+    // Not skipped next time: the work was cut short.
+    let again = run_task(&fx, work.path(), "clean-exit", &[], "touch again");
+    assert_eq!(code(&again), 0);
+    assert!(work.path().join("again").exists());
+}
+
+#[test]
+fn a_signal_during_the_retry_backoff_records_interrupted() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}; exit 1", marker.display());
+    let child = spawn_task(
+        &fx,
+        work.path(),
+        "backoff",
+        &["--retries", "3", "--backoff", "20s"],
+        &script,
+    );
+    wait_for("first attempt", std::time::Duration::from_secs(10), || {
+        lines(&marker).len() == 1
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert_eq!(lines(&marker).len(), 1, "no retry after the signal");
+    assert_eq!(record(&fx, work.path(), "backoff")["state"], "interrupted");
+}
+
+#[test]
+fn interruptions_do_not_use_up_max_attempts() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let (marker, hang, started) = (
+        work.path().join("ran"),
+        work.path().join("hang"),
+        work.path().join("started"),
+    );
+    let args = ["--max-attempts", "2"];
+    // One command (one fingerprint): fails at once, or hangs while `hang` exists.
+    let script = format!(
+        "echo run >> {}; if [ -e {} ]; then touch {}; sleep 30; fi; exit 5",
+        marker.display(),
+        hang.display(),
+        started.display()
+    );
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "evicted", &args, &script)),
+        5
+    );
+    // An eviction: SIGTERM mid-run.
+    fs::write(&hang, "").unwrap();
+    let child = spawn_task(&fx, work.path(), "evicted", &args, &script);
+    wait_for("start", std::time::Duration::from_secs(10), || {
+        started.exists()
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait_with_output().unwrap();
+    fs::remove_file(&hang).unwrap();
+    let rec = record(&fx, work.path(), "evicted");
+    assert_eq!(rec["state"], "interrupted");
+    assert_eq!(rec["failures"], 1);
+    assert_eq!(rec["attempts"], 2);
+    // The second real failure is the one that gives up.
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "evicted", &args, &script)),
+        5
+    );
+    assert_eq!(record(&fx, work.path(), "evicted")["state"], "gave_up");
+    assert_eq!(lines(&marker).len(), 3);
+}
+
+#[test]
+fn background_jobs_of_the_command_do_not_outlive_it() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let late = work.path().join("late");
+    let out = run_task(
+        &fx,
+        work.path(),
+        "bg",
+        &[],
+        &format!("(sleep 1; touch {}) & exit 0", late.display()),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert!(
+        !late.exists(),
+        "the background job was killed with the command's group"
+    );
+}
+
+#[test]
+fn keys_with_dot_segments_are_listed_and_reset() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(
+        code(&run_task(&fx, work.path(), "app/.seed", &[], "true")),
+        0
+    );
+    assert_eq!(record(&fx, work.path(), "app/.seed")["state"], "succeeded");
+    let reset = cmd(&fx, work.path())
+        .args(["reset", "app/.seed"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&reset), 0);
+    assert_eq!(record(&fx, work.path(), "app/.seed")["state"], "reset");
+}

@@ -208,7 +208,14 @@ impl FileStore {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let mut f = File::create(&tmp).map_err(StoreError::io("cannot create", &tmp))?;
+        let mut f = File::create(&tmp).map_err(|source| match source.kind() {
+            // A state dir we cannot write in is a configuration problem (78), not an outage.
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => StoreError::StateDir {
+                path: dir.to_path_buf(),
+                source,
+            },
+            _ => StoreError::io("cannot create", &tmp)(source),
+        })?;
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(StoreError::io("cannot write", &tmp))?;
@@ -310,7 +317,8 @@ impl Store for FileStore {
                 source: e.into(),
             })?;
             let name = entry.file_name().to_string_lossy();
-            if !entry.file_type().is_file() || name.starts_with('.') || !name.ends_with(".json") {
+            // Temp files (`.<name>.json.tmp.<pid>`) do not end in .json; keys may start with '.'.
+            if !entry.file_type().is_file() || !name.ends_with(".json") {
                 continue;
             }
             let rel = entry

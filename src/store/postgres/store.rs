@@ -83,9 +83,13 @@ impl Statements {
                 "UPDATE {t} SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
                  WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL"
             ),
+            // Fenced, and never replaces a success committed under the same token (an SQL task
+            // whose COMMIT won the race with its cancellation) by a failure: the row lock that
+            // transaction holds makes this UPDATE wait for it and then re-check this condition.
             write: format!(
                 "UPDATE {t} SET record = $3, state = $4, fingerprint = $5, updated_at = clock_timestamp()
-                 WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL"
+                 WHERE task = $1 AND token = $2 AND expires_at IS NOT NULL
+                   AND (state = 'succeeded' AND (record->>'token')::bigint = $2 AND $4 <> 'succeeded') IS NOT TRUE"
             ),
             release: format!(
                 "WITH r AS (
