@@ -200,6 +200,19 @@ pub async fn run(
             tail: Vec::new(),
         };
     };
+    // A SIGTERM that arrived while the store was being written must not start the command.
+    let pending = tokio::select! {
+        biased;
+        sig = signals.recv() => Some(sig),
+        _ = std::future::ready(()) => None,
+    };
+    if let Some(sig) = pending {
+        return ChildResult {
+            outcome: ChildOutcome::Signaled(sig),
+            ended: Ended::BySignal(sig),
+            tail: Vec::new(),
+        };
+    }
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .envs(spec.env.iter().cloned())
