@@ -3,6 +3,10 @@
 //! API requests they cost, and takeover after `kill -9`. Writes its figures into BENCHMARKS.md
 //! between its markers. Nothing here is asserted; a real API server adds its own latency.
 
+mod support;
+
+use support::{ms, stats};
+
 #[path = "../tests/support/kube_api.rs"]
 mod kube_api;
 
@@ -10,8 +14,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BEGIN: &str = "<!-- bench:kube-store:begin -->";
-const END: &str = "<!-- bench:kube-store:end -->";
 const NS: &str = "bench";
 
 fn initguard(kubeconfig: &Path) -> Command {
@@ -25,16 +27,6 @@ fn initguard(kubeconfig: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
-}
-
-fn stats(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
-    xs.sort();
-    let pick = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
-    (pick(0.0), pick(0.5), pick(0.95))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn total_requests(api: &kube_api::KubeApi) -> u64 {
@@ -137,21 +129,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(p95)
     ));
 
-    let section = format!(
-        "{BEGIN}\n## Kubernetes store (`cargo bench --bench kube_store`)\n\nMeasured {} on {} cores; whole-process times of the release binary against the API-server double of `tests/support/kube_api.rs` on loopback (a real API server adds its own latency per request).\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{END}",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        rows.join("\n")
-    );
-    println!("{section}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `cargo bench`; timings are reported, never asserted.\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new)?;
+    support::publish(
+        "kube-store",
+        "Kubernetes store (`cargo bench --bench kube_store`)",
+        "whole-process times of the release binary against the API-server double of `tests/support/kube_api.rs` on loopback (a real API server adds its own latency per request).",
+        &rows,
+    )?;
     Ok(())
 }

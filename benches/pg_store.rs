@@ -4,15 +4,16 @@
 //! BENCHMARKS.md between its markers. Nothing here is asserted; without PostgreSQL installed it
 //! prints SKIP and exits.
 
+mod support;
+
+use support::{ms, stats};
+
 #[path = "../tests/support/pg.rs"]
 mod pg;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BEGIN: &str = "<!-- bench:pg-store:begin -->";
-const END: &str = "<!-- bench:pg-store:end -->";
 
 fn initguard(url: &str, work: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
@@ -23,16 +24,6 @@ fn initguard(url: &str, work: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
-}
-
-fn stats(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
-    xs.sort();
-    let pick = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
-    (pick(0.0), pick(0.5), pick(0.95))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn row(what: &str, xs: Vec<Duration>) -> String {
@@ -143,21 +134,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         takeovers,
     ));
 
-    let section = format!(
-        "{BEGIN}\n## PostgreSQL store (`cargo bench --bench pg_store`)\n\nMeasured {} on {} cores against a local throwaway server; whole-process times of the release binary.\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{END}",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        rows.join("\n")
-    );
-    println!("{section}");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\nFigures written by `cargo bench`; timings are reported, never asserted.\n".into());
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new)?;
+    support::publish(
+        "pg-store",
+        "PostgreSQL store (`cargo bench --bench pg_store`)",
+        "whole-process times of the release binary against a local throwaway server.",
+        &rows,
+    )?;
     Ok(())
 }

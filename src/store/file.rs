@@ -3,7 +3,7 @@
 //! renewal here. Must never leave a half-written record behind.
 
 use super::wait::WAIT_LOG_EVERY;
-use super::{AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog};
+use super::{AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog, next_wait};
 use crate::record::{Record, RecordError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -141,20 +141,8 @@ impl FileStore {
                             held_for: None,
                         });
                         log.tick(&busy);
-                        let slice = match opts.wait_timeout {
-                            Some(limit) => {
-                                let left = limit.saturating_sub(started.elapsed());
-                                if left.is_zero() {
-                                    return Err(StoreError::WaitTimeout {
-                                        key: id.to_string(),
-                                        holder: busy.holder_text(),
-                                        waited: started.elapsed(),
-                                    });
-                                }
-                                left.min(WAIT_LOG_EVERY)
-                            }
-                            None => WAIT_LOG_EVERY,
-                        };
+                        let slice =
+                            next_wait(id, &busy, started, opts.wait_timeout, WAIT_LOG_EVERY)?;
                         match tokio::time::timeout(slice, &mut rx).await {
                             Ok(Ok(Ok(l))) => break l,
                             Ok(Ok(Err(e))) => {

@@ -1,5 +1,6 @@
 //! What a blocked acquirer knows about the holder, and the rate limit for the "waiting for" line.
 
+use super::StoreError;
 use crate::task::{Holder, TaskId};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,29 @@ impl Busy {
             .map(|h| h.to_string())
             .unwrap_or_else(|| "an unknown holder".to_string())
     }
+}
+
+/// How long a blocked acquirer may wait before looking again: `want`, cut to what is left of
+/// `wait_timeout` (counted from `started`); `WaitTimeout` once nothing is left.
+pub fn next_wait(
+    id: &TaskId,
+    busy: &Busy,
+    started: Instant,
+    wait_timeout: Option<Duration>,
+    want: Duration,
+) -> Result<Duration, StoreError> {
+    let Some(limit) = wait_timeout else {
+        return Ok(want);
+    };
+    let left = limit.saturating_sub(started.elapsed());
+    if left.is_zero() {
+        return Err(StoreError::WaitTimeout {
+            key: id.to_string(),
+            holder: busy.holder_text(),
+            waited: started.elapsed(),
+        });
+    }
+    Ok(want.min(left))
 }
 
 /// How often a blocked acquirer says who it waits for.

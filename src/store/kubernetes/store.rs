@@ -11,6 +11,7 @@ use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED
 use crate::record::{Record, RecordError};
 use crate::store::{
     AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, TaskEvent, WaitLog, jittered,
+    next_wait,
 };
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -473,18 +474,13 @@ impl Store for KubeStore {
                 held_for: lease::held_for_display(&current),
             };
             log.tick(&busy);
-            let mut pause = jittered(POLL).min(left + Duration::from_millis(50));
-            if let Some(limit) = opts.wait_timeout {
-                let remaining = limit.saturating_sub(started.elapsed());
-                if remaining.is_zero() {
-                    return Err(StoreError::WaitTimeout {
-                        key: id.to_string(),
-                        holder: busy.holder_text(),
-                        waited: started.elapsed(),
-                    });
-                }
-                pause = pause.min(remaining);
-            }
+            let pause = next_wait(
+                id,
+                &busy,
+                started,
+                opts.wait_timeout,
+                jittered(POLL).min(left + Duration::from_millis(50)),
+            )?;
             tokio::time::sleep(pause).await;
         }
     }

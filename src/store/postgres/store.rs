@@ -12,7 +12,9 @@ use super::schema::{self, SchemaError, lock_key};
 use crate::record::{Record, RecordError};
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::wait::WAIT_LOG_EVERY;
-use crate::store::{AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog};
+use crate::store::{
+    AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
+};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use std::future::Future;
@@ -418,18 +420,13 @@ impl PgStore {
                 Take::Busy { busy, left } => (busy, left),
             };
             log.tick(&busy);
-            let mut slice = (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY);
-            if let Some(limit) = opts.wait_timeout {
-                let remaining = limit.saturating_sub(started.elapsed());
-                if remaining.is_zero() {
-                    return Err(StoreError::WaitTimeout {
-                        key: id.to_string(),
-                        holder: busy.holder_text(),
-                        waited: started.elapsed(),
-                    });
-                }
-                slice = slice.min(remaining);
-            }
+            let slice = next_wait(
+                id,
+                &busy,
+                started,
+                opts.wait_timeout,
+                (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY),
+            )?;
             if head.is_some() {
                 tokio::select! {
                     _ = Self::notified(&mut notes, &name) => {}

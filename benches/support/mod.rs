@@ -1,0 +1,43 @@
+//! Shared by the benchmarks: summary statistics, and writing one bench's section of BENCHMARKS.md
+//! between its markers (so that each bench replaces only its own figures).
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Min, median and p95 of `xs` (which must not be empty).
+pub fn stats(mut xs: Vec<Duration>) -> (Duration, Duration, Duration) {
+    xs.sort();
+    let pick = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
+    (pick(0.0), pick(0.5), pick(0.95))
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Print the section and put it into BENCHMARKS.md between `<!-- bench:NAME:begin/end -->`.
+/// `how` finishes the sentence "Measured DATE on N cores; …".
+pub fn publish(name: &str, title: &str, how: &str, rows: &[String]) -> std::io::Result<()> {
+    let (begin, end) = (
+        format!("<!-- bench:{name}:begin -->"),
+        format!("<!-- bench:{name}:end -->"),
+    );
+    let section = format!(
+        "{begin}\n## {title}\n\nMeasured {} on {} cores; {how}\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{end}",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        rows.join("\n")
+    );
+    println!("{section}");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nFigures written by `cargo bench`; timings are reported, never asserted.\n".into()
+    });
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + end.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new)
+}
