@@ -711,56 +711,6 @@ fn kube_namespace_defaults_to_the_context() {
     assert!(fx.api().lease(NS, &lease_of("kube/ctx")).is_some());
 }
 
-/// `initguard release` from another process of the holder's Pod (a preStop hook) frees the Lease;
-/// the holder notices at its next renewal and stops its command.
-#[test]
-fn kube_release_from_the_same_pod_frees_the_lease() {
-    let fx = KubeFixture::double();
-    let work = tempfile::tempdir().unwrap();
-    let key = unique_key("kube/release");
-    let started = work.path().join("started");
-    let mut c = task_cmd(
-        &fx,
-        work.path(),
-        &key,
-        &["--lock-ttl", "3s"],
-        &format!("touch {}; sleep 60", started.display()),
-    );
-    c.env("POD_NAME", "web-1").env("POD_UID", "uid-1");
-    let holder = c
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the holder to start", Duration::from_secs(20), || {
-        started.exists()
-    });
-    let other = cmd(&fx, work.path())
-        .env("POD_UID", "uid-2")
-        .args(["release", &key])
-        .output()
-        .unwrap();
-    assert_eq!(code(&other), 0);
-    assert!(
-        holder_of(&fx.lease(&key).unwrap()).is_some(),
-        "another Pod cannot release it"
-    );
-    let same = cmd(&fx, work.path())
-        .env("POD_UID", "uid-1")
-        .args(["release", &key])
-        .output()
-        .unwrap();
-    assert_eq!(code(&same), 0, "{}", stderr(&same));
-    assert!(stderr(&same).contains("released"), "{}", stderr(&same));
-    let out = holder.wait_with_output().unwrap();
-    assert_eq!(
-        code(&out),
-        75,
-        "the holder lost its lease: {}",
-        stderr(&out)
-    );
-}
-
 /// The Role `initguard k8s rbac` prints parses into the k8s-openapi types, and with the double
 /// enforcing exactly that Role every command works and every granted permission is used: the
 /// store needs all of it and nothing more.
@@ -855,4 +805,6 @@ fn kube_real_cluster_suite() {
     support::contract::status_and_history_json_have_the_design_fields(&fx);
     support::contract::child_env_names_key_token_attempt_previous(&fx);
     support::contract::paused_holder_past_its_lease_is_fenced(&fx);
+    support::contract::release_frees_a_dead_holders_lease_from_its_own_pod(&fx);
+    support::contract::release_leaves_a_live_holders_lease_alone(&fx);
 }

@@ -59,7 +59,7 @@ pub enum Command {
     History(HistoryArgs),
     /// Forget success or gave_up of KEY so that the next run runs
     Reset(ResetArgs),
-    /// Give up a lease this holder (this Pod, or this host) owns, e.g. from a preStop hook
+    /// Free this Pod's (or host's) lease on a task if its holder is gone, e.g. from a preStop hook
     Release(ReleaseArgs),
     /// Kubernetes manifest tooling
     #[cfg(feature = "kubernetes")]

@@ -204,7 +204,19 @@ async fn release(url: &settings::StoreChoice<'_>, args: ReleaseArgs) -> Result<u
     let me = Holder::from_env();
     match store.release_holder(&id, &me).await? {
         ReleaseOutcome::Released { holder } => {
-            info!(key = %id, "released the lease on {id} held by {holder}")
+            info!(key = %id, "released the lease on {id} held by {holder}, which no longer renewed it")
+        }
+        ReleaseOutcome::StillAlive {
+            holder,
+            renewed_within,
+        } => {
+            // Rounded up to a tenth: the renewal was seen between two looks, at most this long ago.
+            let ago = (renewed_within.as_secs_f64() * 10.0).ceil().max(1.0) / 10.0;
+            info!(
+                key = %id,
+                "not released: the holder of {id}, {holder}, is alive (it renewed its lease less \
+                 than {ago:.1}s ago); it gives the lease up when it exits"
+            )
         }
         ReleaseOutcome::NotHeld => {
             info!(key = %id, "nothing to release: nobody holds the lease on {id}")

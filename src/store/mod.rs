@@ -5,6 +5,7 @@ mod error;
 pub mod file;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+mod liveness;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sql;
@@ -51,8 +52,15 @@ pub struct AcquireOpts {
 /// What `release_holder` (the `initguard release` command) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReleaseOutcome {
-    /// A lease owned by this holder (same Pod, or same host outside Kubernetes) was given up.
+    /// A lease owned by this holder (same Pod, or same host outside Kubernetes) whose holder is
+    /// gone (it stopped renewing) was given up.
     Released { holder: Holder },
+    /// The lease is this Pod's (or host's), but its holder is alive: it renewed the lease less
+    /// than `renewed_within` ago, while we watched. Nothing done; it gives the lease up on exit.
+    StillAlive {
+        holder: Holder,
+        renewed_within: Duration,
+    },
     /// The lease is held by someone else: nothing done.
     HeldByOther { holder: Option<Holder> },
     /// Nobody holds the lease: nothing to do.
@@ -132,7 +140,9 @@ pub trait Store: Send + Sync {
     /// Every record in the store, for `status`.
     async fn list(&self) -> Result<Vec<Record>, StoreError>;
 
-    /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host).
+    /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host) and
+    /// its holder is gone. A holder that still renews keeps it (`ReleaseOutcome::StillAlive`):
+    /// freeing a live holder's lease would let another replica run the task beside it.
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError>;
 
     /// Whether `run_sql_exactly_once` is available (the store is a database).

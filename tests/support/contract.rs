@@ -61,6 +61,24 @@ macro_rules! contract_tests {
                 );
             }
         }
+        #[test]
+        fn contract_release_frees_a_dead_holders_lease_from_its_own_pod() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::contract::release_frees_a_dead_holders_lease_from_its_own_pod(&fx);
+            } else {
+                eprintln!("not applicable: this store's lock goes away with its holder process");
+            }
+        }
+        #[test]
+        fn contract_release_leaves_a_live_holders_lease_alone() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::contract::release_leaves_a_live_holders_lease_alone(&fx);
+            } else {
+                eprintln!("not applicable: this store's release only reports who holds the lock");
+            }
+        }
     };
 }
 
@@ -497,4 +515,186 @@ pub fn paused_holder_past_its_lease_is_fenced(fx: &dyn StoreFixture) {
     let rec = record(fx, work.path(), &key);
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(lines(&marker).iter().filter(|l| *l == "fresh").count(), 1);
+}
+
+/// `initguard` as a process of the Pod `name` (Downward API env), for `release` and holders.
+fn in_pod(mut c: std::process::Command, name: &str) -> std::process::Command {
+    c.env("POD_NAME", name)
+        .env("POD_UID", format!("uid-{name}"));
+    c
+}
+
+/// `initguard release` from the Pod of a holder that died (`kill -9`, no chance to give its lease
+/// up) frees the lease once it has seen it go unrenewed, so that a waiter of another Pod starts
+/// long before the 30 s TTL would have lapsed.
+pub fn release_frees_a_dead_holders_lease_from_its_own_pod(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/release-dead");
+    let ttl = ["--lock-ttl", "30s"];
+    let pidfile = work.path().join("pid");
+    let started = work.path().join("started");
+    let script = format!(
+        "echo $$ > {}; touch {}; sleep 60",
+        pidfile.display(),
+        started.display()
+    );
+    let mut holder = in_pod(task_cmd(fx, work.path(), &key, &ttl, &script), "web-0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the holder's command to start",
+        Duration::from_secs(20),
+        || started.exists(),
+    );
+    let grandchild = child_pid(&pidfile);
+    let ran = work.path().join("waiter-ran");
+    let waiter = in_pod(
+        task_cmd(
+            fx,
+            work.path(),
+            &key,
+            &ttl,
+            &format!("echo ran >> {}", ran.display()),
+        ),
+        "web-1",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    signal(&holder, Signal::SIGKILL);
+    let killed = Instant::now();
+    let _ = holder.wait();
+    wait_for(
+        "the holder's child to die with it",
+        Duration::from_secs(5),
+        || !pid_alive(grandchild),
+    );
+    let asked = Instant::now();
+    let out = in_pod(cmd(fx, work.path()), "web-0")
+        .args(["release", &key])
+        .output()
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("released the lease"),
+        "{}",
+        stderr(&out)
+    );
+    wait_for("the waiter to run", Duration::from_secs(60), || {
+        ran.exists()
+    });
+    let waited = killed.elapsed();
+    eprintln!(
+        "release of a dead holder's lease took {took:.1?}; the waiter ran {waited:.1?} after the kill (TTL 30 s)"
+    );
+    assert!(
+        waited < Duration::from_secs(25),
+        "the waiter ran {waited:?} after the kill: release did not free the lease before the TTL"
+    );
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&ran), vec!["ran"]);
+}
+
+/// `initguard release` from the Pod of a holder that is alive and running its command (a preStop
+/// hook runs before the container is stopped) frees nothing: the holder finishes and records its
+/// success, and a waiter of another Pod runs its command only after the holder's has ended.
+pub fn release_leaves_a_live_holders_lease_alone(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/release-live");
+    let ttl = ["--lock-ttl", "3s"];
+    let log = work.path().join("log");
+    let started = work.path().join("started");
+    let holder_script = format!(
+        "echo holder-start >> {log}; touch {}; sleep 8; echo holder-end >> {log}",
+        started.display(),
+        log = log.display()
+    );
+    let holder = in_pod(
+        task_cmd(fx, work.path(), &key, &ttl, &holder_script),
+        "web-0",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(
+        "the holder's command to start",
+        Duration::from_secs(20),
+        || started.exists(),
+    );
+    // Another fingerprint (another command), so that the waiter runs after the holder's success.
+    let waiter_script = format!(
+        "echo waiter-start >> {log}; sleep 1; echo waiter-end >> {log}",
+        log = log.display()
+    );
+    let waiter = in_pod(
+        task_cmd(fx, work.path(), &key, &ttl, &waiter_script),
+        "web-1",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let other = in_pod(cmd(fx, work.path()), "web-1")
+        .args(["release", &key])
+        .output()
+        .unwrap();
+    assert_eq!(code(&other), 0, "{}", stderr(&other));
+    assert!(
+        stderr(&other).contains("not by this holder"),
+        "another Pod cannot release it: {}",
+        stderr(&other)
+    );
+    let asked = Instant::now();
+    let same = in_pod(cmd(fx, work.path()), "web-0")
+        .args(["release", &key])
+        .output()
+        .unwrap();
+    let took = asked.elapsed();
+    eprintln!("release refused a live holder after {took:.1?} (TTL 3 s)");
+    assert_eq!(code(&same), 0, "{}", stderr(&same));
+    assert!(
+        stderr(&same).contains("not released: the holder") && stderr(&same).contains("is alive"),
+        "{}",
+        stderr(&same)
+    );
+    assert_eq!(
+        lines(&log),
+        vec!["holder-start"],
+        "release answered while the holder's command still ran"
+    );
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "the holder kept its lease: {}", stderr(&out));
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        lines(&log),
+        vec!["holder-start", "holder-end", "waiter-start", "waiter-end"],
+        "the two commands never overlapped"
+    );
+    let rec = record(fx, work.path(), &key);
+    let runs: Vec<(String, String)> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["state"].as_str().unwrap_or_default().to_string(),
+                h["holder"]["uid"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("succeeded".to_string(), "uid-web-0".to_string()),
+            ("succeeded".to_string(), "uid-web-1".to_string())
+        ],
+        "the holder's run succeeded, then the waiter's: {rec}"
+    );
 }

@@ -9,6 +9,7 @@ use super::events::{EventSink, PodRef};
 use super::lease::{self, Observer, Verdict};
 use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED_BY, lease_name};
 use crate::record::{Record, RecordError};
+use crate::store::liveness::{self, LOOK_EVERY, Watched};
 use crate::store::{
     AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, TaskEvent, WaitLog, jittered,
     next_wait,
@@ -30,6 +31,9 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 const POLL: Duration = Duration::from_millis(600);
 /// Longest a release may take.
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
+/// Lease duration assumed by `release` for a Lease that states none (edited by hand): the
+/// default `--lock-ttl`.
+const FALLBACK_TTL: Duration = Duration::from_secs(30);
 /// Conflicts in a row before an update gives up (each one means another writer got in first).
 const MAX_CONFLICTS: u32 = 20;
 
@@ -300,6 +304,30 @@ impl KubeStore {
         Err(self.err(ApiError::Conflict))
     }
 
+    /// What `release_holder` concludes when the Lease changed while it watched (`within`: how
+    /// long ago at most): whoever wrote it is alive, so nothing is released.
+    fn judge_changed(
+        &self,
+        id: &TaskId,
+        name: &str,
+        now: Option<&KubeLease>,
+        me: &Holder,
+        within: Duration,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let Some(now) = now else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        self.check_task(id, name, now)?;
+        Ok(match lease::holder(now) {
+            None => ReleaseOutcome::NotHeld,
+            Some(h) if !me.same_owner(&h) => ReleaseOutcome::HeldByOther { holder: Some(h) },
+            Some(h) => ReleaseOutcome::StillAlive {
+                holder: h,
+                renewed_within: within,
+            },
+        })
+    }
+
     /// The record as the annotation keeps it: compact JSON of at most `MAX_RECORD_BYTES`.
     fn bounded_json(&self, record: &Record) -> Result<String, StoreError> {
         let (json, trimmed) =
@@ -563,33 +591,64 @@ impl Store for KubeStore {
 
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
         let name = lease_name(id);
-        for _ in 0..MAX_CONFLICTS {
-            let Some(current) = self.get(&name, None).await.map_err(|e| self.err(e))? else {
-                return Ok(ReleaseOutcome::NotHeld);
-            };
-            self.check_task(id, &name, &current)?;
-            let Some(holder) = lease::holder(&current) else {
-                return Ok(ReleaseOutcome::NotHeld);
-            };
-            if !me.same_owner(&holder) {
-                return Ok(ReleaseOutcome::HeldByOther {
-                    holder: Some(holder),
-                });
-            }
-            let mut next = current.clone();
-            lease::release(&mut next);
-            let res = api::call(Op::lease("update"), None, || {
-                self.api.replace(&name, &self.pp, &next)
-            })
-            .await;
-            match res {
-                Ok(_) => return Ok(ReleaseOutcome::Released { holder }),
-                Err(ApiError::Conflict) => continue,
-                Err(ApiError::NotFound) => return Ok(ReleaseOutcome::NotHeld),
-                Err(e) => return Err(self.err(e)),
-            }
+        let Some(first) = self.get(&name, None).await.map_err(|e| self.err(e))? else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        let seen = Instant::now();
+        self.check_task(id, &name, &first)?;
+        let Some(holder) = lease::holder(&first) else {
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        if !me.same_owner(&holder) {
+            return Ok(ReleaseOutcome::HeldByOther {
+                holder: Some(holder),
+            });
         }
-        Err(self.err(ApiError::Conflict))
+        // Same Pod, but the holder may well be alive and running its command (a preStop hook runs
+        // before the container is told to stop): freeing its lease would let another replica run
+        // the task beside it. `renewTime` cannot tell (another node's clock, client-go's rule), so
+        // watch the Lease for one renewal period and a margin: a live holder renews every third
+        // of `leaseDurationSeconds` at most, and every write changes the resourceVersion. The
+        // holder reaches the API server through this very Pod's network, so its renewals cannot
+        // be cut off while ours get through.
+        let period = lease::lease_duration(&first).unwrap_or(FALLBACK_TTL) / 3;
+        let window = liveness::window(period);
+        tracing::info!(
+            key = %id,
+            "the lease on {id} is held by {holder} of this Pod; watching it for up to {:.1}s to \
+             tell whether that holder is still alive",
+            window.as_secs_f64()
+        );
+        let same_version = |a: &KubeLease, b: &KubeLease| {
+            a.metadata.resource_version == b.metadata.resource_version
+        };
+        let look = || {
+            let name = &name;
+            async move { self.get(name, None).await.map_err(|e| self.err(e)) }
+        };
+        let watched = liveness::watch(&first, seen, window, LOOK_EVERY, same_version, look).await?;
+        if let Watched::Changed { now, within } = watched {
+            return self.judge_changed(id, &name, now.as_ref(), me, within);
+        }
+        // Unchanged for a whole window: the holder is gone. Released only if it is still exactly
+        // the Lease we watched (resourceVersion-checked).
+        let mut next = first.clone();
+        lease::release(&mut next);
+        let decided = Instant::now();
+        let res = api::call(Op::lease("update"), None, || {
+            self.api.replace(&name, &self.pp, &next)
+        })
+        .await;
+        match res {
+            Ok(_) => Ok(ReleaseOutcome::Released { holder }),
+            // Written meanwhile: by its holder (alive after all), or by a new one.
+            Err(ApiError::Conflict) => {
+                let now = self.get(&name, None).await.map_err(|e| self.err(e))?;
+                self.judge_changed(id, &name, now.as_ref(), me, decided.elapsed())
+            }
+            Err(ApiError::NotFound) => Ok(ReleaseOutcome::NotHeld),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     async fn event(&self, id: &TaskId, kind: TaskEvent, message: &str) {

@@ -10,6 +10,7 @@ use super::config::{PgUrl, error_chain};
 use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
 use super::schema::{self, SchemaError, lock_key};
 use crate::record::{Record, RecordError};
+use crate::store::liveness::{self, LOOK_EVERY, Watched};
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::wait::WAIT_LOG_EVERY;
 use crate::store::{
@@ -17,6 +18,7 @@ use crate::store::{
 };
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,6 +49,8 @@ struct Statements {
     read: String,
     list: String,
     holder_of: String,
+    lease_row: String,
+    release_watched: String,
 }
 
 impl Statements {
@@ -105,6 +109,64 @@ impl Statements {
                 "SELECT token, holder, expires_at > clock_timestamp() FROM {t}
                  WHERE task = $1 AND expires_at IS NOT NULL"
             ),
+            // For `release_holder`: everything a live holder changes (renewals move `expires_at`,
+            // record writes `updated_at`), and whether and for how long it is held, by the
+            // database clock.
+            lease_row: format!(
+                "SELECT token, holder, lease_nonce, expires_at, updated_at,
+                        expires_at > clock_timestamp(),
+                        EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
+                 FROM {t} WHERE task = $1 AND expires_at IS NOT NULL"
+            ),
+            // Frees the lease only if the row is still exactly as `release_holder` watched it.
+            release_watched: format!(
+                "WITH r AS (
+                    UPDATE {t} SET expires_at = NULL, holder = NULL, lease_nonce = NULL, holder_pid = NULL
+                    WHERE task = $1 AND token = $2 AND lease_nonce IS NOT DISTINCT FROM $4
+                      AND expires_at = $5 AND updated_at IS NOT DISTINCT FROM $6
+                    RETURNING task)
+                 SELECT pg_notify($3, task) FROM r"
+            ),
+        }
+    }
+}
+
+/// One look at a held lease row, for `release_holder`.
+#[derive(Debug, Clone)]
+struct LeaseRow {
+    token: i64,
+    holder: Option<Holder>,
+    nonce: Option<String>,
+    expires_at: DateTime<Utc>,
+    updated_at: Option<DateTime<Utc>>,
+    /// Not lapsed, by the database clock.
+    live: bool,
+    /// How long until it lapses, by the database clock.
+    left: Duration,
+}
+
+impl LeaseRow {
+    /// Nobody wrote the row in between: same acquisition, no renewal, no record write.
+    fn same(a: &LeaseRow, b: &LeaseRow) -> bool {
+        a.token == b.token
+            && a.nonce == b.nonce
+            && a.expires_at == b.expires_at
+            && a.updated_at == b.updated_at
+    }
+
+    /// What `release_holder` concludes when the row changed while it watched (`within`: how long
+    /// ago at most): whoever wrote it is alive, so nothing is released.
+    fn judge_changed(now: Option<LeaseRow>, me: &Holder, within: Duration) -> ReleaseOutcome {
+        match now {
+            None => ReleaseOutcome::NotHeld,
+            Some(LeaseRow {
+                holder: Some(h), ..
+            }) if h.same_owner(me) => ReleaseOutcome::StillAlive {
+                holder: h,
+                renewed_within: within,
+            },
+            Some(row) if row.live => ReleaseOutcome::HeldByOther { holder: row.holder },
+            Some(_) => ReleaseOutcome::NotHeld,
         }
     }
 }
@@ -501,6 +563,78 @@ impl PgStore {
             .unwrap_or(false))
     }
 
+    /// The task's lease row while it is held (released: `None`).
+    async fn lease_row(&self, name: &str) -> Result<Option<LeaseRow>, StoreError> {
+        let sql = self.sql.clone();
+        let n = name.to_string();
+        type Raw = (
+            i64,
+            Option<serde_json::Value>,
+            Option<String>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            bool,
+            f64,
+        );
+        let raw: Option<Raw> = self
+            .call("reading the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n) = (sql.clone(), n.clone());
+                Box::pin(async move {
+                    let row = c.client.query_opt(&sql.lease_row, &[&n]).await?;
+                    row.map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                            r.try_get(6)?,
+                        ))
+                    })
+                    .transpose()
+                })
+            })
+            .await?;
+        Ok(raw.map(
+            |(token, holder, nonce, expires_at, updated_at, live, left)| LeaseRow {
+                token,
+                holder: holder.and_then(|h| serde_json::from_value(h).ok()),
+                nonce,
+                expires_at,
+                updated_at,
+                live,
+                left: Duration::try_from_secs_f64(left).unwrap_or(Duration::ZERO),
+            },
+        ))
+    }
+
+    /// Free the lease if its row is still exactly `seen`; false when it has changed since.
+    async fn release_row(&self, name: &str, seen: &LeaseRow) -> Result<bool, StoreError> {
+        let sql = self.sql.clone();
+        let (n, ch) = (name.to_string(), self.channel.clone());
+        let (token, nonce, expires_at, updated_at) = (
+            seen.token,
+            seen.nonce.clone(),
+            seen.expires_at,
+            seen.updated_at,
+        );
+        let rows = self
+            .call("releasing the lease", QUERY_TIMEOUT, move |c| {
+                let (sql, n, ch, nonce) = (sql.clone(), n.clone(), ch.clone(), nonce.clone());
+                Box::pin(async move {
+                    c.client
+                        .query(
+                            &sql.release_watched,
+                            &[&n, &token, &ch, &nonce, &expires_at, &updated_at],
+                        )
+                        .await
+                })
+            })
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Wait for a release notification about `name`, or for the connection to end.
     async fn notified(rx: &mut broadcast::Receiver<String>, name: &str) {
         loop {
@@ -666,37 +800,50 @@ impl Store for PgStore {
     }
 
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
-        let sql = self.sql.clone();
-        let n = id.storage_name();
-        let n2 = n.clone();
-        let row: Option<(i64, Option<serde_json::Value>, Option<bool>)> = self
-            .call("reading the lease", QUERY_TIMEOUT, move |c| {
-                let (sql, n) = (sql.clone(), n2.clone());
-                Box::pin(async move {
-                    let row = c.client.query_opt(&sql.holder_of, &[&n]).await?;
-                    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                        .transpose()
-                })
-            })
-            .await?;
-        let Some((token, holder, live)) = row else {
+        let name = id.storage_name();
+        let Some(first) = self.lease_row(&name).await? else {
             return Ok(ReleaseOutcome::NotHeld);
         };
-        let holder: Option<Holder> = holder.and_then(|h| serde_json::from_value(h).ok());
-        match holder {
-            Some(h) if h.same_owner(me) => {
-                let sql = self.sql.clone();
-                let ch = self.channel.clone();
-                self.call("releasing the lease", QUERY_TIMEOUT, move |c| {
-                    let (sql, n, ch) = (sql.clone(), n.clone(), ch.clone());
-                    Box::pin(async move { c.client.query(&sql.release, &[&n, &token, &ch]).await })
-                })
-                .await?;
-                Ok(ReleaseOutcome::Released { holder: h })
+        let seen = Instant::now();
+        let holder = match &first.holder {
+            Some(h) if h.same_owner(me) => h.clone(),
+            h if first.live => return Ok(ReleaseOutcome::HeldByOther { holder: h.clone() }),
+            _ => return Ok(ReleaseOutcome::NotHeld),
+        };
+        if first.live {
+            // Same Pod (or host), but the holder may well be alive and running its command:
+            // freeing its lease would let another replica run the task beside it. The row keeps
+            // neither the lease duration nor the last renewal (adding them would take a new table
+            // layout, which replicas still on the old initguard refuse), so watch the row instead,
+            // as the Kubernetes store does: a live holder renews every third of its TTL, and each
+            // renewal sets `expires_at` anew. Its last renewal was at `expires_at - ttl`, so the
+            // next comes by `now + left - 2·ttl/3` (by the database clock), which is at most
+            // `now + left/3` because `left <= ttl`; a renewal round trip on top is what the
+            // margin is for. So `left/3` (never more than ttl/3) stands in for the unknown ttl/3.
+            let window = liveness::window(first.left / 3);
+            tracing::info!(
+                key = %id,
+                "the lease on {id} is held by {holder} of this host or Pod; watching it for up \
+                 to {:.1}s to tell whether that holder is still alive",
+                window.as_secs_f64()
+            );
+            let watched = liveness::watch(&first, seen, window, LOOK_EVERY, LeaseRow::same, || {
+                self.lease_row(&name)
+            })
+            .await?;
+            if let Watched::Changed { now, within } = watched {
+                return Ok(LeaseRow::judge_changed(now, me, within));
             }
-            h if live == Some(true) => Ok(ReleaseOutcome::HeldByOther { holder: h }),
-            _ => Ok(ReleaseOutcome::NotHeld),
         }
+        // Unchanged for a whole window, or lapsed by the database clock: the holder is gone.
+        // Released only if the row is still exactly the one watched (token-fenced too).
+        let decided = Instant::now();
+        if self.release_row(&name, &first).await? {
+            return Ok(ReleaseOutcome::Released { holder });
+        }
+        // Written meanwhile: by its holder (alive after all), or by a new one.
+        let now = self.lease_row(&name).await?;
+        Ok(LeaseRow::judge_changed(now, me, decided.elapsed()))
     }
 
     async fn run_sql_exactly_once(
