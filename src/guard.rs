@@ -685,20 +685,19 @@ pub async fn reset(
     opts: AcquireOpts,
     history: usize,
 ) -> Result<Vec<(TaskId, String)>, StoreError> {
-    let ids: Vec<TaskId> = match store.list().await {
-        Ok(records) => records
-            .into_iter()
-            .filter(|r| r.key == key.as_str())
-            .map(|r| TaskId {
-                key: key.clone(),
-                scope: r.scope,
-                instance: r.instance,
-            })
-            .collect(),
-        // Listing stops at a corrupt record; the global task is the one the error named.
-        Err(StoreError::Corrupt { .. }) => vec![TaskId::global(key.clone())],
-        Err(e) => return Err(e),
-    };
+    // Unreadable (corrupt) records are listed apart, with their task: reset repairs those too.
+    let listing = store.list().await?;
+    let ids: Vec<TaskId> = listing
+        .records
+        .into_iter()
+        .map(|r| TaskId {
+            key: key.clone(),
+            scope: r.scope,
+            instance: r.instance,
+        })
+        .chain(listing.unreadable.into_iter().map(|(id, _)| id))
+        .filter(|id| id.key == *key)
+        .collect();
     let mut done = Vec::new();
     for id in ids {
         let lease = store.acquire(&id, holder, opts).await?;

@@ -609,3 +609,49 @@ fn keys_with_dot_segments_are_listed_and_reset() {
     assert_eq!(code(&reset), 0);
     assert_eq!(record(&fx, work.path(), "app/.seed")["state"], "reset");
 }
+
+#[test]
+fn a_corrupt_record_does_not_hide_the_others_and_reset_reaches_scoped_ones() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(code(&run_task(&fx, work.path(), "good", &[], "true")), 0);
+    let scoped = cmd(&fx, work.path())
+        .env("POD_UID", "uid-1")
+        .args(["run", "--key", "bad", "--scope", "pod", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&scoped), 0, "{}", stderr(&scoped));
+    fs::write(fx.dir.join("bad@pod=uid-1.json"), b"{garbage").unwrap();
+    let out = cmd(&fx, work.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        65,
+        "unreadable records are not hidden: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("bad") && stderr(&out).contains("corrupt"),
+        "{}",
+        stderr(&out)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown.as_array().unwrap().len(), 1);
+    assert_eq!(shown[0]["key"], "good");
+    // Only "good": nothing unreadable among what was asked for.
+    let out = cmd(&fx, work.path())
+        .args(["status", "good"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let reset = cmd(&fx, work.path())
+        .args(["reset", "bad"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&reset), 0, "{}", stderr(&reset));
+    let rec = record(&fx, work.path(), "bad");
+    assert_eq!(rec["state"], "reset");
+    assert_eq!(rec["instance"], "uid-1");
+}

@@ -6,8 +6,8 @@ use super::args::{
 use super::failure::{Failure, exit_code};
 use super::{report, settings};
 use crate::runner::Signals;
-use crate::store::{self, AcquireOpts, ReleaseOutcome, Store};
-use crate::task::{Holder, Key};
+use crate::store::{self, AcquireOpts, ReleaseOutcome, Store, StoreError};
+use crate::task::{Holder, Key, TaskId};
 use clap::Parser;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -137,10 +137,10 @@ async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8,
         .transpose()
         .map_err(settings::SettingsError::from)?;
     let store = open(url).await?;
-    let mut records = store.list().await?;
-    if let Some(k) = &key {
-        records.retain(|r| r.key == k.as_str());
-    }
+    let listing = store.list().await?;
+    let keep = |k: &str| key.as_ref().is_none_or(|want| want.as_str() == k);
+    let mut records = listing.records;
+    records.retain(|r| keep(&r.key));
     if args.json {
         println!(
             "{}",
@@ -156,20 +156,39 @@ async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8,
             );
         }
     }
-    Ok(crate::exit::OK)
+    Ok(report_unreadable(
+        listing
+            .unreadable
+            .iter()
+            .filter(|(id, _)| keep(id.key.as_str())),
+    ))
+}
+
+/// The records a listing could not read, one line each on stderr; exit 65 when there were any,
+/// so that scripts notice while people still see every readable record.
+fn report_unreadable<'a>(unreadable: impl Iterator<Item = &'a (TaskId, StoreError)>) -> u8 {
+    let mut code = crate::exit::OK;
+    for (_, e) in unreadable {
+        let _ = writeln!(std::io::stderr(), "initguard: {e}");
+        code = crate::exit::DATA_ERR;
+    }
+    code
 }
 
 async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let store = open(url).await?;
-    let mut records = store.list().await?;
+    let listing = store.list().await?;
+    let mut records = listing.records;
     records.retain(|r| r.key == key.as_str());
     if args.json {
         println!("{}", report::history_json(&records));
     } else {
         print!("{}", report::history_table(&records));
     }
-    Ok(crate::exit::OK)
+    Ok(report_unreadable(
+        listing.unreadable.iter().filter(|(id, _)| id.key == key),
+    ))
 }
 
 async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {

@@ -3,7 +3,9 @@
 //! renewal here. Must never leave a half-written record behind.
 
 use super::wait::WAIT_LOG_EVERY;
-use super::{AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog, next_wait};
+use super::{
+    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
+};
 use crate::record::{Record, RecordError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -293,8 +295,8 @@ impl Store for FileStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Record>, StoreError> {
-        let mut out = Vec::new();
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let mut out = Listing::default();
         if !self.dir.exists() {
             return Ok(out);
         }
@@ -320,9 +322,8 @@ impl Store for FileStore {
             else {
                 continue;
             };
-            if let Some(rec) = self.read_path(&id, entry.path())? {
-                out.push(rec);
-            }
+            let read = self.read_path(&id, entry.path());
+            out.add(id, read)?;
         }
         Ok(out)
     }

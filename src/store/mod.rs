@@ -49,6 +49,34 @@ pub struct AcquireOpts {
     pub wait_timeout: Option<Duration>,
 }
 
+/// What `Store::list` found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub records: Vec<Record>,
+    /// Records that exist but cannot be read, with why (`Corrupt` or `NewerSchema`).
+    pub unreadable: Vec<(TaskId, StoreError)>,
+}
+
+impl Listing {
+    /// File a record read: readable ones into `records`, corrupt or newer ones into
+    /// `unreadable`; any other error (the store failing) ends the listing.
+    pub fn add(
+        &mut self,
+        id: TaskId,
+        read: Result<Option<Record>, StoreError>,
+    ) -> Result<(), StoreError> {
+        match read {
+            Ok(Some(rec)) => self.records.push(rec),
+            Ok(None) => {}
+            Err(e @ (StoreError::Corrupt { .. } | StoreError::NewerSchema { .. })) => {
+                self.unreadable.push((id, e));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
 /// What `release_holder` (the `initguard release` command) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReleaseOutcome {
@@ -137,8 +165,9 @@ pub trait Store: Send + Sync {
     /// Give the lease up. Releasing a lease already lost is not an error.
     async fn release(&self, lease: Lease) -> Result<(), StoreError>;
 
-    /// Every record in the store, for `status`.
-    async fn list(&self) -> Result<Vec<Record>, StoreError>;
+    /// Every record in the store, for `status`, `history` and `reset`. A record that cannot be
+    /// read (corrupt, newer schema) does not hide the others: it goes to `Listing::unreadable`.
+    async fn list(&self) -> Result<Listing, StoreError>;
 
     /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host) and
     /// its holder is gone. A holder that still renews keeps it (`ReleaseOutcome::StillAlive`):

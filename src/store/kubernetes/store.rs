@@ -11,8 +11,8 @@ use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED
 use crate::record::{Record, RecordError};
 use crate::store::liveness::{self, LOOK_EVERY, Watched};
 use crate::store::{
-    AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, TaskEvent, WaitLog, jittered,
-    next_wait,
+    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, TaskEvent, WaitLog,
+    jittered, next_wait,
 };
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -564,12 +564,12 @@ impl Store for KubeStore {
         }
     }
 
-    async fn list(&self) -> Result<Vec<Record>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let params = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
         let leases = api::call(Op::lease("list"), None, || self.api.list(&params))
             .await
             .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         for l in &leases.items {
             let Some(id) = l
                 .metadata
@@ -581,11 +581,11 @@ impl Store for KubeStore {
                 continue;
             };
             let name = l.metadata.name.clone().unwrap_or_default();
-            if let Some(rec) = self.parse_record(&id, &name, l)? {
-                out.push(rec);
-            }
+            let read = self.parse_record(&id, &name, l);
+            out.add(id, read)?;
         }
-        out.sort_by(|a, b| (&a.key, &a.instance).cmp(&(&b.key, &b.instance)));
+        out.records
+            .sort_by(|a, b| (&a.key, &a.instance).cmp(&(&b.key, &b.instance)));
         Ok(out)
     }
 

@@ -14,7 +14,7 @@ use crate::store::liveness::{self, LOOK_EVERY, Watched};
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::wait::WAIT_LOG_EVERY;
 use crate::store::{
-    AcquireOpts, Busy, Lease, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
+    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
 };
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -779,7 +779,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Record>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let sql = self.sql.clone();
         let rows: Vec<(String, Option<serde_json::Value>)> = self
             .call("listing records", QUERY_TIMEOUT, move |c| {
@@ -794,9 +794,15 @@ impl Store for PgStore {
                 })
             })
             .await?;
-        rows.into_iter()
-            .filter_map(|(name, v)| v.map(|v| self.decode(&name, v)))
-            .collect()
+        let mut out = Listing::default();
+        for (name, value) in rows {
+            let (Some(id), Some(value)) = (TaskId::from_storage_name(&name), value) else {
+                continue;
+            };
+            let read = self.decode(&name, value).map(Some);
+            out.add(id, read)?;
+        }
+        Ok(out)
     }
 
     async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
