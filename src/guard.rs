@@ -418,15 +418,10 @@ impl<'a> Guard<'a> {
             // exits with: DESIGN.md records it as interrupted.
             if let Ended::BySignal(signal) = res.ended {
                 let reason = format!("stopped by signal {signal} ({})", describe(&res.outcome));
-                rec.finish(
-                    State::Interrupted,
-                    lease.token,
-                    Some(exit),
-                    Some(reason.clone()),
-                    now,
-                    plan.history,
-                );
-                if !self.write_unless_committed(lease, &rec).await? {
+                if !self
+                    .end_attempt(lease, &mut rec, State::Interrupted, exit, &reason)
+                    .await?
+                {
                     return Ok(self.committed_meanwhile(attempt));
                 }
                 warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
@@ -458,15 +453,10 @@ impl<'a> Guard<'a> {
             }
             let reason = why.unwrap_or_else(|| describe(&res.outcome));
             if plan.max_attempts > 0 && rec.failures + 1 >= plan.max_attempts {
-                rec.finish(
-                    State::GaveUp,
-                    lease.token,
-                    Some(exit),
-                    Some(reason.clone()),
-                    now,
-                    plan.history,
-                );
-                if !self.write_unless_committed(lease, &rec).await? {
+                if !self
+                    .end_attempt(lease, &mut rec, State::GaveUp, exit, &reason)
+                    .await?
+                {
                     return Ok(self.committed_meanwhile(attempt));
                 }
                 warn!(key = %plan.id, "gave up: {} failed ({reason}) on attempt {attempt} of --max-attempts {}; fix the cause, then run `initguard reset {}`", self.key(), plan.max_attempts, plan.id.key);
@@ -476,15 +466,10 @@ impl<'a> Guard<'a> {
                     gave_up: true,
                 });
             }
-            rec.finish(
-                State::Failed,
-                lease.token,
-                Some(exit),
-                Some(reason.clone()),
-                now,
-                plan.history,
-            );
-            if !self.write_unless_committed(lease, &rec).await? {
+            if !self
+                .end_attempt(lease, &mut rec, State::Failed, exit, &reason)
+                .await?
+            {
                 return Ok(self.committed_meanwhile(attempt));
             }
             self.event(
@@ -602,6 +587,27 @@ impl<'a> Guard<'a> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// End the attempt in `state` (a failure or an interruption) and record it; `false` when the
+    /// store holds this attempt's committed success instead (see `write_unless_committed`).
+    async fn end_attempt(
+        &self,
+        lease: &Lease,
+        rec: &mut Record,
+        state: State,
+        exit: ExitInfo,
+        reason: &str,
+    ) -> Result<bool, GuardError> {
+        rec.finish(
+            state,
+            lease.token,
+            Some(exit),
+            Some(reason.to_string()),
+            Utc::now(),
+            self.plan.history,
+        );
+        self.write_unless_committed(lease, rec).await
     }
 
     fn committed_meanwhile(&self, attempt: u32) -> Outcome {
