@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::{ms, stats};
+use support::row;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -39,13 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.elapsed()
         })
         .collect();
-    let (min, med, p95) = stats(skips);
-    rows.push(format!(
-        "| skip of a done task (50 runs) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
-    ));
+    rows.push(row("skip of a done task (50 runs)", skips));
 
     // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited.
     let mut walls = Vec::new();
@@ -64,12 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         walls.push(t.elapsed());
     }
-    let (min, med, p95) = stats(walls);
-    rows.push(format!(
-        "| 30 contenders, 200 ms command, until all exited (5 rounds) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
+    rows.push(row(
+        "30 contenders, 200 ms command, until all exited (5 rounds)",
+        walls,
     ));
 
     // 3. Fingerprint of a 1000-file, 4 MiB tree.
@@ -90,12 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.elapsed()
         })
         .collect();
-    let (min, med, p95) = stats(fps);
-    rows.push(format!(
-        "| --print-fingerprint of 1000 files / 4 MiB (10 runs) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
+    rows.push(row(
+        "--print-fingerprint of 1000 files / 4 MiB (10 runs)",
+        fps,
     ));
 
     support::publish(

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{ms, stats};
+use support::row;
 
 #[path = "../tests/support/kube_api.rs"]
 mod kube_api;
@@ -56,13 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.elapsed()
         })
         .collect();
-    let (min, med, p95) = stats(skips);
-    rows.push(format!(
-        "| skip of a done task (50 runs) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
-    ));
+    rows.push(row("skip of a done task (50 runs)", skips));
 
     // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited,
     // and the API requests the round cost.
@@ -85,12 +79,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         walls.push(t.elapsed());
         per_round.push(total_requests(&api) - before);
     }
-    let (min, med, p95) = stats(walls);
-    rows.push(format!(
-        "| 30 contenders, 200 ms command, until all exited (5 rounds) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
+    rows.push(row(
+        "30 contenders, 200 ms command, until all exited (5 rounds)",
+        walls,
     ));
     per_round.sort();
     rows.push(format!(
@@ -121,12 +112,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .status()?;
         takeovers.push(t.elapsed());
     }
-    let (min, med, p95) = stats(takeovers);
-    rows.push(format!(
-        "| takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs) | {} | {} | {} |",
-        ms(min),
-        ms(med),
-        ms(p95)
+    rows.push(row(
+        "takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs)",
+        takeovers,
     ));
 
     support::publish(

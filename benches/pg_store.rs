@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::{ms, stats};
+use support::row;
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -24,11 +24,6 @@ fn initguard(url: &str, work: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     c
-}
-
-fn row(what: &str, xs: Vec<Duration>) -> String {
-    let (min, med, p95) = stats(xs);
-    format!("| {what} | {} | {} | {} |", ms(min), ms(med), ms(p95))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

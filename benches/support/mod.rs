@@ -15,6 +15,12 @@ pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// A table row: what was measured, then its min, median and p95.
+pub fn row(what: &str, xs: Vec<Duration>) -> String {
+    let (min, med, p95) = stats(xs);
+    format!("| {what} | {} | {} | {} |", ms(min), ms(med), ms(p95))
+}
+
 /// Print the section and put it into BENCHMARKS.md between `<!-- bench:NAME:begin/end -->`.
 /// `how` finishes the sentence "Measured DATE on N cores; …".
 pub fn publish(name: &str, title: &str, how: &str, rows: &[String]) -> std::io::Result<()> {

@@ -332,6 +332,15 @@ impl PgStore {
         }
     }
 
+    /// A fenced statement matches exactly the one row whose token is ours; none means lost.
+    fn fenced(rows: u64, lease: &Lease, why: &str) -> Result<(), StoreError> {
+        if rows == 1 {
+            Ok(())
+        } else {
+            Err(Self::lost(lease, why))
+        }
+    }
+
     /// Leases from another store must not fence writes here.
     pub(crate) fn check_lease(lease: &Lease) -> Result<(), StoreError> {
         if lease.handle.is::<PgHandle>() {
@@ -716,14 +725,11 @@ impl Store for PgStore {
                 Box::pin(async move { c.client.execute(&sql.renew, &[&n, &token, &ttl]).await })
             })
             .await?;
-        if rows == 1 {
-            Ok(())
-        } else {
-            Err(Self::lost(
-                lease,
-                "another holder took the lease over after it lapsed, or it was released",
-            ))
-        }
+        Self::fenced(
+            rows,
+            lease,
+            "another holder took the lease over after it lapsed, or it was released",
+        )
     }
 
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
@@ -754,14 +760,11 @@ impl Store for PgStore {
                 })
             })
             .await?;
-        if rows == 1 {
-            Ok(())
-        } else {
-            Err(Self::lost(
-                lease,
-                "the write was fenced off: another holder has taken the lease since",
-            ))
-        }
+        Self::fenced(
+            rows,
+            lease,
+            "the write was fenced off: another holder has taken the lease since",
+        )
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
