@@ -2,6 +2,8 @@
 //! interrupted predecessor, adopt, run with heartbeat, retry, record. Prints nothing to stdout
 //! (stdout belongs to the wrapped command); decisions are logged with `tracing`.
 
+use crate::clock::boot_now;
+use crate::heartbeat::Heartbeat;
 use crate::record::{ExitInfo, Record, State};
 use crate::runner::{self, ChildOutcome, ChildSpec, Ended, Signals};
 use crate::store::{
@@ -9,11 +11,16 @@ use crate::store::{
 };
 use crate::task::{Holder, TaskId};
 use chrono::Utc;
+use std::future::Future;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Longest pause between in-process retries, whatever `--backoff` and the attempt number say.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Pause between tries of the final `succeeded` write while the store does not answer.
+const FINAL_WRITE_RETRY: Duration = Duration::from_millis(500);
+/// How long giving the lease up may take; it lapses on its own if the store does not answer.
+const RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnInterrupted {
@@ -119,82 +126,34 @@ pub enum GuardError {
     },
     #[error("stopped by signal {signal} while waiting for the lease on {key}; nothing was run")]
     SignalWhileWaiting { key: String, signal: i32 },
+    #[error("stopped by signal {signal} while {doing} for {key}; the command was not started")]
+    SignalBeforeStart {
+        key: String,
+        signal: i32,
+        doing: &'static str,
+    },
+    #[error(
+        "{key}: --done-if could not be checked ({}); nothing was run. A check that cannot start is not a \"no\": fix the image or the check",
+        describe(outcome)
+    )]
+    DoneIfCannotStart { key: String, outcome: ChildOutcome },
+    #[error(
+        "{key}: the command succeeded, but its success could not be recorded ({cause}); the next run will find this run interrupted and {next}"
+    )]
+    SuccessNotRecorded {
+        key: String,
+        cause: NotRecorded,
+        next: String,
+    },
 }
 
-/// Keeps a lease alive: renews every ttl/3 and reports it lost when renewals stop succeeding in
-/// time, early enough that the child is dead before anyone else can take the lease over.
-struct Heartbeat {
-    last_ok: Instant,
-}
-
-impl Heartbeat {
-    /// `asked` is when we asked for the lease: the store granted (renewed) it no earlier, so
-    /// counting from there errs on the safe side.
-    fn since(asked: Instant) -> Heartbeat {
-        Heartbeat { last_ok: asked }
-    }
-
-    /// Renew now unless a renewal is recent, so that a command never starts on a lease that may
-    /// be about to lapse (slow store calls since the last renewal, a long wait for the lease).
-    /// A renewal that succeeds proves the lease is still ours: every store fences it.
-    async fn ensure_fresh(&mut self, store: &dyn Store, lease: &Lease) -> Result<(), String> {
-        if !store.needs_renewal() || self.last_ok.elapsed() < lease.ttl / 3 {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let limit = (lease.ttl / 4).max(Duration::from_secs(1));
-        match tokio::time::timeout(limit, store.renew(lease)).await {
-            Ok(Ok(())) => {
-                self.last_ok = started;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("could not renew the lease before starting: {e}")),
-            Err(_) => Err(format!(
-                "could not renew the lease before starting (no answer in {}s)",
-                limit.as_secs()
-            )),
-        }
-    }
-
-    /// Resolves only when the lease is lost, with the reason.
-    async fn lost(&mut self, store: &dyn Store, lease: &Lease) -> String {
-        if !store.needs_renewal() {
-            return std::future::pending().await;
-        }
-        let every = (lease.ttl / 3).max(Duration::from_millis(200));
-        // Kill well before the lease lapses: the others judge expiry from their own observation,
-        // which starts no earlier than our last successful renewal.
-        let give_up_after = lease.ttl.mul_f64(0.75);
-        let mut next = self.last_ok + every;
-        loop {
-            tokio::time::sleep_until(next.into()).await;
-            let started = Instant::now();
-            let budget = give_up_after.saturating_sub(started.duration_since(self.last_ok));
-            if budget.is_zero() {
-                return format!(
-                    "no renewal succeeded for {}s",
-                    self.last_ok.elapsed().as_secs()
-                );
-            }
-            match tokio::time::timeout(budget, store.renew(lease)).await {
-                Ok(Ok(())) => {
-                    self.last_ok = started;
-                    next = started + every;
-                }
-                Ok(Err(StoreError::LeaseLost { reason, .. })) => return reason,
-                Ok(Err(e)) => {
-                    warn!(key = %lease.id, "lease renewal failed, retrying: {e}");
-                    next = Instant::now() + Duration::from_millis(500).min(every);
-                }
-                Err(_) => {
-                    return format!(
-                        "no renewal succeeded for {}s",
-                        self.last_ok.elapsed().as_secs()
-                    );
-                }
-            }
-        }
-    }
+/// Why a success went unrecorded.
+#[derive(Debug, thiserror::Error)]
+pub enum NotRecorded {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("stopped by signal {0} while recording it")]
+    Signal(i32),
 }
 
 pub struct Guard<'a> {
@@ -248,6 +207,7 @@ impl<'a> Guard<'a> {
             });
         }
         let started_wait = Instant::now();
+        let asked = boot_now();
         let lease = tokio::select! {
             lease = self.store.acquire(&plan.id, &plan.holder, plan.acquire) => lease?,
             signal = signals.recv() => {
@@ -255,13 +215,42 @@ impl<'a> Guard<'a> {
             }
         };
         info!(key = %plan.id, token = lease.token, "lease on {} taken (token {}) after {}ms", self.key(), lease.token, started_wait.elapsed().as_millis());
-        let result = self
-            .run_leased(&lease, signals, Heartbeat::since(started_wait))
-            .await;
-        if let Err(e) = self.store.release(lease).await {
-            warn!(key = %plan.id, "could not release the lease (it lapses on its own): {e}");
+        let heartbeat = Heartbeat::new(self.store, &lease, asked);
+        let result = self.run_leased(&lease, signals, heartbeat).await;
+        if let Err(GuardError::Store(StoreError::LeaseLost { .. })) = &result {
+            // Known lost: giving it up would only wait on a store that already said no (or does
+            // not answer), and the next holder has it anyway.
+            return result;
+        }
+        let release = tokio::time::timeout(RELEASE_LIMIT, self.store.release(lease));
+        tokio::select! {
+            res = release => match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(key = %plan.id, "could not release the lease (it lapses on its own): {e}"),
+                Err(_) => warn!(key = %plan.id, "could not release the lease in {}s (it lapses on its own)", RELEASE_LIMIT.as_secs()),
+            },
+            signal = signals.recv() => {
+                warn!(key = %plan.id, "stopped by signal {signal} while releasing the lease (it lapses on its own)");
+                if result.is_ok() {
+                    return Ok(Outcome::Interrupted { outcome: ChildOutcome::Signaled(signal), signal });
+                }
+            }
         }
         result
+    }
+
+    /// A store call made while holding the lease, given up when a stop signal arrives: initguard
+    /// must answer SIGTERM promptly even while the store does not answer.
+    async fn call<T>(
+        &self,
+        signals: &mut Signals,
+        doing: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, GuardError> {
+        tokio::select! {
+            res = fut => Ok(res?),
+            signal = signals.recv() => Err(GuardError::SignalBeforeStart { key: self.key(), signal, doing }),
+        }
     }
 
     fn gave_up(&self, rec: &Record) -> GuardError {
@@ -288,7 +277,9 @@ impl<'a> Guard<'a> {
         let plan = self.plan;
         let fp = plan.fingerprint.as_str();
         let store = self.store;
-        let existing = store.read(&plan.id).await?;
+        let existing = self
+            .call(signals, "reading the record", store.read(&plan.id))
+            .await?;
         if let Some(rec) = &existing {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
@@ -324,16 +315,33 @@ impl<'a> Guard<'a> {
             )
             .await;
             if rec.state == State::Running {
-                rec.mark_interrupted(lease.token, "the holder's lease ended while it was running (process or node died, or it lost the store)", Utc::now(), plan.history);
-                store.write(lease, &rec).await?;
+                // The history entry carries the token the interrupted run held, not ours.
+                let theirs = rec.token;
+                rec.mark_interrupted(theirs, "the holder's lease ended while it was running (process or node died, or it lost the store)", Utc::now(), plan.history);
+                rec.token = lease.token;
+                self.call(
+                    signals,
+                    "recording the interrupted run",
+                    store.write(lease, &rec),
+                )
+                .await?;
             }
             if plan.on_interrupted == OnInterrupted::Fail {
                 return Err(GuardError::InterruptedPredecessor { key: self.key() });
             }
         }
         if let Some(check) = &plan.done_if {
+            let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), check.clone()];
+            // Fail closed: a check that cannot even start (no shell in a distroless image) says
+            // nothing about the work, and running the command then could do it twice.
+            if let Err(outcome) = runner::preflight(&argv) {
+                return Err(GuardError::DoneIfCannotStart {
+                    key: self.key(),
+                    outcome,
+                });
+            }
             let spec = ChildSpec {
-                argv: vec!["/bin/sh".into(), "-c".into(), check.clone()],
+                argv,
                 env: self.child_env(lease, rec.attempts, previous),
                 capture: false,
                 ..plan.child.clone()
@@ -341,7 +349,8 @@ impl<'a> Guard<'a> {
             if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
                 return Err(self.lease_lost(lease, reason));
             }
-            let res = runner::run(&spec, signals, heartbeat.lost(store, lease)).await;
+            let deadline = heartbeat.deadline();
+            let res = runner::run(&spec, signals, heartbeat.lost(store, lease), deadline).await;
             match res.ended {
                 Ended::Stopped(reason) => return Err(self.lease_lost(lease, reason)),
                 // Told to stop while checking: run nothing, record nothing.
@@ -353,10 +362,20 @@ impl<'a> Guard<'a> {
                 }
                 Ended::Normally => {}
             }
+            if matches!(
+                res.outcome,
+                ChildOutcome::NotFound | ChildOutcome::NotExecutable | ChildOutcome::SpawnFailed(_)
+            ) {
+                return Err(GuardError::DoneIfCannotStart {
+                    key: self.key(),
+                    outcome: res.outcome,
+                });
+            }
             if res.outcome.success() {
                 info!(key = %plan.id, "adopted: --done-if reports {} already done; recorded as succeeded without running it", self.key());
                 rec.adopt(lease.token, &plan.holder, fp, Utc::now(), plan.history);
-                store.write(lease, &rec).await?;
+                self.call(signals, "recording the adoption", store.write(lease, &rec))
+                    .await?;
                 self.event(
                     TaskEvent::Succeeded,
                     "adopted: --done-if reports the work already done; nothing was run",
@@ -370,7 +389,8 @@ impl<'a> Guard<'a> {
         loop {
             rec.start(lease.token, &plan.holder, fp, Utc::now());
             let attempt = rec.attempts;
-            store.write(lease, &rec).await?;
+            self.call(signals, "recording the start", store.write(lease, &rec))
+                .await?;
             info!(key = %plan.id, token = lease.token, attempt, "running {} (attempt {attempt}{})", self.key(), if previous == "none" { String::new() } else { format!(", previous {previous}") });
             self.event(
                 TaskEvent::Started,
@@ -388,10 +408,13 @@ impl<'a> Guard<'a> {
                 return Err(self.lease_lost(lease, reason));
             }
             let (res, why) = match &plan.sql {
-                None => (
-                    runner::run(&spec, signals, heartbeat.lost(store, lease)).await,
-                    None,
-                ),
+                None => {
+                    let deadline = heartbeat.deadline();
+                    (
+                        runner::run(&spec, signals, heartbeat.lost(store, lease), deadline).await,
+                        None,
+                    )
+                }
                 Some(sql) => match self
                     .run_sql(lease, sql, &rec, signals, &mut heartbeat)
                     .await?
@@ -439,7 +462,8 @@ impl<'a> Guard<'a> {
                     now,
                     plan.history,
                 );
-                store.write(lease, &rec).await?;
+                self.record_success(lease, &rec, signals, &mut heartbeat)
+                    .await?;
                 info!(key = %plan.id, "succeeded: {} in {}ms (attempt {attempt})", self.key(), rec.duration_ms.unwrap_or(0));
                 self.event(
                     TaskEvent::Succeeded,
@@ -498,6 +522,71 @@ impl<'a> Guard<'a> {
                     warn!(key = %plan.id, "interrupted: {} {reason}", self.key());
                     return Ok(Outcome::Interrupted { outcome: ChildOutcome::Signaled(signal), signal });
                 }
+            }
+        }
+    }
+
+    /// Write the `succeeded` record of a command that exited 0. The work is done: losing this
+    /// write would make the next run do it again, so a store that does not answer is retried
+    /// while the lease is still ours (renewing it meanwhile), and only a fenced-off write, a
+    /// stop signal or the lease's end stops the retries, with a message that says what the next
+    /// run will do.
+    async fn record_success(
+        &self,
+        lease: &Lease,
+        rec: &Record,
+        signals: &mut Signals,
+        heartbeat: &mut Heartbeat,
+    ) -> Result<(), GuardError> {
+        let plan = self.plan;
+        let not_recorded = |cause| GuardError::SuccessNotRecorded {
+            key: self.key(),
+            cause,
+            next: match (&plan.done_if, plan.on_interrupted) {
+                (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
+                (None, OnInterrupted::Rerun) => {
+                    "run the command again (--done-if can tell it the work is done)".into()
+                }
+                (None, OnInterrupted::Fail) => format!(
+                    "stop (--on-interrupted fail); check the work, then run `initguard reset {}`",
+                    plan.id.key
+                ),
+            },
+        };
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let res = tokio::select! {
+                res = self.store.write(lease, rec) => res,
+                signal = signals.recv() => return Err(not_recorded(NotRecorded::Signal(signal))),
+            };
+            let e = match res {
+                Ok(()) => {
+                    if tries > 1 {
+                        info!(key = %plan.id, "recorded the success of {} after {tries} tries", self.key());
+                    }
+                    return Ok(());
+                }
+                Err(e @ StoreError::Unreachable { .. }) if !heartbeat.expired() => e,
+                Err(e) => return Err(not_recorded(NotRecorded::Store(e))),
+            };
+            warn!(key = %plan.id, "the command succeeded; recording it failed ({e}), retrying while the lease is ours");
+            tokio::select! {
+                _ = tokio::time::sleep(FINAL_WRITE_RETRY) => {}
+                signal = signals.recv() => return Err(not_recorded(NotRecorded::Signal(signal))),
+            }
+            let renewal = tokio::select! {
+                r = heartbeat.ensure_fresh(self.store, lease) => r,
+                signal = signals.recv() => return Err(not_recorded(NotRecorded::Signal(signal))),
+            };
+            if let Err(reason) = renewal
+                && heartbeat.expired()
+            {
+                return Err(not_recorded(NotRecorded::Store(StoreError::LeaseLost {
+                    key: self.key(),
+                    token: lease.token,
+                    reason,
+                })));
             }
         }
     }

@@ -1,11 +1,14 @@
 //! initguard: run an init command once per change of its inputs, by one replica at a time.
 
 pub mod cli;
+pub mod clock;
 pub mod exit;
 pub mod fingerprint;
 pub mod guard;
+mod heartbeat;
 pub mod k8s;
 pub mod record;
 pub mod runner;
 pub mod store;
+pub mod supervisor;
 pub mod task;

@@ -1,22 +1,25 @@
-//! The child process: spawned in its own process group, killed if initguard dies, its output
-//! passed through byte for byte with a bounded tail kept, SIGTERM/SIGINT forwarded, timeout and
-//! grace enforced. Knows nothing of stores or records.
+//! The child process, run under the supervisor (`supervisor/`): its output passed through byte
+//! for byte with a bounded tail kept, signals forwarded, timeout and grace enforced, the lease
+//! deadline handed on. Knows nothing of stores or records.
 
-// `unsafe` is needed for one thing only: `pre_exec`, to set the parent-death signal in the child
-// between fork and exec (no safe API exists for that; the closure calls async-signal-safe prctl
-// and getppid only).
+// `unsafe` is needed for one thing only: `pre_exec`, to set the supervisor's parent-death signal
+// and let it inherit its control socket, between fork and exec (no safe API exists for either;
+// the closure calls async-signal-safe prctl, getppid and fcntl only).
 #![allow(unsafe_code)]
 
+use crate::supervisor::{self, control::Order, control::Report, control::SpawnError};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
 /// How long to keep draining the child's pipes after it exited (a background grandchild may keep
@@ -24,10 +27,14 @@ use tokio::time::{Instant, sleep_until};
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// The signals initguard forwards to the child. Created once, early, so that from then on a
-/// SIGTERM never kills initguard before it has recorded what happened.
+/// SIGTERM never kills initguard before it has recorded what happened. SIGHUP and SIGQUIT mean
+/// "stop" as much as SIGTERM does (a closed terminal, a core-dump request): all four end a run
+/// as interrupted.
 pub struct Signals {
     term: SignalStream,
     int: SignalStream,
+    hup: SignalStream,
+    quit: SignalStream,
 }
 
 impl Signals {
@@ -35,17 +42,26 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
         })
     }
 
-    /// The next SIGTERM or SIGINT, as its number.
+    /// The next stop signal, as its number.
     pub async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.term.recv() => Signal::SIGTERM as i32,
             _ = self.int.recv() => Signal::SIGINT as i32,
+            _ = self.hup.recv() => Signal::SIGHUP as i32,
+            _ = self.quit.recv() => Signal::SIGQUIT as i32,
         }
     }
 }
+
+/// When the supervisor must kill everything unless told otherwise: a `CLOCK_BOOTTIME` instant
+/// (`clock::boot_now`), moved on by the heartbeat after each successful renewal; `None` for
+/// leases that cannot lapse while initguard lives (flock).
+pub type Deadline = watch::Receiver<Option<Duration>>;
 
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
@@ -172,34 +188,32 @@ pub fn preflight(argv: &[String]) -> Result<(), ChildOutcome> {
     })
 }
 
-fn spawn_error(e: &std::io::Error) -> ChildOutcome {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => ChildOutcome::NotFound,
-        std::io::ErrorKind::PermissionDenied => ChildOutcome::NotExecutable,
-        _ if e.raw_os_error() == Some(nix::libc::ENOEXEC) => ChildOutcome::NotExecutable,
-        _ => ChildOutcome::SpawnFailed(e.to_string()),
-    }
-}
+/// How long to wait for the supervisor to report after it was told to kill everything; it kills
+/// within its own bound, so this only matters if the supervisor itself is wedged.
+const SUPERVISOR_GRACE: Duration = Duration::from_secs(10);
 
-/// Run the child to its end. `signals` are forwarded; `stop` firing kills the child at once.
-/// Must be called on a thread that lives as long as the child: the parent-death signal fires when
-/// the spawning *thread* exits (initguard runs a current-thread runtime on its main thread).
+/// Run the child to its end under a supervisor. `signals` are forwarded; `stop` firing kills the
+/// child's whole tree at once; `deadline` is handed to the supervisor, which kills the tree on
+/// its own when it passes. Returns once no process of the command is left (or, if one could not
+/// be killed, after saying so).
 pub async fn run(
     spec: &ChildSpec,
     signals: &mut Signals,
     stop: impl Future<Output = String>,
+    mut deadline: Deadline,
 ) -> ChildResult {
     let tail = Arc::new(Mutex::new(Tail {
         cap: spec.tail_bytes,
         buf: VecDeque::new(),
     }));
-    let Some((program, args)) = spec.argv.split_first() else {
-        return ChildResult {
-            outcome: ChildOutcome::SpawnFailed("empty command".into()),
-            ended: Ended::Normally,
-            tail: Vec::new(),
-        };
+    let ended_early = |outcome| ChildResult {
+        outcome,
+        ended: Ended::Normally,
+        tail: Vec::new(),
     };
+    if spec.argv.is_empty() {
+        return ended_early(ChildOutcome::SpawnFailed("empty command".into()));
+    }
     // A SIGTERM that arrived while the store was being written must not start the command.
     let pending = tokio::select! {
         biased;
@@ -213,66 +227,122 @@ pub async fn run(
             tail: Vec::new(),
         };
     }
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => return ended_early(ChildOutcome::SpawnFailed(e.to_string())),
+    };
+    let their_fd = theirs.as_raw_fd();
+    let first_deadline = *deadline.borrow_and_update();
+    // /proc/self/exe: this very binary, even if the file was replaced since we started.
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.as_std_mut().arg0("initguard");
+    cmd.args(supervisor::args(their_fd, first_deadline))
+        .args(&spec.argv)
         .envs(spec.env.iter().cloned())
-        .process_group(0);
+        .kill_on_drop(false);
     if spec.capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let parent = nix::unistd::getpid();
-    // SAFETY: runs in the forked child before exec; prctl and getppid are async-signal-safe and
-    // the closure allocates nothing.
+    // SAFETY: runs in the forked child before exec; prctl, getppid and fcntl are
+    // async-signal-safe and the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // SIGUSR1, not SIGKILL: the supervisor reads it from its signalfd and kills the
+            // command's tree before it goes.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1)?;
             // initguard may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
                 return Err(std::io::Error::other(
                     "initguard exited before the command started",
                 ));
             }
+            // The supervisor's end of the socket is the one descriptor it inherits on purpose.
+            nix::fcntl::fcntl(
+                std::os::fd::BorrowedFd::borrow_raw(their_fd),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    drop(theirs);
+    let mut sup = match spawned {
         Ok(c) => c,
         Err(e) => {
-            return ChildResult {
-                outcome: spawn_error(&e),
-                ended: Ended::Normally,
-                tail: Vec::new(),
-            };
+            return ended_early(ChildOutcome::SpawnFailed(format!(
+                "cannot start the supervisor: {e}"
+            )));
         }
     };
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    let group_kill = |sig: Signal| {
-        if let Some(pg) = pgid {
-            let _ = killpg(pg, sig);
+    let socket = match ours
+        .set_nonblocking(true)
+        .and_then(|_| tokio::net::UnixStream::from_std(ours))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = sup.start_kill();
+            return ended_early(ChildOutcome::SpawnFailed(e.to_string()));
         }
     };
+    let (reader, mut orders) = socket.into_split();
+    let mut reports = BufReader::new(reader).lines();
     let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
+    if let Some(out) = sup.stdout.take() {
         pumps.push(tokio::spawn(pump(out, tokio::io::stdout(), tail.clone())));
     }
-    if let Some(err) = child.stderr.take() {
+    if let Some(err) = sup.stderr.take() {
         pumps.push(tokio::spawn(pump(err, tokio::io::stderr(), tail.clone())));
     }
 
     let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
     let mut timeout_at = spec.timeout.map_or(far, |t| Instant::now() + t);
     let mut kill_at = far;
+    let mut gone_at = far;
     let mut timed_out = false;
     let mut ended = Ended::Normally;
     let mut stop = std::pin::pin!(stop);
     let mut stopped = false;
-    let status = loop {
+    let mut group: Option<Pid> = None;
+    let mut outcome: Option<ChildOutcome> = None;
+    let mut deadline_open = true;
+    macro_rules! order {
+        ($o:expr) => {
+            // A supervisor that is gone has nothing left to act on; its EOF ends the loop.
+            let _ = orders.write_all($o.to_string().as_bytes()).await;
+        };
+    }
+    loop {
         tokio::select! {
-            status = child.wait() => break status,
+            line = reports.next_line() => match line {
+                Ok(Some(line)) => match Report::parse(&line) {
+                    Some(Report::Started(pid)) => group = i32::try_from(pid).ok().map(Pid::from_raw),
+                    Some(Report::SpawnFailed(e)) => outcome = Some(match e {
+                        SpawnError::NotFound => ChildOutcome::NotFound,
+                        SpawnError::NotExecutable => ChildOutcome::NotExecutable,
+                        SpawnError::Other(why) => ChildOutcome::SpawnFailed(why),
+                    }),
+                    Some(Report::DeadlinePassed) => {
+                        if !stopped {
+                            stopped = true;
+                            ended = Ended::Stopped("the lease deadline passed before a renewal extended it; the supervisor killed the command".into());
+                        }
+                    }
+                    Some(Report::ExitedCode(c)) => outcome = Some(ChildOutcome::Exited(c)),
+                    Some(Report::ExitedSignal(s)) => outcome = Some(ChildOutcome::Signaled(s)),
+                    Some(Report::Clean { left }) => {
+                        if left > 0 {
+                            tracing::warn!("{left} process(es) the command started could not be killed (they belong to another user)");
+                        }
+                        break;
+                    }
+                    None => {}
+                },
+                // EOF: the supervisor is gone, reported or not.
+                _ => break,
+            },
             sig = signals.recv() => {
-                if let Ok(s) = Signal::try_from(sig) {
-                    group_kill(s);
-                }
+                order!(Order::Signal(sig));
                 if matches!(ended, Ended::Normally) {
                     ended = Ended::BySignal(sig);
                     kill_at = Instant::now() + spec.grace;
@@ -281,37 +351,61 @@ pub async fn run(
             _ = sleep_until(timeout_at) => {
                 timed_out = true;
                 timeout_at = far;
-                group_kill(Signal::SIGTERM);
+                order!(Order::Signal(Signal::SIGTERM as i32));
                 kill_at = Instant::now() + spec.grace;
             }
             _ = sleep_until(kill_at) => {
-                group_kill(Signal::SIGKILL);
                 kill_at = far;
+                gone_at = Instant::now() + SUPERVISOR_GRACE;
+                order!(Order::Kill);
+            }
+            _ = sleep_until(gone_at) => {
+                // The supervisor did not answer in time: kill it and what we know of the command.
+                let _ = sup.start_kill();
+                if let Some(pg) = group {
+                    let _ = killpg(pg, Signal::SIGKILL);
+                }
+                break;
+            }
+            changed = deadline.changed(), if deadline_open => {
+                if changed.is_err() {
+                    deadline_open = false;
+                } else {
+                    let next = *deadline.borrow_and_update();
+                    order!(next.map_or(Order::NoDeadline, Order::Deadline));
+                }
             }
             reason = &mut stop, if !stopped => {
                 stopped = true;
-                group_kill(Signal::SIGKILL);
                 ended = Ended::Stopped(reason);
+                gone_at = Instant::now() + SUPERVISOR_GRACE;
+                order!(Order::Kill);
             }
         }
-    };
-    // Whatever the command left running in its group (background jobs) must not outlive the
-    // lease it ran under: the next holder could start while they still work.
-    group_kill(Signal::SIGKILL);
+    }
+    // The supervisor exits right after its last report; reap it.
+    if tokio::time::timeout(SUPERVISOR_GRACE, sup.wait())
+        .await
+        .is_err()
+    {
+        let _ = sup.start_kill();
+    }
+    if outcome.is_none()
+        && let Some(pg) = group
+    {
+        // The supervisor died before reporting: take down what we know of the command.
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
     let drain = async {
         for p in pumps {
             let _ = p.await;
         }
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drain).await;
-    let outcome = match status {
+    let outcome = match outcome {
         _ if timed_out => ChildOutcome::TimedOut,
-        Ok(st) => match (st.code(), st.signal()) {
-            (Some(c), _) => ChildOutcome::Exited(c),
-            (None, Some(s)) => ChildOutcome::Signaled(s),
-            (None, None) => ChildOutcome::SpawnFailed("unknown exit status".into()),
-        },
-        Err(e) => ChildOutcome::SpawnFailed(e.to_string()),
+        Some(o) => o,
+        None => ChildOutcome::SpawnFailed("the supervisor ended without reporting".into()),
     };
     let tail = tail
         .lock()
@@ -322,6 +416,11 @@ pub async fn run(
         ended,
         tail,
     }
+}
+
+/// A deadline that never moves, for runs without a lease to keep (`None`: no deadline).
+pub fn fixed_deadline(at: Option<Duration>) -> Deadline {
+    watch::channel(at).1
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::settings::SettingsError;
 use crate::exit;
-use crate::guard::GuardError;
+use crate::guard::{GuardError, NotRecorded};
 use crate::store::StoreError;
 
 /// Anything a subcommand can fail with.
@@ -32,7 +32,15 @@ pub fn exit_code(f: &Failure) -> u8 {
             exit::TEMP_FAIL
         }
         Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
-        Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
+        Failure::Guard(
+            GuardError::SignalWhileWaiting { signal, .. }
+            | GuardError::SignalBeforeStart { signal, .. },
+        ) => exit::for_signal(*signal),
+        Failure::Guard(GuardError::DoneIfCannotStart { outcome, .. }) => outcome.exit_code(),
+        Failure::Guard(GuardError::SuccessNotRecorded { cause, .. }) => match cause {
+            NotRecorded::Store(e) => store_code(e),
+            NotRecorded::Signal(s) => exit::for_signal(*s),
+        },
         Failure::Runtime(_) => exit::CONFIG,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,

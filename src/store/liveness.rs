@@ -21,10 +21,21 @@ pub(crate) enum Watched<T> {
     Changed { now: Option<T>, within: Duration },
 }
 
-/// The watch window for a holder that renews every `period` (`initguard run` renews every third
-/// of its lease duration).
-pub(crate) fn window(period: Duration) -> Duration {
-    period + MARGIN
+/// How long after asking for its last successful renewal a holder of a lease of `ttl` kills its
+/// command and gives the lease up: the guard's heartbeat and the supervisor's deadline both use
+/// this. Three quarters leave the others' view of the lease a quarter of `ttl` of room: they
+/// count its lapse from when they saw the renewal, which is later than when it was asked for.
+pub fn holder_gives_up_after(ttl: Duration) -> Duration {
+    ttl.mul_f64(0.75)
+}
+
+/// The watch window that proves a holder of a lease of `ttl` gone: had it renewed while we
+/// watched, we would have seen the change; if it did not, its last renewal was asked for before
+/// we started watching, so its supervisor killed its command `holder_gives_up_after(ttl)` after
+/// that at the latest, even if the holder itself is paused or stuck. The margin is for the
+/// round trip of our own first look.
+pub(crate) fn window(ttl: Duration) -> Duration {
+    holder_gives_up_after(ttl) + MARGIN
 }
 
 /// Look at the lease with `look`, every `every`, until it differs from `first` (by `same`) or

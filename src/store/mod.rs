@@ -5,7 +5,7 @@ mod error;
 pub mod file;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
-mod liveness;
+pub mod liveness;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sql;

@@ -607,12 +607,12 @@ impl Store for KubeStore {
         // Same Pod, but the holder may well be alive and running its command (a preStop hook runs
         // before the container is told to stop): freeing its lease would let another replica run
         // the task beside it. `renewTime` cannot tell (another node's clock, client-go's rule), so
-        // watch the Lease for one renewal period and a margin: a live holder renews every third
-        // of `leaseDurationSeconds` at most, and every write changes the resourceVersion. The
-        // holder reaches the API server through this very Pod's network, so its renewals cannot
-        // be cut off while ours get through.
-        let period = lease::lease_duration(&first).unwrap_or(FALLBACK_TTL) / 3;
-        let window = liveness::window(period);
+        // watch the Lease: a live holder renews every third of `leaseDurationSeconds`, and every
+        // write changes the resourceVersion; one that does not renew for the whole window has
+        // had its command killed by its supervisor (see `liveness::window`). The holder reaches
+        // the API server through this very Pod's network, so its renewals cannot be cut off
+        // while ours get through.
+        let window = liveness::window(lease::lease_duration(&first).unwrap_or(FALLBACK_TTL));
         tracing::info!(
             key = %id,
             "the lease on {id} is held by {holder} of this Pod; watching it for up to {:.1}s to \

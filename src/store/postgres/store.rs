@@ -824,12 +824,12 @@ impl Store for PgStore {
             // freeing its lease would let another replica run the task beside it. The row keeps
             // neither the lease duration nor the last renewal (adding them would take a new table
             // layout, which replicas still on the old initguard refuse), so watch the row instead,
-            // as the Kubernetes store does: a live holder renews every third of its TTL, and each
-            // renewal sets `expires_at` anew. Its last renewal was at `expires_at - ttl`, so the
-            // next comes by `now + left - 2·ttl/3` (by the database clock), which is at most
-            // `now + left/3` because `left <= ttl`; a renewal round trip on top is what the
-            // margin is for. So `left/3` (never more than ttl/3) stands in for the unknown ttl/3.
-            let window = liveness::window(first.left / 3);
+            // as the Kubernetes store does. Each renewal sets `expires_at` to its commit time plus
+            // ttl, and the holder's supervisor kills its command `holder_gives_up_after(ttl)`
+            // after the renewal was asked for, which is earlier: by `expires_at - ttl/4` at the
+            // latest, that is `now + left - ttl/4 <= now + 3·left/4` since `left <= ttl`. So an
+            // unchanged row for `window(left)` means the command is dead.
+            let window = liveness::window(first.left);
             tracing::info!(
                 key = %id,
                 "the lease on {id} is held by {holder} of this host or Pod; watching it for up \
