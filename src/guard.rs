@@ -239,6 +239,13 @@ impl<'a> Guard<'a> {
         result
     }
 
+    fn supervision(&self, lease: &Lease, heartbeat: &Heartbeat) -> runner::Supervision {
+        runner::Supervision {
+            deadline: heartbeat.deadline(),
+            hold: self.store.lease_fd(lease),
+        }
+    }
+
     /// A store call made while holding the lease, given up when a stop signal arrives: initguard
     /// must answer SIGTERM promptly even while the store does not answer.
     async fn call<T>(
@@ -349,8 +356,8 @@ impl<'a> Guard<'a> {
             if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
                 return Err(self.lease_lost(lease, reason));
             }
-            let deadline = heartbeat.deadline();
-            let res = runner::run(&spec, signals, heartbeat.lost(store, lease), deadline).await;
+            let watch = self.supervision(lease, &heartbeat);
+            let res = runner::run(&spec, signals, heartbeat.lost(store, lease), watch).await;
             match res.ended {
                 Ended::Stopped(reason) => return Err(self.lease_lost(lease, reason)),
                 // Told to stop while checking: run nothing, record nothing.
@@ -409,9 +416,9 @@ impl<'a> Guard<'a> {
             }
             let (res, why) = match &plan.sql {
                 None => {
-                    let deadline = heartbeat.deadline();
+                    let watch = self.supervision(lease, &heartbeat);
                     (
-                        runner::run(&spec, signals, heartbeat.lost(store, lease), deadline).await,
+                        runner::run(&spec, signals, heartbeat.lost(store, lease), watch).await,
                         None,
                     )
                 }

@@ -63,6 +63,23 @@ impl Signals {
 /// leases that cannot lapse while initguard lives (flock).
 pub type Deadline = watch::Receiver<Option<Duration>>;
 
+/// What the supervisor is given of the lease the command runs under.
+pub struct Supervision {
+    pub deadline: Deadline,
+    /// A descriptor the supervisor keeps open until the command's tree is dead (`Store::lease_fd`).
+    pub hold: Option<std::os::fd::RawFd>,
+}
+
+impl Supervision {
+    /// No lease at all (checks run outside one, tests).
+    pub fn none() -> Supervision {
+        Supervision {
+            deadline: watch::channel(None).1,
+            hold: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ChildSpec {
     pub argv: Vec<String>,
@@ -200,8 +217,9 @@ pub async fn run(
     spec: &ChildSpec,
     signals: &mut Signals,
     stop: impl Future<Output = String>,
-    mut deadline: Deadline,
+    supervision: Supervision,
 ) -> ChildResult {
+    let Supervision { mut deadline, hold } = supervision;
     let tail = Arc::new(Mutex::new(Tail {
         cap: spec.tail_bytes,
         buf: VecDeque::new(),
@@ -236,7 +254,7 @@ pub async fn run(
     // /proc/self/exe: this very binary, even if the file was replaced since we started.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
     cmd.as_std_mut().arg0("initguard");
-    cmd.args(supervisor::args(their_fd, first_deadline))
+    cmd.args(supervisor::args(their_fd, first_deadline, hold))
         .args(&spec.argv)
         .envs(spec.env.iter().cloned())
         .kill_on_drop(false);
@@ -257,11 +275,14 @@ pub async fn run(
                     "initguard exited before the command started",
                 ));
             }
-            // The supervisor's end of the socket is the one descriptor it inherits on purpose.
-            nix::fcntl::fcntl(
-                std::os::fd::BorrowedFd::borrow_raw(their_fd),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )?;
+            // The supervisor's end of the socket and the lease's descriptor are the ones it
+            // inherits on purpose.
+            for fd in std::iter::once(their_fd).chain(hold) {
+                nix::fcntl::fcntl(
+                    std::os::fd::BorrowedFd::borrow_raw(fd),
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+            }
             Ok(())
         });
     }
@@ -416,11 +437,6 @@ pub async fn run(
         ended,
         tail,
     }
-}
-
-/// A deadline that never moves, for runs without a lease to keep (`None`: no deadline).
-pub fn fixed_deadline(at: Option<Duration>) -> Deadline {
-    watch::channel(at).1
 }
 
 #[cfg(test)]

@@ -655,3 +655,40 @@ fn a_corrupt_record_does_not_hide_the_others_and_reset_reaches_scoped_ones() {
     assert_eq!(rec["state"], "reset");
     assert_eq!(rec["instance"], "uid-1");
 }
+
+#[test]
+fn done_if_without_a_shell_fails_closed() {
+    let root = nix::unistd::geteuid().is_root();
+    let unshare = std::path::Path::new("/usr/bin/unshare").exists();
+    if !support::require("root and unshare (to hide /bin/sh)", root && unshare) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    // A mount namespace of its own where /bin/sh is not a program, as in a distroless image.
+    let script = format!(
+        "mount --bind /dev/null /bin/sh && exec {bin} run --store file:{dir} --key noshell/k \
+         --done-if true -- /usr/bin/touch {marker}",
+        bin = support::bin().display(),
+        dir = work.path().join("state").display(),
+        marker = marker.display()
+    );
+    let out = std::process::Command::new("/usr/bin/unshare")
+        .args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+        .env_remove("INITGUARD_STORE")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 126, "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .contains("--done-if could not be checked"),
+        "{err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the command must not run when the check cannot"
+    );
+}

@@ -1108,3 +1108,105 @@ fn sql_target_task_killed_at_random_instants_keeps_effect_and_completion_togethe
         span / 1000
     );
 }
+
+/// A command that waits for `go` after writing `ready`, then exits 0.
+fn gated_script(work: &Path, count: &Path) -> String {
+    format!(
+        "echo run >> {c}; touch {r}; while [ ! -e {g} ]; do sleep 0.02; done",
+        c = count.display(),
+        r = work.join("ready").display(),
+        g = work.join("go").display()
+    )
+}
+
+#[test]
+fn success_is_recorded_when_the_store_returns_within_the_lease() {
+    let Some(mut pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let run = run_task(
+        &pg.url(),
+        work.path(),
+        "final/back",
+        &["--lock-ttl", "30s"],
+        &gated_script(work.path(), &count),
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("the command to start", Duration::from_secs(20), || {
+        work.path().join("ready").exists()
+    });
+    pg.kill();
+    std::fs::write(work.path().join("go"), "").unwrap();
+    // The command has exited 0 while the store is down; bring it back after 5 s.
+    std::thread::sleep(Duration::from_secs(5));
+    pg.restart();
+    let out = wait_output(run);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        record_of(&pg.url(), work.path(), "final/back")["state"],
+        "succeeded"
+    );
+    // Recorded: the next run skips instead of running it again.
+    let out = run_task(
+        &pg.url(),
+        work.path(),
+        "final/back",
+        &[],
+        "echo run >> count",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(count_lines(&count), 1, "the command ran once");
+}
+
+#[test]
+fn success_not_recorded_in_time_says_so_and_done_if_prevents_a_second_run() {
+    let Some(mut pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let run = run_task(
+        &pg.url(),
+        work.path(),
+        "final/gone",
+        &["--lock-ttl", "3s"],
+        &gated_script(work.path(), &count),
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("the command to start", Duration::from_secs(20), || {
+        work.path().join("ready").exists()
+    });
+    pg.kill();
+    std::fs::write(work.path().join("go"), "").unwrap();
+    let out = wait_output(run);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 69, "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(
+            "initguard: final/gone: the command succeeded, but its success could not be recorded"
+        ) && last.contains("the next run will find this run interrupted and run the command again"),
+        "one line saying what happened and what comes next: {err}"
+    );
+    pg.restart();
+    let out = run_task(
+        &pg.url(),
+        work.path(),
+        "final/gone",
+        &["--done-if", &format!("test -s {}", count.display())],
+        "echo run >> count",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("adopted"), "{}", stderr(&out));
+    assert_eq!(
+        count_lines(&count),
+        1,
+        "--done-if kept it from running twice"
+    );
+}

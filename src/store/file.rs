@@ -269,6 +269,14 @@ impl Store for FileStore {
         Ok(())
     }
 
+    fn lease_fd(&self, lease: &Lease) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        lease
+            .handle
+            .downcast_ref::<Flock<File>>()
+            .map(|f| f.as_raw_fd())
+    }
+
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         let lost = |reason: &str| StoreError::LeaseLost {
             key: lease.id.to_string(),

@@ -200,6 +200,14 @@ pub trait Store: Send + Sync {
     /// never fails the run, so it returns nothing.
     async fn event(&self, _id: &TaskId, _kind: TaskEvent, _message: &str) {}
 
+    /// A descriptor whose lifetime is the lease's (the flocked lock file), for the supervisor to
+    /// hold as well: the lock then outlives a killed initguard until the supervisor has killed
+    /// the command's tree, so the next holder cannot start beside a dying one. `None` for
+    /// leases that lapse by time.
+    fn lease_fd(&self, _lease: &Lease) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Largest record this store keeps, in bytes, when it has to cap them (tail and history are
     /// trimmed to fit); `None` when records are only bounded by `--tail` and history length.
     fn record_limit(&self) -> Option<usize> {

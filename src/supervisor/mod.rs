@@ -44,12 +44,14 @@ const KILL_LIMIT: Duration = Duration::from_secs(5);
 /// the monotonic poll timeout does not count) is noticed within this much after resuming.
 const TICK: Duration = Duration::from_millis(100);
 
-/// The supervisor's command line after `ARG`: `<control fd> <deadline ns|none> -- <argv…>`.
-pub fn args(control_fd: i32, deadline: Option<Duration>) -> Vec<String> {
+/// The supervisor's command line: `ARG <control fd> <deadline ns|none> <held fd|none> --
+/// <argv…>`.
+pub fn args(control_fd: i32, deadline: Option<Duration>, hold: Option<i32>) -> Vec<String> {
     vec![
         ARG.to_string(),
         control_fd.to_string(),
         deadline.map_or("none".into(), |d| d.as_nanos().to_string()),
+        hold.map_or("none".into(), |fd| fd.to_string()),
         "--".into(),
     ]
 }
@@ -63,24 +65,38 @@ pub fn main(args: &[OsString]) -> ExitCode {
             "none" => None,
             ns => Some(Duration::from_nanos(ns.parse().ok()?)),
         };
-        (args.get(2)?.to_str()? == "--" && args.len() > 3).then_some((fd, deadline))
+        let hold = match args.get(2)?.to_str()? {
+            "none" => None,
+            fd => Some(fd.parse::<i32>().ok()?),
+        };
+        (args.get(3)?.to_str()? == "--" && args.len() > 4).then_some((fd, deadline, hold))
     })();
-    let Some((fd, deadline)) = parsed else {
+    let Some((fd, deadline, hold)) = parsed else {
         let _ = writeln!(
             std::io::stderr(),
             "initguard: {ARG} is initguard's own helper mode, not a command to run by hand"
         );
         return ExitCode::from(70);
     };
-    // SAFETY: F_GETFD only reads a descriptor's flags; any number may be asked about.
-    if fd < 3 || unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+    if !is_open(fd) {
         let _ = writeln!(std::io::stderr(), "initguard: {ARG}: no control socket");
         return ExitCode::from(70);
     }
     // SAFETY: initguard opened this socket for us and passed its number; nothing else in this
     // process owns it, and it was checked open above.
     let socket = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    match Supervisor::start(socket, deadline, &args[3..]) {
+    // Held, never used, until this process exits: dropped last, after the tree is dead.
+    let _held = hold.filter(|&h| is_open(h) && h != fd).map(|h| {
+        // SAFETY: as for the socket: passed to us by initguard, open, and owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(h) };
+        // The command must not inherit the lock: it would hold it past its supervisor.
+        let _ = nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        owned
+    });
+    match Supervisor::start(socket, deadline, &args[4..]) {
         Ok(mut s) => {
             s.run();
             ExitCode::SUCCESS
@@ -90,6 +106,12 @@ pub fn main(args: &[OsString]) -> ExitCode {
             ExitCode::from(70)
         }
     }
+}
+
+/// Whether `fd` is an open descriptor past stdin, stdout and stderr.
+fn is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only reads a descriptor's flags; any number may be asked about.
+    fd > 2 && unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } >= 0
 }
 
 struct Supervisor {

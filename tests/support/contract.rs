@@ -71,6 +71,49 @@ macro_rules! contract_tests {
             }
         }
         #[test]
+        fn supervise_killed_holder_leaves_no_grandchild_behind() {
+            support::supervision::killed_holder_leaves_no_process_behind(
+                &$fx,
+                support::supervision::Shape::Grandchild,
+            );
+        }
+        #[test]
+        fn supervise_killed_holder_leaves_no_setsid_child_behind() {
+            support::supervision::killed_holder_leaves_no_process_behind(
+                &$fx,
+                support::supervision::Shape::Setsid,
+            );
+        }
+        #[test]
+        fn supervise_killed_holder_leaves_no_other_user_process_behind() {
+            support::supervision::killed_holder_leaves_no_process_behind(
+                &$fx,
+                support::supervision::Shape::OtherUser,
+            );
+        }
+        #[test]
+        fn supervise_successful_run_leaves_no_process_behind() {
+            support::supervision::successful_run_leaves_no_process_behind(&$fx);
+        }
+        #[test]
+        fn supervise_paused_holders_command_is_dead_before_the_next_starts() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::supervision::paused_holders_command_is_dead_before_the_next_starts(&fx);
+            } else {
+                eprintln!("not applicable: a paused holder keeps its flock, nobody else starts");
+            }
+        }
+        #[test]
+        fn supervise_release_of_a_paused_holder_never_overlaps() {
+            let fx = $fx;
+            if support::StoreFixture::leases_lapse(&&fx) {
+                support::supervision::release_of_a_paused_holder_never_overlaps(&fx);
+            } else {
+                eprintln!("not applicable: this store's release only reports who holds the lock");
+            }
+        }
+        #[test]
         fn contract_release_leaves_a_live_holders_lease_alone() {
             let fx = $fx;
             if support::StoreFixture::leases_lapse(&&fx) {
@@ -233,6 +276,16 @@ pub fn killed_holder_is_detected_as_interrupted(fx: &dyn StoreFixture) {
     assert!(
         rec["token"].as_u64().unwrap() >= 2,
         "the re-run holds a newer token"
+    );
+    let history = rec["history"].as_array().unwrap();
+    let interrupted = history
+        .iter()
+        .find(|h| h["state"] == "interrupted")
+        .unwrap();
+    let first_run = history.iter().find(|h| h["state"] == "succeeded").unwrap();
+    assert!(
+        interrupted["token"].as_u64() < first_run["token"].as_u64(),
+        "the interrupted entry carries the token the killed run held, not its successor's: {history:?}"
     );
 }
 
