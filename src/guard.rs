@@ -217,7 +217,10 @@ impl<'a> Guard<'a> {
         info!(key = %plan.id, token = lease.token, "lease on {} taken (token {}) after {}ms", self.key(), lease.token, started_wait.elapsed().as_millis());
         let heartbeat = Heartbeat::new(self.store, &lease, asked);
         let result = self.run_leased(&lease, signals, heartbeat).await;
-        if let Err(GuardError::Store(StoreError::LeaseLost { .. })) = &result {
+        if let Err(
+            GuardError::Store(StoreError::LeaseLost { .. }) | GuardError::SuccessNotRecorded { .. },
+        ) = &result
+        {
             // Known lost: giving it up would only wait on a store that already said no (or does
             // not answer), and the next holder has it anyway.
             return result;
@@ -589,11 +592,9 @@ impl<'a> Guard<'a> {
             if let Err(reason) = renewal
                 && heartbeat.expired()
             {
-                return Err(not_recorded(NotRecorded::Store(StoreError::LeaseLost {
-                    key: self.key(),
-                    token: lease.token,
-                    reason,
-                })));
+                // The store's own error says why better than the renewal that could not reach it.
+                warn!(key = %plan.id, "{reason}");
+                return Err(not_recorded(NotRecorded::Store(e)));
             }
         }
     }

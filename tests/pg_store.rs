@@ -1154,7 +1154,7 @@ fn success_is_recorded_when_the_store_returns_within_the_lease() {
         work.path(),
         "final/back",
         &[],
-        "echo run >> count",
+        &gated_script(work.path(), &count),
     )
     .output()
     .unwrap();
@@ -1198,7 +1198,7 @@ fn success_not_recorded_in_time_says_so_and_done_if_prevents_a_second_run() {
         work.path(),
         "final/gone",
         &["--done-if", &format!("test -s {}", count.display())],
-        "echo run >> count",
+        &gated_script(work.path(), &count),
     )
     .output()
     .unwrap();
