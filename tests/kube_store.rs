@@ -543,6 +543,11 @@ fn failing_renewals_kill_the_child_before_the_lease_can_lapse(mode: Mode) {
     fx.api().set_mode(Mode::Normal);
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(last_line(&out).contains("lease"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("could not release the lease"),
+        "a lease known lost is not given up again: {}",
+        stderr(&out)
+    );
     let name = lease_of(&key);
     let last_renewal = fx
         .api()

@@ -229,3 +229,29 @@ pub fn release_of_a_paused_holder_never_overlaps(fx: &dyn StoreFixture) {
         Signal::SIGKILL,
     );
 }
+
+/// SIGHUP and SIGQUIT stop a run as SIGTERM does: forwarded to the command, the record says
+/// `interrupted` (not `running`), and the exit code is 128+N.
+pub fn hangup_and_quit_end_a_run_as_interrupted(fx: &dyn StoreFixture) {
+    for sig in [Signal::SIGHUP, Signal::SIGQUIT] {
+        let work = tempfile::tempdir().unwrap();
+        let key = unique_key("supervise/hupquit");
+        let started = work.path().join("started");
+        let script = format!(
+            "touch {}; while true; do sleep 0.05; done",
+            started.display()
+        );
+        let child = spawn_task(fx, work.path(), &key, &["--grace", "5s"], &script);
+        wait_for("the command to start", Duration::from_secs(20), || {
+            started.exists()
+        });
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(code(&out), 128 + sig as i32, "{sig}: {}", stderr(&out));
+        assert_eq!(
+            record(fx, work.path(), &key)["state"],
+            "interrupted",
+            "{sig}"
+        );
+    }
+}
