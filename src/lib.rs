@@ -7,5 +7,6 @@ pub mod guard;
 pub mod k8s;
 pub mod record;
 pub mod runner;
+pub mod sql;
 pub mod store;
 pub mod task;

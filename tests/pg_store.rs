@@ -279,30 +279,181 @@ fn sql_syntax_error_records_failed_with_the_server_message() {
     assert!(stderr(&out).contains("syntax error"), "{}", stderr(&out));
 }
 
+/// Whether initguard's tables exist: they are created when the store is first opened.
+fn store_was_opened(pg: &Pg) -> bool {
+    pg.sql_in(
+        pg::APP_DB,
+        "SELECT to_regclass('initguard.tasks') IS NOT NULL",
+    ) == "t"
+}
+
+/// `run --sql-inline SQL` (or `--sql FILE` when `file` is given) for `key`.
+fn run_sql(pg: &Pg, work: &Path, key: &str, sql: &str, file: bool) -> Output {
+    let mut c = ig(&pg.url(), work);
+    c.args(["run", "--key", key]);
+    if file {
+        let path = work.join(format!("{}.sql", key.replace('/', "_")));
+        std::fs::write(&path, sql).unwrap();
+        c.arg("--sql").arg(path);
+    } else {
+        // `=`: a script may start with `--`, which clap would take for a flag.
+        c.arg(format!("--sql-inline={sql}"));
+    }
+    c.output().unwrap()
+}
+
 #[test]
-fn sql_that_ends_the_transaction_itself_is_refused() {
+fn sql_with_transaction_control_is_refused_before_anything_is_sent() {
     let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
-    let out = ig(&pg.url(), work.path())
-        .args([
-            "run",
-            "--key",
-            "sql/commit",
-            "--sql-inline",
-            "SELECT 1; COMMIT; SELECT 2;",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let rec = record_of(&pg.url(), work.path(), "sql/commit");
-    assert_eq!(rec["state"], "failed");
-    assert!(
-        rec["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ends initguard's transaction"),
-        "{rec}"
+    effect_table(&pg, pg::APP_DB, "effect");
+    let scripts = [
+        (
+            "INSERT INTO effect VALUES ('x'); COMMIT; INSERT INTO effect VALUES ('x');",
+            "COMMIT",
+            2,
+            1,
+            34,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x');\n-- done\n/* so */ end;\nINSERT INTO effect VALUES ('x');",
+            "END",
+            2,
+            3,
+            10,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x'); RollBack; INSERT INTO effect VALUES ('x');",
+            "ROLLBACK",
+            2,
+            1,
+            34,
+        ),
+        (
+            "/* first */ BEGIN;\nINSERT INTO effect VALUES ('x');\nCOMMIT;",
+            "BEGIN",
+            1,
+            1,
+            13,
+        ),
+        (
+            "-- seed\nstart transaction;\nINSERT INTO effect VALUES ('x');",
+            "START TRANSACTION",
+            1,
+            2,
+            1,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x');\n  Prepare Transaction 'g1';",
+            "PREPARE TRANSACTION",
+            2,
+            2,
+            3,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x'); COMMIT PREPARED 'g1';",
+            "COMMIT PREPARED",
+            2,
+            1,
+            34,
+        ),
+        ("INSERT INTO effect VALUES ('x'); abort;", "ABORT", 2, 1, 34),
+    ];
+    for (i, (sql, what, index, line, column)) in scripts.iter().enumerate() {
+        for file in [false, true] {
+            let key = format!("sql/tc{i}-{file}");
+            let out = run_sql(&pg, work.path(), &key, sql, file);
+            let err = stderr(&out);
+            assert_eq!(code(&out), 2, "{sql:?}: {err}");
+            let flag = if file { "--sql" } else { "--sql-inline" };
+            let want = format!(
+                "initguard: {flag}: statement {index} (line {line}, column {column}) is {what}: "
+            );
+            assert!(
+                err.starts_with(&want),
+                "{sql:?}: want {want:?}, got {err:?}"
+            );
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.contains("nothing was run"), "{err}");
+        }
+    }
+    assert_eq!(
+        effects(&pg, pg::APP_DB, "effect", "x"),
+        0,
+        "0 rows committed"
     );
+    assert!(
+        !store_was_opened(&pg),
+        "refused before the store was even opened"
+    );
+}
+
+#[test]
+fn sql_with_those_words_in_literals_bodies_comments_and_identifiers_runs_and_commits() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let scripts = [
+        "INSERT INTO effect VALUES ('a; COMMIT; b') , ('ok');",
+        "INSERT INTO effect VALUES (E'it\\'s; ROLLBACK; --'), ('ok');",
+        "-- COMMIT;\n/* ROLLBACK; /* nested BEGIN; */ END; */\nINSERT INTO effect VALUES ('ok');",
+        "CREATE FUNCTION seed() RETURNS void LANGUAGE plpgsql AS $$\nBEGIN\n  INSERT INTO effect VALUES ('ok');\nEND\n$$;\nSELECT seed();",
+        "CREATE FUNCTION seed2() RETURNS void LANGUAGE sql BEGIN ATOMIC\n  INSERT INTO effect VALUES ('ok');\nEND;\nSELECT seed2();",
+        "CREATE TABLE \"commit\" (\"end\" text); INSERT INTO \"commit\" VALUES ('begin'); INSERT INTO effect SELECT 'ok' FROM \"commit\";",
+        "INSERT INTO effect VALUES ($tag$ START TRANSACTION; $$ PREPARE TRANSACTION 'x'; $tag$), ('ok');",
+        "SAVEPOINT s; INSERT INTO effect VALUES ('gone'); ROLLBACK TO SAVEPOINT s; INSERT INTO effect VALUES ('ok'); RELEASE s;",
+    ];
+    for (i, sql) in scripts.iter().enumerate() {
+        let out = run_sql(&pg, work.path(), &format!("sql/words{i}"), sql, i % 2 == 1);
+        assert_eq!(code(&out), 0, "{sql:?}: {}", stderr(&out));
+        assert_eq!(
+            effects(&pg, pg::APP_DB, "effect", "ok"),
+            i + 1,
+            "{sql:?} committed"
+        );
+    }
+    assert_eq!(
+        effects(&pg, pg::APP_DB, "effect", "gone"),
+        0,
+        "rolled back to the savepoint"
+    );
+}
+
+/// DO blocks and procedures can COMMIT only outside a transaction block; inside initguard's,
+/// the server refuses them: the task fails, and nothing of it is committed.
+#[test]
+fn commits_inside_do_blocks_and_procedures_fail_and_roll_back() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    pg.sql_in(
+        pg::APP_DB,
+        &format!(
+            "CREATE PROCEDURE commits() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO effect VALUES ('x'); COMMIT; END $$;
+             ALTER PROCEDURE commits() OWNER TO {}",
+            pg::APP_USER
+        ),
+    );
+    for (key, sql) in [
+        (
+            "sql/do",
+            "INSERT INTO effect VALUES ('x'); DO $$ BEGIN INSERT INTO effect VALUES ('x'); COMMIT; END $$;",
+        ),
+        (
+            "sql/call",
+            "INSERT INTO effect VALUES ('x'); CALL commits();",
+        ),
+    ] {
+        let out = run_sql(&pg, work.path(), key, sql, false);
+        assert_eq!(code(&out), 1, "{sql:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid transaction termination"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(record_of(&pg.url(), work.path(), key)["state"], "failed");
+    }
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "x"), 0);
 }
 
 #[test]

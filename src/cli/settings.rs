@@ -20,6 +20,12 @@ pub enum SettingsError {
     Url(#[from] crate::store::StoreUrlError),
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),
+    /// The SQL of a task would end or start initguard's transaction (`COMMIT`, `BEGIN`, …).
+    #[error("{flag}: {source}")]
+    TransactionControl {
+        flag: &'static str,
+        source: crate::sql::TransactionControl,
+    },
 }
 
 pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError> {
@@ -139,16 +145,21 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
             return Ok(None);
         }
     };
+    let flag = if args.sql.is_some() {
+        "--sql"
+    } else {
+        "--sql-inline"
+    };
     if sql.trim().is_empty() {
         return Err(SettingsError::Usage {
-            flag: if args.sql.is_some() {
-                "--sql"
-            } else {
-                "--sql-inline"
-            },
+            flag,
             why: "the SQL is empty".into(),
         });
     }
+    // Before anything is sent: a COMMIT inside the task's transaction would commit its effect
+    // without the completion record, and the task would run (and commit) again on every retry.
+    crate::sql::check_no_transaction_control(&sql)
+        .map_err(|source| SettingsError::TransactionControl { flag, source })?;
     let target = args.sql_target.clone().filter(|t| !t.trim().is_empty());
     if let Some(t) = &target {
         match StoreUrl::parse(t) {

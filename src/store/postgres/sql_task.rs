@@ -81,8 +81,9 @@ impl Session {
     }
 
     /// Run the task's SQL inside the open transaction. An SQL error rolls back and is returned
-    /// with the server's message and position; a script that ends the transaction itself
-    /// (COMMIT/ROLLBACK) is refused, since nothing can then be exactly once.
+    /// with the server's message and position. Transaction control (COMMIT, BEGIN, …) is refused
+    /// before anything is sent (`crate::sql`); the transaction-id check below stays as the last
+    /// line for whatever ends the transaction without being such a statement.
     async fn run_user_sql(&mut self, sql: &str) -> Result<(), SqlTaskError> {
         let before = self.txid().await?;
         if let Err(e) = self.conn.client.batch_execute(sql).await {
