@@ -6,6 +6,7 @@ pub mod fingerprint;
 pub mod guard;
 pub mod k8s;
 pub mod record;
+pub mod reset;
 pub mod runner;
 pub mod sql;
 pub mod store;

@@ -29,6 +29,21 @@ impl support::StoreFixture for PgFixture {
     fn leases_lapse(&self) -> bool {
         true
     }
+    /// Every row of initguard's tasks table, all columns, as the database prints it.
+    fn stored(&self) -> Vec<support::Stored> {
+        let rows = self.pg.sql_in(
+            pg::APP_DB,
+            "SELECT task || E'\\t' || row_to_json(t)::text FROM initguard.tasks t ORDER BY task",
+        );
+        rows.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(task, row)| support::Stored {
+                task: task.to_string(),
+                name: format!("initguard.tasks row {task}"),
+                bytes: row.as_bytes().to_vec(),
+            })
+            .collect()
+    }
 }
 
 // Without PostgreSQL installed (and CI unset) each scenario returns after Pg::start's SKIP line.

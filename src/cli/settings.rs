@@ -160,20 +160,23 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
     // without the completion record, and the task would run (and commit) again on every retry.
     crate::sql::check_no_transaction_control(&sql)
         .map_err(|source| SettingsError::TransactionControl { flag, source })?;
-    let target = args.sql_target.clone().filter(|t| !t.trim().is_empty());
-    if let Some(t) = &target {
-        match StoreUrl::parse(t) {
-            #[cfg(feature = "postgres")]
-            Ok(StoreUrl::Postgres(_)) => {}
-            Ok(_) | Err(_) => {
-                return Err(SettingsError::Usage {
-                    flag: "--sql-target",
-                    why: format!("{} is not a valid postgres:// URL", target_label(t)),
-                });
-            }
-        }
-    }
+    let target = sql_target(args.sql_target.as_deref())?;
     Ok(Some(SqlTask { sql, target }))
+}
+
+/// `--sql-target URL` (of `run` and `reset`), checked to be a postgres:// URL; empty is none.
+pub fn sql_target(raw: Option<&str>) -> Result<Option<String>, SettingsError> {
+    let Some(t) = raw.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match StoreUrl::parse(t) {
+        #[cfg(feature = "postgres")]
+        Ok(StoreUrl::Postgres(_)) => Ok(Some(t.to_string())),
+        Ok(_) | Err(_) => Err(SettingsError::Usage {
+            flag: "--sql-target",
+            why: format!("{} is not a valid postgres:// URL", target_label(t)),
+        }),
+    }
 }
 
 fn target_label(raw: &str) -> String {
