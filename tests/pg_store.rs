@@ -656,6 +656,102 @@ fn sql_target_keeps_the_completion_row_in_the_target_database() {
     );
 }
 
+/// `reset` of a `--sql-target` task deletes its completion rows in the target, so that the next
+/// run runs the SQL again (instead of finding the completion and skipping it); without the
+/// target, reset refuses and changes nothing.
+#[test]
+fn reset_of_an_sql_target_task_clears_its_completion_so_the_sql_runs_again() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let target = pg.url_for(pg::TARGET_DB);
+    let key = "tgt/reset";
+    let run = || {
+        ig(&pg.url(), work.path())
+            .args([
+                "run",
+                "--key",
+                key,
+                "--sql-inline",
+                "INSERT INTO effect VALUES ('r')",
+            ])
+            .args(["--sql-target", &target])
+            .output()
+            .unwrap()
+    };
+    let completions = || {
+        pg.sql_in(
+            pg::TARGET_DB,
+            &format!("SELECT count(*) FROM initguard.sql_completions WHERE task = '{key}'"),
+        )
+    };
+    let out = run();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "r"), 1);
+    let rec = record_of(&pg.url(), work.path(), key);
+    let recorded = rec["sql_target"].as_str().unwrap_or_default().to_string();
+    assert!(recorded.contains(pg::TARGET_DB), "{rec}");
+    assert!(
+        !recorded.contains(pg::APP_PASSWORD),
+        "no password in the record: {recorded}"
+    );
+
+    // Without the target: refused, in one line naming the flag; nothing changes.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let errors: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("initguard: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", stderr(&out));
+    let err = &errors[0];
+    assert!(
+        err.contains(&format!("run `initguard reset {key} --sql-target URL`"))
+            && err.contains(&recorded)
+            && err.contains("nothing was reset"),
+        "{err}"
+    );
+    assert_eq!(record_of(&pg.url(), work.path(), key)["state"], "succeeded");
+    assert_eq!(completions(), "1");
+
+    // With it: the completion row goes, the next run runs the SQL again.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key, "--sql-target", &target])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deleted 1 completion row(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(completions(), "0");
+    let out = run();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        effects(&pg, pg::TARGET_DB, "effect", "r"),
+        2,
+        "the SQL ran twice"
+    );
+    let rec = record_of(&pg.url(), work.path(), key);
+    assert_eq!(rec["state"], "succeeded");
+    assert!(rec["reason"].is_null(), "ran, not found done: {rec}");
+
+    // INITGUARD_SQL_TARGET, as the task's own environment sets it, works the same.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key])
+        .env("INITGUARD_SQL_TARGET", &target)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&run()), 0);
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "r"), 3);
+}
+
 #[test]
 fn holder_connection_terminated_mid_run_never_overlaps_runs() {
     let Some(pg) = Pg::start() else { return };
