@@ -640,7 +640,8 @@ impl<'a> Guard<'a> {
             res = work => match res {
                 None => Ok(ended(ChildOutcome::TimedOut, Ended::Normally, "exceeded --timeout; the SQL was cancelled and rolled back")),
                 Some(Ok(SqlOutcome::Committed)) => Ok(SqlAttempt::Recorded),
-                Some(Ok(SqlOutcome::AlreadyDone { token })) => {
+                Some(Ok(SqlOutcome::AlreadyDone { token, target })) => {
+                    done.sql_target = target;
                     done.reason = Some(format!("the target database already holds this fingerprint's completion (token {token}); not run again"));
                     store.write(lease, &done).await?;
                     Ok(SqlAttempt::Recorded)
@@ -775,59 +776,6 @@ fn backoff(base: Duration, retry: u32) -> Duration {
         .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
         .min(MAX_BACKOFF);
     exp.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-}
-
-/// `initguard reset`: forget success / gave_up of every record of `key`, under each one's lease.
-/// A corrupt record is replaced by a fresh one (the operator asked for exactly that after the
-/// exit-65 message); a record from a newer schema is never overwritten. Returns each task reset
-/// with what it was.
-pub async fn reset(
-    store: &dyn Store,
-    key: &crate::task::Key,
-    holder: &Holder,
-    opts: AcquireOpts,
-    history: usize,
-) -> Result<Vec<(TaskId, String)>, StoreError> {
-    // Unreadable (corrupt) records are listed apart, with their task: reset repairs those too.
-    let listing = store.list().await?;
-    let ids: Vec<TaskId> = listing
-        .records
-        .into_iter()
-        .map(|r| TaskId {
-            key: key.clone(),
-            scope: r.scope,
-            instance: r.instance,
-        })
-        .chain(listing.unreadable.into_iter().map(|(id, _)| id))
-        .filter(|id| id.key == *key)
-        .collect();
-    let mut done = Vec::new();
-    for id in ids {
-        let lease = store.acquire(&id, holder, opts).await?;
-        let res = async {
-            let (mut rec, was) = match store.read(&id).await {
-                Ok(Some(rec)) => {
-                    let was = rec.state.to_string();
-                    (rec, was)
-                }
-                Ok(None) => return Ok(None),
-                Err(StoreError::Corrupt { .. }) => {
-                    warn!(key = %id, "the record of {id} is corrupt: replacing it with a fresh one (its history is lost)");
-                    (Record::new(&id, "", Utc::now()), "a corrupt record".to_string())
-                }
-                Err(e) => return Err(e),
-            };
-            rec.reset(lease.token, holder, Utc::now(), history);
-            store.write(&lease, &rec).await?;
-            Ok::<_, StoreError>(Some(was))
-        }
-        .await;
-        store.release(lease).await?;
-        if let Some(was) = res? {
-            done.push((id, was));
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -137,6 +137,10 @@ pub struct Record {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub history: Vec<RunEntry>,
+    /// The `--sql-target` database (URL without its password) where this task's SQL committed
+    /// with its completion row: `initguard reset` must clear that row too. Kept once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_target: Option<String>,
 }
 
 impl Record {
@@ -161,6 +165,7 @@ impl Record {
             tail: String::new(),
             updated_at: now,
             history: Vec::new(),
+            sql_target: None,
         }
     }
 

@@ -33,6 +33,25 @@ impl StoreFixture for FileFixture {
     fn leases_lapse(&self) -> bool {
         false
     }
+    /// Every file of the state dir (records and lock files), named by its path in it.
+    fn stored(&self) -> Vec<support::Stored> {
+        snapshot(&self.dir)
+            .into_iter()
+            .map(|(path, bytes)| {
+                let name = path
+                    .strip_prefix(&self.dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                let task = [".json", ".lock"]
+                    .iter()
+                    .find_map(|ext| name.strip_suffix(ext))
+                    .unwrap_or(&name)
+                    .to_string();
+                support::Stored { task, name, bytes }
+            })
+            .collect()
+    }
 }
 
 contract_tests!(FileFixture::new());

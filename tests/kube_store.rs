@@ -127,6 +127,28 @@ impl StoreFixture for KubeFixture {
     fn leases_lapse(&self) -> bool {
         true
     }
+    /// Every Lease of the namespace as the API double keeps it (metadata with resourceVersion,
+    /// spec, annotations), named by its object name.
+    fn stored(&self) -> Vec<Stored> {
+        let mut out: Vec<Stored> = self
+            .api()
+            .leases(&self.namespace)
+            .into_iter()
+            .map(|l| Stored {
+                task: l["metadata"]["annotations"]["initguard.io/task"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                name: l["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                bytes: serde_json::to_vec(&l).unwrap(),
+            })
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

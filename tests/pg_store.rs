@@ -29,6 +29,21 @@ impl support::StoreFixture for PgFixture {
     fn leases_lapse(&self) -> bool {
         true
     }
+    /// Every row of initguard's tasks table, all columns, as the database prints it.
+    fn stored(&self) -> Vec<support::Stored> {
+        let rows = self.pg.sql_in(
+            pg::APP_DB,
+            "SELECT task || E'\\t' || row_to_json(t)::text FROM initguard.tasks t ORDER BY task",
+        );
+        rows.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(task, row)| support::Stored {
+                task: task.to_string(),
+                name: format!("initguard.tasks row {task}"),
+                bytes: row.as_bytes().to_vec(),
+            })
+            .collect()
+    }
 }
 
 // Without PostgreSQL installed (and CI unset) each scenario returns after Pg::start's SKIP line.
@@ -279,30 +294,181 @@ fn sql_syntax_error_records_failed_with_the_server_message() {
     assert!(stderr(&out).contains("syntax error"), "{}", stderr(&out));
 }
 
+/// Whether initguard's tables exist: they are created when the store is first opened.
+fn store_was_opened(pg: &Pg) -> bool {
+    pg.sql_in(
+        pg::APP_DB,
+        "SELECT to_regclass('initguard.tasks') IS NOT NULL",
+    ) == "t"
+}
+
+/// `run --sql-inline SQL` (or `--sql FILE` when `file` is given) for `key`.
+fn run_sql(pg: &Pg, work: &Path, key: &str, sql: &str, file: bool) -> Output {
+    let mut c = ig(&pg.url(), work);
+    c.args(["run", "--key", key]);
+    if file {
+        let path = work.join(format!("{}.sql", key.replace('/', "_")));
+        std::fs::write(&path, sql).unwrap();
+        c.arg("--sql").arg(path);
+    } else {
+        // `=`: a script may start with `--`, which clap would take for a flag.
+        c.arg(format!("--sql-inline={sql}"));
+    }
+    c.output().unwrap()
+}
+
 #[test]
-fn sql_that_ends_the_transaction_itself_is_refused() {
+fn sql_with_transaction_control_is_refused_before_anything_is_sent() {
     let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
-    let out = ig(&pg.url(), work.path())
-        .args([
-            "run",
-            "--key",
-            "sql/commit",
-            "--sql-inline",
-            "SELECT 1; COMMIT; SELECT 2;",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let rec = record_of(&pg.url(), work.path(), "sql/commit");
-    assert_eq!(rec["state"], "failed");
-    assert!(
-        rec["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("ends initguard's transaction"),
-        "{rec}"
+    effect_table(&pg, pg::APP_DB, "effect");
+    let scripts = [
+        (
+            "INSERT INTO effect VALUES ('x'); COMMIT; INSERT INTO effect VALUES ('x');",
+            "COMMIT",
+            2,
+            1,
+            34,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x');\n-- done\n/* so */ end;\nINSERT INTO effect VALUES ('x');",
+            "END",
+            2,
+            3,
+            10,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x'); RollBack; INSERT INTO effect VALUES ('x');",
+            "ROLLBACK",
+            2,
+            1,
+            34,
+        ),
+        (
+            "/* first */ BEGIN;\nINSERT INTO effect VALUES ('x');\nCOMMIT;",
+            "BEGIN",
+            1,
+            1,
+            13,
+        ),
+        (
+            "-- seed\nstart transaction;\nINSERT INTO effect VALUES ('x');",
+            "START TRANSACTION",
+            1,
+            2,
+            1,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x');\n  Prepare Transaction 'g1';",
+            "PREPARE TRANSACTION",
+            2,
+            2,
+            3,
+        ),
+        (
+            "INSERT INTO effect VALUES ('x'); COMMIT PREPARED 'g1';",
+            "COMMIT PREPARED",
+            2,
+            1,
+            34,
+        ),
+        ("INSERT INTO effect VALUES ('x'); abort;", "ABORT", 2, 1, 34),
+    ];
+    for (i, (sql, what, index, line, column)) in scripts.iter().enumerate() {
+        for file in [false, true] {
+            let key = format!("sql/tc{i}-{file}");
+            let out = run_sql(&pg, work.path(), &key, sql, file);
+            let err = stderr(&out);
+            assert_eq!(code(&out), 2, "{sql:?}: {err}");
+            let flag = if file { "--sql" } else { "--sql-inline" };
+            let want = format!(
+                "initguard: {flag}: statement {index} (line {line}, column {column}) is {what}: "
+            );
+            assert!(
+                err.starts_with(&want),
+                "{sql:?}: want {want:?}, got {err:?}"
+            );
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.contains("nothing was run"), "{err}");
+        }
+    }
+    assert_eq!(
+        effects(&pg, pg::APP_DB, "effect", "x"),
+        0,
+        "0 rows committed"
     );
+    assert!(
+        !store_was_opened(&pg),
+        "refused before the store was even opened"
+    );
+}
+
+#[test]
+fn sql_with_those_words_in_literals_bodies_comments_and_identifiers_runs_and_commits() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    let scripts = [
+        "INSERT INTO effect VALUES ('a; COMMIT; b') , ('ok');",
+        "INSERT INTO effect VALUES (E'it\\'s; ROLLBACK; --'), ('ok');",
+        "-- COMMIT;\n/* ROLLBACK; /* nested BEGIN; */ END; */\nINSERT INTO effect VALUES ('ok');",
+        "CREATE FUNCTION seed() RETURNS void LANGUAGE plpgsql AS $$\nBEGIN\n  INSERT INTO effect VALUES ('ok');\nEND\n$$;\nSELECT seed();",
+        "CREATE FUNCTION seed2() RETURNS void LANGUAGE sql BEGIN ATOMIC\n  INSERT INTO effect VALUES ('ok');\nEND;\nSELECT seed2();",
+        "CREATE TABLE \"commit\" (\"end\" text); INSERT INTO \"commit\" VALUES ('begin'); INSERT INTO effect SELECT 'ok' FROM \"commit\";",
+        "INSERT INTO effect VALUES ($tag$ START TRANSACTION; $$ PREPARE TRANSACTION 'x'; $tag$), ('ok');",
+        "SAVEPOINT s; INSERT INTO effect VALUES ('gone'); ROLLBACK TO SAVEPOINT s; INSERT INTO effect VALUES ('ok'); RELEASE s;",
+    ];
+    for (i, sql) in scripts.iter().enumerate() {
+        let out = run_sql(&pg, work.path(), &format!("sql/words{i}"), sql, i % 2 == 1);
+        assert_eq!(code(&out), 0, "{sql:?}: {}", stderr(&out));
+        assert_eq!(
+            effects(&pg, pg::APP_DB, "effect", "ok"),
+            i + 1,
+            "{sql:?} committed"
+        );
+    }
+    assert_eq!(
+        effects(&pg, pg::APP_DB, "effect", "gone"),
+        0,
+        "rolled back to the savepoint"
+    );
+}
+
+/// DO blocks and procedures can COMMIT only outside a transaction block; inside initguard's,
+/// the server refuses them: the task fails, and nothing of it is committed.
+#[test]
+fn commits_inside_do_blocks_and_procedures_fail_and_roll_back() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    pg.sql_in(
+        pg::APP_DB,
+        &format!(
+            "CREATE PROCEDURE commits() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO effect VALUES ('x'); COMMIT; END $$;
+             ALTER PROCEDURE commits() OWNER TO {}",
+            pg::APP_USER
+        ),
+    );
+    for (key, sql) in [
+        (
+            "sql/do",
+            "INSERT INTO effect VALUES ('x'); DO $$ BEGIN INSERT INTO effect VALUES ('x'); COMMIT; END $$;",
+        ),
+        (
+            "sql/call",
+            "INSERT INTO effect VALUES ('x'); CALL commits();",
+        ),
+    ] {
+        let out = run_sql(&pg, work.path(), key, sql, false);
+        assert_eq!(code(&out), 1, "{sql:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("invalid transaction termination"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(record_of(&pg.url(), work.path(), key)["state"], "failed");
+    }
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "x"), 0);
 }
 
 #[test]
@@ -488,6 +654,102 @@ fn sql_target_keeps_the_completion_row_in_the_target_database() {
             .contains("already holds"),
         "{rec}"
     );
+}
+
+/// `reset` of a `--sql-target` task deletes its completion rows in the target, so that the next
+/// run runs the SQL again (instead of finding the completion and skipping it); without the
+/// target, reset refuses and changes nothing.
+#[test]
+fn reset_of_an_sql_target_task_clears_its_completion_so_the_sql_runs_again() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let target = pg.url_for(pg::TARGET_DB);
+    let key = "tgt/reset";
+    let run = || {
+        ig(&pg.url(), work.path())
+            .args([
+                "run",
+                "--key",
+                key,
+                "--sql-inline",
+                "INSERT INTO effect VALUES ('r')",
+            ])
+            .args(["--sql-target", &target])
+            .output()
+            .unwrap()
+    };
+    let completions = || {
+        pg.sql_in(
+            pg::TARGET_DB,
+            &format!("SELECT count(*) FROM initguard.sql_completions WHERE task = '{key}'"),
+        )
+    };
+    let out = run();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "r"), 1);
+    let rec = record_of(&pg.url(), work.path(), key);
+    let recorded = rec["sql_target"].as_str().unwrap_or_default().to_string();
+    assert!(recorded.contains(pg::TARGET_DB), "{rec}");
+    assert!(
+        !recorded.contains(pg::APP_PASSWORD),
+        "no password in the record: {recorded}"
+    );
+
+    // Without the target: refused, in one line naming the flag; nothing changes.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let errors: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("initguard: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", stderr(&out));
+    let err = &errors[0];
+    assert!(
+        err.contains(&format!("run `initguard reset {key} --sql-target URL`"))
+            && err.contains(&recorded)
+            && err.contains("nothing was reset"),
+        "{err}"
+    );
+    assert_eq!(record_of(&pg.url(), work.path(), key)["state"], "succeeded");
+    assert_eq!(completions(), "1");
+
+    // With it: the completion row goes, the next run runs the SQL again.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key, "--sql-target", &target])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deleted 1 completion row(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(completions(), "0");
+    let out = run();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        effects(&pg, pg::TARGET_DB, "effect", "r"),
+        2,
+        "the SQL ran twice"
+    );
+    let rec = record_of(&pg.url(), work.path(), key);
+    assert_eq!(rec["state"], "succeeded");
+    assert!(rec["reason"].is_null(), "ran, not found done: {rec}");
+
+    // INITGUARD_SQL_TARGET, as the task's own environment sets it, works the same.
+    let out = ig(&pg.url(), work.path())
+        .args(["reset", key])
+        .env("INITGUARD_SQL_TARGET", &target)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&run()), 0);
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "r"), 3);
 }
 
 #[test]

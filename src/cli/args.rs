@@ -218,6 +218,10 @@ pub struct ResetArgs {
     /// How long to wait for a running holder's lease
     #[arg(long, env = "INITGUARD_WAIT_TIMEOUT", default_value = "1m")]
     pub wait_timeout: String,
+    /// The --sql-target database of an SQL task: its completion rows there are deleted too, so
+    /// that the next run runs the SQL again (required for such tasks)
+    #[arg(long, env = "INITGUARD_SQL_TARGET")]
+    pub sql_target: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -198,25 +198,29 @@ async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u
 async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
     let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
+    let sql_target = settings::sql_target(args.sql_target.as_deref())?;
     let store = open(url).await?;
-    let opts = AcquireOpts {
-        ttl: std::time::Duration::from_secs(30),
-        wait_timeout: Some(wait),
+    let opts = crate::reset::ResetOptions {
+        acquire: AcquireOpts {
+            ttl: std::time::Duration::from_secs(30),
+            wait_timeout: Some(wait),
+        },
+        history: crate::record::DEFAULT_HISTORY,
+        sql_target,
     };
     let holder = Holder::from_env();
-    let done = crate::guard::reset(
-        store.as_ref(),
-        &key,
-        &holder,
-        opts,
-        crate::record::DEFAULT_HISTORY,
-    )
-    .await?;
+    let done = crate::reset::reset(store.as_ref(), &key, &holder, &opts).await?;
     if done.is_empty() {
         info!(key = %key, "nothing to reset: no record of {key}");
     }
-    for (id, was) in done {
-        info!(key = %id, "reset {id} (was {was}): the next run runs");
+    for d in done {
+        let id = &d.id;
+        match d.completions_cleared {
+            Some(n) => {
+                info!(key = %id, "reset {id} (was {}) and deleted {n} completion row(s) in the --sql-target database: the next run runs", d.was)
+            }
+            None => info!(key = %id, "reset {id} (was {}): the next run runs", d.was),
+        }
     }
     Ok(crate::exit::OK)
 }

@@ -3,6 +3,7 @@
 use super::settings::SettingsError;
 use crate::exit;
 use crate::guard::{GuardError, NotRecorded};
+use crate::reset::ResetError;
 use crate::store::StoreError;
 
 /// Anything a subcommand can fail with.
@@ -14,6 +15,8 @@ pub enum Failure {
     Guard(#[from] GuardError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Reset(#[from] ResetError),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
     #[cfg(feature = "kubernetes")]
@@ -27,7 +30,12 @@ pub fn exit_code(f: &Failure) -> u8 {
             ..
         })) => exit::CONFIG,
         Failure::Settings(_) => exit::USAGE,
-        Failure::Guard(GuardError::Store(e)) | Failure::Store(e) => store_code(e),
+        Failure::Guard(GuardError::Store(e))
+        | Failure::Store(e)
+        | Failure::Reset(ResetError::Store(e)) => store_code(e),
+        Failure::Reset(ResetError::NeedsSqlTarget { .. } | ResetError::SqlTargetUnsupported) => {
+            exit::USAGE
+        }
         Failure::Guard(GuardError::GaveUp { .. } | GuardError::InterruptedPredecessor { .. }) => {
             exit::TEMP_FAIL
         }

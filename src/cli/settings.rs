@@ -20,6 +20,12 @@ pub enum SettingsError {
     Url(#[from] crate::store::StoreUrlError),
     #[error(transparent)]
     Fingerprint(#[from] FingerprintError),
+    /// The SQL of a task would end or start initguard's transaction (`COMMIT`, `BEGIN`, …).
+    #[error("{flag}: {source}")]
+    TransactionControl {
+        flag: &'static str,
+        source: crate::sql::TransactionControl,
+    },
 }
 
 pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError> {
@@ -139,30 +145,38 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
             return Ok(None);
         }
     };
+    let flag = if args.sql.is_some() {
+        "--sql"
+    } else {
+        "--sql-inline"
+    };
     if sql.trim().is_empty() {
         return Err(SettingsError::Usage {
-            flag: if args.sql.is_some() {
-                "--sql"
-            } else {
-                "--sql-inline"
-            },
+            flag,
             why: "the SQL is empty".into(),
         });
     }
-    let target = args.sql_target.clone().filter(|t| !t.trim().is_empty());
-    if let Some(t) = &target {
-        match StoreUrl::parse(t) {
-            #[cfg(feature = "postgres")]
-            Ok(StoreUrl::Postgres(_)) => {}
-            Ok(_) | Err(_) => {
-                return Err(SettingsError::Usage {
-                    flag: "--sql-target",
-                    why: format!("{} is not a valid postgres:// URL", target_label(t)),
-                });
-            }
-        }
-    }
+    // Before anything is sent: a COMMIT inside the task's transaction would commit its effect
+    // without the completion record, and the task would run (and commit) again on every retry.
+    crate::sql::check_no_transaction_control(&sql)
+        .map_err(|source| SettingsError::TransactionControl { flag, source })?;
+    let target = sql_target(args.sql_target.as_deref())?;
     Ok(Some(SqlTask { sql, target }))
+}
+
+/// `--sql-target URL` (of `run` and `reset`), checked to be a postgres:// URL; empty is none.
+pub fn sql_target(raw: Option<&str>) -> Result<Option<String>, SettingsError> {
+    let Some(t) = raw.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match StoreUrl::parse(t) {
+        #[cfg(feature = "postgres")]
+        Ok(StoreUrl::Postgres(_)) => Ok(Some(t.to_string())),
+        Ok(_) | Err(_) => Err(SettingsError::Usage {
+            flag: "--sql-target",
+            why: format!("{} is not a valid postgres:// URL", target_label(t)),
+        }),
+    }
 }
 
 fn target_label(raw: &str) -> String {

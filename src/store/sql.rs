@@ -23,14 +23,18 @@ impl fmt::Debug for SqlTask {
 }
 
 /// How an SQL task that did not fail ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlOutcome {
     /// The SQL and the `succeeded` record were committed together.
     Committed,
     /// The target database already had a completion row for this fingerprint (a predecessor
     /// committed but died before updating the store): nothing was run. The caller writes the
     /// `succeeded` record.
-    AlreadyDone { token: u64 },
+    AlreadyDone {
+        token: u64,
+        /// The target database as the record names it (no password), for `initguard reset`.
+        target: Option<String>,
+    },
 }
 
 /// The server's own account of an SQL error.

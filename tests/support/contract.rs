@@ -35,6 +35,10 @@ macro_rules! contract_tests {
             support::contract::gives_up_after_max_attempts_and_reset_clears_it(&$fx);
         }
         #[test]
+        fn contract_reset_changes_only_the_keys_own_records() {
+            support::contract::reset_changes_only_the_keys_own_records(&$fx);
+        }
+        #[test]
         fn contract_retries_in_process_with_backoff() {
             support::contract::retries_in_process_with_backoff(&$fx);
         }
@@ -755,5 +759,95 @@ pub fn release_leaves_a_live_holders_lease_alone(fx: &dyn StoreFixture) {
             ("succeeded".to_string(), "uid-web-1".to_string())
         ],
         "the holder's run succeeded, then the waiter's: {rec}"
+    );
+}
+
+/// A store holding 10 keys, each with a global, a pod-scoped and a node-scoped record (on pods and
+/// nodes of its own): `reset` of one key resets exactly its 3 records, once each, and leaves every
+/// other stored object byte for byte as it was, creating nothing (no lock, row or Lease of the
+/// key for another key's pod or node).
+pub fn reset_changes_only_the_keys_own_records(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let base = unique_key("contract/reset");
+    let keys: Vec<String> = (0..10).map(|i| format!("{base}-k{i}")).collect();
+    let marker = work.path().join("ran");
+    let script = format!("echo run >> {}", marker.display());
+    for (i, key) in keys.iter().enumerate() {
+        for (scope, env) in [
+            ("global", None),
+            ("pod", Some(("POD_UID", format!("pod-{i}")))),
+            ("node", Some(("NODE_NAME", format!("node-{i}")))),
+        ] {
+            let mut c = task_cmd(fx, work.path(), key, &["--scope", scope], &script);
+            if let Some((name, value)) = env {
+                c.env(name, value);
+            }
+            let out = c.output().unwrap();
+            assert_eq!(code(&out), 0, "{key} {scope}: {}", stderr(&out));
+        }
+    }
+    let target = &keys[3];
+    let owned = |task: &str| task == target || task.starts_with(&format!("{target}@"));
+    let before = fx.stored();
+    assert!(
+        before.iter().filter(|s| owned(&s.task)).count() >= 3,
+        "the store keeps {target}'s records: {before:?}"
+    );
+    let out = cmd(fx, work.path())
+        .args(["reset", target])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out)
+            .matches(" (was succeeded): the next run runs")
+            .count(),
+        3,
+        "one line per instance of {target}: {}",
+        stderr(&out)
+    );
+    let after = fx.stored();
+    let names = |v: &[Stored]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&after),
+        names(&before),
+        "reset created or removed nothing"
+    );
+    let others = |v: &[Stored]| {
+        v.iter()
+            .filter(|s| !owned(&s.task))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        others(&after),
+        others(&before),
+        "every other record is byte for byte the same"
+    );
+    let records = status_json(fx, work.path(), target);
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 3, "{records:?}");
+    for rec in records {
+        assert_eq!(rec["state"], "reset", "{rec}");
+        let resets = rec["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["state"] == "reset")
+            .count();
+        assert_eq!(
+            resets, 1,
+            "reset once, not once per record in the store: {rec}"
+        );
+    }
+    // And the key's own task runs again; the others still skip.
+    assert_eq!(lines(&marker).len(), 30);
+    assert_eq!(code(&run_task(fx, work.path(), target, &[], &script)), 0);
+    assert_eq!(code(&run_task(fx, work.path(), &keys[4], &[], &script)), 0);
+    assert_eq!(
+        lines(&marker).len(),
+        31,
+        "{target} ran again, {} skipped",
+        keys[4]
     );
 }

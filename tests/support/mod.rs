@@ -24,6 +24,18 @@ pub trait StoreFixture {
     /// True when a paused or dead holder's lease lapses after its TTL (not the file store, where
     /// the kernel holds the lock for exactly as long as the process lives).
     fn leases_lapse(&self) -> bool;
+    /// Everything the store keeps, as raw as it keeps it (files, table rows, Lease objects), to
+    /// show what a command changed and created.
+    fn stored(&self) -> Vec<Stored>;
+}
+
+/// One object a store keeps: which task it belongs to (`TaskId::storage_name`), what it is, and
+/// its bytes exactly as stored.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stored {
+    pub task: String,
+    pub name: String,
+    pub bytes: Vec<u8>,
 }
 
 /// So that a test can pass a shared fixture by reference (`contract_tests!(&*SHARED)`).
@@ -36,6 +48,9 @@ impl<T: StoreFixture + ?Sized> StoreFixture for &T {
     }
     fn leases_lapse(&self) -> bool {
         (**self).leases_lapse()
+    }
+    fn stored(&self) -> Vec<Stored> {
+        (**self).stored()
     }
 }
 

@@ -8,4 +8,5 @@ mod store;
 
 pub use config::{DEFAULT_SCHEMA, PgUrl, PgUrlError, SslMode};
 pub use schema::LAYOUT;
+pub use sql_task::clear_sql_completions;
 pub use store::PgStore;

@@ -5,12 +5,13 @@
 //! without its completion, nor run it when a completion for this fingerprint exists.
 
 use super::config::{PgUrl, error_chain};
-use super::connect::{Conn, Connector, is_connection_error, quote_ident};
+use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
 use super::schema::{self, SchemaError};
 use super::store::PgStore;
 use crate::record::Record;
 use crate::store::sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::{Lease, Store, StoreError};
+use crate::task::TaskId;
 use std::sync::Arc;
 use tokio_postgres::error::ErrorPosition;
 
@@ -81,8 +82,9 @@ impl Session {
     }
 
     /// Run the task's SQL inside the open transaction. An SQL error rolls back and is returned
-    /// with the server's message and position; a script that ends the transaction itself
-    /// (COMMIT/ROLLBACK) is refused, since nothing can then be exactly once.
+    /// with the server's message and position. Transaction control (COMMIT, BEGIN, …) is refused
+    /// before anything is sent (`crate::sql`); the transaction-id check below stays as the last
+    /// line for whatever ends the transaction without being such a statement.
     async fn run_user_sql(&mut self, sql: &str) -> Result<(), SqlTaskError> {
         let before = self.txid().await?;
         if let Err(e) = self.conn.client.batch_execute(sql).await {
@@ -224,6 +226,11 @@ async fn in_target_db(
         reason: e.to_string(),
     })?;
     let connector = Connector::new(&url, None)?;
+    // The record remembers the target (without its password), so that `initguard reset` knows
+    // this task's completion lives there too.
+    let mut marked = done.clone();
+    marked.sql_target = Some(url.redacted());
+    let done = &marked;
     let mut s = Session::open(connector, lease).await?;
     match schema::ensure(&s.conn, &url.schema).await {
         Ok(()) => {}
@@ -287,6 +294,7 @@ async fn in_target_db(
         s.commit().await?;
         return Ok(SqlOutcome::AlreadyDone {
             token: u64::try_from(by).unwrap_or_default(),
+            target: done.sql_target.clone(),
         });
     }
     s.run_user_sql(&task.sql).await?;
@@ -306,4 +314,89 @@ async fn in_target_db(
     // finds the row and records success without running the SQL again.
     store.write(lease, done).await?;
     Ok(SqlOutcome::Committed)
+}
+
+/// For `initguard reset` of a `--sql-target` task, under the task's lease (token `token`): forget
+/// every completion row of `id` in the target, so that the next run runs the SQL again. The fence
+/// row is raised to `token` in the same transaction: it waits for a stale holder's transaction
+/// still in flight there (whose completion is then deleted too), and a stale holder arriving
+/// later finds the newer token and commits nothing. Creates no tables; returns the rows removed.
+pub async fn clear_sql_completions(
+    target: &str,
+    id: &TaskId,
+    token: u64,
+) -> Result<u64, StoreError> {
+    let url = PgUrl::parse(target).map_err(|e| StoreError::Config {
+        store: "--sql-target".into(),
+        reason: e.to_string(),
+    })?;
+    let connector = Connector::new(&url, None)?;
+    let conn = connector.connect().await?;
+    let fail = |what: &str, e: tokio_postgres::Error| {
+        let reason = format!("{what}: {}", error_chain(&e));
+        match classify(&connector.label, &e) {
+            Err(StoreError::Forbidden { store, reason }) => StoreError::Forbidden {
+                store,
+                reason: format!("{what}: {reason}"),
+            },
+            Err(fatal) if !is_connection_error(&e) => fatal,
+            _ => StoreError::Unreachable {
+                store: connector.label.clone(),
+                reason,
+            },
+        }
+    };
+    let sch = quote_ident(&url.schema);
+    let client = &conn.client;
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|e| fail("starting the reset in the target", e))?;
+    let res = async {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass(format('%I.sql_completions', $1::text)) IS NOT NULL",
+                &[&url.schema],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| fail("looking for initguard's tables in the target", e))?;
+        if !exists {
+            return Ok(0);
+        }
+        let name = id.storage_name();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {sch}.sql_fence (task, token) VALUES ($1, $2)
+                     ON CONFLICT (task) DO UPDATE
+                     SET token = greatest({sch}.sql_fence.token, EXCLUDED.token),
+                         updated_at = clock_timestamp()"
+                ),
+                &[&name, &PgStore::token_i64(token)],
+            )
+            .await
+            .map_err(|e| fail("fencing the reset in the target", e))?;
+        client
+            .execute(
+                &format!("DELETE FROM {sch}.sql_completions WHERE task = $1"),
+                &[&name],
+            )
+            .await
+            .map_err(|e| fail("deleting the completion rows in the target", e))
+    }
+    .await;
+    match res {
+        Ok(n) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| fail("committing the reset in the target", e))?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
