@@ -112,7 +112,7 @@ fn corrupt_record_exits_65_and_is_left_byte_identical() {
         code(&run_task(&fx, work.path(), "app/corrupt", &[], "true")),
         0
     );
-    let path = fx.dir.join("app/corrupt.json");
+    let path = fx.dir.join("app+corrupt.json");
     fs::write(&path, b"{\"schema\": 1, \"state\": \"succ").unwrap();
     let before = snapshot(&fx.dir);
     let out = run_task(&fx, work.path(), "app/corrupt", &[], "touch ran");
@@ -140,7 +140,7 @@ fn newer_schema_exits_65_and_is_left_byte_identical() {
         code(&run_task(&fx, work.path(), "app/newer", &[], "true")),
         0
     );
-    let path = fx.dir.join("app/newer.json");
+    let path = fx.dir.join("app+newer.json");
     let mut rec: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     rec["schema"] = 99.into();
     rec["state"] = "failed".into();
