@@ -126,8 +126,15 @@ fn a_symlinked_state_dir_is_refused_and_a_symlinked_key_dir_is_not_followed() {
     let out = area.run(&linked, &["run", "--key", "k", "--", "touch", "ran"]);
     assert_eq!(code(&out), 78, "{}", stderr(&out));
     let line = last_line(&out);
-    assert!(line.contains("linked-state") && line.contains("symbolic link"), "{line}");
-    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written there");
+    assert!(
+        line.contains("linked-state") && line.contains("symbolic link"),
+        "{line}"
+    );
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written there"
+    );
     assert!(!area.path().join("ran").exists());
 
     // A key directory of the previous layout planted as a link: nothing lands behind it.
@@ -136,7 +143,11 @@ fn a_symlinked_state_dir_is_refused_and_a_symlinked_key_dir_is_not_followed() {
     symlink(&elsewhere, state.join("app")).unwrap();
     let out = area.run(&state, &["run", "--key", "app/k", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing written there");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written there"
+    );
     assert!(state.join("app+k.json").is_file());
 }
 
@@ -152,7 +163,10 @@ fn a_world_writable_or_foreign_state_dir_is_refused() {
     let out = area.run(&state, &["run", "--key", "k", "--", "touch", "ran"]);
     assert_eq!(code(&out), 78, "{}", stderr(&out));
     let line = last_line(&out);
-    assert!(line.contains("every user can write") && line.contains("chmod o-w"), "{line}");
+    assert!(
+        line.contains("every user can write") && line.contains("chmod o-w"),
+        "{line}"
+    );
 
     // With the sticky bit nobody can swap another user's files: allowed (like /tmp).
     fs::set_permissions(&state, fs::Permissions::from_mode(0o1777)).unwrap();
@@ -165,7 +179,10 @@ fn a_world_writable_or_foreign_state_dir_is_refused() {
     let out = area.run(&foreign, &["run", "--key", "k", "--", "touch", "ran"]);
     assert_eq!(code(&out), 78, "{}", stderr(&out));
     let line = last_line(&out);
-    assert!(line.contains("owned by uid 54321") && line.contains("chown"), "{line}");
+    assert!(
+        line.contains("owned by uid 54321") && line.contains("chown"),
+        "{line}"
+    );
     assert_eq!(fs::read_dir(&foreign).unwrap().count(), 0);
     assert!(!area.path().join("ran").exists());
 }
@@ -207,9 +224,19 @@ fn an_fsgroup_volume_is_shared_by_two_uids_of_one_pod_whatever_the_umask() {
         fs::set_permissions(&count, fs::Permissions::from_mode(0o666)).unwrap();
         let script = format!("echo run >> {}", count.display());
         let task = |v: &str| -> Vec<String> {
-            ["run", "--key", "app/migrate", "--version", v, "--", "sh", "-c", &script]
-                .map(String::from)
-                .to_vec()
+            [
+                "run",
+                "--key",
+                "app/migrate",
+                "--version",
+                v,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]
+            .map(String::from)
+            .to_vec()
         };
         let a = as_user(&area, &state, 1001, GID, umask, &to_refs(&task("1")));
         assert_eq!(code(&a), 0, "umask {umask}, uid 1001: {}", stderr(&a));
@@ -223,9 +250,20 @@ fn an_fsgroup_volume_is_shared_by_two_uids_of_one_pod_whatever_the_umask() {
         assert_eq!(code(&a), 0, "{}", stderr(&a));
         assert_eq!(lines(&count).len(), 2, "umask {umask}");
         assert_eq!(mode(&state), 0o2770, "umask {umask}: state dir");
-        assert_eq!(mode(&state.join("app+migrate.json")), 0o660, "umask {umask}");
-        assert_eq!(mode(&state.join("app+migrate.lock")), 0o660, "umask {umask}");
-        assert_eq!(fs::metadata(state.join("app+migrate.json")).unwrap().gid(), GID);
+        assert_eq!(
+            mode(&state.join("app+migrate.json")),
+            0o660,
+            "umask {umask}"
+        );
+        assert_eq!(
+            mode(&state.join("app+migrate.lock")),
+            0o660,
+            "umask {umask}"
+        );
+        assert_eq!(
+            fs::metadata(state.join("app+migrate.json")).unwrap().gid(),
+            GID
+        );
     }
 }
 
@@ -247,7 +285,11 @@ fn created_files_and_dirs_are_owner_only_whatever_the_umask() {
             .output()
             .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        assert_eq!(mode(&area.path().join("new")), 0o700, "umask {umask}: parent");
+        assert_eq!(
+            mode(&area.path().join("new")),
+            0o700,
+            "umask {umask}: parent"
+        );
         assert_eq!(mode(&state), 0o700, "umask {umask}: state dir");
         for f in ["app+k.json", "app+k.lock"] {
             assert_eq!(mode(&state.join(f)), 0o600, "umask {umask}: {f}");
@@ -309,7 +351,11 @@ fn two_hundred_character_keys_work_in_every_scope() {
     for e in fs::read_dir(&state).unwrap() {
         let name = e.unwrap().file_name();
         assert!(name.len() <= 255, "{name:?}");
-        assert!(name.to_string_lossy().starts_with(&format!("a+{}", "b".repeat(198))), "{name:?}");
+        assert!(
+            name.to_string_lossy()
+                .starts_with(&format!("a+{}", "b".repeat(198))),
+            "{name:?}"
+        );
     }
     let out = area.run(&state, &["status", &key, "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -320,10 +366,17 @@ fn two_hundred_character_keys_work_in_every_scope() {
     let out = area.run(&state, &["status", &key, "--json"]);
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        all.as_array().unwrap().iter().all(|r| r["state"] == "reset"),
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] == "reset"),
         "{all}"
     );
-    let node_rec = all.as_array().unwrap().iter().find(|r| r["scope"] == "node");
+    let node_rec = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scope"] == "node");
     assert_eq!(node_rec.unwrap()["instance"], "n".repeat(128));
 }
 
@@ -356,11 +409,17 @@ fn stale_temp_files_are_removed_and_nothing_else() {
     let out = area.run(&state, &["run", "--key", "k", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!stale_new.exists(), "stale temp file removed");
-    assert!(!stale_old.exists(), "stale temp file of the previous layout removed");
+    assert!(
+        !stale_old.exists(),
+        "stale temp file of the previous layout removed"
+    );
     assert!(fresh.exists(), "a temp file being written now is kept");
     assert!(stranger.exists(), "not our name: kept");
     assert!(dir_named_like_temp.is_dir(), "not a regular file: kept");
-    assert!(fs::symlink_metadata(&link).is_ok(), "a link is not ours: kept");
+    assert!(
+        fs::symlink_metadata(&link).is_ok(),
+        "a link is not ours: kept"
+    );
     area.victim_intact();
 }
 
@@ -376,9 +435,16 @@ fn a_symlinked_record_is_listed_as_unreadable_and_reset_repairs_it() {
     let err = stderr(&out);
     let bad: Vec<&str> = err.lines().filter(|l| l.contains("bad")).collect();
     assert_eq!(bad.len(), 1, "{err}");
-    assert!(bad[0].contains("symbolic link") && bad[0].contains("initguard reset bad"), "{err}");
+    assert!(
+        bad[0].contains("symbolic link") && bad[0].contains("initguard reset bad"),
+        "{err}"
+    );
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(shown.as_array().unwrap().len(), 1, "the good record still shows");
+    assert_eq!(
+        shown.as_array().unwrap().len(),
+        1,
+        "the good record still shows"
+    );
 
     let out = area.run(&state, &["run", "--key", "bad", "--", "touch", "ran"]);
     assert_eq!(code(&out), 65, "{}", stderr(&out));
@@ -388,7 +454,10 @@ fn a_symlinked_record_is_listed_as_unreadable_and_reset_repairs_it() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     area.victim_intact();
     let meta = fs::symlink_metadata(state.join("bad.json")).unwrap();
-    assert!(meta.file_type().is_file(), "the link was replaced by a record");
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced by a record"
+    );
     let out = area.run(&state, &["run", "--key", "bad", "--", "touch", "ran"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(area.path().join("ran").exists());
@@ -456,7 +525,11 @@ fn a_full_disk_exits_74_and_leaves_the_record_and_no_temp_file() {
     ] {
         let out = area.run(&state, &args);
         assert_eq!(code(&out), 74, "{args:?}: {}", stderr(&out));
-        assert!(last_line(&out).contains("No space left on device"), "{}", stderr(&out));
+        assert!(
+            last_line(&out).contains("No space left on device"),
+            "{}",
+            stderr(&out)
+        );
     }
     assert_eq!(fs::read(state.join("full.json")).unwrap(), before);
     let temps: Vec<_> = fs::read_dir(&state)
@@ -465,4 +538,98 @@ fn a_full_disk_exits_74_and_leaves_the_record_and_no_temp_file() {
         .filter(|n| n.starts_with("+tmp."))
         .collect();
     assert!(temps.is_empty(), "temp files left: {temps:?}");
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// `(token, ms)` of every tick a run's command logged in `log`.
+fn ticks(log: &Path) -> Vec<(String, u128)> {
+    lines(log)
+        .iter()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Deleting the lock file (or the whole state dir) mid-run: the first holder stops its command
+/// within 2 s (its `renew` reports the lease lost); with `distinct_tokens`, the second holder's
+/// token differs (a removed state dir is a new one: its counting starts again).
+fn holder_stops_when(remove: impl Fn(&Path), distinct_tokens: bool) {
+    let area = Area::new();
+    let state = area.state();
+    let log = area.path().join("ticks");
+    // Each tick: the token it runs under and a millisecond timestamp (from date +%s%3N).
+    let script = format!(
+        "i=0; while [ $i -lt 80 ]; do echo \"$INITGUARD_FENCING_TOKEN $(date +%s%3N)\" >> {}; \
+         sleep 0.1; i=$((i+1)); done",
+        log.display()
+    );
+    let spawn = || {
+        Command::new(bin())
+            .current_dir(area.path())
+            .env("INITGUARD_STORE", format!("file:{}", state.display()))
+            .args(["run", "--key", "app/k", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    wait_for(
+        "the first command's first tick",
+        Duration::from_secs(10),
+        || !ticks(&log).is_empty(),
+    );
+    let first_token = ticks(&log)[0].0.clone();
+    remove(&state);
+    let removed_at = now_ms();
+    let second = spawn();
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert_eq!(
+        code(&first),
+        75,
+        "the first holder lost its lease: {}",
+        stderr(&first)
+    );
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    let all = ticks(&log);
+    let last_first = all
+        .iter()
+        .filter(|(t, _)| *t == first_token)
+        .map(|(_, ms)| *ms)
+        .max()
+        .unwrap();
+    assert!(
+        last_first <= removed_at + 2000,
+        "the first command ticked {} ms after the removal",
+        last_first - removed_at
+    );
+    if distinct_tokens {
+        let tokens: std::collections::BTreeSet<&String> = all.iter().map(|(t, _)| t).collect();
+        assert_eq!(tokens.len(), 2, "two holders, two tokens: {tokens:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs the guard heartbeat on the file store"]
+fn deleting_the_lock_file_mid_run_stops_the_holder_and_tokens_do_not_repeat() {
+    holder_stops_when(
+        |state| fs::remove_file(state.join("app+k.lock")).unwrap(),
+        true,
+    );
+}
+
+#[test]
+#[ignore = "needs the guard heartbeat on the file store"]
+fn deleting_the_state_dir_mid_run_stops_the_holder() {
+    holder_stops_when(|state| fs::remove_dir_all(state).unwrap(), false);
 }

@@ -151,7 +151,11 @@ mod tests {
         assert!(name.starts_with(&"k".repeat(200)));
         let back = id_from_record_name(&name).unwrap();
         assert_eq!(back.key, long.key);
-        assert_eq!(record_name(&back), name, "the hashed id names the same file");
+        assert_eq!(
+            record_name(&back),
+            name,
+            "the hashed id names the same file"
+        );
     }
 
     #[test]

@@ -139,7 +139,8 @@ impl SafeDir {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         match openat(&self.fd, name, flags, Mode::empty()) {
             Ok(fd) => {
-                let st = fstat(&fd).map_err(|e| StoreError::io("cannot inspect", &path)(e.into()))?;
+                let st =
+                    fstat(&fd).map_err(|e| StoreError::io("cannot inspect", &path)(e.into()))?;
                 if st.st_mode & S_IFMT != S_IFREG {
                     return Err(planted(&path, "not a regular file"));
                 }
@@ -196,7 +197,11 @@ impl SafeDir {
         });
         if let Err(e) = renamed {
             // A full disk must not leave a temp file behind for every attempt.
-            let _ = nix::unistd::unlinkat(&self.fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ = nix::unistd::unlinkat(
+                &self.fd,
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
             return Err(e);
         }
         nix::unistd::fsync(&self.fd)
@@ -204,11 +209,8 @@ impl SafeDir {
     }
 
     fn create_temp(&self) -> Result<(String, File), StoreError> {
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         // 128 random bits: a clash means a planted file; three tries then give up loudly.
         let mut last = Errno::EEXIST;
         for _ in 0..3 {
@@ -224,7 +226,12 @@ impl SafeDir {
                 Err(e) => return Err(file_error(self, "cannot create", &self.join(&tmp), e)),
             }
         }
-        Err(file_error(self, "cannot create a temp file in", &self.path, last))
+        Err(file_error(
+            self,
+            "cannot create a temp file in",
+            &self.path,
+            last,
+        ))
     }
 
     /// Names in this directory with whether each is a directory (not followed).
@@ -331,7 +338,8 @@ fn create_chain(path: &Path) -> Result<(), StoreError> {
     }
     // mkdir applies the umask (which can only take bits away, never add world bits); set the
     // group bits a shared directory needs, on the directory we just made (never on a link).
-    let fd = open_dir_nofollow(Some(&parent_fd), Path::new(name)).map_err(|e| dir_error(path, e))?;
+    let fd =
+        open_dir_nofollow(Some(&parent_fd), Path::new(name)).map_err(|e| dir_error(path, e))?;
     fchmod(&fd, mode).map_err(|e| StoreError::io("cannot set the mode of", path)(e.into()))
 }
 
@@ -345,7 +353,10 @@ fn vet(path: &Path, st: &FileStat) -> Result<bool, StoreError> {
                 "every user can write to it (mode {:04o}), so anyone could plant files in it",
                 mode & 0o7777
             ),
-            fix: format!("run `chmod o-w {}` or choose another --store directory", path.display()),
+            fix: format!(
+                "run `chmod o-w {}` or choose another --store directory",
+                path.display()
+            ),
         });
     }
     let me = nix::unistd::geteuid().as_raw();

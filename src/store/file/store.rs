@@ -6,11 +6,11 @@
 
 use super::layout;
 use super::safe_fs::{Content, SafeDir};
+use crate::record::{Record, RecordError};
 use crate::store::wait::WAIT_LOG_EVERY;
 use crate::store::{
     AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
 };
-use crate::record::{Record, RecordError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -63,7 +63,11 @@ impl FileStore {
         })
     }
 
-    fn decode(id: &TaskId, location: &Path, content: Content) -> Result<Option<Record>, StoreError> {
+    fn decode(
+        id: &TaskId,
+        location: &Path,
+        content: Content,
+    ) -> Result<Option<Record>, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             key: id.key.to_string(),
             location: location.display().to_string(),
@@ -343,13 +347,15 @@ impl Store for FileStore {
 
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         self.check(lease)?;
-        let held = lease.handle.downcast_ref::<FileLease>().ok_or_else(|| {
-            StoreError::LeaseLost {
-                key: lease.id.to_string(),
-                token: lease.token,
-                reason: "lease was not taken by the file store".into(),
-            }
-        })?;
+        let held =
+            lease
+                .handle
+                .downcast_ref::<FileLease>()
+                .ok_or_else(|| StoreError::LeaseLost {
+                    key: lease.id.to_string(),
+                    token: lease.token,
+                    reason: "lease was not taken by the file store".into(),
+                })?;
         held.dir
             .replace(&layout::record_name(&lease.id), &record.to_json())?;
         // Checked again after the rename: if the lock file went away in between, a newcomer may
@@ -406,5 +412,90 @@ impl Store for FileStore {
                 holder: Self::lock_info(&dir, &name).map(|i| i.holder),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Key;
+
+    fn opts() -> AcquireOpts {
+        AcquireOpts {
+            ttl: Duration::from_secs(30),
+            wait_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+
+    fn id() -> TaskId {
+        TaskId::global(Key::parse("app/k").unwrap())
+    }
+
+    async fn taken(store: &FileStore) -> Lease {
+        let lease = store
+            .acquire(&id(), &Holder::default(), opts())
+            .await
+            .unwrap();
+        let mut rec = Record::new(&id(), "sha256:x", Utc::now());
+        rec.token = lease.token;
+        store.write(&lease, &rec).await.unwrap();
+        lease
+    }
+
+    fn is_lost(r: Result<(), StoreError>) -> bool {
+        matches!(r, Err(StoreError::LeaseLost { .. }))
+    }
+
+    #[tokio::test]
+    async fn renew_fails_once_the_lock_file_is_deleted_and_tokens_do_not_repeat() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&tmp.path().join("state")).unwrap();
+        let first = taken(&store).await;
+        assert!(store.renew(&first).await.is_ok());
+        std::fs::remove_file(tmp.path().join("state/app+k.lock")).unwrap();
+        assert!(is_lost(store.renew(&first).await));
+        assert!(is_lost(
+            store
+                .write(&first, &Record::new(&id(), "", Utc::now()))
+                .await
+        ));
+        // A newcomer locks a fresh file; its token is above the one the record carries.
+        let second = taken(&store).await;
+        assert!(
+            second.token > first.token,
+            "{} > {}",
+            second.token,
+            first.token
+        );
+        assert!(is_lost(store.renew(&first).await));
+        assert!(store.renew(&second).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn renew_fails_once_the_state_dir_is_removed_or_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let store = FileStore::open(&dir).unwrap();
+        let lease = taken(&store).await;
+        std::fs::rename(&dir, tmp.path().join("moved")).unwrap();
+        assert!(is_lost(store.renew(&lease).await), "moved away");
+        std::fs::rename(tmp.path().join("moved"), &dir).unwrap();
+        assert!(store.renew(&lease).await.is_ok(), "back in place");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(is_lost(store.renew(&lease).await), "removed");
+    }
+
+    #[tokio::test]
+    async fn renew_fails_when_the_lock_file_names_another_token() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&tmp.path().join("state")).unwrap();
+        let lease = taken(&store).await;
+        let path = tmp.path().join("state/app+k.lock");
+        let mut info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        info["token"] = (lease.token + 7).into();
+        // Rewritten in place (same inode), as a confused second writer would.
+        std::fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+        assert!(is_lost(store.renew(&lease).await));
     }
 }
