@@ -633,3 +633,33 @@ fn deleting_the_lock_file_mid_run_stops_the_holder_and_tokens_do_not_repeat() {
 fn deleting_the_state_dir_mid_run_stops_the_holder() {
     holder_stops_when(|state| fs::remove_dir_all(state).unwrap(), false);
 }
+
+#[test]
+fn a_record_this_user_cannot_read_is_listed_as_unreadable_and_reset_repairs_it() {
+    if !is_root() || !require("setpriv", Path::new("/usr/bin/setpriv").exists()) {
+        return;
+    }
+    let area = Area::new();
+    let state = area.state();
+    fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(1001), Some(1001)).unwrap();
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+    // Root's file in uid 1001's state dir, unreadable to 1001.
+    fs::write(state.join("k.json"), b"{}").unwrap();
+    fs::set_permissions(state.join("k.json"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = as_user(&area, &state, 1001, 1001, "022", &["status"]);
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(
+        line.contains("k.json") && line.contains("cannot be read"),
+        "{line}"
+    );
+    let out = as_user(&area, &state, 1001, 1001, "022", &["reset", "k"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let meta = fs::metadata(state.join("k.json")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (1001, 0o600));
+    let out = as_user(&area, &state, 1001, 1001, "022", &["status", "k", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all[0]["state"], "reset", "{all}");
+}
