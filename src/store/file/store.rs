@@ -4,8 +4,8 @@
 //! only checks that the lock we hold is still the one at the path. Must never leave a half-written
 //! record behind.
 
-use super::layout;
 use super::safe_fs::{Content, SafeDir};
+use super::{layout, legacy};
 use crate::record::{Record, RecordError};
 use crate::store::wait::WAIT_LOG_EVERY;
 use crate::store::{
@@ -26,9 +26,6 @@ use std::time::{Duration, Instant};
 /// full disk. Generous, so that even a writer paused mid-write is very unlikely to lose its file
 /// (if it does, its rename fails and the write reports an error; nothing is half-written).
 const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
-
-/// The previous layout nested one directory per key segment; keys have at most 100 segments.
-const MAX_LEGACY_DEPTH: usize = 100;
 
 pub struct FileStore {
     dir: PathBuf,
@@ -63,7 +60,7 @@ impl FileStore {
         })
     }
 
-    fn decode(
+    pub(super) fn decode(
         id: &TaskId,
         location: &Path,
         content: Content,
@@ -94,33 +91,8 @@ impl FileStore {
     fn read_in(dir: &SafeDir, id: &TaskId) -> Result<Option<Record>, StoreError> {
         let name = layout::record_name(id);
         match dir.read(&name)? {
-            Content::Missing => Self::read_legacy(dir, id),
+            Content::Missing => legacy::read(dir, id),
             content => Self::decode(id, &dir.join(&name), content),
-        }
-    }
-
-    /// The record as the previous layout kept it (`DIR/app/migrate.json`), so that tasks that
-    /// succeeded before the upgrade still skip. Anything odd on the way (a link, another user's
-    /// directory) means "no record": that layout is only ever read, never written.
-    fn read_legacy(dir: &SafeDir, id: &TaskId) -> Result<Option<Record>, StoreError> {
-        let (dirs, file) = layout::legacy_record_path(id);
-        if dirs.is_empty() {
-            return Ok(None); // the same name in both layouts: already looked at
-        }
-        let mut cur: Option<SafeDir> = None;
-        for d in &dirs {
-            match cur.as_ref().unwrap_or(dir).subdir(d) {
-                Some(next) => cur = Some(next),
-                None => return Ok(None),
-            }
-        }
-        let at = cur.as_ref().unwrap_or(dir);
-        match at.read(&file)? {
-            content @ Content::Bytes(_) => {
-                let rec = Self::decode(id, &at.join(&file), content)?;
-                Ok(rec.filter(|r| r.key == id.key.as_str()))
-            }
-            _ => Ok(None),
         }
     }
 
@@ -240,42 +212,6 @@ impl FileStore {
             _ => Err(lost("the lock file names another holder")),
         }
     }
-
-    /// Records of the previous layout under `dir` (`prefix` is the key so far), for listings;
-    /// only files that parse are listed, and only when the new layout has no record for them.
-    fn list_legacy(
-        root: &SafeDir,
-        dir: &SafeDir,
-        prefix: &str,
-        depth: usize,
-        out: &mut Listing,
-    ) -> Result<(), StoreError> {
-        if depth > MAX_LEGACY_DEPTH {
-            return Ok(());
-        }
-        for (name, is_dir) in dir.entries()? {
-            let rel = format!("{prefix}/{name}");
-            if is_dir {
-                if let Some(sub) = dir.subdir(&name) {
-                    Self::list_legacy(root, &sub, &rel, depth + 1, out)?;
-                }
-                continue;
-            }
-            let Some(id) = rel
-                .strip_suffix(layout::RECORD_EXT)
-                .and_then(TaskId::from_storage_name)
-            else {
-                continue;
-            };
-            if !matches!(root.read(&layout::record_name(&id))?, Content::Missing) {
-                continue; // the new layout's record wins
-            }
-            if let Ok(Some(rec)) = Self::read_legacy(root, &id) {
-                out.records.push(rec);
-            }
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -377,7 +313,7 @@ impl Store for FileStore {
         for (name, is_dir) in dir.entries()? {
             if is_dir {
                 if let Some(sub) = dir.subdir(&name) {
-                    Self::list_legacy(&dir, &sub, &name, 1, &mut out)?;
+                    legacy::list(&dir, &sub, &name, 1, &mut out)?;
                 }
                 continue;
             }
