@@ -58,11 +58,14 @@ pub fn exit_code(f: &Failure) -> u8 {
 fn store_code(e: &StoreError) -> u8 {
     match e {
         StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => exit::DATA_ERR,
-        StoreError::Unreachable { .. } | StoreError::Io { .. } => exit::UNAVAILABLE,
+        StoreError::Unreachable { .. } => exit::UNAVAILABLE,
+        // Only the file store reports `Io`: the local disk, not a remote store, failed.
+        StoreError::Io { .. } => exit::IO_ERR,
         StoreError::LeaseLost { .. } | StoreError::WaitTimeout { .. } => exit::TEMP_FAIL,
-        StoreError::Config { .. } | StoreError::Forbidden { .. } | StoreError::StateDir { .. } => {
-            exit::CONFIG
-        }
+        StoreError::Config { .. }
+        | StoreError::Forbidden { .. }
+        | StoreError::StateDir { .. }
+        | StoreError::UnsafeStateDir { .. } => exit::CONFIG,
         StoreError::Unsupported { .. } => exit::USAGE,
     }
 }

@@ -44,6 +44,15 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A state directory, or a name in it, that someone else could have planted or could swap
+    /// things into: nothing is opened through it.
+    #[error("refusing {}: {why}; {fix}", path.display())]
+    UnsafeStateDir {
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
+    /// A local file system error (disk full, read-only file system, I/O error).
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
