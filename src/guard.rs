@@ -142,7 +142,7 @@ pub enum GuardError {
     )]
     SuccessNotRecorded {
         key: String,
-        cause: NotRecorded,
+        cause: Box<NotRecorded>,
         next: String,
     },
 }
@@ -551,7 +551,7 @@ impl<'a> Guard<'a> {
         let plan = self.plan;
         let not_recorded = |cause| GuardError::SuccessNotRecorded {
             key: self.key(),
-            cause,
+            cause: Box::new(cause),
             next: match (&plan.done_if, plan.on_interrupted) {
                 (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
                 (None, OnInterrupted::Rerun) => {

@@ -45,7 +45,7 @@ pub fn exit_code(f: &Failure) -> u8 {
             | GuardError::SignalBeforeStart { signal, .. },
         ) => exit::for_signal(*signal),
         Failure::Guard(GuardError::DoneIfCannotStart { outcome, .. }) => outcome.exit_code(),
-        Failure::Guard(GuardError::SuccessNotRecorded { cause, .. }) => match cause {
+        Failure::Guard(GuardError::SuccessNotRecorded { cause, .. }) => match cause.as_ref() {
             NotRecorded::Store(e) => store_code(e),
             NotRecorded::Signal(s) => exit::for_signal(*s),
         },
