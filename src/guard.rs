@@ -119,6 +119,8 @@ pub enum GuardError {
     },
     #[error("stopped by signal {signal} while waiting for the lease on {key}; nothing was run")]
     SignalWhileWaiting { key: String, signal: i32 },
+    #[error("stopped by signal {signal} while reading the record of {key}; nothing was run")]
+    SignalBeforeLease { key: String, signal: i32 },
 }
 
 /// Keeps a lease alive: renews every ttl/3 and reports it lost when renewals stop succeeding in
@@ -214,7 +216,14 @@ impl<'a> Guard<'a> {
     pub async fn run(&self, signals: &mut Signals) -> Result<Outcome, GuardError> {
         let plan = self.plan;
         let fp = plan.fingerprint.as_str();
-        if let Some(rec) = self.store.read(&plan.id).await? {
+        let first = tokio::select! {
+            biased;
+            signal = signals.recv() => {
+                return Err(GuardError::SignalBeforeLease { key: self.key(), signal });
+            }
+            rec = self.store.read(&plan.id) => rec?,
+        };
+        if let Some(rec) = first {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, fingerprint = fp, "skipped: {} already succeeded with this fingerprint{}", self.key(), done_by(&rec));
                 self.event(

@@ -23,11 +23,14 @@ use tokio::time::{Instant, sleep_until};
 /// them open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// The signals initguard forwards to the child. Created once, early, so that from then on a
-/// SIGTERM never kills initguard before it has recorded what happened.
+/// The signals initguard forwards to the child (SIGTERM, SIGINT, SIGHUP, SIGQUIT). Created once,
+/// first thing, so that from then on none of them kills initguard before it has recorded what
+/// happened; every wait outside the command's run races `recv`.
 pub struct Signals {
     term: SignalStream,
     int: SignalStream,
+    hup: SignalStream,
+    quit: SignalStream,
 }
 
 impl Signals {
@@ -35,14 +38,18 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
         })
     }
 
-    /// The next SIGTERM or SIGINT, as its number.
+    /// The next of those signals, as its number.
     pub async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.term.recv() => Signal::SIGTERM as i32,
             _ = self.int.recv() => Signal::SIGINT as i32,
+            _ = self.hup.recv() => Signal::SIGHUP as i32,
+            _ = self.quit.recv() => Signal::SIGQUIT as i32,
         }
     }
 }

@@ -16,6 +16,9 @@ pub enum Failure {
     Store(#[from] StoreError),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
+    /// One of the signals initguard honours arrived outside the command's run.
+    #[error("stopped by signal {signal} ({}) while {during}", signal_name(*signal))]
+    Signal { signal: i32, during: String },
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Rbac(#[from] crate::k8s::rbac::RbacError),
@@ -33,10 +36,16 @@ pub fn exit_code(f: &Failure) -> u8 {
         }
         Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
         Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
+        Failure::Guard(GuardError::SignalBeforeLease { signal, .. }) => exit::for_signal(*signal),
+        Failure::Signal { signal, .. } => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,
     }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(signal).map_or("unknown signal", |s| s.as_str())
 }
 
 fn store_code(e: &StoreError) -> u8 {

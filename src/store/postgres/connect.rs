@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
@@ -17,18 +17,34 @@ use tokio_postgres::tls::NoTls;
 use tokio_postgres::{AsyncMessage, Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Attempts per connect, and the pauses between them: a few seconds in all, so that a store
-/// that is down is reported (exit 69) rather than waited for.
+/// Attempts per connect, and the pauses between them: a store that is down is reported (exit
+/// 69) rather than waited for.
 const CONNECT_ATTEMPTS: u32 = 3;
 const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
-/// Per attempt; an unroutable address would otherwise hang for the kernel's SYN timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per attempt, for everything a connection needs before it is usable: TCP connect, TLS, the
+/// startup and authentication exchange, LISTEN. tokio-postgres' `connect_timeout` covers the TCP
+/// connect only; a server that accepts the connection and then says nothing (a stopped
+/// postmaster, a black-holed proxy) would otherwise hang the startup forever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// All attempts of one connect together: the bound README states for a store that does not
+/// answer.
+pub(crate) const CONNECT_BUDGET: Duration = Duration::from_secs(10);
 
 /// A live connection: the client and the LISTEN notifications it receives.
 pub(crate) struct Conn {
     pub client: Client,
     /// Payloads of NOTIFYs on initguard's channel; closed when the connection ends.
     pub notes: broadcast::Sender<String>,
+    /// Set when a statement on it went unanswered: never handed out again, even before the
+    /// shared slot can be cleared (another caller may hold it while reconnecting).
+    pub hung: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    /// Still worth sending statements to.
+    pub fn usable(&self) -> bool {
+        !self.client.is_closed() && !self.hung.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Clone)]
@@ -86,7 +102,7 @@ impl Connector {
         if config.get_application_name().is_none() {
             config.application_name("initguard");
         }
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(ATTEMPT_TIMEOUT);
         // Notice a dead server or a cut network on an idle connection within seconds, not hours.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(5));
@@ -138,26 +154,54 @@ impl Connector {
         }
     }
 
-    /// Connect, retrying transient failures a few times; configuration problems fail at once.
+    /// Connect, retrying transient failures a few times within `CONNECT_BUDGET`; configuration
+    /// problems fail at once.
     pub async fn connect(&self) -> Result<Arc<Conn>, StoreError> {
-        let mut last = String::new();
+        self.connect_until(Instant::now() + CONNECT_BUDGET).await
+    }
+
+    /// Connect as `connect` does, giving up at `deadline` whatever the server does meanwhile.
+    pub async fn connect_until(&self, deadline: Instant) -> Result<Arc<Conn>, StoreError> {
+        let started = Instant::now();
+        let mut last = String::from("no time left to connect");
+        let mut attempts = 0;
         for attempt in 0..CONNECT_ATTEMPTS {
             if attempt > 0 {
                 let pause = CONNECT_BACKOFF[(attempt as usize - 1).min(CONNECT_BACKOFF.len() - 1)];
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
                 tracing::debug!(store = %self.label, "connect attempt {attempt} failed ({last}); retrying in {}ms", pause.as_millis());
                 tokio::time::sleep(pause).await;
             }
-            match self.connect_once().await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => match classify(&self.label, &e) {
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(ATTEMPT_TIMEOUT);
+            if budget.is_zero() {
+                break;
+            }
+            attempts += 1;
+            match tokio::time::timeout(budget, self.connect_once()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => match classify(&self.label, &e) {
                     Err(fatal) => return Err(fatal),
                     Ok(transient) => last = transient,
                 },
+                Err(_) => {
+                    last = format!(
+                        "the server did not answer within {:.1}s",
+                        budget.as_secs_f64()
+                    )
+                }
             }
         }
         Err(StoreError::Unreachable {
             store: self.label.clone(),
-            reason: format!("{last} (after {CONNECT_ATTEMPTS} attempts)"),
+            reason: format!(
+                "{last} (after {attempts} {} in {:.1}s)",
+                if attempts == 1 { "attempt" } else { "attempts" },
+                started.elapsed().as_secs_f64()
+            ),
         })
     }
 
@@ -177,7 +221,11 @@ impl Connector {
                 .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
                 .await?;
         }
-        Ok(Arc::new(Conn { client, notes }))
+        Ok(Arc::new(Conn {
+            client,
+            notes,
+            hung: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 }
 
