@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod contract;
 pub mod pg;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

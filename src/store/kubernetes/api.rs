@@ -210,8 +210,10 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
-    let deadline = deadline.unwrap_or_else(|| Instant::now() + CALL_BUDGET);
+    let started = Instant::now();
+    let deadline = deadline.unwrap_or_else(|| started + CALL_BUDGET);
     let mut last = String::new();
+    let mut unanswered = false;
     let mut tries = 0;
     for attempt in 0..ATTEMPTS {
         tries += 1;
@@ -219,13 +221,14 @@ where
             .saturating_duration_since(Instant::now())
             .min(CALL_TIMEOUT)
             .max(MIN_BUDGET);
+        unanswered = false;
         match tokio::time::timeout(budget, f()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => match sort(op, e) {
                 Sorted::Final(e) => return Err(e),
                 Sorted::Transient(reason) => last = reason,
             },
-            Err(_) => last = format!("no answer within {}ms", budget.as_millis()),
+            Err(_) => unanswered = true,
         }
         let pause = super::super::jittered(BACKOFF * 2u32.pow(attempt));
         let out_of_time = Instant::now() + pause >= deadline;
@@ -234,6 +237,12 @@ where
         }
         tracing::debug!(verb = op.verb, resource = op.resource, error = %last, "retrying");
         tokio::time::sleep(pause).await;
+    }
+    if unanswered {
+        last = format!(
+            "the API server did not answer within {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Err(ApiError::Unreachable {
         op,
