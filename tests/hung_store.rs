@@ -81,13 +81,14 @@ fn pg_addr(pg: &Pg) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pg.port))
 }
 
-/// The four commands the acceptance names, on `key`; `run` would touch `marker`.
+/// The commands that talk to the store, on `key`; `run` would touch `marker`.
 fn four(key: &str, marker: &Path) -> Vec<(&'static str, Vec<String>)> {
     let touch = format!("touch {}", marker.display());
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     vec![
         ("run", s(&["run", "--key", key, "--", "sh", "-c", &touch])),
         ("status", s(&["status", key])),
+        ("history", s(&["history", key])),
         ("reset", s(&["reset", key, "--wait-timeout", "5s"])),
         ("release", s(&["release", key])),
     ]
@@ -131,7 +132,7 @@ fn last_line(o: &Output) -> String {
     stderr(o).lines().last().unwrap_or("").to_string()
 }
 
-/// Every one of the four commands exits 69 within the bound, with a line that says the store
+/// Every one of the commands exits 69 within the bound, with a line that says the store
 /// did not answer; nothing ran.
 fn four_exit_69(label: &str, t: &Target, key: &str) {
     let work = tempfile::tempdir().unwrap();
@@ -159,7 +160,7 @@ fn four_exit_69(label: &str, t: &Target, key: &str) {
     assert!(!marker.exists(), "{label}: the command ran");
 }
 
-/// Every one of the four commands, spawned against a store that does not answer, exits 143 soon
+/// Every one of the commands, spawned against a store that does not answer, exits 143 soon
 /// after a SIGTERM sent while it connects (or reads), with one line saying so; nothing ran.
 fn four_exit_143_while_connecting(label: &str, t: &Target, key: &str) {
     let work = tempfile::tempdir().unwrap();
@@ -185,6 +186,97 @@ fn four_exit_143_while_connecting(label: &str, t: &Target, key: &str) {
         );
     }
     assert!(!marker.exists(), "{label}: the command ran");
+}
+
+/// SIGINT, SIGHUP and SIGQUIT are honoured like SIGTERM while the store does not answer: exit
+/// 128+N at once.
+fn other_signals_exit_128_plus_n(label: &str, t: &Target) {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let children: Vec<_> = [Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT]
+        .into_iter()
+        .map(|sig| {
+            let touch = format!("touch {}", marker.display());
+            (
+                sig,
+                t.spawn(
+                    work.path(),
+                    &["run", "--key", "hang/sig", "--", "sh", "-c", &touch],
+                ),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Instant::now();
+    for (sig, child) in &children {
+        support::signal(child, *sig);
+    }
+    for (sig, child) in children {
+        let (out, took) = exit_within(sig.as_str(), child, sent, SIGNAL_BOUND);
+        eprintln!(
+            "{label}: run exited {} {} ms after {sig}",
+            code(&out),
+            took.as_millis()
+        );
+        assert_eq!(
+            code(&out),
+            128 + sig as i32,
+            "{label} {sig}: {}",
+            stderr(&out)
+        );
+        assert!(
+            last_line(&out).contains(&format!("stopped by signal {}", sig as i32)),
+            "{label} {sig}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!marker.exists(), "{label}: the command ran");
+}
+
+/// A `run` waiting for a lease whose store then goes silent (`silence`) exits 69 within the
+/// bound counted from the end of its current wait slice (at most 5 s), never waits on. `holder`
+/// is where the holder finds the store.
+fn waiter_exits_69_when_the_store_goes_silent<G>(
+    label: &str,
+    holder: &Target,
+    t: &Target,
+    key: &str,
+    silence: impl FnOnce() -> G,
+) {
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let script = format!("touch {}; sleep 60", started.display());
+    let mut holder = holder.spawn(
+        work.path(),
+        &["run", "--key", key, "--", "sh", "-c", &script],
+    );
+    wait_for("the holder to run", Duration::from_secs(30), || {
+        started.exists()
+    });
+    let waiter = t.spawn(work.path(), &["run", "--key", key, "--", "true"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _guard = silence();
+    let silent = Instant::now();
+    let (out, took) = exit_within(
+        "waiter",
+        waiter,
+        silent,
+        Duration::from_secs(5) + BOUND + SLACK,
+    );
+    eprintln!(
+        "{label}: waiter exited {} {} ms after its store went silent: {}",
+        code(&out),
+        took.as_millis(),
+        last_line(&out)
+    );
+    assert_eq!(code(&out), 69, "{label}: {}", stderr(&out));
+    assert!(
+        last_line(&out).contains("did not answer within"),
+        "{label}: {}",
+        stderr(&out)
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
 
 /// A holder runs the task; a `run` and a `reset` wait for its lease (after their first read);
@@ -266,6 +358,8 @@ fn stopped_postgres_commands_exit_143_soon_after_sigterm() {
         "hang/stopped-wait",
         || pg.pause(),
     );
+    let _paused = pg.pause();
+    other_signals_exit_128_plus_n("stopped postgres", &t);
 }
 
 // ---- PostgreSQL behind a black-holed proxy -----------------------------------------------------
@@ -297,47 +391,18 @@ fn blackholed_postgres_commands_exit_143_soon_after_sigterm() {
     );
 }
 
-/// A `run` waiting for a lease whose store then goes silent exits 69 within the bound counted
-/// from the end of its current wait slice (at most 5 s), never waits on.
 #[test]
 fn waiter_whose_postgres_goes_silent_exits_69_within_the_bound() {
     let Some(pg) = Pg::start() else { return };
     let proxy = Proxy::start(pg_addr(&pg));
-    let t = Target::via(&proxy);
-    let work = tempfile::tempdir().unwrap();
-    let started = work.path().join("started");
-    let script = format!("touch {}; sleep 60", started.display());
     // The holder talks to the server directly: only the waiter loses it.
-    let mut holder = Target::pg(&pg).spawn(
-        work.path(),
-        &["run", "--key", "hang/w", "--", "sh", "-c", &script],
+    waiter_exits_69_when_the_store_goes_silent(
+        "black-holed postgres",
+        &Target::pg(&pg),
+        &Target::via(&proxy),
+        "hang/w",
+        || proxy.blackholed(),
     );
-    wait_for("the holder to run", Duration::from_secs(30), || {
-        started.exists()
-    });
-    let waiter = t.spawn(work.path(), &["run", "--key", "hang/w", "--", "true"]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let _hole = proxy.blackholed();
-    let silent = Instant::now();
-    let (out, took) = exit_within(
-        "waiter",
-        waiter,
-        silent,
-        Duration::from_secs(5) + BOUND + SLACK,
-    );
-    eprintln!(
-        "waiter exited {} {} ms after its store went silent",
-        code(&out),
-        took.as_millis()
-    );
-    assert_eq!(code(&out), 69, "{}", stderr(&out));
-    assert!(
-        last_line(&out).contains("did not answer within"),
-        "{}",
-        stderr(&out)
-    );
-    let _ = holder.kill();
-    let _ = holder.wait();
 }
 
 /// The store goes black-hole while the command runs: the heartbeat cannot renew, the command is
@@ -532,6 +597,16 @@ mod kube {
         let a = &api;
         waiters_exit_143_when_the_store_goes_silent("hung kube API", &t, "hang/kube-wait", || {
             stall(a)
+        });
+    }
+
+    #[test]
+    fn waiter_whose_kube_api_goes_silent_exits_69_within_the_bound() {
+        let api = KubeApi::start();
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(&api, dir.path());
+        waiter_exits_69_when_the_store_goes_silent("hung kube API", &t, &t, "hang/kube-w", || {
+            stall(&api)
         });
     }
 }

@@ -164,6 +164,7 @@ impl Connector {
     pub async fn connect_until(&self, deadline: Instant) -> Result<Arc<Conn>, StoreError> {
         let started = Instant::now();
         let mut last = String::from("no time left to connect");
+        let mut unanswered = false;
         let mut attempts = 0;
         for attempt in 0..CONNECT_ATTEMPTS {
             if attempt > 0 {
@@ -181,27 +182,27 @@ impl Connector {
                 break;
             }
             attempts += 1;
+            unanswered = false;
             match tokio::time::timeout(budget, self.connect_once()).await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => match classify(&self.label, &e) {
                     Err(fatal) => return Err(fatal),
                     Ok(transient) => last = transient,
                 },
-                Err(_) => {
-                    last = format!(
-                        "the server did not answer within {:.1}s",
-                        budget.as_secs_f64()
-                    )
-                }
+                Err(_) => unanswered = true,
             }
         }
+        let tries = if attempts == 1 { "attempt" } else { "attempts" };
+        let took = started.elapsed().as_secs_f64();
         Err(StoreError::Unreachable {
             store: self.label.clone(),
-            reason: format!(
-                "{last} (after {attempts} {} in {:.1}s)",
-                if attempts == 1 { "attempt" } else { "attempts" },
-                started.elapsed().as_secs_f64()
-            ),
+            reason: if unanswered {
+                format!(
+                    "connecting: the server did not answer within {took:.1}s (after {attempts} {tries})"
+                )
+            } else {
+                format!("{last} (after {attempts} {tries} in {took:.1}s)")
+            },
         })
     }
 
@@ -310,12 +311,9 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
         }
-        None => {
-            let kind = e.to_string();
-            kind.starts_with("error communicating with the server")
-                || kind.starts_with("timeout waiting for server")
-                || kind.starts_with("error connecting to server")
-        }
+        // tokio-postgres keeps its error kinds private; the socket's own failures (its `Io` and
+        // `Connect` kinds) are the ones that carry an `io::Error`, never a server's answer.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 
