@@ -119,8 +119,12 @@ pub enum GuardError {
     },
     #[error("stopped by signal {signal} while waiting for the lease on {key}; nothing was run")]
     SignalWhileWaiting { key: String, signal: i32 },
-    #[error("stopped by signal {signal} while reading the record of {key}; nothing was run")]
-    SignalBeforeLease { key: String, signal: i32 },
+    #[error("stopped by signal {signal} while {doing} for {key}; the command was not started")]
+    SignalBeforeStart {
+        key: String,
+        signal: i32,
+        doing: &'static str,
+    },
 }
 
 /// Keeps a lease alive: renews every ttl/3 and reports it lost when renewals stop succeeding in
@@ -219,7 +223,7 @@ impl<'a> Guard<'a> {
         let first = tokio::select! {
             biased;
             signal = signals.recv() => {
-                return Err(GuardError::SignalBeforeLease { key: self.key(), signal });
+                return Err(GuardError::SignalBeforeStart { key: self.key(), signal, doing: "reading the record" });
             }
             rec = self.store.read(&plan.id) => rec?,
         };

@@ -23,9 +23,10 @@ use tokio::time::{Instant, sleep_until};
 /// them open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// The signals initguard forwards to the child (SIGTERM, SIGINT, SIGHUP, SIGQUIT). Created once,
-/// first thing, so that from then on none of them kills initguard before it has recorded what
-/// happened; every wait outside the command's run races `recv`.
+/// The signals initguard forwards to the child. Created once, early, so that from then on a
+/// SIGTERM never kills initguard before it has recorded what happened. SIGHUP and SIGQUIT mean
+/// "stop" as much as SIGTERM does (a closed terminal, a core-dump request): all four end a run
+/// as interrupted.
 pub struct Signals {
     term: SignalStream,
     int: SignalStream,
@@ -43,7 +44,7 @@ impl Signals {
         })
     }
 
-    /// The next of those signals, as its number.
+    /// The next stop signal, as its number.
     pub async fn recv(&mut self) -> i32 {
         tokio::select! {
             _ = self.term.recv() => Signal::SIGTERM as i32,

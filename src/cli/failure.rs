@@ -35,8 +35,10 @@ pub fn exit_code(f: &Failure) -> u8 {
             exit::TEMP_FAIL
         }
         Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
-        Failure::Guard(GuardError::SignalWhileWaiting { signal, .. }) => exit::for_signal(*signal),
-        Failure::Guard(GuardError::SignalBeforeLease { signal, .. }) => exit::for_signal(*signal),
+        Failure::Guard(
+            GuardError::SignalWhileWaiting { signal, .. }
+            | GuardError::SignalBeforeStart { signal, .. },
+        ) => exit::for_signal(*signal),
         Failure::Signal { signal, .. } => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
         #[cfg(feature = "kubernetes")]
