@@ -313,6 +313,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_nobody_answers_ends_at_its_deadline() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(1200);
+        let res: Result<(), _> = call(Op::lease("get"), Some(deadline), || {
+            std::future::pending::<Result<(), kube::Error>>()
+        })
+        .await;
+        let took = started.elapsed();
+        match res {
+            Err(ApiError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("did not answer within"), "{reason}")
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[tokio::test]
     async fn conflicts_are_not_retried() {
         let mut tries = 0;
         let res: Result<(), _> = call(Op::lease("update"), None, || {

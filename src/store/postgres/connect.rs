@@ -560,6 +560,37 @@ mod tests {
         assert!(err.contains("cannot read sslrootcert"), "{err}");
     }
 
+    /// A server that accepts the TCP connection and then says nothing (tokio-postgres'
+    /// `connect_timeout` does not cover the startup exchange): reported unreachable at the
+    /// deadline, not waited for.
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_startup_is_given_up_at_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                open.push(sock);
+            }
+        });
+        let url = PgUrl::parse(&format!("postgres://u:pw@127.0.0.1:{port}/db")).unwrap();
+        let connector = Connector::new(&url, None).unwrap();
+        let started = Instant::now();
+        let res = connector
+            .connect_until(started + Duration::from_millis(1500))
+            .await;
+        let took = started.elapsed();
+        held.abort();
+        match res {
+            Err(StoreError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("did not answer within"), "{reason}")
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("connected to a server that never answered"),
+        }
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+    }
+
     #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
