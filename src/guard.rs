@@ -173,7 +173,14 @@ impl<'a> Guard<'a> {
     pub async fn run(&self, signals: &mut Signals) -> Result<Outcome, GuardError> {
         let plan = self.plan;
         let fp = plan.fingerprint.as_str();
-        if let Some(rec) = self.store.read(&plan.id).await? {
+        let first = tokio::select! {
+            biased;
+            signal = signals.recv() => {
+                return Err(GuardError::SignalBeforeStart { key: self.key(), signal, doing: "reading the record" });
+            }
+            rec = self.store.read(&plan.id) => rec?,
+        };
+        if let Some(rec) = first {
             if rec.is_done_for(fp) {
                 info!(key = %plan.id, fingerprint = fp, "skipped: {} already succeeded with this fingerprint{}", self.key(), done_by(&rec));
                 self.event(

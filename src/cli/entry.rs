@@ -15,9 +15,29 @@ use tracing::info;
 
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The supervisor first, before any runtime or signal handler: it handles its signals itself.
     if args.get(1).is_some_and(|a| a == crate::supervisor::ARG) {
         return crate::supervisor::main(&args[2..]);
     }
+    // One thread: the supervisor must be spawned from a thread that lives as long as it does, or
+    // its parent-death signal would fire early (see runner.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Failure::Runtime(e)),
+    };
+    // First thing once a runtime exists to receive them: from here on SIGTERM/SIGINT/SIGHUP/
+    // SIGQUIT are initguard's to honour (every wait races them), never a silent death midway.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()
+    };
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => return fail(&Failure::Runtime(e)),
+    };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -31,18 +51,29 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
-    // One thread: the child must be spawned from a thread that lives as long as it does, or its
-    // parent-death signal would fire early (see runner.rs).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&Failure::Runtime(e)),
-    };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli, &mut signals));
+    // Without waiting for blocking work still in flight (a DNS lookup or a write to a pipe
+    // nobody reads): everything that matters has been awaited, and an exit must not hang.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => fail(&f),
+    }
+}
+
+/// `work`, unless one of the signals comes first: then `Failure::Signal` at once (exit 128+N),
+/// dropping `work` wherever it was. Only for work that may stop anywhere (reads, or writes that
+/// leave nothing a lapse does not clean up).
+async fn interruptible<T, E: Into<Failure>>(
+    signals: &mut Signals,
+    during: impl Into<String>,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Failure> {
+    tokio::select! {
+        // A signal that is already pending wins over work that could finish at once.
+        biased;
+        signal = signals.recv() => Err(Failure::Signal { signal, during: during.into() }),
+        res = work => res.map_err(Into::into),
     }
 }
 
@@ -79,7 +110,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
     let url = &settings::StoreChoice {
         raw: cli.store.as_deref(),
         kube_context: cli.kube_context.as_deref(),
@@ -87,11 +118,21 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         pg_schema: cli.pg_schema.as_deref(),
     };
     match cli.command {
-        Command::Run(args) => run(url, *args).await,
-        Command::Status(args) => status(url, args).await,
-        Command::History(args) => history(url, args).await,
-        Command::Reset(args) => reset(url, args).await,
-        Command::Release(args) => release(url, args).await,
+        Command::Run(args) => run(url, *args, signals).await,
+        Command::Status(args) => {
+            interruptible(signals, "reading the store", status(url, args)).await
+        }
+        Command::History(args) => {
+            interruptible(signals, "reading the store", history(url, args)).await
+        }
+        Command::Reset(args) => {
+            let during = format!("resetting {}; a lease it held lapses on its own", args.key);
+            interruptible(signals, during, reset(url, args)).await
+        }
+        Command::Release(args) => {
+            let during = format!("releasing the lease on {}; nothing was released", args.key);
+            interruptible(signals, during, release(url, args)).await
+        }
         #[cfg(feature = "kubernetes")]
         Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
     }
@@ -113,7 +154,11 @@ async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure
     Ok(store)
 }
 
-async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failure> {
+async fn run(
+    url: &settings::StoreChoice<'_>,
+    args: RunArgs,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
     let url = settings::store_url(url)?;
@@ -124,11 +169,15 @@ async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failu
         return Ok(crate::exit::OK);
     }
     let plan = settings::plan(&args, id, fp.value.clone(), sql)?;
-    let mut signals = Signals::install().map_err(Failure::Runtime)?;
-    let store = store::open(&url).await?;
+    let store = interruptible(
+        signals,
+        "opening the store; nothing was run",
+        store::open(&url),
+    )
+    .await?;
     info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", store.describe(), plan.id, plan.fingerprint);
     let outcome = crate::guard::Guard::new(store.as_ref(), &plan)
-        .run(&mut signals)
+        .run(signals)
         .await?;
     Ok(outcome.exit_code())
 }

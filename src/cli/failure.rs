@@ -19,6 +19,9 @@ pub enum Failure {
     Reset(#[from] ResetError),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
+    /// One of the signals initguard honours arrived outside the command's run.
+    #[error("stopped by signal {signal} ({}) while {during}", signal_name(*signal))]
+    Signal { signal: i32, during: String },
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Rbac(#[from] crate::k8s::rbac::RbacError),
@@ -49,10 +52,15 @@ pub fn exit_code(f: &Failure) -> u8 {
             NotRecorded::Store(e) => store_code(e),
             NotRecorded::Signal(s) => exit::for_signal(*s),
         },
+        Failure::Signal { signal, .. } => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,
     }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    nix::sys::signal::Signal::try_from(signal).map_or("unknown signal", |s| s.as_str())
 }
 
 fn store_code(e: &StoreError) -> u8 {

@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod contract;
 pub mod pg;
+pub mod proxy;
 pub mod supervision;
 
 use std::path::{Path, PathBuf};

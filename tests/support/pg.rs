@@ -429,6 +429,79 @@ impl Pg {
     }
 }
 
+/// The server's processes, stopped with SIGSTOP (`Pg::pause`): it accepts TCP connections (the
+/// kernel completes the handshake) and answers nothing. SIGCONT on drop, panicking test or not,
+/// so no stopped server is left behind.
+pub struct Paused {
+    pids: Vec<i32>,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        for pid in self.pids.iter().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+}
+
+/// Direct children of `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Fields after the command name (which may hold spaces): state, ppid, …
+                    let rest = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .to_string();
+                    rest.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+impl Pg {
+    /// The postmaster's pid, from the first line of `postmaster.pid` in the data directory.
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("postmaster.pid");
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on the first line of postmaster.pid")
+    }
+
+    /// SIGSTOP the postmaster, then every backend and helper it has forked (it can fork no more
+    /// once stopped). Resumed when the returned guard drops.
+    pub fn pause(&self) -> Paused {
+        let postmaster = self.postmaster_pid();
+        let stop = |pid: i32| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        };
+        stop(postmaster);
+        let mut pids = vec![postmaster];
+        for child in children_of(postmaster) {
+            stop(child);
+            pids.push(child);
+        }
+        Paused { pids }
+    }
+}
+
 impl Drop for Pg {
     fn drop(&mut self) {
         self.kill();

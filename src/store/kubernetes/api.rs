@@ -20,6 +20,9 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
 
 /// Longest one request may take before it counts as unanswered.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one call may take with all its tries, when the caller sets no tighter deadline: an
+/// API server that does not answer is reported (exit 69) after this, the bound README states.
+pub(crate) const CALL_BUDGET: Duration = Duration::from_secs(10);
 /// Tries per call for transient failures (connection refused, timeout, 429, 5xx).
 pub(crate) const ATTEMPTS: u32 = 4;
 /// First pause between tries; doubled each time, jittered.
@@ -195,8 +198,9 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Run `f` until it answers, at most `ATTEMPTS` times, each try bounded by `CALL_TIMEOUT` and by
-/// `deadline` (when given; a passed deadline still allows one short try).
+/// Run `f` until it answers, at most `ATTEMPTS` times, each try bounded by `CALL_TIMEOUT`, all of
+/// them by `deadline` (`CALL_BUDGET` from now when not given; a passed deadline still allows one
+/// short try).
 pub(crate) async fn call<T, F, Fut>(
     op: Op,
     deadline: Option<Instant>,
@@ -206,32 +210,39 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
+    let started = Instant::now();
+    let deadline = deadline.unwrap_or_else(|| started + CALL_BUDGET);
     let mut last = String::new();
+    let mut unanswered = false;
     let mut tries = 0;
     for attempt in 0..ATTEMPTS {
         tries += 1;
-        let budget = match deadline {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .min(CALL_TIMEOUT)
-                .max(MIN_BUDGET),
-            None => CALL_TIMEOUT,
-        };
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CALL_TIMEOUT)
+            .max(MIN_BUDGET);
+        unanswered = false;
         match tokio::time::timeout(budget, f()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => match sort(op, e) {
                 Sorted::Final(e) => return Err(e),
                 Sorted::Transient(reason) => last = reason,
             },
-            Err(_) => last = format!("no answer within {}ms", budget.as_millis()),
+            Err(_) => unanswered = true,
         }
         let pause = super::super::jittered(BACKOFF * 2u32.pow(attempt));
-        let out_of_time = deadline.is_some_and(|d| Instant::now() + pause >= d);
+        let out_of_time = Instant::now() + pause >= deadline;
         if attempt + 1 == ATTEMPTS || out_of_time {
             break;
         }
         tracing::debug!(verb = op.verb, resource = op.resource, error = %last, "retrying");
         tokio::time::sleep(pause).await;
+    }
+    if unanswered {
+        last = format!(
+            "the API server did not answer within {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Err(ApiError::Unreachable {
         op,
@@ -299,6 +310,24 @@ mod tests {
         .await;
         assert!(matches!(res, Err(ApiError::Unreachable { .. })));
         assert_eq!(tries, ATTEMPTS);
+    }
+
+    #[tokio::test]
+    async fn a_call_nobody_answers_ends_at_its_deadline() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(1200);
+        let res: Result<(), _> = call(Op::lease("get"), Some(deadline), || {
+            std::future::pending::<Result<(), kube::Error>>()
+        })
+        .await;
+        let took = started.elapsed();
+        match res {
+            Err(ApiError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("did not answer within"), "{reason}")
+            }
+            other => panic!("unexpected: {other:?}"),
+        }
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
@@ -17,18 +17,34 @@ use tokio_postgres::tls::NoTls;
 use tokio_postgres::{AsyncMessage, Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Attempts per connect, and the pauses between them: a few seconds in all, so that a store
-/// that is down is reported (exit 69) rather than waited for.
+/// Attempts per connect, and the pauses between them: a store that is down is reported (exit
+/// 69) rather than waited for.
 const CONNECT_ATTEMPTS: u32 = 3;
 const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
-/// Per attempt; an unroutable address would otherwise hang for the kernel's SYN timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per attempt, for everything a connection needs before it is usable: TCP connect, TLS, the
+/// startup and authentication exchange, LISTEN. tokio-postgres' `connect_timeout` covers the TCP
+/// connect only; a server that accepts the connection and then says nothing (a stopped
+/// postmaster, a black-holed proxy) would otherwise hang the startup forever.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// All attempts of one connect together: the bound README states for a store that does not
+/// answer.
+pub(crate) const CONNECT_BUDGET: Duration = Duration::from_secs(10);
 
 /// A live connection: the client and the LISTEN notifications it receives.
 pub(crate) struct Conn {
     pub client: Client,
     /// Payloads of NOTIFYs on initguard's channel; closed when the connection ends.
     pub notes: broadcast::Sender<String>,
+    /// Set when a statement on it went unanswered: never handed out again, even before the
+    /// shared slot can be cleared (another caller may hold it while reconnecting).
+    pub hung: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    /// Still worth sending statements to.
+    pub fn usable(&self) -> bool {
+        !self.client.is_closed() && !self.hung.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Clone)]
@@ -86,7 +102,7 @@ impl Connector {
         if config.get_application_name().is_none() {
             config.application_name("initguard");
         }
-        config.connect_timeout(CONNECT_TIMEOUT);
+        config.connect_timeout(ATTEMPT_TIMEOUT);
         // Notice a dead server or a cut network on an idle connection within seconds, not hours.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(5));
@@ -138,26 +154,55 @@ impl Connector {
         }
     }
 
-    /// Connect, retrying transient failures a few times; configuration problems fail at once.
+    /// Connect, retrying transient failures a few times within `CONNECT_BUDGET`; configuration
+    /// problems fail at once.
     pub async fn connect(&self) -> Result<Arc<Conn>, StoreError> {
-        let mut last = String::new();
+        self.connect_until(Instant::now() + CONNECT_BUDGET).await
+    }
+
+    /// Connect as `connect` does, giving up at `deadline` whatever the server does meanwhile.
+    pub async fn connect_until(&self, deadline: Instant) -> Result<Arc<Conn>, StoreError> {
+        let started = Instant::now();
+        let mut last = String::from("no time left to connect");
+        let mut unanswered = false;
+        let mut attempts = 0;
         for attempt in 0..CONNECT_ATTEMPTS {
             if attempt > 0 {
                 let pause = CONNECT_BACKOFF[(attempt as usize - 1).min(CONNECT_BACKOFF.len() - 1)];
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
                 tracing::debug!(store = %self.label, "connect attempt {attempt} failed ({last}); retrying in {}ms", pause.as_millis());
                 tokio::time::sleep(pause).await;
             }
-            match self.connect_once().await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => match classify(&self.label, &e) {
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(ATTEMPT_TIMEOUT);
+            if budget.is_zero() {
+                break;
+            }
+            attempts += 1;
+            unanswered = false;
+            match tokio::time::timeout(budget, self.connect_once()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => match classify(&self.label, &e) {
                     Err(fatal) => return Err(fatal),
                     Ok(transient) => last = transient,
                 },
+                Err(_) => unanswered = true,
             }
         }
+        let tries = if attempts == 1 { "attempt" } else { "attempts" };
+        let took = started.elapsed().as_secs_f64();
         Err(StoreError::Unreachable {
             store: self.label.clone(),
-            reason: format!("{last} (after {CONNECT_ATTEMPTS} attempts)"),
+            reason: if unanswered {
+                format!(
+                    "connecting: the server did not answer within {took:.1}s (after {attempts} {tries})"
+                )
+            } else {
+                format!("{last} (after {attempts} {tries} in {took:.1}s)")
+            },
         })
     }
 
@@ -177,7 +222,11 @@ impl Connector {
                 .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
                 .await?;
         }
-        Ok(Arc::new(Conn { client, notes }))
+        Ok(Arc::new(Conn {
+            client,
+            notes,
+            hung: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 }
 
@@ -262,12 +311,9 @@ pub(crate) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
         }
-        None => {
-            let kind = e.to_string();
-            kind.starts_with("error communicating with the server")
-                || kind.starts_with("timeout waiting for server")
-                || kind.starts_with("error connecting to server")
-        }
+        // tokio-postgres keeps its error kinds private; the socket's own failures (its `Io` and
+        // `Connect` kinds) are the ones that carry an `io::Error`, never a server's answer.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 
@@ -512,6 +558,37 @@ mod tests {
         let err =
             tls_config(SslMode::VerifyFull, Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
         assert!(err.contains("cannot read sslrootcert"), "{err}");
+    }
+
+    /// A server that accepts the TCP connection and then says nothing (tokio-postgres'
+    /// `connect_timeout` does not cover the startup exchange): reported unreachable at the
+    /// deadline, not waited for.
+    #[tokio::test]
+    async fn a_server_that_never_answers_the_startup_is_given_up_at_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                open.push(sock);
+            }
+        });
+        let url = PgUrl::parse(&format!("postgres://u:pw@127.0.0.1:{port}/db")).unwrap();
+        let connector = Connector::new(&url, None).unwrap();
+        let started = Instant::now();
+        let res = connector
+            .connect_until(started + Duration::from_millis(1500))
+            .await;
+        let took = started.elapsed();
+        held.abort();
+        match res {
+            Err(StoreError::Unreachable { reason, .. }) => {
+                assert!(reason.contains("did not answer within"), "{reason}")
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("connected to a server that never answered"),
+        }
+        assert!(took < Duration::from_secs(3), "took {took:?}");
     }
 
     #[test]

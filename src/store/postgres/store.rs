@@ -7,7 +7,7 @@
 //! writer's token matching.
 
 use super::config::{PgUrl, error_chain};
-use super::connect::{Conn, Connector, classify, is_connection_error, quote_ident};
+use super::connect::{CONNECT_BUDGET, Conn, Connector, classify, is_connection_error, quote_ident};
 use super::schema::{self, SchemaError, lock_key};
 use crate::record::{Record, RecordError};
 use crate::store::liveness::{self, LOOK_EVERY, Watched};
@@ -63,7 +63,10 @@ impl Statements {
             // Lapsed-ness is judged at `c.now`, read once so that every column agrees; should the
             // statement wait for a row lock, a stale `c.now` can only make the lease look *less*
             // lapsed. The new expiry counts from `clock_timestamp()` as the row is written, so a
-            // wait never hands out a lease that is already (nearly) over.
+            // wait never hands out a lease that is already (nearly) over. `$5` bounds that row-lock
+            // wait for this statement only (`set_config(…, true)` ends with its transaction),
+            // so that a waiter never waits on a locked row past its --wait-timeout; it is set
+            // in `c`, which the join reads before the UPDATE locks the row.
             take: format!(
                 "UPDATE {t} AS t SET
                     token       = CASE WHEN {free} THEN t.token + 1 ELSE t.token END,
@@ -74,7 +77,7 @@ impl Statements {
                     expires_at  = CASE WHEN {free}
                                   THEN clock_timestamp() + $4::bigint * interval '1 millisecond'
                                   ELSE t.expires_at END
-                 FROM (SELECT clock_timestamp() AS now) AS c
+                 FROM (SELECT clock_timestamp() AS now, set_config('lock_timeout', $5, true)) AS c
                  WHERE t.task = $1
                  RETURNING t.token, t.holder, t.lease_nonce,
                            EXTRACT(EPOCH FROM t.expires_at - c.now)::float8,
@@ -183,7 +186,13 @@ pub struct PgStore {
 
 enum Take {
     Taken(u64),
-    Busy { busy: Busy, left: Duration },
+    Busy {
+        busy: Busy,
+        left: Duration,
+    },
+    /// The row stayed locked for the whole lock wait (an SQL task committing, a paused holder
+    /// mid-transaction): nothing learnt about the lease.
+    Locked,
     Again,
 }
 
@@ -247,42 +256,61 @@ impl PgStore {
         }
     }
 
-    /// The live shared connection, reconnecting (with bounded retries) when it died.
-    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
-        let mut slot = self.conn.lock().await;
+    /// The live shared connection, reconnecting (with bounded retries) when it died; gives up at
+    /// `deadline`, including while another caller holds the slot to reconnect.
+    async fn conn_until(&self, deadline: Instant) -> Result<Arc<Conn>, StoreError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(mut slot) = tokio::time::timeout(left, self.conn.lock()).await else {
+            return Err(self.unreachable(&format!(
+                "reconnecting: the server did not answer within {:.1}s",
+                left.as_secs_f64()
+            )));
+        };
         if let Some(c) = slot.as_ref()
-            && !c.client.is_closed()
+            && c.usable()
         {
             return Ok(c.clone());
         }
         *slot = None;
-        let c = self.connector.connect().await?;
+        let c = self.connector.connect_until(deadline).await?;
         tracing::info!(store = %self.connector.label, "reconnected to the store");
         *slot = Some(c.clone());
         Ok(c)
     }
 
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        self.conn_until(Instant::now() + CONNECT_BUDGET).await
+    }
+
     /// Forget `c` if it is still the shared connection (it hung or died).
+    /// Never waits: whoever holds the slot is reconnecting already, and `hung` keeps `c` from
+    /// being handed out again meanwhile.
     async fn forget(&self, c: &Arc<Conn>) {
-        let mut slot = self.conn.lock().await;
-        if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, c)) {
+        c.hung.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut slot) = self.conn.try_lock()
+            && slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, c))
+        {
             *slot = None;
         }
     }
 
-    /// Run one statement on the shared connection within `limit`; on a dead or hung connection,
-    /// reconnect and try once more. Only for statements that are safe to repeat.
+    /// Run one statement on the shared connection, all of it (reconnecting included) within
+    /// `limit`: a server that does not answer is reported unreachable when `limit` is up, never
+    /// waited for. On a connection found dead, reconnect and try once more while time is left.
+    /// Only for statements that are safe to repeat.
     async fn call<T>(
         &self,
         what: &str,
         limit: Duration,
         f: impl Fn(Arc<Conn>) -> PgFuture<T>,
     ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + limit;
         let mut tries = 0;
         loop {
             tries += 1;
-            let conn = self.conn().await?;
-            match tokio::time::timeout(limit, f(conn.clone())).await {
+            let conn = self.conn_until(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, f(conn.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if is_connection_error(&e) && tries < 2 => {
                     tracing::warn!(store = %self.connector.label, "{what}: {}; reconnecting", error_chain(&e));
@@ -295,13 +323,12 @@ impl PgStore {
                     return Err(self.pg_error(what, &e));
                 }
                 Err(_) => {
+                    // A hung connection stays hung: drop it so the next call starts afresh.
                     self.forget(&conn).await;
-                    if tries >= 2 {
-                        return Err(self.unreachable(&format!(
-                            "{what}: no answer within {}s",
-                            limit.as_secs_f32()
-                        )));
-                    }
+                    return Err(self.unreachable(&format!(
+                        "{what}: the server did not answer within {:.1}s",
+                        limit.as_secs_f64()
+                    )));
                 }
             }
         }
@@ -374,8 +401,13 @@ impl PgStore {
         holder: &serde_json::Value,
         nonce: &str,
         ttl_ms: i64,
+        lock_wait: Duration,
     ) -> Result<Take, StoreError> {
         let name = id.storage_name();
+        let lock_ms = lock_wait
+            .as_millis()
+            .clamp(1, u128::from(LOCK_TIMEOUT_MS))
+            .to_string();
         let sql = self.sql.clone();
         let (n, h, nc) = (name.clone(), holder.clone(), nonce.to_string());
         type Seen = (
@@ -388,9 +420,19 @@ impl PgStore {
         // Outer None: the row stayed locked past lock_timeout (an SQL task committing).
         let seen: Option<Option<Seen>> = self
             .call("taking the lease", QUERY_TIMEOUT, move |c| {
-                let (sql, n, h, nc) = (sql.clone(), n.clone(), h.clone(), nc.clone());
+                let (sql, n, h, nc, lock_ms) = (
+                    sql.clone(),
+                    n.clone(),
+                    h.clone(),
+                    nc.clone(),
+                    lock_ms.clone(),
+                );
                 Box::pin(async move {
-                    let row = match c.client.query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms]).await {
+                    let row = match c
+                        .client
+                        .query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms, &lock_ms])
+                        .await
+                    {
                         Ok(row) => row,
                         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                             return Ok(None);
@@ -413,7 +455,7 @@ impl PgStore {
             })
             .await?;
         let Some(seen) = seen else {
-            return Ok(Take::Again);
+            return Ok(Take::Locked);
         };
         let Some((token, holder_json, row_nonce, left, held_for)) = seen else {
             let sql = self.sql.clone();
@@ -469,6 +511,8 @@ impl PgStore {
         let holder_json = serde_json::to_value(holder).unwrap_or_default();
         let ttl_ms = Self::ttl_ms(opts.ttl);
         let name = id.storage_name();
+        // The holder as last seen, for the waiting line while the row is locked.
+        let mut seen: Option<Busy> = None;
         loop {
             let conn = self.conn().await?;
             if head.as_ref().is_some_and(|h| !Arc::ptr_eq(h, &conn)) {
@@ -477,7 +521,15 @@ impl PgStore {
             }
             // Subscribe before looking, so that a release between the look and the wait wakes us.
             let mut notes = conn.notes.subscribe();
-            let (busy, left) = match self.try_take(id, &holder_json, &nonce, ttl_ms).await? {
+            // The row lock is waited for no longer than the wait has left (a last look when
+            // nothing is left), so a row that stays locked cannot hold us past --wait-timeout.
+            let lock_wait = opts.wait_timeout.map_or(Duration::MAX, |limit| {
+                limit.saturating_sub(started.elapsed())
+            });
+            let taken = self
+                .try_take(id, &holder_json, &nonce, ttl_ms, lock_wait)
+                .await?;
+            let (busy, left) = match taken {
                 Take::Taken(token) => {
                     return Ok(Lease {
                         id: id.clone(),
@@ -488,8 +540,18 @@ impl PgStore {
                     });
                 }
                 Take::Again => continue,
+                Take::Locked => {
+                    let busy = seen.clone().unwrap_or(Busy {
+                        holder: None,
+                        held_for: None,
+                    });
+                    log.tick(&busy);
+                    next_wait(id, &busy, started, opts.wait_timeout, Duration::ZERO)?;
+                    continue;
+                }
                 Take::Busy { busy, left } => (busy, left),
             };
+            seen = Some(busy.clone());
             log.tick(&busy);
             let slice = next_wait(
                 id,
@@ -539,8 +601,14 @@ impl PgStore {
             }
             Ok(Err(e)) => Err(self.pg_error("waiting in line for the lease", &e)),
             Err(_) => {
+                // The server ends the lock wait itself at `limit`; no answer long after that is a
+                // store that stopped answering, reported now rather than after a reconnect.
                 self.forget(conn).await;
-                Ok(false)
+                Err(self.unreachable(&format!(
+                    "waiting in line for the lease: the server did not answer within {:.1}s of \
+                     the end of the wait",
+                    QUERY_TIMEOUT.as_secs_f64()
+                )))
             }
         }
     }
@@ -548,6 +616,11 @@ impl PgStore {
     /// Step out of the queue so that the next waiter heads it (best effort: a closed connection
     /// has dropped the lock already).
     async fn leave_queue(&self, conn: &Arc<Conn>, queue: i64) {
+        if !conn.usable() {
+            // Hung or closed: the lock goes with the connection, and waiting here would only
+            // delay the report of a store that does not answer.
+            return;
+        }
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&queue];
         let unlock = conn
             .client
