@@ -2,6 +2,7 @@
 //! interrupted predecessor, adopt, run with heartbeat, retry, record. Prints nothing to stdout
 //! (stdout belongs to the wrapped command); decisions are logged with `tracing`.
 
+use crate::acquire::{Acquired, acquire};
 use crate::clock::boot_now;
 use crate::heartbeat::Heartbeat;
 use crate::record::{ExitInfo, Record, State};
@@ -215,11 +216,16 @@ impl<'a> Guard<'a> {
         }
         let started_wait = Instant::now();
         let asked = boot_now();
-        let lease = tokio::select! {
-            lease = self.store.acquire(&plan.id, &plan.holder, plan.acquire) => lease?,
+        let acquired = tokio::select! {
+            a = acquire(self.store, &plan.id, &plan.holder, plan.acquire, Some(fp)) => a?,
             signal = signals.recv() => {
                 return Err(GuardError::SignalWhileWaiting { key: self.key(), signal });
             }
+        };
+        let lease = match acquired {
+            Acquired::Lease(lease) => lease,
+            // Seen done while waiting: skipped without ever taking the lease.
+            Acquired::DoneMeanwhile(rec) => return Ok(self.completed_meanwhile(&rec).await),
         };
         info!(key = %plan.id, token = lease.token, "lease on {} taken (token {}) after {}ms", self.key(), lease.token, started_wait.elapsed().as_millis());
         let heartbeat = Heartbeat::new(self.store, &lease, asked);
@@ -270,6 +276,20 @@ impl<'a> Guard<'a> {
         }
     }
 
+    /// Another holder completed the task while we waited for the lease.
+    async fn completed_meanwhile(&self, rec: &Record) -> Outcome {
+        info!(key = %self.plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
+        self.event(
+            TaskEvent::Skipped,
+            &format!("completed{} while this Pod waited", done_by(rec)),
+        )
+        .await;
+        Outcome::Skipped {
+            waited: true,
+            by: rec.holder.clone(),
+        }
+    }
+
     fn gave_up(&self, rec: &Record) -> GuardError {
         GuardError::GaveUp {
             key: self.key(),
@@ -299,16 +319,7 @@ impl<'a> Guard<'a> {
             .await?;
         if let Some(rec) = &existing {
             if rec.is_done_for(fp) {
-                info!(key = %plan.id, "skipped: {} was completed{} while we waited", self.key(), done_by(rec));
-                self.event(
-                    TaskEvent::Skipped,
-                    &format!("completed{} while this Pod waited", done_by(rec)),
-                )
-                .await;
-                return Ok(Outcome::Skipped {
-                    waited: true,
-                    by: rec.holder.clone(),
-                });
+                return Ok(self.completed_meanwhile(rec).await);
             }
             if rec.gave_up_for(fp) {
                 return Err(self.gave_up(rec));

@@ -1,5 +1,6 @@
 //! initguard: run an init command once per change of its inputs, by one replica at a time.
 
+pub mod acquire;
 pub mod cli;
 pub mod clock;
 pub mod exit;
@@ -8,6 +9,7 @@ pub mod guard;
 mod heartbeat;
 pub mod k8s;
 pub mod record;
+pub mod release;
 pub mod reset;
 pub mod runner;
 pub mod sql;

@@ -90,7 +90,11 @@ pub async fn reset(
     }
     let mut done = Vec::new();
     for id in ids {
-        let lease = store.acquire(&id, holder, opts.acquire).await?;
+        let lease = match crate::acquire::acquire(store, &id, holder, opts.acquire, None).await? {
+            crate::acquire::Acquired::Lease(lease) => lease,
+            // Only asked for with a fingerprint to wait for; reset gives none.
+            crate::acquire::Acquired::DoneMeanwhile(_) => continue,
+        };
         let res = reset_one(store, &lease, holder, opts).await;
         store.release(lease).await?;
         if let Some((was, completions_cleared)) = res? {

@@ -278,7 +278,7 @@ async fn release(url: &settings::StoreChoice<'_>, args: ReleaseArgs) -> Result<u
     let id = settings::task_id_of(&args.key, &args.scope)?;
     let store = open(url).await?;
     let me = Holder::from_env();
-    match store.release_holder(&id, &me).await? {
+    match crate::release::release_holder(store.as_ref(), &id, &me).await? {
         ReleaseOutcome::Released { holder } => {
             info!(key = %id, "released the lease on {id} held by {holder}, which no longer renewed it")
         }

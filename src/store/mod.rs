@@ -10,18 +10,16 @@ pub mod liveness;
 pub mod postgres;
 pub mod sql;
 mod url;
-mod wait;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
 pub use url::{StoreUrl, StoreUrlError, default_store_url};
-pub use wait::{Busy, WaitLog, next_wait};
 
 use crate::record::Record;
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use std::any::Any;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A held lease. The token strictly increases per task with every acquisition.
 pub struct Lease {
@@ -47,6 +45,40 @@ impl std::fmt::Debug for Lease {
 pub struct AcquireOpts {
     pub ttl: Duration,
     pub wait_timeout: Option<Duration>,
+}
+
+/// What a store saw of a lease that someone holds.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub holder: Option<Holder>,
+    /// How long it has been held, as far as this process can tell.
+    pub held_for: Option<Duration>,
+    /// Changes with every write to the lease or its record (a resourceVersion, the lock file's
+    /// contents, the row's expiry and update time): the same version means nothing happened.
+    pub version: String,
+    /// The task's record, when the store had it at hand with the lease (one read for both).
+    pub record: Option<Box<Record>>,
+    /// The lease duration, when the lease states it.
+    pub ttl: Option<Duration>,
+    /// How long until the lease lapses unless it is renewed, as far as this store can tell
+    /// (`Some(ZERO)`: lapsed; `None`: it never lapses while its holder lives, as a flock).
+    pub lapses_in: Option<Duration>,
+}
+
+impl Observation {
+    pub fn holder_text(&self) -> String {
+        self.holder
+            .as_ref()
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "an unknown holder".to_string())
+    }
+}
+
+/// The answer of `Store::try_acquire`.
+#[derive(Debug)]
+pub enum Attempt {
+    Taken(Lease),
+    Busy(Observation),
 }
 
 /// What `Store::list` found.
@@ -146,15 +178,33 @@ pub trait Store: Send + Sync {
     /// The task's record, if any.
     async fn read(&self, id: &TaskId) -> Result<Option<Record>, StoreError>;
 
-    /// Take the task's lease, waiting while another holder has it. While blocked, reports the
-    /// holder through a `WaitLog` every few seconds; fails with `StoreError::WaitTimeout` after
-    /// `opts.wait_timeout`.
-    async fn acquire(
+    /// Take the task's lease if it is free or lapsed, without waiting; otherwise say who holds
+    /// it. Calls for one task from one process form one acquisition: a store may keep state
+    /// between them (when it first saw the lease unchanged, a lock a waiting thread got).
+    async fn try_acquire(
         &self,
         id: &TaskId,
         holder: &Holder,
-        opts: AcquireOpts,
-    ) -> Result<Lease, StoreError>;
+        ttl: Duration,
+    ) -> Result<Attempt, StoreError>;
+
+    /// Return when the lease or record seen in `seen` may have changed (a watch event, a
+    /// notification, a lock freed, the lease about to lapse), or at `until` at the latest.
+    /// Returning early without a change is allowed; the caller looks again.
+    async fn wait_change(
+        &self,
+        id: &TaskId,
+        seen: &Observation,
+        until: Instant,
+    ) -> Result<(), StoreError>;
+
+    /// The task's lease as it is, without taking it; `None` when nobody holds it.
+    async fn observe(&self, id: &TaskId) -> Result<Option<Observation>, StoreError>;
+
+    /// Free the lease of a holder judged gone (`initguard release`), only if it is still exactly
+    /// as `seen` (same version); `false` when it changed meanwhile or cannot be freed by anyone
+    /// but its holder (a flock).
+    async fn free_if_unchanged(&self, id: &TaskId, seen: &Observation) -> Result<bool, StoreError>;
 
     /// Extend the lease; `StoreError::LeaseLost` when someone else has taken it.
     async fn renew(&self, lease: &Lease) -> Result<(), StoreError>;
@@ -168,11 +218,6 @@ pub trait Store: Send + Sync {
     /// Every record in the store, for `status`, `history` and `reset`. A record that cannot be
     /// read (corrupt, newer schema) does not hide the others: it goes to `Listing::unreadable`.
     async fn list(&self) -> Result<Listing, StoreError>;
-
-    /// For `initguard release`: give up the task's lease if `me` owns it (same Pod or host) and
-    /// its holder is gone. A holder that still renews keeps it (`ReleaseOutcome::StillAlive`):
-    /// freeing a live holder's lease would let another replica run the task beside it.
-    async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError>;
 
     /// Whether `run_sql_exactly_once` is available (the store is a database).
     fn supports_sql(&self) -> bool {

@@ -7,10 +7,7 @@
 use super::safe_fs::{Content, SafeDir};
 use super::{layout, legacy};
 use crate::record::{Record, RecordError};
-use crate::store::wait::WAIT_LOG_EVERY;
-use crate::store::{
-    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
-};
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,7 +17,9 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// A temp file is written and renamed within one `write`; one this old was left by a crash or a
 /// full disk. Generous, so that even a writer paused mid-write is very unlikely to lose its file
@@ -29,7 +28,13 @@ const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
 pub struct FileStore {
     dir: PathBuf,
+    /// A blocking `flock` a waiter started, by lock file name: it cannot be cancelled, so it is
+    /// kept across `wait_change` calls (one thread per waited-for task, however long the wait)
+    /// and the lock it gets is the next `try_acquire`'s.
+    waiting: Mutex<Option<(String, oneshot::Receiver<LockResult>)>>,
 }
+
+type LockResult = Result<Flock<File>, nix::Error>;
 
 /// What the lock file holds: the fencing counter and who holds the lock now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +55,7 @@ impl FileStore {
     pub fn open(dir: &Path) -> Result<FileStore, StoreError> {
         Ok(FileStore {
             dir: dir.to_path_buf(),
+            waiting: Mutex::new(None),
         })
     }
 
@@ -109,12 +115,10 @@ impl FileStore {
         serde_json::from_slice(&buf[..n]).ok()
     }
 
-    /// Block in a thread of its own: a blocking `flock` cannot be cancelled, but when nobody waits
-    /// for the result any more the thread drops the lock it got, so giving up leaks nothing.
-    fn lock_in_thread(
-        file: File,
-    ) -> tokio::sync::oneshot::Receiver<Result<Flock<File>, nix::Error>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Block in a thread of its own: a blocking `flock` cannot be cancelled. The thread ends
+    /// when it gets the lock; should nobody want it by then, dropping it unlocks.
+    fn lock_in_thread(file: File) -> oneshot::Receiver<LockResult> {
+        let (tx, rx) = oneshot::channel();
         std::thread::spawn(move || {
             let res = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| e);
             let _ = tx.send(res);
@@ -122,54 +126,78 @@ impl FileStore {
         rx
     }
 
-    async fn lock(
+    fn waiting(
         &self,
-        id: &TaskId,
-        opts: AcquireOpts,
-    ) -> Result<(SafeDir, Flock<File>, String), StoreError> {
-        let name = layout::lock_name(id);
-        let started = Instant::now();
-        let mut log = WaitLog::new(id);
-        loop {
-            let dir = self.root()?;
-            let path = dir.join(&name);
-            let file = dir.open_lock(&name)?;
-            let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(l) => l,
-                Err((file, nix::Error::EWOULDBLOCK)) => {
-                    let mut rx = Self::lock_in_thread(file);
-                    loop {
-                        let busy = Self::lock_info(&dir, &name).map(|i| Busy {
-                            held_for: (Utc::now() - i.since).to_std().ok(),
-                            holder: Some(i.holder),
-                        });
-                        let busy = busy.unwrap_or(Busy {
-                            holder: None,
-                            held_for: None,
-                        });
-                        log.tick(&busy);
-                        let slice =
-                            next_wait(id, &busy, started, opts.wait_timeout, WAIT_LOG_EVERY)?;
-                        match tokio::time::timeout(slice, &mut rx).await {
-                            Ok(Ok(Ok(l))) => break l,
-                            Ok(Ok(Err(e))) => {
-                                return Err(StoreError::io("cannot lock", &path)(e.into()));
-                            }
-                            Ok(Err(_)) => {
-                                return Err(StoreError::io("lock thread ended", &path)(
-                                    std::io::Error::other("lock thread ended"),
-                                ));
-                            }
-                            Err(_) => continue,
-                        }
-                    }
-                }
-                Err((_, e)) => return Err(StoreError::io("cannot lock", &path)(e.into())),
-            };
-            if dir.still_names(&name, &locked) && dir.still_at_path() {
-                return Ok((dir, locked, name));
+    ) -> std::sync::MutexGuard<'_, Option<(String, oneshot::Receiver<LockResult>)>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock a waiting thread got for `name`, if it got it by now.
+    fn lock_from_waiter(&self, name: &str) -> Option<LockResult> {
+        let mut slot = self.waiting();
+        let (waited, rx) = slot.as_mut()?;
+        if waited != name {
+            return None;
+        }
+        match rx.try_recv() {
+            Ok(res) => {
+                *slot = None;
+                Some(res)
             }
-            // Someone removed the lock file (or the state dir) while we waited: lock the new one.
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    /// Lock the task's lock file without waiting: `Ok(None)` when another process holds it.
+    fn try_lock(&self, dir: &SafeDir, name: &str) -> Result<Option<Flock<File>>, StoreError> {
+        let path = dir.join(name);
+        let locked = match self.lock_from_waiter(name) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => return Err(StoreError::io("cannot lock", &path)(e.into())),
+            None => match Flock::lock(dir.open_lock(name)?, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => {
+                    // A thread still blocked on this lock would get it once we let go and keep
+                    // it while this process lives: nobody wants its answer now.
+                    let mut slot = self.waiting();
+                    if slot.as_ref().is_some_and(|(waited, _)| waited == name) {
+                        *slot = None;
+                    }
+                    l
+                }
+                Err((_, nix::Error::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(StoreError::io("cannot lock", &path)(e.into())),
+            },
+        };
+        // Someone removed the lock file (or the state dir) meanwhile: that lock guards nothing;
+        // the caller looks again and locks the new one.
+        if dir.still_names(name, &locked) && dir.still_at_path() {
+            Ok(Some(locked))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Who holds the lock `name`, as its file says, with the record beside it.
+    fn observation(dir: &SafeDir, id: &TaskId, name: &str) -> Observation {
+        let info = Self::lock_info(dir, name);
+        let version = match dir.read(name) {
+            Ok(Content::Bytes(b)) => hex::encode(&b[..b.len().min(512)]),
+            _ => String::new(),
+        };
+        Observation {
+            held_for: info
+                .as_ref()
+                .and_then(|i| (Utc::now() - i.since).to_std().ok()),
+            holder: info.map(|i| i.holder),
+            version,
+            // A corrupt record is the guard's to report, from its own read.
+            record: Self::read_in(dir, id).ok().flatten().map(Box::new),
+            ttl: None,
+            lapses_in: None,
         }
     }
 
@@ -231,13 +259,17 @@ impl Store for FileStore {
         }
     }
 
-    async fn acquire(
+    async fn try_acquire(
         &self,
         id: &TaskId,
         holder: &Holder,
-        opts: AcquireOpts,
-    ) -> Result<Lease, StoreError> {
-        let (dir, mut locked, name) = self.lock(id, opts).await?;
+        ttl: Duration,
+    ) -> Result<Attempt, StoreError> {
+        let dir = self.root()?;
+        let name = layout::lock_name(id);
+        let Some(mut locked) = self.try_lock(&dir, &name)? else {
+            return Ok(Attempt::Busy(Self::observation(&dir, id, &name)));
+        };
         // Tokens never repeat for a task while its state directory exists. The lock file and the
         // record both carry the last token, and the next one is above both:
         // - lock file deleted (by hand, or by a cleaner): the record still has the token of
@@ -264,17 +296,73 @@ impl Store for FileStore {
         Self::write_lock_info(&mut locked, &info, &dir.join(&name))?;
         // Best effort: a crash or a full disk can leave temp files; clear the old ones now.
         dir.remove_stale(layout::is_temp_name, STALE_TEMP_AGE);
-        Ok(Lease {
+        Ok(Attempt::Taken(Lease {
             id: id.clone(),
             token,
             holder: holder.clone(),
-            ttl: opts.ttl,
+            ttl,
             handle: Box::new(FileLease {
                 dir,
                 lock: locked,
                 name,
             }),
-        })
+        }))
+    }
+
+    async fn wait_change(
+        &self,
+        id: &TaskId,
+        _seen: &Observation,
+        until: Instant,
+    ) -> Result<(), StoreError> {
+        let name = layout::lock_name(id);
+        let mut rx = {
+            let mut slot = self.waiting();
+            match slot.take() {
+                Some((waited, rx)) if waited == name => rx,
+                _ => {
+                    let dir = self.root()?;
+                    Self::lock_in_thread(dir.open_lock(&name)?)
+                }
+            }
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, &mut rx).await {
+            // The lock is ours now: the next `try_acquire` takes it from the slot.
+            Ok(Ok(res)) => {
+                let (tx, ready) = oneshot::channel();
+                let _ = tx.send(res);
+                *self.waiting() = Some((name, ready));
+            }
+            Ok(Err(_)) => {}
+            Err(_) => *self.waiting() = Some((name, rx)),
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, id: &TaskId) -> Result<Option<Observation>, StoreError> {
+        let Some(dir) = SafeDir::open(&self.dir, false)? else {
+            return Ok(None);
+        };
+        let name = layout::lock_name(id);
+        let Some(file) = dir.open_existing(&name)? else {
+            return Ok(None);
+        };
+        // Held exactly while some live process has it flocked.
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_unlocked_on_drop) => Ok(None),
+            Err(_) => Ok(Some(Self::observation(&dir, id, &name))),
+        }
+    }
+
+    async fn free_if_unchanged(
+        &self,
+        _id: &TaskId,
+        _seen: &Observation,
+    ) -> Result<bool, StoreError> {
+        // A flock belongs to the live process that took it and dies with it: no other process
+        // can hand it over.
+        Ok(false)
     }
 
     async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -335,28 +423,6 @@ impl Store for FileStore {
         }
         Ok(out)
     }
-
-    async fn release_holder(
-        &self,
-        id: &TaskId,
-        _me: &Holder,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        let Some(dir) = SafeDir::open(&self.dir, false)? else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        let name = layout::lock_name(id);
-        let Some(file) = dir.open_existing(&name)? else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        // A flock belongs to the live process that took it and dies with it; no other process can
-        // hand it over, so the only answers here are "free" or "held by that process".
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_unlocked_on_drop) => Ok(ReleaseOutcome::NotHeld),
-            Err((_, _)) => Ok(ReleaseOutcome::HeldByOther {
-                holder: Self::lock_info(&dir, &name).map(|i| i.holder),
-            }),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -364,8 +430,8 @@ mod tests {
     use super::*;
     use crate::task::Key;
 
-    fn opts() -> AcquireOpts {
-        AcquireOpts {
+    fn opts() -> crate::store::AcquireOpts {
+        crate::store::AcquireOpts {
             ttl: Duration::from_secs(30),
             wait_timeout: Some(Duration::from_secs(5)),
         }
@@ -376,10 +442,13 @@ mod tests {
     }
 
     async fn taken(store: &FileStore) -> Lease {
-        let lease = store
-            .acquire(&id(), &Holder::default(), opts())
-            .await
-            .unwrap();
+        let crate::acquire::Acquired::Lease(lease) =
+            crate::acquire::acquire(store, &id(), &Holder::default(), opts(), None)
+                .await
+                .unwrap()
+        else {
+            panic!("no lease");
+        };
         let mut rec = Record::new(&id(), "sha256:x", Utc::now());
         rec.token = lease.token;
         store.write(&lease, &rec).await.unwrap();

@@ -9,31 +9,30 @@ use super::events::{EventSink, PodRef};
 use super::lease::{self, Observer, Verdict};
 use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED_BY, lease_name};
 use crate::record::{Record, RecordError};
-use crate::store::liveness::{self, LOOK_EVERY, Watched};
-use crate::store::{
-    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, TaskEvent, WaitLog,
-    jittered, next_wait,
-};
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, TaskEvent, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease as KubeLease;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, PostParams, WatchEvent, WatchParams};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest record kept in the annotation. The API server caps all annotations of an object at
 /// 256 KiB together; a quarter of that leaves room for everything else and for kubectl's
 /// `last-applied-configuration` should someone ever apply the Lease.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
-/// Base pause between looks at a busy Lease; jittered to 0.5–1.5×, so at most 0.9 s.
+/// Base pause between looks at a busy Lease when watching is not possible; jittered to 0.5–1.5×,
+/// so at most 0.9 s.
 const POLL: Duration = Duration::from_millis(600);
+/// Past the moment a busy Lease would lapse, so that the next look sees it lapsed.
+const LAPSE_SLACK: Duration = Duration::from_millis(50);
 /// Longest a release may take.
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
-/// Lease duration assumed by `release` for a Lease that states none (edited by hand): the
-/// default `--lock-ttl`.
-const FALLBACK_TTL: Duration = Duration::from_secs(30);
 /// Conflicts in a row before an update gives up (each one means another writer got in first).
 const MAX_CONFLICTS: u32 = 20;
 
@@ -45,6 +44,20 @@ pub struct KubeStore {
     events: EventSink,
     /// Writes name initguard as field manager, so `kubectl get lease -o yaml` shows who wrote.
     pp: PostParams,
+    /// Each acquisition under way, by Lease name (see `Pending`).
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Set once the API server refused a watch (RBAC without `watch`): poll from then on.
+    no_watch: AtomicBool,
+}
+
+/// What one acquisition remembers between looks: its identity (so that a take whose answer was
+/// lost is recognised as ours), when its first take was sent, and client-go's observation of the
+/// Lease (expiry is judged by how long it stayed unchanged as seen here).
+struct Pending {
+    identity: String,
+    started: Instant,
+    first_sent: Option<Instant>,
+    observer: Observer,
 }
 
 /// `Lease::handle` of this store: the Lease as we last wrote it and when that write was sent.
@@ -121,6 +134,8 @@ impl KubeStore {
             source: conn.source,
             server: conn.server,
             pp: post_params(),
+            pending: Mutex::new(HashMap::new()),
+            no_watch: AtomicBool::new(false),
         }
     }
 
@@ -223,7 +238,7 @@ impl KubeStore {
     fn took(
         id: &TaskId,
         holder: &Holder,
-        opts: AcquireOpts,
+        ttl: Duration,
         name: String,
         identity: String,
         stored: KubeLease,
@@ -235,7 +250,7 @@ impl KubeStore {
             id: id.clone(),
             token,
             holder: holder.clone(),
-            ttl: opts.ttl,
+            ttl,
             handle: Box::new(Held {
                 name,
                 identity,
@@ -306,29 +321,71 @@ impl KubeStore {
 
     /// What `release_holder` concludes when the Lease changed while it watched (`within`: how
     /// long ago at most): whoever wrote it is alive, so nothing is released.
-    fn judge_changed(
+    /// A busy Lease as the guard sees it; `left`: how long it stays held at the least.
+    fn observation(
         &self,
         id: &TaskId,
         name: &str,
-        now: Option<&KubeLease>,
-        me: &Holder,
-        within: Duration,
-    ) -> Result<ReleaseOutcome, StoreError> {
-        let Some(now) = now else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        self.check_task(id, name, now)?;
-        Ok(match lease::holder(now) {
-            None => ReleaseOutcome::NotHeld,
-            Some(h) if !me.same_owner(&h) => ReleaseOutcome::HeldByOther { holder: Some(h) },
-            Some(h) => ReleaseOutcome::StillAlive {
-                holder: h,
-                renewed_within: within,
-            },
-        })
+        current: &KubeLease,
+        left: Option<Duration>,
+    ) -> Observation {
+        Observation {
+            holder: lease::holder(current),
+            held_for: lease::held_for_display(current),
+            version: current
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default(),
+            // A corrupt record is the guard's to report, from its own read.
+            record: self
+                .parse_record(id, name, current)
+                .ok()
+                .flatten()
+                .map(Box::new),
+            ttl: lease::lease_duration(current),
+            lapses_in: left,
+        }
     }
 
-    /// The record as the annotation keeps it: compact JSON of at most `MAX_RECORD_BYTES`.
+    /// Wait for the Lease `name` to change from resourceVersion `version`, by watch; `false`
+    /// when no watch could be had (refused, expired, broken), so the caller polls instead.
+    async fn watch_change(&self, name: &str, version: &str, until: Instant) -> bool {
+        if self.no_watch.load(Ordering::Relaxed) || version.is_empty() {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        // The server ends the watch itself a little after we stop caring.
+        let secs = u32::try_from(left.as_secs() + 1).unwrap_or(u32::MAX).max(1);
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(secs);
+        let watching = async {
+            let stream = match self.api.watch(&params, version).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    tracing::info!(
+                        "the API server refused to watch Leases (RBAC); looking again every second                          instead (re-apply `initguard k8s rbac` to grant watch)"
+                    );
+                    self.no_watch.store(true, Ordering::Relaxed);
+                    return false;
+                }
+                Err(_) => return false,
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Bookmark(_)) => continue,
+                    Ok(WatchEvent::Error(_)) | Err(_) => return false,
+                    Ok(_) => return true,
+                }
+            }
+            // Closed at its timeout without a change: the caller looks again.
+            true
+        };
+        tokio::time::timeout(left, watching).await.unwrap_or(true)
+    }
+
     fn bounded_json(&self, record: &Record) -> Result<String, StoreError> {
         let (json, trimmed) =
             bound_record(record, MAX_RECORD_BYTES).map_err(|e| StoreError::Corrupt {
@@ -423,32 +480,39 @@ impl Store for KubeStore {
         }
     }
 
-    async fn acquire(
+    async fn try_acquire(
         &self,
         id: &TaskId,
         holder: &Holder,
-        opts: AcquireOpts,
-    ) -> Result<Lease, StoreError> {
+        ttl: Duration,
+    ) -> Result<Attempt, StoreError> {
         let name = lease_name(id);
-        let identity = format!("{}_{:08x}", holder.identity(), rand::random::<u32>());
-        let started = Instant::now();
-        let mut observer = Observer::default();
-        let mut log = WaitLog::new(id);
-        // When our first take was sent: if its answer is lost, this is the conservative start.
-        let mut first_sent: Option<Instant> = None;
-        loop {
+        let mut p = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name)
+            .unwrap_or_else(|| Pending {
+                identity: format!("{}_{:08x}", holder.identity(), rand::random::<u32>()),
+                started: Instant::now(),
+                first_sent: None,
+                observer: Observer::default(),
+            });
+        let identity = p.identity.clone();
+        for _ in 0..MAX_CONFLICTS {
             let current = self.get(&name, None).await.map_err(|e| self.err(e))?;
             let Some(current) = current else {
-                let fresh = lease::new_held(&name, &id.storage_name(), &identity, holder, opts.ttl);
+                let fresh = lease::new_held(&name, &id.storage_name(), &identity, holder, ttl);
                 let sent = Instant::now();
-                first_sent.get_or_insert(sent);
+                p.first_sent.get_or_insert(sent);
                 let res = api::call(Op::lease("create"), None, || {
                     self.api.create(&self.pp, &fresh)
                 })
                 .await;
                 match res {
                     Ok(stored) => {
-                        return Ok(Self::took(id, holder, opts, name, identity, stored, sent));
+                        let lease = Self::took(id, holder, ttl, name, identity, stored, sent);
+                        return Ok(Attempt::Taken(lease));
                     }
                     // Someone else created it first (or our own retry did): look again.
                     Err(ApiError::AlreadyExists | ApiError::Conflict) => continue,
@@ -458,10 +522,11 @@ impl Store for KubeStore {
             self.check_task(id, &name, &current)?;
             if lease::holder_identity(&current) == Some(identity.as_str()) {
                 // A take of ours went through although its answer was lost on the way back.
-                let sent = first_sent.unwrap_or(started);
-                return Ok(Self::took(id, holder, opts, name, identity, current, sent));
+                let sent = p.first_sent.unwrap_or(p.started);
+                let lease = Self::took(id, holder, ttl, name, identity, current, sent);
+                return Ok(Attempt::Taken(lease));
             }
-            let verdict = observer.judge(&current, Instant::now(), opts.ttl);
+            let verdict = p.observer.judge(&current, Instant::now(), ttl);
             let left = match verdict {
                 Verdict::Free | Verdict::Lapsed => {
                     if verdict == Verdict::Lapsed {
@@ -473,7 +538,7 @@ impl Store for KubeStore {
                         );
                     }
                     let mut next = current.clone();
-                    let Some(_token) = lease::take(&mut next, &identity, holder, opts.ttl) else {
+                    let Some(_token) = lease::take(&mut next, &identity, holder, ttl) else {
                         return Err(StoreError::Corrupt {
                             key: id.key.to_string(),
                             location: self.location(&name),
@@ -481,14 +546,15 @@ impl Store for KubeStore {
                         });
                     };
                     let sent = Instant::now();
-                    first_sent.get_or_insert(sent);
+                    p.first_sent.get_or_insert(sent);
                     let res = api::call(Op::lease("update"), None, || {
                         self.api.replace(&name, &self.pp, &next)
                     })
                     .await;
                     match res {
                         Ok(stored) => {
-                            return Ok(Self::took(id, holder, opts, name, identity, stored, sent));
+                            let lease = Self::took(id, holder, ttl, name, identity, stored, sent);
+                            return Ok(Attempt::Taken(lease));
                         }
                         // Another acquirer won the race, or the Lease went away: decide again.
                         Err(ApiError::Conflict | ApiError::NotFound) => continue,
@@ -497,19 +563,69 @@ impl Store for KubeStore {
                 }
                 Verdict::Held { left } => left,
             };
-            let busy = Busy {
-                holder: lease::holder(&current),
-                held_for: lease::held_for_display(&current),
-            };
-            log.tick(&busy);
-            let pause = next_wait(
-                id,
-                &busy,
-                started,
-                opts.wait_timeout,
-                jittered(POLL).min(left + Duration::from_millis(50)),
-            )?;
+            let seen = self.observation(id, &name, &current, Some(left));
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, p);
+            return Ok(Attempt::Busy(seen));
+        }
+        Err(self.err(ApiError::Unreachable {
+            op: Op::lease("update"),
+            tries: MAX_CONFLICTS,
+            reason: "every take lost a race with another writer".into(),
+        }))
+    }
+
+    async fn wait_change(
+        &self,
+        id: &TaskId,
+        seen: &Observation,
+        until: Instant,
+    ) -> Result<(), StoreError> {
+        // Wake in time to take the Lease over the moment it would lapse.
+        let until = seen
+            .lapses_in
+            .map_or(until, |left| until.min(Instant::now() + left + LAPSE_SLACK));
+        let name = lease_name(id);
+        if !self.watch_change(&name, &seen.version, until).await {
+            let pause = jittered(POLL).min(until.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, id: &TaskId) -> Result<Option<Observation>, StoreError> {
+        let name = lease_name(id);
+        let Some(current) = self.get(&name, None).await.map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        self.check_task(id, &name, &current)?;
+        if lease::holder_identity(&current).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.observation(id, &name, &current, None)))
+    }
+
+    async fn free_if_unchanged(&self, id: &TaskId, seen: &Observation) -> Result<bool, StoreError> {
+        let name = lease_name(id);
+        let Some(current) = self.get(&name, None).await.map_err(|e| self.err(e))? else {
+            return Ok(false);
+        };
+        if current.metadata.resource_version.as_deref() != Some(seen.version.as_str()) {
+            return Ok(false);
+        }
+        // Replaced only if it is still exactly the Lease watched (resourceVersion-checked).
+        let mut next = current;
+        lease::release(&mut next);
+        let res = api::call(Op::lease("update"), None, || {
+            self.api.replace(&name, &self.pp, &next)
+        })
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(ApiError::Conflict | ApiError::NotFound) => Ok(false),
+            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -587,68 +703,6 @@ impl Store for KubeStore {
         out.records
             .sort_by(|a, b| (&a.key, &a.instance).cmp(&(&b.key, &b.instance)));
         Ok(out)
-    }
-
-    async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
-        let name = lease_name(id);
-        let Some(first) = self.get(&name, None).await.map_err(|e| self.err(e))? else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        let seen = Instant::now();
-        self.check_task(id, &name, &first)?;
-        let Some(holder) = lease::holder(&first) else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        if !me.same_owner(&holder) {
-            return Ok(ReleaseOutcome::HeldByOther {
-                holder: Some(holder),
-            });
-        }
-        // Same Pod, but the holder may well be alive and running its command (a preStop hook runs
-        // before the container is told to stop): freeing its lease would let another replica run
-        // the task beside it. `renewTime` cannot tell (another node's clock, client-go's rule), so
-        // watch the Lease: a live holder renews every third of `leaseDurationSeconds`, and every
-        // write changes the resourceVersion; one that does not renew for the whole window has
-        // had its command killed by its supervisor (see `liveness::window`). The holder reaches
-        // the API server through this very Pod's network, so its renewals cannot be cut off
-        // while ours get through.
-        let window = liveness::window(lease::lease_duration(&first).unwrap_or(FALLBACK_TTL));
-        tracing::info!(
-            key = %id,
-            "the lease on {id} is held by {holder} of this Pod; watching it for up to {:.1}s to \
-             tell whether that holder is still alive",
-            window.as_secs_f64()
-        );
-        let same_version = |a: &KubeLease, b: &KubeLease| {
-            a.metadata.resource_version == b.metadata.resource_version
-        };
-        let look = || {
-            let name = &name;
-            async move { self.get(name, None).await.map_err(|e| self.err(e)) }
-        };
-        let watched = liveness::watch(&first, seen, window, LOOK_EVERY, same_version, look).await?;
-        if let Watched::Changed { now, within } = watched {
-            return self.judge_changed(id, &name, now.as_ref(), me, within);
-        }
-        // Unchanged for a whole window: the holder is gone. Released only if it is still exactly
-        // the Lease we watched (resourceVersion-checked).
-        let mut next = first.clone();
-        lease::release(&mut next);
-        let decided = Instant::now();
-        let res = api::call(Op::lease("update"), None, || {
-            self.api.replace(&name, &self.pp, &next)
-        })
-        .await;
-        match res {
-            Ok(_) => Ok(ReleaseOutcome::Released { holder }),
-            // Written meanwhile: by its holder (alive after all), or by a new one.
-            Err(ApiError::Conflict) => {
-                let now = self.get(&name, None).await.map_err(|e| self.err(e))?;
-                self.judge_changed(id, &name, now.as_ref(), me, decided.elapsed())
-            }
-            Err(ApiError::NotFound) => Ok(ReleaseOutcome::NotHeld),
-            Err(e) => Err(self.err(e)),
-        }
     }
 
     async fn event(&self, id: &TaskId, kind: TaskEvent, message: &str) {

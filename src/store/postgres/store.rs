@@ -1,27 +1,24 @@
 //! `PgStore`: records and leases in a PostgreSQL table. The lease is a row judged by the
 //! database clock (`clock_timestamp()`), never the client's; its token is a counter in the row,
-//! incremented by every acquisition; every write is fenced on that token. Waiters line up behind
-//! an advisory lock; the first in line sleeps on LISTEN/NOTIFY (a release notifies at commit),
-//! and all of them wake when the holder's lease would lapse, by the database's own reckoning: no
-//! tight polling. Must never take a lease that has not lapsed, and never write without the
-//! writer's token matching.
+//! incremented by every acquisition; every write is fenced on that token. A waiter sleeps on
+//! LISTEN/NOTIFY on the process's one connection (a release notifies at commit) and wakes when the
+//! holder's lease would lapse, by the database's own reckoning: no tight polling, and no second
+//! connection per waiter. Must never take a lease that has not lapsed, and never write without
+//! the writer's token matching.
 
 use super::config::{PgUrl, error_chain};
 use super::connect::{CONNECT_BUDGET, Conn, Connector, classify, is_connection_error, quote_ident};
-use super::schema::{self, SchemaError, lock_key};
+use super::schema::{self, SchemaError};
 use crate::record::{Record, RecordError};
-use crate::store::liveness::{self, LOOK_EVERY, Watched};
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
-use crate::store::wait::WAIT_LOG_EVERY;
-use crate::store::{
-    AcquireOpts, Busy, Lease, Listing, ReleaseOutcome, Store, StoreError, WaitLog, next_wait,
-};
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
@@ -81,7 +78,8 @@ impl Statements {
                  WHERE t.task = $1
                  RETURNING t.token, t.holder, t.lease_nonce,
                            EXTRACT(EPOCH FROM t.expires_at - c.now)::float8,
-                           EXTRACT(EPOCH FROM c.now - t.acquired_at)::float8",
+                           EXTRACT(EPOCH FROM c.now - t.acquired_at)::float8,
+                           t.expires_at::text, t.updated_at::text, t.record",
                 free = "(t.expires_at IS NULL OR t.expires_at <= c.now)"
             ),
             insert: format!(
@@ -150,26 +148,22 @@ struct LeaseRow {
 
 impl LeaseRow {
     /// Nobody wrote the row in between: same acquisition, no renewal, no record write.
-    fn same(a: &LeaseRow, b: &LeaseRow) -> bool {
-        a.token == b.token
-            && a.nonce == b.nonce
-            && a.expires_at == b.expires_at
-            && a.updated_at == b.updated_at
-    }
-
-    /// What `release_holder` concludes when the row changed while it watched (`within`: how long
-    /// ago at most): whoever wrote it is alive, so nothing is released.
-    fn judge_changed(now: Option<LeaseRow>, me: &Holder, within: Duration) -> ReleaseOutcome {
-        match now {
-            None => ReleaseOutcome::NotHeld,
-            Some(LeaseRow {
-                holder: Some(h), ..
-            }) if h.same_owner(me) => ReleaseOutcome::StillAlive {
-                holder: h,
-                renewed_within: within,
-            },
-            Some(row) if row.live => ReleaseOutcome::HeldByOther { holder: row.holder },
-            Some(_) => ReleaseOutcome::NotHeld,
+    /// The row as the release watch sees it: every renewal moves `expires_at`, every record
+    /// write `updated_at`, every acquisition the token and nonce.
+    fn observation(&self) -> Observation {
+        Observation {
+            holder: self.holder.clone(),
+            held_for: None,
+            version: format!(
+                "{}/{}/{}/{:?}",
+                self.token,
+                self.nonce.as_deref().unwrap_or_default(),
+                self.expires_at.to_rfc3339(),
+                self.updated_at.map(|u| u.to_rfc3339())
+            ),
+            record: None,
+            ttl: None,
+            lapses_in: Some(if self.live { self.left } else { Duration::ZERO }),
         }
     }
 }
@@ -182,14 +176,14 @@ pub struct PgStore {
     /// The shared connection; replaced when it dies. Held across reconnects so that concurrent
     /// callers wait for one reconnect instead of each opening a connection.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The nonce of each acquisition under way, by row name: a take whose answer was lost with
+    /// its connection is recognised as ours on the next look.
+    nonces: Mutex<HashMap<String, String>>,
 }
 
 enum Take {
     Taken(u64),
-    Busy {
-        busy: Busy,
-        left: Duration,
-    },
+    Busy(Observation),
     /// The row stayed locked for the whole lock wait (an SQL task committing, a paused holder
     /// mid-transaction): nothing learnt about the lease.
     Locked,
@@ -213,6 +207,7 @@ impl PgStore {
             channel,
             connector,
             conn: tokio::sync::Mutex::new(Some(conn.clone())),
+            nonces: Mutex::new(HashMap::new()),
         };
         store.ensure_schema(&conn).await?;
         Ok(store)
@@ -416,6 +411,9 @@ impl PgStore {
             Option<String>,
             Option<f64>,
             Option<f64>,
+            Option<String>,
+            Option<String>,
+            Option<serde_json::Value>,
         );
         // Outer None: the row stayed locked past lock_timeout (an SQL task committing).
         let seen: Option<Option<Seen>> = self
@@ -447,6 +445,9 @@ impl PgStore {
                                 r.try_get(2)?,
                                 r.try_get(3)?,
                                 r.try_get(4)?,
+                                r.try_get(5)?,
+                                r.try_get(6)?,
+                                r.try_get(7)?,
                             ))
                         })
                         .transpose()?;
@@ -457,7 +458,8 @@ impl PgStore {
         let Some(seen) = seen else {
             return Ok(Take::Locked);
         };
-        let Some((token, holder_json, row_nonce, left, held_for)) = seen else {
+        let Some((token, holder_json, row_nonce, left, held_for, expires, updated, record)) = seen
+        else {
             let sql = self.sql.clone();
             let (key, scope, inst) = (
                 id.key.to_string(),
@@ -481,153 +483,25 @@ impl PgStore {
         if row_nonce.as_deref() == Some(nonce) {
             return Ok(Take::Taken(u64::try_from(token).unwrap_or_default()));
         }
-        Ok(Take::Busy {
-            busy: Busy {
-                holder: holder_json.and_then(|h| serde_json::from_value(h).ok()),
-                held_for: held_for.and_then(|s| Duration::try_from_secs_f64(s).ok()),
-            },
-            left: left
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .unwrap_or(Duration::ZERO),
-        })
-    }
-
-    /// The waiting loop of `acquire`. Waiters line up in the server's FIFO queue of an advisory
-    /// lock; only the one at its head (`head`: the connection holding that lock) listens for the
-    /// release, so a release wakes one process, not the whole fleet. Everyone in the line still
-    /// wakes when the holder's lease would lapse (and every few seconds, to log), so a stuck head
-    /// of the line cannot keep a lapsed lease from being taken over.
-    async fn acquire_queued(
-        &self,
-        id: &TaskId,
-        holder: &Holder,
-        opts: AcquireOpts,
-        queue: i64,
-        head: &mut Option<Arc<Conn>>,
-    ) -> Result<Lease, StoreError> {
-        let started = Instant::now();
-        let mut log = WaitLog::new(id);
-        let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let holder_json = serde_json::to_value(holder).unwrap_or_default();
-        let ttl_ms = Self::ttl_ms(opts.ttl);
-        let name = id.storage_name();
-        // The holder as last seen, for the waiting line while the row is locked.
-        let mut seen: Option<Busy> = None;
-        loop {
-            let conn = self.conn().await?;
-            if head.as_ref().is_some_and(|h| !Arc::ptr_eq(h, &conn)) {
-                // The queue lock went with the connection that held it.
-                *head = None;
-            }
-            // Subscribe before looking, so that a release between the look and the wait wakes us.
-            let mut notes = conn.notes.subscribe();
-            // The row lock is waited for no longer than the wait has left (a last look when
-            // nothing is left), so a row that stays locked cannot hold us past --wait-timeout.
-            let lock_wait = opts.wait_timeout.map_or(Duration::MAX, |limit| {
-                limit.saturating_sub(started.elapsed())
-            });
-            let taken = self
-                .try_take(id, &holder_json, &nonce, ttl_ms, lock_wait)
-                .await?;
-            let (busy, left) = match taken {
-                Take::Taken(token) => {
-                    return Ok(Lease {
-                        id: id.clone(),
-                        token,
-                        holder: holder.clone(),
-                        ttl: opts.ttl,
-                        handle: Box::new(PgHandle),
-                    });
-                }
-                Take::Again => continue,
-                Take::Locked => {
-                    let busy = seen.clone().unwrap_or(Busy {
-                        holder: None,
-                        held_for: None,
-                    });
-                    log.tick(&busy);
-                    next_wait(id, &busy, started, opts.wait_timeout, Duration::ZERO)?;
-                    continue;
-                }
-                Take::Busy { busy, left } => (busy, left),
-            };
-            seen = Some(busy.clone());
-            log.tick(&busy);
-            let slice = next_wait(
-                id,
-                &busy,
-                started,
-                opts.wait_timeout,
-                (left + EXPIRY_SLACK).min(WAIT_LOG_EVERY),
-            )?;
-            if head.is_some() {
-                tokio::select! {
-                    _ = Self::notified(&mut notes, &name) => {}
-                    _ = tokio::time::sleep(slice) => {}
-                }
-            } else if self.queue_up(&conn, queue, slice).await? {
-                *head = Some(conn);
-            }
-        }
-    }
-
-    /// Wait at most `limit` in the advisory-lock queue; true when this connection now heads it.
-    async fn queue_up(
-        &self,
-        conn: &Arc<Conn>,
-        queue: i64,
-        limit: Duration,
-    ) -> Result<bool, StoreError> {
-        let ms = limit.as_millis().clamp(1, 3_600_000);
-        // The wait is bounded by the server (lock_timeout), so nothing is left pending on the
-        // connection when it ends; the session's usual lock_timeout is put back either way.
-        let wait = format!(
-            "SET lock_timeout = {ms}; SELECT pg_advisory_lock({queue}); SET lock_timeout = {LOCK_TIMEOUT_MS}"
-        );
-        match tokio::time::timeout(limit + QUERY_TIMEOUT, conn.client.batch_execute(&wait)).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let reset = format!("SET lock_timeout = {LOCK_TIMEOUT_MS}");
-                match tokio::time::timeout(QUERY_TIMEOUT, conn.client.batch_execute(&reset)).await {
-                    Ok(Ok(())) => {}
-                    _ => self.forget(conn).await,
-                }
-                Ok(false)
-            }
-            Ok(Err(e)) if is_connection_error(&e) => {
-                // Reconnect on the next round (bounded retries there).
-                self.forget(conn).await;
-                Ok(false)
-            }
-            Ok(Err(e)) => Err(self.pg_error("waiting in line for the lease", &e)),
-            Err(_) => {
-                // The server ends the lock wait itself at `limit`; no answer long after that is a
-                // store that stopped answering, reported now rather than after a reconnect.
-                self.forget(conn).await;
-                Err(self.unreachable(&format!(
-                    "waiting in line for the lease: the server did not answer within {:.1}s of \
-                     the end of the wait",
-                    QUERY_TIMEOUT.as_secs_f64()
-                )))
-            }
-        }
-    }
-
-    /// Step out of the queue so that the next waiter heads it (best effort: a closed connection
-    /// has dropped the lock already).
-    async fn leave_queue(&self, conn: &Arc<Conn>, queue: i64) {
-        if !conn.usable() {
-            // Hung or closed: the lock goes with the connection, and waiting here would only
-            // delay the report of a store that does not answer.
-            return;
-        }
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&queue];
-        let unlock = conn
-            .client
-            .execute("SELECT pg_advisory_unlock($1)", &params);
-        if !matches!(tokio::time::timeout(QUERY_TIMEOUT, unlock).await, Ok(Ok(_))) {
-            self.forget(conn).await;
-        }
+        Ok(Take::Busy(Observation {
+            holder: holder_json.and_then(|h| serde_json::from_value(h).ok()),
+            held_for: held_for.and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            version: format!(
+                "{token}/{}/{}/{}",
+                row_nonce.unwrap_or_default(),
+                expires.unwrap_or_default(),
+                updated.unwrap_or_default()
+            ),
+            // A corrupt record is the guard's to report, from its own read.
+            record: record
+                .and_then(|v| self.decode(&id.to_string(), v).ok())
+                .map(Box::new),
+            ttl: None,
+            lapses_in: Some(
+                left.and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .unwrap_or(Duration::ZERO),
+            ),
+        }))
     }
 
     /// Whether `lease` is still the task's current lease (its token, not released).
@@ -761,25 +635,95 @@ impl Store for PgStore {
         value.map(|v| self.decode(&id.to_string(), v)).transpose()
     }
 
-    async fn acquire(
+    async fn try_acquire(
         &self,
         id: &TaskId,
         holder: &Holder,
-        opts: AcquireOpts,
-    ) -> Result<Lease, StoreError> {
-        let queue = lock_key(&format!(
-            "initguard queue {} {}",
-            self.url.schema,
-            id.storage_name()
-        ));
-        let mut head = None;
-        let res = self
-            .acquire_queued(id, holder, opts, queue, &mut head)
-            .await;
-        if let Some(conn) = head {
-            self.leave_queue(&conn, queue).await;
+        ttl: Duration,
+    ) -> Result<Attempt, StoreError> {
+        let name = id.storage_name();
+        let nonce = self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.clone())
+            .or_insert_with(|| hex::encode(rand::random::<[u8; 16]>()))
+            .clone();
+        let holder_json = serde_json::to_value(holder).unwrap_or_default();
+        loop {
+            let lock_wait = Duration::from_millis(u64::from(LOCK_TIMEOUT_MS));
+            match self
+                .try_take(id, &holder_json, &nonce, Self::ttl_ms(ttl), lock_wait)
+                .await?
+            {
+                Take::Taken(token) => {
+                    self.nonces
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name);
+                    return Ok(Attempt::Taken(Lease {
+                        id: id.clone(),
+                        token,
+                        holder: holder.clone(),
+                        ttl,
+                        handle: Box::new(PgHandle),
+                    }));
+                }
+                Take::Again => continue,
+                // The row is locked by a transaction in flight (an SQL task committing): who
+                // holds the lease is unknown until it ends; look again soon.
+                Take::Locked => {
+                    return Ok(Attempt::Busy(Observation {
+                        holder: None,
+                        held_for: None,
+                        version: "locked".into(),
+                        record: None,
+                        ttl: None,
+                        lapses_in: Some(Duration::from_millis(200)),
+                    }));
+                }
+                Take::Busy(seen) => return Ok(Attempt::Busy(seen)),
+            }
         }
-        res
+    }
+
+    async fn wait_change(
+        &self,
+        id: &TaskId,
+        seen: &Observation,
+        until: Instant,
+    ) -> Result<(), StoreError> {
+        // Subscribe first, then check the row is still as seen is not needed: a release notifies
+        // at commit, and a NOTIFY sent before we subscribed is covered by waking at the lapse.
+        let conn = self.conn().await?;
+        let mut notes = conn.notes.subscribe();
+        let lapse = seen
+            .lapses_in
+            .map_or(until, |left| Instant::now() + left + EXPIRY_SLACK);
+        let name = id.storage_name();
+        tokio::select! {
+            _ = Self::notified(&mut notes, &name) => {}
+            _ = tokio::time::sleep_until(lapse.min(until).into()) => {}
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, id: &TaskId) -> Result<Option<Observation>, StoreError> {
+        Ok(self
+            .lease_row(&id.storage_name())
+            .await?
+            .map(|row| row.observation()))
+    }
+
+    async fn free_if_unchanged(&self, id: &TaskId, seen: &Observation) -> Result<bool, StoreError> {
+        let name = id.storage_name();
+        let Some(row) = self.lease_row(&name).await? else {
+            return Ok(false);
+        };
+        if row.observation().version != seen.version {
+            return Ok(false);
+        }
+        self.release_row(&name, &row).await
     }
 
     async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -879,53 +823,6 @@ impl Store for PgStore {
             out.add(id, read)?;
         }
         Ok(out)
-    }
-
-    async fn release_holder(&self, id: &TaskId, me: &Holder) -> Result<ReleaseOutcome, StoreError> {
-        let name = id.storage_name();
-        let Some(first) = self.lease_row(&name).await? else {
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        let seen = Instant::now();
-        let holder = match &first.holder {
-            Some(h) if h.same_owner(me) => h.clone(),
-            h if first.live => return Ok(ReleaseOutcome::HeldByOther { holder: h.clone() }),
-            _ => return Ok(ReleaseOutcome::NotHeld),
-        };
-        if first.live {
-            // Same Pod (or host), but the holder may well be alive and running its command:
-            // freeing its lease would let another replica run the task beside it. The row keeps
-            // neither the lease duration nor the last renewal (adding them would take a new table
-            // layout, which replicas still on the old initguard refuse), so watch the row instead,
-            // as the Kubernetes store does. Each renewal sets `expires_at` to its commit time plus
-            // ttl, and the holder's supervisor kills its command `holder_gives_up_after(ttl)`
-            // after the renewal was asked for, which is earlier: by `expires_at - ttl/4` at the
-            // latest, that is `now + left - ttl/4 <= now + 3·left/4` since `left <= ttl`. So an
-            // unchanged row for `window(left)` means the command is dead.
-            let window = liveness::window(first.left);
-            tracing::info!(
-                key = %id,
-                "the lease on {id} is held by {holder} of this host or Pod; watching it for up \
-                 to {:.1}s to tell whether that holder is still alive",
-                window.as_secs_f64()
-            );
-            let watched = liveness::watch(&first, seen, window, LOOK_EVERY, LeaseRow::same, || {
-                self.lease_row(&name)
-            })
-            .await?;
-            if let Watched::Changed { now, within } = watched {
-                return Ok(LeaseRow::judge_changed(now, me, within));
-            }
-        }
-        // Unchanged for a whole window, or lapsed by the database clock: the holder is gone.
-        // Released only if the row is still exactly the one watched (token-fenced too).
-        let decided = Instant::now();
-        if self.release_row(&name, &first).await? {
-            return Ok(ReleaseOutcome::Released { holder });
-        }
-        // Written meanwhile: by its holder (alive after all), or by a new one.
-        let now = self.lease_row(&name).await?;
-        Ok(LeaseRow::judge_changed(now, me, decided.elapsed()))
     }
 
     async fn run_sql_exactly_once(

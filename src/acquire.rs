@@ -1,0 +1,97 @@
+//! Waiting for a lease, written once for every store: look (`try_acquire`), and while someone
+//! else holds it, say who every few seconds, wait for a change (`wait_change`: a watch, a
+//! notification, a freed flock) and look again, until `--wait-timeout`. A waiter that sees the
+//! task succeed with its fingerprint while it waits stops there, without taking the lease.
+
+use crate::record::Record;
+use crate::store::{AcquireOpts, Attempt, Lease, Observation, Store, StoreError};
+use crate::task::{Holder, TaskId};
+use std::time::{Duration, Instant};
+
+/// How often a blocked acquirer says who it waits for, and looks again at the latest.
+pub const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// How a wait for the lease ended, when it did not fail.
+#[derive(Debug)]
+pub enum Acquired {
+    Lease(Lease),
+    /// The record turned `succeeded` with the fingerprint we wait for: nothing left to do.
+    DoneMeanwhile(Record),
+}
+
+/// Take the lease of `id`, waiting while another holder has it. With `done_for`, a record seen
+/// succeeded with that fingerprint while waiting ends the wait (`Acquired::DoneMeanwhile`).
+pub async fn acquire(
+    store: &dyn Store,
+    id: &TaskId,
+    holder: &Holder,
+    opts: AcquireOpts,
+    done_for: Option<&str>,
+) -> Result<Acquired, StoreError> {
+    let started = Instant::now();
+    let mut log = WaitLog::new(id);
+    loop {
+        let seen = match store.try_acquire(id, holder, opts.ttl).await? {
+            Attempt::Taken(lease) => return Ok(Acquired::Lease(lease)),
+            Attempt::Busy(seen) => seen,
+        };
+        if let (Some(fp), Some(rec)) = (done_for, &seen.record)
+            && rec.is_done_for(fp)
+        {
+            return Ok(Acquired::DoneMeanwhile(rec.as_ref().clone()));
+        }
+        log.tick(&seen);
+        let now = Instant::now();
+        let mut until = now + WAIT_LOG_EVERY;
+        if let Some(limit) = opts.wait_timeout {
+            let end = started + limit;
+            if now >= end {
+                return Err(StoreError::WaitTimeout {
+                    key: id.to_string(),
+                    holder: seen.holder_text(),
+                    waited: started.elapsed(),
+                });
+            }
+            until = until.min(end);
+        }
+        store.wait_change(id, &seen, until).await?;
+    }
+}
+
+/// The "waiting for KEY held by HOLDER since Ns" line, at most every `WAIT_LOG_EVERY`.
+struct WaitLog {
+    task: String,
+    last: Option<Instant>,
+}
+
+impl WaitLog {
+    fn new(id: &TaskId) -> WaitLog {
+        WaitLog {
+            task: id.to_string(),
+            last: None,
+        }
+    }
+
+    fn tick(&mut self, seen: &Observation) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < WAIT_LOG_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        match seen.held_for {
+            Some(d) => tracing::info!(
+                key = %self.task,
+                "waiting for {} held by {} since {}s",
+                self.task,
+                seen.holder_text(),
+                d.as_secs()
+            ),
+            None => {
+                tracing::info!(key = %self.task, "waiting for {} held by {}", self.task, seen.holder_text())
+            }
+        }
+    }
+}
