@@ -63,6 +63,16 @@ impl Signals {
 /// leases that cannot lapse while initguard lives (flock).
 pub type Deadline = watch::Receiver<Option<Duration>>;
 
+/// The binary to run as supervisor, when it is not this process's own (`/proc/self/exe`): for
+/// programs that embed the library (and its tests), which must name the `initguard` binary.
+static SUPERVISOR_BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Run supervisors from `path` (an `initguard` binary) instead of re-executing this process.
+/// Only the first call counts.
+pub fn use_supervisor_binary(path: impl Into<std::path::PathBuf>) {
+    let _ = SUPERVISOR_BINARY.set(path.into());
+}
+
 /// What the supervisor is given of the lease the command runs under.
 pub struct Supervision {
     pub deadline: Deadline,
@@ -252,7 +262,10 @@ pub async fn run(
     let their_fd = theirs.as_raw_fd();
     let first_deadline = *deadline.borrow_and_update();
     // /proc/self/exe: this very binary, even if the file was replaced since we started.
-    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    let program = SUPERVISOR_BINARY
+        .get()
+        .map_or_else(|| std::path::Path::new("/proc/self/exe"), |p| p.as_path());
+    let mut cmd = tokio::process::Command::new(program);
     cmd.as_std_mut().arg0("initguard");
     cmd.args(supervisor::args(their_fd, first_deadline, hold))
         .args(&spec.argv)

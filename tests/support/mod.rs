@@ -4,6 +4,7 @@
 
 #[macro_use]
 pub mod contract;
+pub mod memory;
 pub mod pg;
 pub mod proxy;
 pub mod supervision;
