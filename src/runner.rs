@@ -51,6 +51,8 @@ impl Signals {
 pub struct ChildSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Variables of initguard's own environment the command must not inherit (store credentials).
+    pub env_remove: Vec<String>,
     pub timeout: Option<Duration>,
     pub grace: Duration,
     pub capture: bool,
@@ -214,9 +216,11 @@ pub async fn run(
         };
     }
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(spec.env.iter().cloned())
-        .process_group(0);
+    cmd.args(args);
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().cloned()).process_group(0);
     if spec.capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }

@@ -4,7 +4,7 @@ use super::args::{
     Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
 };
 use super::failure::{Failure, exit_code};
-use super::{report, settings};
+use super::{report, settings, usage};
 use crate::runner::Signals;
 use crate::store::{self, AcquireOpts, ReleaseOutcome, Store, StoreError};
 use crate::task::{Holder, Key, TaskId};
@@ -14,16 +14,23 @@ use std::process::ExitCode;
 use tracing::info;
 
 pub fn main() -> ExitCode {
+    let secrets = secrets();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                crate::exit::USAGE
-            } else {
-                crate::exit::OK
-            };
+        // --help and --version: their text, on stdout, exit 0.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(crate::exit::OK);
+        }
+        Err(e) => {
+            // args_os: a non-UTF-8 argument must not panic here.
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let line = store::scrub(&usage::one_line(&e, &args), &secrets);
+            let _ = writeln!(std::io::stderr(), "initguard: {line}");
+            return ExitCode::from(crate::exit::USAGE);
         }
     };
     init_logging(cli.log_format);
@@ -34,16 +41,28 @@ pub fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(&Failure::Runtime(e)),
+        Err(e) => return fail(&Failure::Runtime(e), &secrets),
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(f) => fail(&f),
+        Err(f) => fail(&f, &secrets),
     }
 }
 
-fn fail(f: &Failure) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "initguard: {f}");
+/// What may be a password in the arguments and in the variables that take a URL, so that no error
+/// line repeats one, whatever a parser or server put into its message.
+/// The command's own arguments (after `--`) are not initguard's to judge.
+fn secrets() -> Vec<String> {
+    let args = std::env::args_os().skip(1).take_while(|a| a != "--");
+    let vars = settings::STORE_ENV.iter().filter_map(std::env::var_os);
+    args.chain(vars)
+        .flat_map(|a| store::secret_parts(&a.to_string_lossy()))
+        .collect()
+}
+
+fn fail(f: &Failure, secrets: &[String]) -> ExitCode {
+    let line = store::scrub(&f.to_string(), secrets);
+    let _ = writeln!(std::io::stderr(), "initguard: {line}");
     ExitCode::from(exit_code(f))
 }
 
@@ -112,6 +131,7 @@ async fn open(url: &settings::StoreChoice<'_>) -> Result<Box<dyn Store>, Failure
 async fn run(url: &settings::StoreChoice<'_>, args: RunArgs) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
+    settings::check_not_nested(&id)?;
     let url = settings::store_url(url)?;
     let sql = settings::sql_task(&args)?;
     let fp = settings::fingerprint(&args, sql.as_ref())?;
@@ -193,11 +213,11 @@ async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u
 
 async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
-    let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
+    let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
     let store = open(url).await?;
     let opts = AcquireOpts {
         ttl: std::time::Duration::from_secs(30),
-        wait_timeout: Some(wait),
+        wait_timeout,
     };
     let holder = Holder::from_env();
     let done = crate::guard::reset(

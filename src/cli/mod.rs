@@ -4,7 +4,9 @@
 mod args;
 mod entry;
 mod failure;
+mod limits;
 mod report;
 mod settings;
+mod usage;
 
 pub use entry::main;

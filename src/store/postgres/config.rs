@@ -78,10 +78,12 @@ impl PgUrl {
                         "require" => SslMode::Require,
                         "verify-ca" => SslMode::VerifyCa,
                         "verify-full" => SslMode::VerifyFull,
-                        other => {
-                            return Err(PgUrlError(format!(
-                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                            )));
+                        // The value is not quoted: in a malformed URL it may be the password.
+                        _ => {
+                            return Err(PgUrlError(
+                                "sslmode is not one of disable, prefer, require, verify-ca, verify-full"
+                                    .into(),
+                            ));
                         }
                     })
                 }
@@ -95,9 +97,10 @@ impl PgUrl {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        // tokio-postgres' parser is the authority on the rest; its messages never quote values.
-        let config =
-            tokio_postgres::Config::from_str(&conninfo).map_err(|e| PgUrlError(error_chain(&e)))?;
+        // tokio-postgres' parser is the authority on the rest. Its messages quote option names,
+        // which in a malformed URL may be the password: only known names are kept.
+        let config = tokio_postgres::Config::from_str(&conninfo)
+            .map_err(|e| PgUrlError(unquote_unknown(&error_chain(&e))))?;
         let ssl = ssl.unwrap_or_else(|| {
             if all_local(&config) {
                 SslMode::Disable
@@ -156,6 +159,50 @@ fn check_schema_name(s: &str) -> Result<(), PgUrlError> {
             "schema {s:?} must be 1-63 characters of a-z, 0-9 and _, starting with a letter or _"
         )))
     }
+}
+
+/// libpq's connection parameters: the option names a parse error may show as they are.
+const KNOWN_OPTIONS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "tcp_user_timeout",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "sslmode",
+    "sslnegotiation",
+];
+
+/// `msg` with every `` `quoted` `` part that is not a known option name replaced by `…`.
+fn unquote_unknown(msg: &str) -> String {
+    let mut out = String::new();
+    let mut parts = msg.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut quoted = true;
+    for part in parts {
+        if quoted {
+            out.push('`');
+            out.push_str(if KNOWN_OPTIONS.contains(&part) { part } else { "…" });
+            out.push('`');
+        } else {
+            out.push_str(part);
+        }
+        quoted = !quoted;
+    }
+    out
 }
 
 fn all_local(config: &tokio_postgres::Config) -> bool {
