@@ -217,3 +217,55 @@ fn print_fingerprint_shows_no_digest_of_an_environment_value() {
     assert!(value(&a).starts_with("fingerprint sha256:"), "{a}");
     assert_ne!(value(&a), value(&b));
 }
+
+#[test]
+fn a_password_in_a_working_postgres_url_appears_in_no_log_record_status_or_child_env() {
+    let Some(pg) = support::pg::Pg::start() else {
+        return;
+    };
+    let pw = support::pg::APP_PASSWORD;
+    let with_param = format!("{}?password={pw}", pg.url_without_password());
+    for url in [pg.url(), with_param] {
+        assert!(url.contains(pw));
+        let tmp = tempfile::tempdir().unwrap();
+        let mut outputs = Vec::new();
+        for (format, level) in [("text", "debug"), ("json", "debug")] {
+            let key = unique_key("secret/run");
+            let o = ig(tmp.path())
+                .env("INITGUARD_STORE", &url)
+                .env("INITGUARD_LOG", level)
+                .args(["--log-format", format, "run", "--key", &key, "--", "env"])
+                .output()
+                .unwrap();
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            outputs.push(o);
+            for sub in [
+                vec!["status"],
+                vec!["status", "--json"],
+                vec!["history", key.as_str(), "--json"],
+            ] {
+                let o = ig(tmp.path())
+                    .env("INITGUARD_STORE", &url)
+                    .args(["--log-format", format])
+                    .args(&sub)
+                    .output()
+                    .unwrap();
+                assert_eq!(code(&o), 0, "{}", stderr(&o));
+                outputs.push(o);
+            }
+        }
+        for o in &outputs {
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(!all.contains(pw), "{url}: {all}");
+        }
+        let rows = pg.sql_in(
+            support::pg::APP_DB,
+            "SELECT coalesce(string_agg(record::text || holder::text, ' '), '') FROM initguard.tasks",
+        );
+        assert!(!rows.contains(pw), "{rows}");
+    }
+}
