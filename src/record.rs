@@ -137,6 +137,10 @@ pub struct Record {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub history: Vec<RunEntry>,
+    /// True when a store with a size cap had to cut this record's tail or history to keep it
+    /// (set by that store on each write). Absent means false, so schema 1 still describes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trimmed: bool,
 }
 
 impl Record {
@@ -161,6 +165,7 @@ impl Record {
             tail: String::new(),
             updated_at: now,
             history: Vec::new(),
+            trimmed: false,
         }
     }
 

@@ -752,11 +752,25 @@ fn kube_record_stays_under_the_cap_and_status_says_so() {
     );
     assert!(rec.contains("xxxx"), "the newest output is kept");
     let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        String::from_utf8_lossy(&table.stdout).contains("capped at 64 KiB"),
-        "{}",
-        String::from_utf8_lossy(&table.stdout)
+        text.contains("trimmed to fit this store's record cap of 64 KiB") && text.contains(&key),
+        "{text}"
     );
+}
+
+/// A record that fit is not said to be trimmed.
+#[test]
+fn kube_status_says_nothing_of_trimming_when_nothing_was_trimmed() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/small");
+    let out = run_task(&fx, work.path(), &key, &[], "echo small");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&key), "{text}");
+    assert!(!text.contains("trimmed") && !text.contains("capped"), "{text}");
 }
 
 /// `kubernetes:` without a namespace uses the kubeconfig context's.

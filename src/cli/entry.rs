@@ -168,12 +168,8 @@ async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8,
         );
     } else {
         print!("{}", report::status_table(&records, chrono::Utc::now()));
-        if let Some(limit) = store.record_limit() {
-            println!(
-                "(records in this store are capped at {} KiB: output tails and the oldest history \
-                 entries are trimmed to fit)",
-                limit / 1024
-            );
+        if let Some(note) = report::trimmed_note(&records, store.record_limit()) {
+            print!("{note}");
         }
     }
     Ok(report_unreadable(

@@ -86,6 +86,28 @@ pub fn status_table(records: &[Record], now: DateTime<Utc>) -> String {
     table(rows)
 }
 
+/// The note under `status` when some records were trimmed to fit a store's cap of `limit` bytes;
+/// `None` when none was.
+pub fn trimmed_note(records: &[Record], limit: Option<usize>) -> Option<String> {
+    let keys: Vec<String> = records
+        .iter()
+        .filter(|r| r.trimmed)
+        .map(|r| match &r.instance {
+            Some(i) => format!("{} ({} {i})", r.key, r.scope),
+            None => r.key.clone(),
+        })
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let cap = limit.map_or(String::new(), |l| format!(" of {} KiB", l / 1024));
+    Some(format!(
+        "(trimmed to fit this store's record cap{cap}: {}; their output tails or oldest history \
+         entries were cut)\n",
+        keys.join(", ")
+    ))
+}
+
 pub fn history_table(records: &[Record]) -> String {
     if records.is_empty() {
         return "no record of this key\n".into();
