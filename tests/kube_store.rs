@@ -759,6 +759,31 @@ fn kube_record_stays_under_the_cap_and_status_says_so() {
     );
 }
 
+/// A record whose fingerprint is not ASCII (any text can be in a store) is shown, not a panic.
+#[test]
+fn kube_status_shows_a_record_with_a_non_ascii_fingerprint() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/utf8");
+    let out = run_task(&fx, work.path(), &key, &[], "true");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.edit_lease(&key, |l| {
+        let ann = l.metadata.annotations.as_mut().unwrap();
+        let mut rec: serde_json::Value = serde_json::from_str(&ann[RECORD]).unwrap();
+        rec["fingerprint"] = "sha256:aéééééééé☃".into();
+        rec["history"][0]["fingerprint"] = "a☃☃☃☃☃".into();
+        ann.insert(RECORD.to_string(), rec.to_string());
+    });
+    for (sub, shown) in [
+        (vec!["status"], "aéééé"),
+        (vec!["history", key.as_str()], "a☃☃☃"),
+    ] {
+        let out = cmd(&fx, work.path()).args(&sub).output().unwrap();
+        assert_eq!(code(&out), 0, "{sub:?}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(shown), "{sub:?}");
+    }
+}
+
 /// A record that fit is not said to be trimmed.
 #[test]
 fn kube_status_says_nothing_of_trimming_when_nothing_was_trimmed() {
