@@ -54,6 +54,11 @@ impl StoreUrl {
                 Ok(StoreUrl::File(PathBuf::from(dir)))
             }
             #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" if !rest.starts_with("//") => Err(StoreUrlError::Invalid {
+                url: format!("{scheme}:…"),
+                why: format!("expected {scheme}://[USER@]HOST[:PORT]/DATABASE[?PARAMETERS]"),
+            }),
+            #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => super::postgres::PgUrl::parse(raw)
                 .map(StoreUrl::Postgres)
                 .map_err(|e| StoreUrlError::Invalid {
