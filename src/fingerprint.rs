@@ -83,8 +83,11 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
         });
     }
     let mut inputs = Vec::new();
+    // One read buffer for every file: allocating (and zeroing) it per file would cost more than
+    // hashing a tree of small files.
+    let mut buf = vec![0u8; READ_BUFFER];
     for path in &src.inputs {
-        let (content, files) = digest_input(path)?;
+        let (content, files) = digest_input(path, &mut buf)?;
         // The input's own name counts (swapping the contents of a.env and b.env is a change),
         // the directories above it do not (mount points differ between Pods and machines).
         let name = path
@@ -155,14 +158,14 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
 /// Digest of one `--input`: a file, or a whole tree. Symlinks are followed (ConfigMap and Secret
 /// volumes are made of them); names starting with `..` are skipped because they are the volume's
 /// timestamped internals (`..data`, `..2024_…`), which change name without changing content.
-fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
+fn digest_input(root: &Path, buf: &mut [u8]) -> Result<(String, usize), FingerprintError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FingerprintError::Input { path, source }
     };
     let meta = fs::metadata(root).map_err(err(root))?;
     if meta.is_file() {
-        let digest = digest_file(root, exec_bit(&meta)).map_err(err(root))?;
+        let digest = digest_file(root, exec_bit(&meta), buf).map_err(err(root))?;
         return Ok((digest, 1));
     }
     let mut entries: Vec<(Vec<u8>, String)> = Vec::new();
@@ -193,7 +196,7 @@ fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
         let digest = if meta.is_dir() {
             digest_of(&[b"dir"])
         } else if meta.is_file() {
-            digest_file(entry.path(), exec_bit(&meta)).map_err(err(entry.path()))?
+            digest_file(entry.path(), exec_bit(&meta), buf).map_err(err(entry.path()))?
         } else {
             // FIFOs, sockets, devices: reading them could block forever; their name counts.
             digest_of(&[b"special"])
@@ -218,11 +221,10 @@ const READ_TRIES: usize = 3;
 
 /// `digest_of(&[b"file", exec, content])`, streamed: the framing needs the content's length
 /// before the content, so the length comes from `fstat` and is checked against the bytes read.
-fn digest_file(path: &Path, exec: &[u8]) -> std::io::Result<String> {
+fn digest_file(path: &Path, exec: &[u8], buf: &mut [u8]) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = fs::File::open(path)?;
     let mut expected = file.metadata()?.len();
-    let mut buf = vec![0u8; READ_BUFFER];
     for _ in 0..READ_TRIES {
         let mut h = Sha256::new();
         frame(&mut h, b"file");
@@ -230,7 +232,7 @@ fn digest_file(path: &Path, exec: &[u8]) -> std::io::Result<String> {
         h.update(expected.to_be_bytes());
         let mut read = 0u64;
         loop {
-            let n = match file.read(&mut buf) {
+            let n = match file.read(buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
