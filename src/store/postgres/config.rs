@@ -322,6 +322,38 @@ mod tests {
         assert!(!format!("{u:?}").contains("s3cret"));
     }
 
+    /// Every way `parse` fails, with the password (PW) in each place it can be: the error never
+    /// repeats it, nor an unknown option name (which may be the password misplaced).
+    #[test]
+    fn parse_errors_never_repeat_the_password() {
+        for raw in [
+            "postgres://app:PW@db/app?sslmode=bogus",
+            "postgres://app@db/app?password=PW&sslmode=bogus",
+            "postgres://app@db/app?sslmode=PW",
+            "postgres://app:PW@db/app?schema=Bad-Name",
+            "postgres://app:PW@db/app?schema=%ff",
+            "postgres://app:PW@db/app?sslrootcert=%ff",
+            "postgres://app:PW@db:notaport/app",
+            "postgres://app:PW@db/app?PW",
+            "postgres://app:PW@db/app?PW=1",
+            "postgres://app:PW@db/app?connect_timeout=PW",
+            "postgres://app:PW@db/app?target_session_attrs=PW",
+            "postgres://app:PW@[::1/app",
+            "postgres://app:PW@db/app?password",
+        ] {
+            let err = PgUrl::parse(raw).expect_err(raw).to_string();
+            assert!(!err.contains("PW"), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_option_names_are_not_quoted_but_known_ones_are() {
+        assert_eq!(
+            unquote_unknown("unknown option `hunter2`, invalid value for option `port`"),
+            "unknown option `…`, invalid value for option `port`"
+        );
+    }
+
     #[test]
     fn bad_schema_and_sslmode_are_refused() {
         assert!(PgUrl::parse("postgres://u@h/d?schema=Bad-Name").is_err());
