@@ -110,7 +110,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tree.join(format!("d{d:03}"));
         std::fs::create_dir_all(&dir)?;
         for i in 0..1000 {
-            std::fs::write(dir.join(format!("f{i:04}.sql")), [b'a' + (i % 26) as u8; 64])?;
+            std::fs::write(
+                dir.join(format!("f{i:04}.sql")),
+                [b'a' + (i % 26) as u8; 64],
+            )?;
         }
     }
     let runs: Vec<(Duration, u64)> = (0..5).map(|_| measure(&tree)).collect::<Result<_, _>>()?;

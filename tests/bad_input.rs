@@ -40,7 +40,18 @@ fn bad_inputs() -> Vec<Bad> {
     for (flag, values) in [
         (
             "--lock-ttl",
-            &["300000y", "-1s", "-1", "0", "0s", "500ms", "soon", "", "1s5", "99999999999999999999s"][..],
+            &[
+                "300000y",
+                "-1s",
+                "-1",
+                "0",
+                "0s",
+                "500ms",
+                "soon",
+                "",
+                "1s5",
+                "99999999999999999999s",
+            ][..],
         ),
         ("--timeout", &["0", "0s", "-5s", "366d", "300000y", "x"][..]),
         ("--grace", &["-1s", "400d", "later"][..]),
@@ -53,7 +64,10 @@ fn bad_inputs() -> Vec<Bad> {
     }
     // Numbers: negative, out of range, not a number.
     for (flag, values) in [
-        ("--tail-bytes", &["-1", "1048577", "99999999999999999999", "4k"][..]),
+        (
+            "--tail-bytes",
+            &["-1", "1048577", "99999999999999999999", "4k"][..],
+        ),
         ("--history", &["0", "-1", "1001", "many"][..]),
         ("--retries", &["-1", "1001", "4294967296", "two"][..]),
         ("--max-attempts", &["-3", "1001", "x"][..]),
@@ -80,7 +94,9 @@ fn bad_inputs() -> Vec<Bad> {
     // reset's --wait-timeout.
     for v in ["-1", "-1s", "300000y", "soon"] {
         out.push(plain(
-            ["reset", "app/k", "--wait-timeout", v].map(String::from).to_vec(),
+            ["reset", "app/k", "--wait-timeout", v]
+                .map(String::from)
+                .to_vec(),
         ));
     }
     // Structure: unknown flags and subcommands, missing values and arguments.
@@ -91,7 +107,15 @@ fn bad_inputs() -> Vec<Bad> {
         &["run", "--", "true"][..],
         &["run", "--key"][..],
         &["run", "--key", "app/k", "--lock-ttl"][..],
-        &["run", "--key", "app/k", "--on-interrupted", "maybe", "--", "true"][..],
+        &[
+            "run",
+            "--key",
+            "app/k",
+            "--on-interrupted",
+            "maybe",
+            "--",
+            "true",
+        ][..],
         &["run", "--key", "app/k", "--scope", "galaxy", "--", "true"][..],
         &["run", "--key", "../etc", "--", "true"][..],
         &["run", "--key", "", "--", "true"][..],
@@ -115,9 +139,7 @@ fn bad_inputs() -> Vec<Bad> {
         "postgres://app@db/app?sslmode=bogus",
         "kubernetes:Bad_NS",
     ] {
-        out.push(plain(
-            ["--store", url, "status"].map(String::from).to_vec(),
-        ));
+        out.push(plain(["--store", url, "status"].map(String::from).to_vec()));
     }
     out
 }
@@ -177,7 +199,10 @@ fn out_of_range_lock_ttl_is_a_usage_error_naming_the_range() {
         .unwrap();
     assert_eq!(code(&o), 2);
     let line = one_stderr_line(&o).expect("one line");
-    assert!(line.contains("--lock-ttl") && line.contains("at most 365d"), "{line}");
+    assert!(
+        line.contains("--lock-ttl") && line.contains("at most 365d"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -188,7 +213,10 @@ fn a_negative_duration_is_read_as_the_flags_value() {
         .output()
         .unwrap();
     let line = one_stderr_line(&o).expect("one line");
-    assert!(line.contains("--lock-ttl: \"-1s\" is not a duration"), "{line}");
+    assert!(
+        line.contains("--lock-ttl: \"-1s\" is not a duration"),
+        "{line}"
+    );
 }
 
 /// A holder of `key` that stays in its command until `release` exists, or for 30 s at most (so
@@ -207,9 +235,11 @@ fn hold(tmp: &Path, state: &Path, key: &str) -> (std::process::Child, PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the holder to start", std::time::Duration::from_secs(20), || {
-        started.exists()
-    });
+    wait_for(
+        "the holder to start",
+        std::time::Duration::from_secs(20),
+        || started.exists(),
+    );
     (child, release)
 }
 
@@ -220,7 +250,15 @@ fn wait_timeout_zero_means_do_not_wait_however_spelt() {
     let (mut holder, release) = hold(tmp.path(), &state, "app/zero");
     for zero in ["0", "0s", "0ms"] {
         let o = ig(tmp.path(), &state)
-            .args(["run", "--key", "app/zero", "--wait-timeout", zero, "--", "true"])
+            .args([
+                "run",
+                "--key",
+                "app/zero",
+                "--wait-timeout",
+                zero,
+                "--",
+                "true",
+            ])
             .output()
             .unwrap();
         assert_eq!(code(&o), 75, "--wait-timeout {zero}: {}", stderr(&o));
@@ -240,7 +278,15 @@ fn history_1_keeps_one_run_and_tail_bytes_0_keeps_no_output() {
     let state = tmp.path().join("state");
     for i in 0..3 {
         let o = ig(tmp.path(), &state)
-            .args(["run", "--key", "app/h", "--history", "1", "--tail-bytes", "0"])
+            .args([
+                "run",
+                "--key",
+                "app/h",
+                "--history",
+                "1",
+                "--tail-bytes",
+                "0",
+            ])
             .args(["--version", &i.to_string(), "--", "echo", "some output"])
             .output()
             .unwrap();
@@ -259,7 +305,14 @@ fn history_1_keeps_one_run_and_tail_bytes_0_keeps_no_output() {
 fn grace_0_and_backoff_0_are_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let o = ig(tmp.path(), &tmp.path().join("state"))
-        .args(run_args(&["--grace", "0", "--backoff", "0s", "--retries", "1"]))
+        .args(run_args(&[
+            "--grace",
+            "0",
+            "--backoff",
+            "0s",
+            "--retries",
+            "1",
+        ]))
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));

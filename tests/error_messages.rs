@@ -27,24 +27,72 @@ const CASES: &[Case] = &[
     case(&["run", "--key"]),
     case(&["run", "--key", "app/k", "--bogus", "--", "true"]),
     case(&["run", "--key", "app/k", "--lock-tt", "3s", "--", "true"]),
-    case(&["run", "--key", "app/k", "--on-interrupted", "maybe", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--on-interrupted",
+        "maybe",
+        "--",
+        "true",
+    ]),
     case(&["run", "--key", "app/k", "--log-format", "xml", "--", "true"]),
     case(&["history"]),
     // numbers
     case(&["run", "--key", "app/k", "--retries", "-1", "--", "true"]),
     case(&["run", "--key", "app/k", "--retries", "two", "--", "true"]),
-    case(&["run", "--key", "app/k", "--max-attempts", "1001", "--", "true"]),
-    case(&["run", "--key", "app/k", "--tail-bytes", "1048577", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--max-attempts",
+        "1001",
+        "--",
+        "true",
+    ]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--tail-bytes",
+        "1048577",
+        "--",
+        "true",
+    ]),
     case(&["run", "--key", "app/k", "--history", "0", "--", "true"]),
     // durations
-    case(&["run", "--key", "app/k", "--lock-ttl", "300000y", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--lock-ttl",
+        "300000y",
+        "--",
+        "true",
+    ]),
     case(&["run", "--key", "app/k", "--lock-ttl", "-1s", "--", "true"]),
     case(&["run", "--key", "app/k", "--lock-ttl", "500ms", "--", "true"]),
-    case(&["run", "--key", "app/k", "--lock-ttl", "99999999999999999999s", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--lock-ttl",
+        "99999999999999999999s",
+        "--",
+        "true",
+    ]),
     case(&["run", "--key", "app/k", "--timeout", "0", "--", "true"]),
     case(&["run", "--key", "app/k", "--grace", "later", "--", "true"]),
     case(&["run", "--key", "app/k", "--backoff", "400d", "--", "true"]),
-    case(&["run", "--key", "app/k", "--wait-timeout", "never", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--wait-timeout",
+        "never",
+        "--",
+        "true",
+    ]),
     case(&["reset", "app/k", "--wait-timeout", "-1s"]),
     // keys and scopes
     case(&["run", "--key", "../etc", "--", "true"]),
@@ -55,9 +103,17 @@ const CASES: &[Case] = &[
     case(&["--store", "host=db password=PW dbname=app", "status"]),
     case(&["--store", "postgress://app:PW@db/app", "status"]),
     case(&["--store", "postgresql:/app:PW@db/app", "status"]),
-    case(&["--store", "postgres://app@db/app?password=PW&sslmode=bogus", "status"]),
+    case(&[
+        "--store",
+        "postgres://app@db/app?password=PW&sslmode=bogus",
+        "status",
+    ]),
     case(&["--store", "postgres://app:PW@db:notaport/app", "status"]),
-    case(&["--store", "postgres://app:PW@db/app?schema=Bad-Name", "status"]),
+    case(&[
+        "--store",
+        "postgres://app:PW@db/app?schema=Bad-Name",
+        "status",
+    ]),
     case(&["--store", "postgres://app:PW@db/app?PW=1", "status"]),
     case(&["--store", "kubernetes:Bad_NS", "status"]),
     case(&["--store", "file:", "status"]),
@@ -65,14 +121,33 @@ const CASES: &[Case] = &[
     // store errors as the CLI prints them
     case(&["--store", "postgres://app:PW@127.0.0.1:1/app", "status"]),
     // SQL tasks
-    case(&["run", "--key", "app/k", "--sql-target", "postgres://db/app", "--", "true"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--sql-target",
+        "postgres://db/app",
+        "--",
+        "true",
+    ]),
     case(&["run", "--key", "app/k", "--sql-inline", " "]),
     case(&["run", "--key", "app/k", "--sql", "missing.sql"]),
-    case(&["run", "--key", "app/k", "--sql-inline", "SELECT 1", "--sql-target", "postgress://app:PW@db/x"]),
+    case(&[
+        "run",
+        "--key",
+        "app/k",
+        "--sql-inline",
+        "SELECT 1",
+        "--sql-target",
+        "postgress://app:PW@db/x",
+    ]),
     // a run nested inside a run of the same key
     Case {
         args: &["run", "--key", "app/outer", "--", "true"],
-        env: &[("INITGUARD_KEY", "app/outer"), ("INITGUARD_FENCING_TOKEN", "4")],
+        env: &[
+            ("INITGUARD_KEY", "app/outer"),
+            ("INITGUARD_FENCING_TOKEN", "4"),
+        ],
     },
     // the command itself
     case(&["run", "--key", "app/nf", "--", "./no-such-command"]),
@@ -106,7 +181,11 @@ fn every_user_facing_error_message_is_pinned() {
             env.concat(),
             c.args
                 .iter()
-                .map(|a| if a.contains(' ') || a.is_empty() { format!("{a:?}") } else { a.to_string() })
+                .map(|a| if a.contains(' ') || a.is_empty() {
+                    format!("{a:?}")
+                } else {
+                    a.to_string()
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             code(&o),

@@ -780,7 +780,10 @@ fn kube_status_shows_a_record_with_a_non_ascii_fingerprint() {
     ] {
         let out = cmd(&fx, work.path()).args(&sub).output().unwrap();
         assert_eq!(code(&out), 0, "{sub:?}: {}", stderr(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains(shown), "{sub:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(shown),
+            "{sub:?}"
+        );
     }
 }
 
@@ -795,7 +798,10 @@ fn kube_status_says_nothing_of_trimming_when_nothing_was_trimmed() {
     let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains(&key), "{text}");
-    assert!(!text.contains("trimmed") && !text.contains("capped"), "{text}");
+    assert!(
+        !text.contains("trimmed") && !text.contains("capped"),
+        "{text}"
+    );
 }
 
 /// `kubernetes:` without a namespace uses the kubeconfig context's.

@@ -88,7 +88,9 @@ fn nested_run_of_another_key_runs_its_own_task() {
     let (code, err) = inner_result(tmp.path());
     assert_eq!(code, "0", "inner run: {err}");
     assert_eq!(
-        std::fs::read_to_string(tmp.path().join("inner-ran")).unwrap().trim(),
+        std::fs::read_to_string(tmp.path().join("inner-ran"))
+            .unwrap()
+            .trim(),
         "app/inner"
     );
     let rec = Command::new(bin())

@@ -194,7 +194,13 @@ fn print_fingerprint(work: &Path, pin: &str) -> String {
     let o = ig(work)
         .env("APP_PIN", pin)
         .args(["--store", "file:state", "run", "--key", "app/fp"])
-        .args(["--input-env", "APP_PIN", "--print-fingerprint", "--", "true"])
+        .args([
+            "--input-env",
+            "APP_PIN",
+            "--print-fingerprint",
+            "--",
+            "true",
+        ])
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));

@@ -52,7 +52,9 @@ mod tests {
         ]
     }
 
-    fn maybe<T: std::fmt::Debug + Clone>(s: impl Strategy<Value = T>) -> impl Strategy<Value = Option<T>> {
+    fn maybe<T: std::fmt::Debug + Clone>(
+        s: impl Strategy<Value = T>,
+    ) -> impl Strategy<Value = Option<T>> {
         proptest::option::of(s)
     }
 

@@ -8,7 +8,9 @@ use std::fmt::Write;
 pub fn fingerprint(fp: &Fingerprint) -> String {
     let mut out = String::new();
     for c in &fp.components {
-        let digest = c.shown_digest().unwrap_or("(not shown: it may be a secret)");
+        let digest = c
+            .shown_digest()
+            .unwrap_or("(not shown: it may be a secret)");
         // As wide as "sha256:" and 64 hex digits, so that the labels stay aligned.
         let _ = writeln!(out, "{:<8} {digest:<71}  {}", c.kind, c.label);
     }

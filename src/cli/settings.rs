@@ -2,12 +2,12 @@
 //! are usage (exit 2) or configuration (exit 78) problems, found before anything is touched.
 
 use super::args::{OnInterruptedArg, RunArgs, TaskArgs};
+use super::limits::{MAX_DURATION, MAX_DURATION_TEXT, MIN_LOCK_TTL};
 use crate::fingerprint::{self, Fingerprint, FingerprintError, Sources};
 use crate::guard::{OnInterrupted, Plan};
 use crate::runner::ChildSpec;
 use crate::store::{AcquireOpts, SqlTask, StoreUrl, default_store_url};
 use crate::task::{Holder, Key, Scope, TaskError, TaskId};
-use super::limits::{MAX_DURATION, MAX_DURATION_TEXT, MIN_LOCK_TTL};
 use std::path::Path;
 use std::time::Duration;
 

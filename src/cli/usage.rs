@@ -99,12 +99,27 @@ mod tests {
     fn clap_errors_become_one_line_naming_the_subcommand_help() {
         let l = line(&["initguard", "run", "--key", "k", "--bogus", "--", "true"]);
         assert!(!l.contains('\n'), "{l}");
-        assert!(l.contains("--bogus") && l.ends_with("see 'initguard run --help'"), "{l}");
+        assert!(
+            l.contains("--bogus") && l.ends_with("see 'initguard run --help'"),
+            "{l}"
+        );
         let l = line(&["initguard"]);
         assert!(!l.contains('\n') && l.contains("run, status"), "{l}");
         let l = line(&["initguard", "run", "--", "true"]);
         assert!(l.contains("--key"), "{l}");
-        let l = line(&["initguard", "run", "--key", "k", "--retries", "-1", "--", "true"]);
-        assert!(l.contains("0..=1000") && l.ends_with("'initguard run --help'"), "{l}");
+        let l = line(&[
+            "initguard",
+            "run",
+            "--key",
+            "k",
+            "--retries",
+            "-1",
+            "--",
+            "true",
+        ]);
+        assert!(
+            l.contains("0..=1000") && l.ends_with("'initguard run --help'"),
+            "{l}"
+        );
     }
 }

@@ -23,7 +23,9 @@ pub enum StoreUrl {
 /// failed cannot find. They name the scheme, and what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreUrlError {
-    #[error("unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]")]
+    #[error(
+        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+    )]
     UnknownScheme { scheme: String },
     #[error(
         "the store URL has no scheme (libpq keyword strings like \"host=… dbname=…\" are not \

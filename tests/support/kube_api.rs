@@ -492,9 +492,7 @@ fn handle(
         ["api", "v1", "namespaces", ns, "events"] => (*ns, "events", None),
         // The same Events through events.k8s.io/v1; named `resource.group` for RBAC, as a Role
         // grants the two groups separately.
-        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"] => {
-            (*ns, EVENTS_V1, None)
-        }
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"] => (*ns, EVENTS_V1, None),
         _ => {
             return status(
                 StatusCode::NOT_FOUND,
@@ -782,9 +780,16 @@ fn events_v1_invalid(obj: &Value, ns: &str) -> Option<String> {
         .and_then(|t| t.rsplit_once('.'))
         .map(|(_, f)| f.len());
     if frac != Some(6) {
-        return Some(format!("eventTime: Required value or not a MicroTime: {micro:?}"));
+        return Some(format!(
+            "eventTime: Required value or not a MicroTime: {micro:?}"
+        ));
     }
-    for field in ["reportingController", "reportingInstance", "action", "reason"] {
+    for field in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
         if s(&obj[field]).is_empty() {
             return Some(format!("{field}: Required value"));
         }
@@ -805,7 +810,10 @@ fn events_v1_invalid(obj: &Value, ns: &str) -> Option<String> {
             return Some(format!("{field}: Invalid value: needs to be unset"));
         }
     }
-    if obj["regarding"]["namespace"].as_str().is_some_and(|o| o != ns) {
+    if obj["regarding"]["namespace"]
+        .as_str()
+        .is_some_and(|o| o != ns)
+    {
         return Some("regarding.namespace: Invalid value: does not match event.namespace".into());
     }
     if obj["note"].as_str().is_some_and(|m| m.len() > 1024) {

@@ -195,7 +195,11 @@ fn unquote_unknown(msg: &str) -> String {
     for part in parts {
         if quoted {
             out.push('`');
-            out.push_str(if KNOWN_OPTIONS.contains(&part) { part } else { "…" });
+            out.push_str(if KNOWN_OPTIONS.contains(&part) {
+                part
+            } else {
+                "…"
+            });
             out.push('`');
         } else {
             out.push_str(part);
