@@ -14,7 +14,7 @@ mod wait;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
-pub use url::{StoreUrl, StoreUrlError, default_store_url};
+pub use url::{StoreUrl, StoreUrlError, default_store_url, scrub, secret_parts};
 pub use wait::{Busy, WaitLog, next_wait};
 
 use crate::record::Record;

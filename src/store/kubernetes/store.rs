@@ -374,11 +374,15 @@ fn bound_record(
     record: &Record,
     limit: usize,
 ) -> Result<(String, Option<Trimmed>), serde_json::Error> {
-    let mut json = serde_json::to_string(record)?;
+    let mut r = record.clone();
+    // Says whether this write was cut, whatever an earlier write of the record said.
+    r.trimmed = false;
+    let mut json = serde_json::to_string(&r)?;
     if json.len() <= limit {
         return Ok((json, None));
     }
-    let mut r = record.clone();
+    r.trimmed = true;
+    json = serde_json::to_string(&r)?;
     while json.len() > limit && !r.tail.is_empty() {
         // Escaping can make a byte of tail cost up to six in JSON: cut at least an eighth each
         // round so that this ends quickly whatever the output was.
