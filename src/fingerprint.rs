@@ -38,6 +38,14 @@ pub struct Component {
     pub digest: String,
 }
 
+impl Component {
+    /// The digest as `--print-fingerprint` may show it. An environment value's digest is never
+    /// shown: it is unsalted, so a short secret (a PIN) is recovered from it by trying them all.
+    pub fn shown_digest(&self) -> Option<&str> {
+        (self.kind != "env").then_some(self.digest.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     pub value: String,
@@ -75,8 +83,11 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
         });
     }
     let mut inputs = Vec::new();
+    // One read buffer for every file: allocating (and zeroing) it per file would cost more than
+    // hashing a tree of small files.
+    let mut buf = vec![0u8; READ_BUFFER];
     for path in &src.inputs {
-        let (content, files) = digest_input(path)?;
+        let (content, files) = digest_input(path, &mut buf)?;
         // The input's own name counts (swapping the contents of a.env and b.env is a change),
         // the directories above it do not (mount points differ between Pods and machines).
         let name = path
@@ -101,7 +112,7 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
     names.sort();
     names.dedup();
     for name in names {
-        // Values may be secrets: only their digest is ever shown.
+        // Values may be secrets: neither they nor their digest are ever shown (`shown_digest`).
         let (label, digest) = match std::env::var_os(&name) {
             Some(v) => (
                 format!("{name} (set)"),
@@ -147,16 +158,15 @@ pub fn compute(src: &Sources) -> Result<Fingerprint, FingerprintError> {
 /// Digest of one `--input`: a file, or a whole tree. Symlinks are followed (ConfigMap and Secret
 /// volumes are made of them); names starting with `..` are skipped because they are the volume's
 /// timestamped internals (`..data`, `..2024_…`), which change name without changing content.
-fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
+fn digest_input(root: &Path, buf: &mut [u8]) -> Result<(String, usize), FingerprintError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| FingerprintError::Input { path, source }
     };
     let meta = fs::metadata(root).map_err(err(root))?;
     if meta.is_file() {
-        let content = fs::read(root).map_err(err(root))?;
-        let exec = exec_bit(&meta);
-        return Ok((digest_of(&[b"file", exec, &content]), 1));
+        let digest = digest_file(root, exec_bit(&meta), buf).map_err(err(root))?;
+        return Ok((digest, 1));
     }
     let mut entries: Vec<(Vec<u8>, String)> = Vec::new();
     let walker = walkdir::WalkDir::new(root)
@@ -186,8 +196,7 @@ fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
         let digest = if meta.is_dir() {
             digest_of(&[b"dir"])
         } else if meta.is_file() {
-            let content = fs::read(entry.path()).map_err(err(entry.path()))?;
-            digest_of(&[b"file", exec_bit(&meta), &content])
+            digest_file(entry.path(), exec_bit(&meta), buf).map_err(err(entry.path()))?
         } else {
             // FIFOs, sockets, devices: reading them could block forever; their name counts.
             digest_of(&[b"special"])
@@ -203,6 +212,46 @@ fn digest_input(root: &Path) -> Result<(String, usize), FingerprintError> {
         frame(&mut h, digest.as_bytes());
     }
     Ok((hex_digest(h), files))
+}
+
+/// Read buffer for file contents: memory stays bounded by this, whatever the size of an input.
+const READ_BUFFER: usize = 64 * 1024;
+/// Tries for a file whose length changes while it is read (then the last length read is used).
+const READ_TRIES: usize = 3;
+
+/// `digest_of(&[b"file", exec, content])`, streamed: the framing needs the content's length
+/// before the content, so the length comes from `fstat` and is checked against the bytes read.
+fn digest_file(path: &Path, exec: &[u8], buf: &mut [u8]) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut expected = file.metadata()?.len();
+    for _ in 0..READ_TRIES {
+        let mut h = Sha256::new();
+        frame(&mut h, b"file");
+        frame(&mut h, exec);
+        h.update(expected.to_be_bytes());
+        let mut read = 0u64;
+        loop {
+            let n = match file.read(buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            read += n as u64;
+        }
+        if read == expected {
+            return Ok(hex_digest(h));
+        }
+        // The file changed under us (or reports a size it does not have): hash it again with the
+        // length it had on this read.
+        expected = read;
+        file = fs::File::open(path)?;
+    }
+    Err(std::io::Error::other(
+        "the file kept changing size while it was read",
+    ))
 }
 
 fn exec_bit(meta: &fs::Metadata) -> &'static [u8] {
@@ -367,5 +416,39 @@ mod tests {
                 compute(&sources(vec![b.clone()])).unwrap().value
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    //! Pins the encoding: these values were computed by the release that first shipped it. A
+    //! change here re-runs every task of every fleet on upgrade.
+    use super::*;
+
+    #[test]
+    fn fixed_tree_argv_env_and_version_give_a_fixed_fingerprint() {
+        let td = tempfile::tempdir().unwrap();
+        let root = td.path().join("migrations");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("001.sql"), b"CREATE TABLE t (id int);\n").unwrap();
+        fs::write(root.join("sub/002.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+        fs::set_permissions(root.join("sub/002.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        // A file bigger than any read buffer, so that streaming is covered too.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(root.join("big.bin"), &big).unwrap();
+        let single = td.path().join("app.env");
+        fs::write(&single, b"X=1\n").unwrap();
+        let src = Sources {
+            argv: vec!["./migrate.sh".into(), "--all".into()],
+            inputs: vec![root, single],
+            input_env: vec!["INITGUARD_GOLDEN_SURELY_UNSET".into()],
+            version: Some("v1.2.3".into()),
+            extra: vec![("--sql-inline".into(), b"SELECT 1".to_vec())],
+        };
+        let fp = compute(&src).unwrap();
+        assert_eq!(
+            fp.value,
+            "sha256:7b589438b174d63ae431d5da94d62d11fdebfa9f4c4d2e583a306df7f18cd127"
+        );
     }
 }

@@ -141,6 +141,10 @@ pub struct Record {
     /// with its completion row: `initguard reset` must clear that row too. Kept once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_target: Option<String>,
+    /// True when a store with a size cap had to cut this record's tail or history to keep it
+    /// (set by that store on each write). Absent means false, so schema 1 still describes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trimmed: bool,
 }
 
 impl Record {
@@ -166,6 +170,7 @@ impl Record {
             updated_at: now,
             history: Vec::new(),
             sql_target: None,
+            trimmed: false,
         }
     }
 

@@ -94,6 +94,8 @@ impl Supervision {
 pub struct ChildSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Variables of initguard's own environment the command must not inherit (store credentials).
+    pub env_remove: Vec<String>,
     pub timeout: Option<Duration>,
     pub grace: Duration,
     pub capture: bool,
@@ -268,9 +270,12 @@ pub async fn run(
     let mut cmd = tokio::process::Command::new(program);
     cmd.as_std_mut().arg0("initguard");
     cmd.args(supervisor::args(their_fd, first_deadline, hold))
-        .args(&spec.argv)
-        .envs(spec.env.iter().cloned())
-        .kill_on_drop(false);
+        .args(&spec.argv);
+    // The supervisor passes its environment on to the command unchanged.
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
+    cmd.envs(spec.env.iter().cloned()).kill_on_drop(false);
     if spec.capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }

@@ -353,11 +353,14 @@ fn options_are_read_from_initguard_environment_and_flags_win() {
     let fx = FileFixture::new();
     let work = tempfile::tempdir().unwrap();
     let marker = work.path().join("ran");
+    // --key has no variable (INITGUARD_KEY is what the command is given, never configuration);
+    // INITGUARD_VERSION stands for the options that do.
     let out = cmd(&fx, work.path())
-        .env("INITGUARD_KEY", "from/env")
         .env("INITGUARD_VERSION", "v1")
         .args([
             "run",
+            "--key",
+            "from/env",
             "--",
             "sh",
             "-c",
@@ -369,10 +372,11 @@ fn options_are_read_from_initguard_environment_and_flags_win() {
     assert_eq!(lines(&marker), vec!["from/env"]);
     // --version from the flag overrides INITGUARD_VERSION: a new fingerprint, so it runs again.
     let out = cmd(&fx, work.path())
-        .env("INITGUARD_KEY", "from/env")
         .env("INITGUARD_VERSION", "v1")
         .args([
             "run",
+            "--key",
+            "from/env",
             "--version",
             "v2",
             "--",

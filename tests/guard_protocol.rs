@@ -93,7 +93,10 @@ async fn succeeded_with_this_fingerprint_skips_without_taking_the_lease() {
     let store = MemoryStore::new();
     store.put(record_in(State::Succeeded, 4));
     let out = run(&store, &plan(&marker, "true")).await.unwrap();
-    assert!(matches!(out, Outcome::Skipped { waited: false, .. }), "{out:?}");
+    assert!(
+        matches!(out, Outcome::Skipped { waited: false, .. }),
+        "{out:?}"
+    );
     assert_eq!(store.calls(Op::TryAcquire), 0);
     assert!(runs(&marker).is_empty());
 }
@@ -174,7 +177,10 @@ async fn an_interrupted_predecessor_with_fail_policy_stops() {
     let mut p = plan(&marker, "true");
     p.on_interrupted = OnInterrupted::Fail;
     let err = run(&store, &p).await.unwrap_err();
-    assert!(matches!(err, GuardError::InterruptedPredecessor { .. }), "{err}");
+    assert!(
+        matches!(err, GuardError::InterruptedPredecessor { .. }),
+        "{err}"
+    );
     assert!(runs(&marker).is_empty());
     assert_eq!(store.record(&id()).unwrap().state, State::Interrupted);
 }
@@ -211,7 +217,10 @@ async fn a_failure_is_retried_in_process_then_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("runs");
     let store = MemoryStore::new();
-    let mut p = plan(&marker, &format!("[ $(wc -l < {}) -ge 2 ]", dir.path().join("runs").display()));
+    let mut p = plan(
+        &marker,
+        &format!("[ $(wc -l < {}) -ge 2 ]", dir.path().join("runs").display()),
+    );
     p.retries = 2;
     let out = run(&store, &p).await.unwrap();
     assert!(matches!(out, Outcome::Succeeded { attempt: 2 }), "{out:?}");
@@ -229,7 +238,10 @@ async fn the_last_allowed_failure_records_gave_up() {
     let mut p = plan(&marker, "exit 3");
     p.max_attempts = 1;
     let out = run(&store, &p).await.unwrap();
-    assert!(matches!(out, Outcome::Failed { gave_up: true, .. }), "{out:?}");
+    assert!(
+        matches!(out, Outcome::Failed { gave_up: true, .. }),
+        "{out:?}"
+    );
     assert_eq!(out.exit_code(), 3);
     assert_eq!(store.record(&id()).unwrap().state, State::GaveUp);
 }
@@ -241,7 +253,10 @@ async fn a_store_error_at_the_first_read_runs_nothing() {
     let store = MemoryStore::new();
     store.fail(Op::Read, &[unreachable]);
     let err = run(&store, &plan(&marker, "true")).await.unwrap_err();
-    assert!(matches!(err, GuardError::Store(StoreError::Unreachable { .. })), "{err}");
+    assert!(
+        matches!(err, GuardError::Store(StoreError::Unreachable { .. })),
+        "{err}"
+    );
     assert_eq!(store.calls(Op::TryAcquire), 0);
     assert!(runs(&marker).is_empty());
 }
@@ -253,9 +268,16 @@ async fn a_lease_lost_before_the_start_runs_nothing() {
     let store = MemoryStore::new();
     store.fail(Op::Write("running"), &[lost]);
     let err = run(&store, &plan(&marker, "true")).await.unwrap_err();
-    assert!(matches!(err, GuardError::Store(StoreError::LeaseLost { .. })), "{err}");
+    assert!(
+        matches!(err, GuardError::Store(StoreError::LeaseLost { .. })),
+        "{err}"
+    );
     assert!(runs(&marker).is_empty());
-    assert_eq!(store.calls(Op::Release), 0, "a lease known lost is not released");
+    assert_eq!(
+        store.calls(Op::Release),
+        0,
+        "a lease known lost is not released"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -268,11 +290,18 @@ async fn a_lease_lost_while_running_kills_the_command_and_records_nothing() {
     store.fail(Op::Renew, &[lost]);
     let p = plan(&marker, &format!("sleep 5; touch {}", after.display()));
     let err = run(&store, &p).await.unwrap_err();
-    assert!(matches!(err, GuardError::Store(StoreError::LeaseLost { .. })), "{err}");
+    assert!(
+        matches!(err, GuardError::Store(StoreError::LeaseLost { .. })),
+        "{err}"
+    );
     assert_eq!(runs(&marker).len(), 1);
     std::thread::sleep(Duration::from_millis(200));
     assert!(!after.exists(), "the command was killed");
-    assert_eq!(store.record(&id()).unwrap().state, State::Running, "nothing recorded");
+    assert_eq!(
+        store.record(&id()).unwrap().state,
+        State::Running,
+        "nothing recorded"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -281,10 +310,13 @@ async fn renewals_that_keep_failing_kill_the_command_before_the_lease_lapses() {
     let marker = dir.path().join("runs");
     let after = dir.path().join("after");
     let store = MemoryStore::new();
-    store.fail(Op::Renew, &[unreachable; 20]);
+    store.fail(Op::Renew, &[unreachable as support::memory::Fault; 20]);
     let p = plan(&marker, &format!("sleep 5; touch {}", after.display()));
     let err = run(&store, &p).await.unwrap_err();
-    assert!(matches!(err, GuardError::Store(StoreError::LeaseLost { .. })), "{err}");
+    assert!(
+        matches!(err, GuardError::Store(StoreError::LeaseLost { .. })),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert!(!after.exists(), "the command was killed");
 }
@@ -309,7 +341,10 @@ async fn a_final_write_fenced_off_says_the_success_was_not_recorded() {
     let store = MemoryStore::new();
     store.fail(Op::Write("succeeded"), &[lost]);
     let err = run(&store, &plan(&marker, "true")).await.unwrap_err();
-    assert!(matches!(err, GuardError::SuccessNotRecorded { .. }), "{err}");
+    assert!(
+        matches!(err, GuardError::SuccessNotRecorded { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("the command succeeded"), "{err}");
     assert_eq!(store.calls(Op::Release), 0);
 }
@@ -319,8 +354,11 @@ async fn a_final_write_past_the_lease_says_the_success_was_not_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("runs");
     let store = MemoryStore::new();
-    store.fail(Op::Write("succeeded"), &[unreachable; 50]);
-    store.fail(Op::Renew, &[unreachable; 50]);
+    store.fail(
+        Op::Write("succeeded"),
+        &[unreachable as support::memory::Fault; 50],
+    );
+    store.fail(Op::Renew, &[unreachable as support::memory::Fault; 50]);
     let mut p = plan(&marker, "true");
     p.acquire.ttl = Duration::from_secs(1);
     let err = run(&store, &p).await.unwrap_err();

@@ -674,7 +674,7 @@ fn kube_events_on_the_pod_and_one_warning_when_forbidden() {
         reasons,
         vec!["InitguardStarted", "InitguardSucceeded", "InitguardSkipped"]
     );
-    fx.api().forbid("create", "events");
+    fx.api().forbid("create", kube_api::EVENTS_V1);
     let mut c = task_cmd(
         &fx,
         work.path(),
@@ -693,6 +693,67 @@ fn kube_events_on_the_pod_and_one_warning_when_forbidden() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Events are events.k8s.io/v1 with a microsecond `eventTime` and no second-resolution
+/// `lastTimestamp` (which kubectl would sort by): within one second they still sort as they
+/// happened (Skipped after Started and Succeeded).
+#[test]
+fn kube_events_carry_microsecond_event_times_in_the_order_they_happened() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/evtime");
+    for _ in 0..2 {
+        let out = task_cmd(&fx, work.path(), &key, &[], "true")
+            .env("POD_NAME", "web-0")
+            .env("POD_UID", "uid-web-0")
+            .env("POD_NAMESPACE", NS)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let events = fx.api().events();
+    let times: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert!(e["lastTimestamp"].is_null(), "{e}");
+            assert!(e["firstTimestamp"].is_null(), "{e}");
+            assert_eq!(e["reportingComponent"], "initguard.io/initguard", "{e}");
+            let t = e["eventTime"].as_str().unwrap_or_default().to_string();
+            let frac = t.strip_suffix('Z').and_then(|t| t.rsplit_once('.'));
+            assert_eq!(frac.map(|(_, f)| f.len()), Some(6), "{t}");
+            t
+        })
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "event times in creation order");
+    assert_eq!(events.len(), 3);
+    assert_ne!(times[0], times[2], "{times:?}");
+}
+
+/// The run that gives up reports `InitguardGaveUp`, not `InitguardFailed`: both are Warnings from
+/// reportingComponent initguard.io/initguard, which is what README's field selector lists.
+#[test]
+fn kube_final_failure_is_a_warning_event_initguard_gave_up() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/gaveup");
+    let out = task_cmd(&fx, work.path(), &key, &["--max-attempts", "1"], "exit 3")
+        .env("POD_NAME", "web-0")
+        .env("POD_UID", "uid-web-0")
+        .env("POD_NAMESPACE", NS)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let warnings: Vec<String> = fx
+        .api()
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["reportingComponent"] == "initguard.io/initguard")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(warnings, vec!["InitguardGaveUp"]);
 }
 
 /// A huge output tail cannot push the record past the cap; `status` says records are capped.
@@ -718,10 +779,55 @@ fn kube_record_stays_under_the_cap_and_status_says_so() {
     );
     assert!(rec.contains("xxxx"), "the newest output is kept");
     let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        String::from_utf8_lossy(&table.stdout).contains("capped at 64 KiB"),
-        "{}",
-        String::from_utf8_lossy(&table.stdout)
+        text.contains("trimmed to fit this store's record cap of 64 KiB") && text.contains(&key),
+        "{text}"
+    );
+}
+
+/// A record whose fingerprint is not ASCII (any text can be in a store) is shown, not a panic.
+#[test]
+fn kube_status_shows_a_record_with_a_non_ascii_fingerprint() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/utf8");
+    let out = run_task(&fx, work.path(), &key, &[], "true");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.edit_lease(&key, |l| {
+        let ann = l.metadata.annotations.as_mut().unwrap();
+        let mut rec: serde_json::Value = serde_json::from_str(&ann[RECORD]).unwrap();
+        rec["fingerprint"] = "sha256:aéééééééé☃".into();
+        rec["history"][0]["fingerprint"] = "a☃☃☃☃☃".into();
+        ann.insert(RECORD.to_string(), rec.to_string());
+    });
+    for (sub, shown) in [
+        (vec!["status"], "aéééé"),
+        (vec!["history", key.as_str()], "a☃☃☃"),
+    ] {
+        let out = cmd(&fx, work.path()).args(&sub).output().unwrap();
+        assert_eq!(code(&out), 0, "{sub:?}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(shown),
+            "{sub:?}"
+        );
+    }
+}
+
+/// A record that fit is not said to be trimmed.
+#[test]
+fn kube_status_says_nothing_of_trimming_when_nothing_was_trimmed() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/small");
+    let out = run_task(&fx, work.path(), &key, &[], "echo small");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = cmd(&fx, work.path()).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&key), "{text}");
+    assert!(
+        !text.contains("trimmed") && !text.contains("capped"),
+        "{text}"
     );
 }
 
@@ -763,9 +869,19 @@ fn kube_rbac_output_is_exactly_what_every_command_needs() {
     assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
     let mut granted = std::collections::HashSet::new();
     for rule in role.rules.unwrap() {
+        let groups = rule.api_groups.unwrap_or_default();
         for r in rule.resources.unwrap() {
-            for v in &rule.verbs {
-                granted.insert((v.clone(), r.clone()));
+            for g in &groups {
+                // The double names events.k8s.io Events `resource.group`: a Role grants them
+                // apart from core Events.
+                let r = if g == "events.k8s.io" {
+                    format!("{r}.{g}")
+                } else {
+                    r.clone()
+                };
+                for v in &rule.verbs {
+                    granted.insert((v.clone(), r.clone()));
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! clap definitions: every flag of every subcommand, with its `INITGUARD_*` variable. No logic.
 
+use super::limits::{MAX_ATTEMPTS, MAX_HISTORY, MAX_RETRIES, MAX_TAIL_BYTES};
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -87,8 +89,9 @@ pub struct RbacArgs {
 
 #[derive(Debug, Args)]
 pub struct TaskArgs {
-    /// Task name: 1–200 chars of [A-Za-z0-9._/-], no '..', no leading '/'
-    #[arg(long, env = "INITGUARD_KEY")]
+    /// Task name: 1–200 chars of [A-Za-z0-9._/-], no '..', no leading '/'. No variable: the
+    /// command's INITGUARD_KEY names its enclosing run, and is never read as configuration
+    #[arg(long)]
     pub key: String,
 
     /// What "once" means: global, pod (per POD_UID) or node (per NODE_NAME)
@@ -113,24 +116,52 @@ pub struct RunArgs {
     #[arg(long = "version", env = "INITGUARD_VERSION")]
     pub version: Option<String>,
 
-    /// Lease duration; a dead holder's lease is taken over after it
-    #[arg(long, env = "INITGUARD_LOCK_TTL", default_value = "30s")]
+    /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
+    #[arg(
+        long,
+        env = "INITGUARD_LOCK_TTL",
+        default_value = "30s",
+        allow_hyphen_values = true
+    )]
     pub lock_ttl: String,
 
-    /// How long to wait for another holder's lease ("0" or "forever": no limit)
-    #[arg(long, env = "INITGUARD_WAIT_TIMEOUT", default_value = "1h")]
+    /// How long to wait for another holder's lease, up to 365d; 0: do not wait; "forever": no
+    /// limit
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1h",
+        allow_hyphen_values = true
+    )]
     pub wait_timeout: String,
 
-    /// In-process retries after a failed attempt
-    #[arg(long, env = "INITGUARD_RETRIES", default_value_t = 0)]
+    /// In-process retries after a failed attempt, 0 to 1000
+    #[arg(
+        long,
+        env = "INITGUARD_RETRIES",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_RETRIES)
+    )]
     pub retries: u32,
 
-    /// First pause between retries; doubles each retry, with jitter
-    #[arg(long, env = "INITGUARD_BACKOFF", default_value = "1s")]
+    /// First pause between retries, up to 365d; doubles each retry, with jitter; 0: retry at once
+    #[arg(
+        long,
+        env = "INITGUARD_BACKOFF",
+        default_value = "1s",
+        allow_hyphen_values = true
+    )]
     pub backoff: String,
 
-    /// Failed attempts (across restarts) after which the task gives up; 0: never
-    #[arg(long, env = "INITGUARD_MAX_ATTEMPTS", default_value_t = 0)]
+    /// Failed attempts (across restarts) after which the task gives up, up to 1000; 0: never
+    #[arg(
+        long,
+        env = "INITGUARD_MAX_ATTEMPTS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_ATTEMPTS)
+    )]
     pub max_attempts: u32,
 
     /// What to do when the previous run was interrupted
@@ -146,25 +177,49 @@ pub struct RunArgs {
     #[arg(long, env = "INITGUARD_DONE_IF")]
     pub done_if: Option<String>,
 
-    /// Kill the command after this long (exit 124)
-    #[arg(long, env = "INITGUARD_TIMEOUT")]
+    /// Kill the command after this long (exit 124), more than 0 and up to 365d; leave it out for
+    /// no limit
+    #[arg(long, env = "INITGUARD_TIMEOUT", allow_hyphen_values = true)]
     pub timeout: Option<String>,
 
-    /// Time between forwarding SIGTERM and sending SIGKILL
-    #[arg(long, env = "INITGUARD_GRACE", default_value = "10s")]
+    /// Time between forwarding SIGTERM and sending SIGKILL, up to 365d; 0: SIGKILL at once
+    #[arg(
+        long,
+        env = "INITGUARD_GRACE",
+        default_value = "10s",
+        allow_hyphen_values = true
+    )]
     pub grace: String,
 
     /// Let the command write straight to initguard's stdout/stderr; keep no tail
     #[arg(long, env = "INITGUARD_NO_CAPTURE")]
     pub no_capture: bool,
 
-    /// Bytes of output kept in the record
-    #[arg(long, env = "INITGUARD_TAIL_BYTES", default_value_t = 4096)]
+    /// Bytes of output kept in the record, 0 to 1048576; 0: keep none
+    #[arg(
+        long,
+        env = "INITGUARD_TAIL_BYTES",
+        default_value_t = 4096,
+        allow_hyphen_values = true,
+        value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_TAIL_BYTES)
+    )]
     pub tail_bytes: usize,
 
-    /// Runs kept in the record's history
-    #[arg(long, env = "INITGUARD_HISTORY", default_value_t = crate::record::DEFAULT_HISTORY)]
+    /// Runs kept in the record's history, 1 to 1000
+    #[arg(
+        long,
+        env = "INITGUARD_HISTORY",
+        default_value_t = crate::record::DEFAULT_HISTORY,
+        allow_hyphen_values = true,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_HISTORY)
+    )]
     pub history: usize,
+
+    /// Let the command inherit initguard's store settings (INITGUARD_STORE,
+    /// INITGUARD_STORE_PASSWORD_FILE, INITGUARD_SQL_TARGET), which may carry credentials; by
+    /// default they are removed from its environment
+    #[arg(long, env = "INITGUARD_PASS_STORE_ENV")]
+    pub pass_store_env: bool,
 
     /// Print the fingerprint and what went into it, run nothing
     #[arg(long, env = "INITGUARD_PRINT_FINGERPRINT")]
@@ -215,8 +270,14 @@ pub struct HistoryArgs {
 #[derive(Debug, Args)]
 pub struct ResetArgs {
     pub key: String,
-    /// How long to wait for a running holder's lease
-    #[arg(long, env = "INITGUARD_WAIT_TIMEOUT", default_value = "1m")]
+    /// How long to wait for a running holder's lease, up to 365d; 0: do not wait; "forever": no
+    /// limit
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1m",
+        allow_hyphen_values = true
+    )]
     pub wait_timeout: String,
     /// The --sql-target database of an SQL task: its completion rows there are deleted too, so
     /// that the next run runs the SQL again (required for such tasks)

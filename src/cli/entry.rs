@@ -4,7 +4,7 @@ use super::args::{
     Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
 };
 use super::failure::{Failure, exit_code};
-use super::{report, settings};
+use super::{report, settings, usage};
 use crate::runner::Signals;
 use crate::store::{self, AcquireOpts, ReleaseOutcome, Store, StoreError};
 use crate::task::{Holder, Key, TaskId};
@@ -19,6 +19,7 @@ pub fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == crate::supervisor::ARG) {
         return crate::supervisor::main(&args[2..]);
     }
+    let secrets = secrets();
     // One thread: the supervisor must be spawned from a thread that lives as long as it does, or
     // its parent-death signal would fire early (see runner.rs).
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -26,7 +27,7 @@ pub fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(&Failure::Runtime(e)),
+        Err(e) => return fail(&Failure::Runtime(e), &secrets),
     };
     // First thing once a runtime exists to receive them: from here on SIGTERM/SIGINT/SIGHUP/
     // SIGQUIT are initguard's to honour (every wait races them), never a silent death midway.
@@ -36,18 +37,24 @@ pub fn main() -> ExitCode {
     };
     let mut signals = match signals {
         Ok(s) => s,
-        Err(e) => return fail(&Failure::Runtime(e)),
+        Err(e) => return fail(&Failure::Runtime(e), &secrets),
     };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                crate::exit::USAGE
-            } else {
-                crate::exit::OK
-            };
+        // --help and --version: their text, on stdout, exit 0.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(crate::exit::OK);
+        }
+        Err(e) => {
+            // args_os: a non-UTF-8 argument must not panic here.
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let line = store::scrub(&usage::one_line(&e, &args), &secrets);
+            let _ = writeln!(std::io::stderr(), "initguard: {line}");
+            return ExitCode::from(crate::exit::USAGE);
         }
     };
     init_logging(cli.log_format);
@@ -57,7 +64,7 @@ pub fn main() -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(f) => fail(&f),
+        Err(f) => fail(&f, &secrets),
     }
 }
 
@@ -77,8 +84,20 @@ async fn interruptible<T, E: Into<Failure>>(
     }
 }
 
-fn fail(f: &Failure) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "initguard: {f}");
+/// What may be a password in the arguments and in the variables that take a URL, so that no error
+/// line repeats one, whatever a parser or server put into its message.
+/// The command's own arguments (after `--`) are not initguard's to judge.
+fn secrets() -> Vec<String> {
+    let args = std::env::args_os().skip(1).take_while(|a| a != "--");
+    let vars = settings::STORE_ENV.iter().filter_map(std::env::var_os);
+    args.chain(vars)
+        .flat_map(|a| store::secret_parts(&a.to_string_lossy()))
+        .collect()
+}
+
+fn fail(f: &Failure, secrets: &[String]) -> ExitCode {
+    let line = store::scrub(&f.to_string(), secrets);
+    let _ = writeln!(std::io::stderr(), "initguard: {line}");
     ExitCode::from(exit_code(f))
 }
 
@@ -161,6 +180,7 @@ async fn run(
 ) -> Result<u8, Failure> {
     // Validate everything before touching the store.
     let id = settings::task_id(&args.task)?;
+    settings::check_not_nested(&id)?;
     let url = settings::store_url(url)?;
     let sql = settings::sql_task(&args)?;
     let fp = settings::fingerprint(&args, sql.as_ref())?;
@@ -201,12 +221,8 @@ async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8,
         );
     } else {
         print!("{}", report::status_table(&records, chrono::Utc::now()));
-        if let Some(limit) = store.record_limit() {
-            println!(
-                "(records in this store are capped at {} KiB: output tails and the oldest history \
-                 entries are trimmed to fit)",
-                limit / 1024
-            );
+        if let Some(note) = report::trimmed_note(&records, store.record_limit()) {
+            print!("{note}");
         }
     }
     Ok(report_unreadable(
@@ -246,13 +262,13 @@ async fn history(url: &settings::StoreChoice<'_>, args: HistoryArgs) -> Result<u
 
 async fn reset(url: &settings::StoreChoice<'_>, args: ResetArgs) -> Result<u8, Failure> {
     let key = Key::parse(&args.key).map_err(settings::SettingsError::from)?;
-    let wait = settings::duration("--wait-timeout", &args.wait_timeout)?;
+    let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
     let sql_target = settings::sql_target(args.sql_target.as_deref())?;
     let store = open(url).await?;
     let opts = crate::reset::ResetOptions {
         acquire: AcquireOpts {
             ttl: std::time::Duration::from_secs(30),
-            wait_timeout: Some(wait),
+            wait_timeout,
         },
         history: crate::record::DEFAULT_HISTORY,
         sql_target,

@@ -4,7 +4,13 @@
 mod args;
 mod entry;
 mod failure;
+mod limits;
+mod render;
 mod report;
 mod settings;
+mod usage;
 
 pub use entry::main;
+/// For the fuzz targets in `fuzz/`: not a stable API.
+#[doc(hidden)]
+pub use render::{render_record, render_records};

@@ -8,15 +8,21 @@ use std::fmt::Write;
 pub fn fingerprint(fp: &Fingerprint) -> String {
     let mut out = String::new();
     for c in &fp.components {
-        let _ = writeln!(out, "{:<8} {}  {}", c.kind, c.digest, c.label);
+        let digest = c
+            .shown_digest()
+            .unwrap_or("(not shown: it may be a secret)");
+        // As wide as "sha256:" and 64 hex digits, so that the labels stay aligned.
+        let _ = writeln!(out, "{:<8} {digest:<71}  {}", c.kind, c.label);
     }
     let _ = writeln!(out, "fingerprint {}", fp.value);
     out
 }
 
-fn short(fp: &str) -> &str {
+/// The first 12 characters of the hex digest. By characters, not bytes: a record from a store
+/// can hold any text here, and slicing by bytes panics inside a multi-byte character.
+fn short(fp: &str) -> String {
     let hex = fp.strip_prefix("sha256:").unwrap_or(fp);
-    &hex[..hex.len().min(12)]
+    hex.chars().take(12).collect()
 }
 
 fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
@@ -73,13 +79,35 @@ pub fn status_table(records: &[Record], now: DateTime<Utc>) -> String {
         rows.push(vec![
             key,
             state,
-            short(&r.fingerprint).to_string(),
+            short(&r.fingerprint),
             ago(r.finished_at.or(r.started_at), now),
             r.holder.as_ref().map_or("-".into(), |h| h.to_string()),
             r.attempts.to_string(),
         ]);
     }
     table(rows)
+}
+
+/// The note under `status` when some records were trimmed to fit a store's cap of `limit` bytes;
+/// `None` when none was.
+pub fn trimmed_note(records: &[Record], limit: Option<usize>) -> Option<String> {
+    let keys: Vec<String> = records
+        .iter()
+        .filter(|r| r.trimmed)
+        .map(|r| match &r.instance {
+            Some(i) => format!("{} ({} {i})", r.key, r.scope),
+            None => r.key.clone(),
+        })
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let cap = limit.map_or(String::new(), |l| format!(" of {} KiB", l / 1024));
+    Some(format!(
+        "(trimmed to fit this store's record cap{cap}: {}; their output tails or oldest history \
+         entries were cut)\n",
+        keys.join(", ")
+    ))
 }
 
 pub fn history_table(records: &[Record]) -> String {
@@ -110,7 +138,7 @@ pub fn history_table(records: &[Record]) -> String {
                 h.token.to_string(),
                 h.duration_ms.map_or("-".into(), |d| format!("{d}ms")),
                 h.exit.as_ref().map_or("-".into(), |e| e.to_string()),
-                short(&h.fingerprint).to_string(),
+                short(&h.fingerprint),
                 h.holder.as_ref().map_or("-".into(), |h| h.to_string()),
             ]);
         }

@@ -2,6 +2,7 @@
 //! are usage (exit 2) or configuration (exit 78) problems, found before anything is touched.
 
 use super::args::{OnInterruptedArg, RunArgs, TaskArgs};
+use super::limits::{MAX_DURATION, MAX_DURATION_TEXT, MIN_LOCK_TTL};
 use crate::fingerprint::{self, Fingerprint, FingerprintError, Sources};
 use crate::guard::{OnInterrupted, Plan};
 use crate::runner::ChildSpec;
@@ -28,15 +29,61 @@ pub enum SettingsError {
     },
 }
 
+/// A duration option: whole seconds or humantime (`30s`, `5m`, `1h30m`), at most `MAX_DURATION`.
 pub fn duration(flag: &'static str, raw: &str) -> Result<Duration, SettingsError> {
     let raw = raw.trim();
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(raw).map_err(|e| SettingsError::Usage {
+    let parsed = match raw.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(raw),
+    };
+    let d = parsed.map_err(|e| SettingsError::Usage {
         flag,
-        why: format!("{raw:?} is not a duration like 30s, 5m or 1h30m ({e})"),
-    })
+        why: format!(
+            "{raw:?} is not a duration: expected one like 30s, 5m or 1h30m, at most \
+             {MAX_DURATION_TEXT} ({e})"
+        ),
+    })?;
+    if d > MAX_DURATION {
+        return Err(SettingsError::Usage {
+            flag,
+            why: format!("{raw:?} is out of range: expected at most {MAX_DURATION_TEXT}"),
+        });
+    }
+    Ok(d)
+}
+
+/// `--wait-timeout`: `forever` is no limit (`None`); `0` (however spelt) is "do not wait".
+pub fn wait_timeout(raw: &str) -> Result<Option<Duration>, SettingsError> {
+    match raw.trim() {
+        "forever" => Ok(None),
+        other => duration("--wait-timeout", other).map(Some),
+    }
+}
+
+/// The variables that configure initguard's store and may carry its credentials: removed from
+/// the command's environment unless `--pass-store-env`.
+pub const STORE_ENV: &[&str] = &[
+    "INITGUARD_STORE",
+    "INITGUARD_STORE_PASSWORD_FILE",
+    "INITGUARD_SQL_TARGET",
+];
+
+/// Refuse a run nested inside a run of the same key: it would wait on its own parent's lease
+/// until `--wait-timeout`. `INITGUARD_KEY` and `INITGUARD_FENCING_TOKEN` are what initguard
+/// gives its command, so together they mean "inside a run of that key".
+pub fn check_not_nested(id: &TaskId) -> Result<(), SettingsError> {
+    let parent = std::env::var("INITGUARD_KEY").ok();
+    let inside_run = std::env::var_os("INITGUARD_FENCING_TOKEN").is_some();
+    match parent {
+        Some(parent) if inside_run && parent == id.key.as_str() => Err(SettingsError::Usage {
+            flag: "--key",
+            why: format!(
+                "this run of {parent} is nested inside a run of the same key (INITGUARD_KEY) \
+                 and would wait for its own parent's lease; give the nested run its own --key"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `--store` and `--kube-context` as given; parsed only by subcommands that open the store.
@@ -192,21 +239,35 @@ pub fn plan(
     sql: Option<SqlTask>,
 ) -> Result<Plan, SettingsError> {
     let ttl = duration("--lock-ttl", &args.lock_ttl)?;
-    if ttl < Duration::from_secs(1) {
+    if ttl < MIN_LOCK_TTL {
         return Err(SettingsError::Usage {
             flag: "--lock-ttl",
-            why: "must be at least 1s".into(),
+            why: format!(
+                "{:?} is out of range: expected at least 1s and at most {MAX_DURATION_TEXT}",
+                args.lock_ttl.trim()
+            ),
         });
     }
-    let wait_timeout = match args.wait_timeout.trim() {
-        "forever" | "0" => None,
-        other => Some(duration("--wait-timeout", other)?),
-    };
+    let wait_timeout = wait_timeout(&args.wait_timeout)?;
     let timeout = args
         .timeout
         .as_deref()
         .map(|t| duration("--timeout", t))
         .transpose()?;
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(SettingsError::Usage {
+            flag: "--timeout",
+            why: format!(
+                "0 is out of range: expected more than 0 and at most {MAX_DURATION_TEXT} (leave \
+                 --timeout out for no limit)"
+            ),
+        });
+    }
+    let env_remove = if args.pass_store_env {
+        Vec::new()
+    } else {
+        STORE_ENV.iter().map(|v| v.to_string()).collect()
+    };
     Ok(Plan {
         id,
         fingerprint,
@@ -223,12 +284,14 @@ pub fn plan(
         child: ChildSpec {
             argv: args.command.clone(),
             env: Vec::new(),
+            env_remove,
             timeout,
             grace: duration("--grace", &args.grace)?,
             capture: !args.no_capture,
             tail_bytes: args.tail_bytes,
         },
-        history: args.history.max(1),
+        // clap keeps it in 1..=MAX_HISTORY.
+        history: args.history,
         sql,
     })
 }

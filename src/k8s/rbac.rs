@@ -182,7 +182,7 @@ mod tests {
             ("coordination.k8s.io", "leases", "list"),
             ("coordination.k8s.io", "leases", "create"),
             ("coordination.k8s.io", "leases", "update"),
-            ("", "events", "create"),
+            ("events.k8s.io", "events", "create"),
         ]
         .into_iter()
         .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
@@ -224,7 +224,7 @@ rules:
   - create
   - update
 - apiGroups:
-  - ''
+  - events.k8s.io
   resources:
   - events
   verbs:

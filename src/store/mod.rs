@@ -13,7 +13,7 @@ mod url;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
-pub use url::{StoreUrl, StoreUrlError, default_store_url};
+pub use url::{StoreUrl, StoreUrlError, default_store_url, scrub, secret_parts};
 
 use crate::record::Record;
 use crate::task::{Holder, TaskId};
@@ -109,7 +109,7 @@ impl Listing {
     }
 }
 
-/// What `release_holder` (the `initguard release` command) found.
+/// What `release::release_holder` (the `initguard release` command) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReleaseOutcome {
     /// A lease owned by this holder (same Pod, or same host outside Kubernetes) whose holder is

@@ -19,49 +19,62 @@ pub enum StoreUrl {
     },
 }
 
+/// Errors never quote a URL that failed to parse: it may hold a password in a place a parser that
+/// failed cannot find. They name the scheme, and what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreUrlError {
-    #[error("unknown store URL {url:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]")]
-    UnknownScheme { url: String },
-    #[error("store URL {url:?} needs the {feature} backend, which this build leaves out")]
+    #[error(
+        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+    )]
+    UnknownScheme { scheme: String },
+    #[error(
+        "the store URL has no scheme (libpq keyword strings like \"host=… dbname=…\" are not \
+         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+    )]
+    NoScheme,
+    #[error("store URL {url} needs the {feature} backend, which this build leaves out")]
     NotBuilt { url: String, feature: &'static str },
-    #[error("store URL {url:?} is invalid: {why}")]
+    #[error("store URL {url} is invalid: {why}")]
     Invalid { url: String, why: String },
 }
 
 impl StoreUrl {
     pub fn parse(raw: &str) -> Result<StoreUrl, StoreUrlError> {
-        let (scheme, rest) = raw
-            .split_once(':')
-            .ok_or_else(|| StoreUrlError::UnknownScheme {
-                url: raw.to_string(),
-            })?;
+        let (scheme, rest) = raw.split_once(':').ok_or(StoreUrlError::NoScheme)?;
+        if !is_scheme(scheme) {
+            return Err(StoreUrlError::NoScheme);
+        }
         match scheme {
             "file" => {
                 let dir = rest.strip_prefix("//").unwrap_or(rest);
                 if dir.is_empty() {
                     return Err(StoreUrlError::Invalid {
-                        url: raw.to_string(),
+                        url: "file:".into(),
                         why: "file: needs a directory, e.g. file:.initguard".into(),
                     });
                 }
                 Ok(StoreUrl::File(PathBuf::from(dir)))
             }
             #[cfg(feature = "postgres")]
+            "postgres" | "postgresql" if !rest.starts_with("//") => Err(StoreUrlError::Invalid {
+                url: format!("{scheme}:…"),
+                why: format!("expected {scheme}://[USER@]HOST[:PORT]/DATABASE[?PARAMETERS]"),
+            }),
+            #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => super::postgres::PgUrl::parse(raw)
                 .map(StoreUrl::Postgres)
                 .map_err(|e| StoreUrlError::Invalid {
-                    url: redact_for_error(raw),
+                    url: format!("{scheme}://…"),
                     why: e.to_string(),
                 }),
             #[cfg(not(feature = "postgres"))]
             "postgres" | "postgresql" => Err(StoreUrlError::NotBuilt {
-                url: redact_for_error(raw),
+                url: format!("{scheme}://…"),
                 feature: "postgres",
             }),
             "kubernetes" => parse_kubernetes(raw, rest),
             _ => Err(StoreUrlError::UnknownScheme {
-                url: raw.to_string(),
+                scheme: scheme.to_string(),
             }),
         }
     }
@@ -93,20 +106,90 @@ impl StoreUrl {
     }
 }
 
-/// A URL that failed to parse, fit for an error message: everything between `://` and the last
-/// `@` (user and password) is hidden, since we cannot tell which part is the password.
-fn redact_for_error(raw: &str) -> String {
-    match (raw.split_once("://"), raw.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => raw.to_string(),
-        },
-        _ => raw.to_string(),
+/// RFC 3986: a letter, then letters, digits, `+`, `-` and `.`. Bounded, so that a password
+/// before the first `:` (`app:PW@…` without a scheme) is never taken for one and echoed.
+fn is_scheme(s: &str) -> bool {
+    s.len() <= 16
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !s.contains(char::is_uppercase)
+}
+
+/// Everything in `raw` that may be a password, however malformed `raw` is: the user-info after
+/// its first `:` (with or without `//`, up to the last `@`), and the value of every `password=`
+/// (URL parameter or libpq keyword, quoted or not), each also percent-decoded. The CLI removes
+/// them from every line it prints, behind the parsers that never quote them.
+pub fn secret_parts(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((_, rest)) = raw.split_once(':') {
+        let rest = rest.trim_start_matches('/');
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                out.push(password.to_string());
+            }
+        }
     }
+    let mut from = 0;
+    while let Some(at) = raw[from..].find("password=") {
+        let start = from + at + "password=".len();
+        let value = &raw[start..];
+        let value = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.split('\'').next().unwrap_or(quoted),
+            None => value
+                .split(|c: char| c == '&' || c.is_whitespace())
+                .next()
+                .unwrap_or(value),
+        };
+        out.push(value.to_string());
+        from = start;
+    }
+    let decoded: Vec<String> = out.iter().filter_map(|p| percent_decoded(p)).collect();
+    out.extend(decoded);
+    out.retain(|p| !p.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `s` with `%XX` escapes decoded, when that changes it and gives UTF-8.
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().filter(|d| d != s)
+}
+
+/// `line` with every part of `secrets` replaced by `***`, longest first (so that a password that
+/// contains another is hidden whole).
+pub fn scrub(line: &str, secrets: &[String]) -> String {
+    let mut secrets: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = line.to_string();
+    for s in secrets {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
 }
 
 #[cfg(feature = "kubernetes")]
-fn parse_kubernetes(raw: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
+fn parse_kubernetes(_raw: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
     let ns = rest
         .strip_prefix("//")
         .unwrap_or(rest)
@@ -125,8 +208,9 @@ fn parse_kubernetes(raw: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
         && !ns.starts_with('-')
         && !ns.ends_with('-');
     if !valid {
+        // Not echoed: `kubernetes://user:password@host` is a plausible mistake.
         return Err(StoreUrlError::Invalid {
-            url: raw.to_string(),
+            url: "kubernetes:…".into(),
             why: "the namespace must be a DNS-1123 label (a-z, 0-9, '-', at most 63 characters)"
                 .into(),
         });
@@ -138,9 +222,9 @@ fn parse_kubernetes(raw: &str, rest: &str) -> Result<StoreUrl, StoreUrlError> {
 }
 
 #[cfg(not(feature = "kubernetes"))]
-fn parse_kubernetes(raw: &str, _rest: &str) -> Result<StoreUrl, StoreUrlError> {
+fn parse_kubernetes(_raw: &str, _rest: &str) -> Result<StoreUrl, StoreUrlError> {
     Err(StoreUrlError::NotBuilt {
-        url: raw.to_string(),
+        url: "kubernetes:".into(),
         feature: "kubernetes",
     })
 }
@@ -178,7 +262,7 @@ mod tests {
         ));
         assert!(matches!(
             StoreUrl::parse("nocolon"),
-            Err(StoreUrlError::UnknownScheme { .. })
+            Err(StoreUrlError::NoScheme)
         ));
         assert!(StoreUrl::parse("file:").is_err());
     }
@@ -196,6 +280,48 @@ mod tests {
         }
         let err = StoreUrl::parse("postgres://app:hunter2@db/app?sslmode=bogus").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn secret_parts_finds_the_password_wherever_it_is() {
+        for (raw, pw) in [
+            ("postgres://app:PW1@db/app", "PW1"),
+            ("postgresql:/app:PW2@db/app", "PW2"),
+            ("postgress://app:PW3@db/app", "PW3"),
+            ("postgres://app:p@ss@db/app", "p@ss"),
+            ("postgres://app@db/app?sslmode=bogus&password=PW4", "PW4"),
+            ("host=db password=PW5 dbname=app", "PW5"),
+            ("host=db password='P W6' dbname=app", "P W6"),
+            ("postgres://app:P%40W7@db/app", "P@W7"),
+        ] {
+            let parts = secret_parts(raw);
+            assert!(parts.iter().any(|p| p == pw), "{raw}: {parts:?}");
+            assert!(!scrub(&format!("x {raw} y"), &parts).contains(pw), "{raw}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_url() {
+        for raw in [
+            "postgress://app:SECRET@db/app",
+            "host=db password=SECRET dbname=app",
+            "app:SECRET@db/app",
+            "postgresql:/app:SECRET@db/app",
+            "postgres://app:SECRET@db/app?sslmode=bogus",
+            "postgres://app@db/app?password=SECRET&sslmode=bogus",
+            "postgres://app:SECRET@db:notaport/app",
+            "postgres://app:SECRET@db/app?schema=Bad",
+            "postgres://app:SECRET@db/app?SECRET",
+            "postgres://app:SECRET@db/app?SECRET=1",
+            "postgres://app:SECRET@db/app?sslmode=SECRET",
+            "postgres://app:SECRET@db/app?sslrootcert=%ff",
+            "postgres://app:SECRET@db/app?connect_timeout=SECRET",
+            "kubernetes:SECRET_NS",
+        ] {
+            if let Err(e) = StoreUrl::parse(raw) {
+                assert!(!e.to_string().contains("SECRET"), "{raw}: {e}");
+            }
+        }
     }
 
     #[cfg(feature = "kubernetes")]

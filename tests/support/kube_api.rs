@@ -281,10 +281,10 @@ fn status(code: StatusCode, reason: &str, message: String, details: Value) -> Re
 }
 
 fn group_resource(resource: &str) -> &'static str {
-    if resource == "leases" {
-        "leases.coordination.k8s.io"
-    } else {
-        "events"
+    match resource {
+        "leases" => "leases.coordination.k8s.io",
+        EVENTS_V1 => EVENTS_V1,
+        _ => "events",
     }
 }
 
@@ -490,6 +490,9 @@ fn handle(
             name,
         ] => (*ns, "leases", Some(*name)),
         ["api", "v1", "namespaces", ns, "events"] => (*ns, "events", None),
+        // The same Events through events.k8s.io/v1; named `resource.group` for RBAC, as a Role
+        // grants the two groups separately.
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"] => (*ns, EVENTS_V1, None),
         _ => {
             return status(
                 StatusCode::NOT_FOUND,
@@ -527,18 +530,18 @@ fn handle(
             Some(n) => format!("{} \"{n}\"", group_resource(resource)),
             None => group_resource(resource).to_string(),
         };
-        let group = if resource == "leases" {
-            "coordination.k8s.io"
-        } else {
-            ""
+        let (kind, group) = match resource {
+            "leases" => ("leases", "coordination.k8s.io"),
+            EVENTS_V1 => ("events", "events.k8s.io"),
+            other => (other, ""),
         };
         return status(
             StatusCode::FORBIDDEN,
             "Forbidden",
             format!(
-                "{subject} is forbidden: User \"system:serviceaccount:{ns}:default\" cannot {verb} resource \"{resource}\" in API group \"{group}\" in the namespace \"{ns}\""
+                "{subject} is forbidden: User \"system:serviceaccount:{ns}:default\" cannot {verb} resource \"{kind}\" in API group \"{group}\" in the namespace \"{ns}\""
             ),
-            json!({"name": name.unwrap_or(""), "group": group, "kind": resource}),
+            json!({"name": name.unwrap_or(""), "group": group, "kind": kind}),
         );
     }
     let key = |n: &str| (ns.to_string(), n.to_string());
@@ -730,6 +733,28 @@ fn handle(
             st.events.push(obj.clone());
             respond(StatusCode::CREATED, &obj)
         }
+        (EVENTS_V1, "create") => {
+            let obj: Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return bad_request(format!("invalid JSON body: {e}")),
+            };
+            if let Some(err) = check_kind(&obj, "Event", "events.k8s.io/v1") {
+                return err;
+            }
+            let n = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+            if let Some(why) = events_v1_invalid(&obj, ns) {
+                return invalid(resource, &n, why);
+            }
+            let mut core = events_v1_as_core(&obj);
+            let rv = st.bump();
+            core["metadata"]["resourceVersion"] = json!(rv);
+            core["metadata"]["namespace"] = json!(ns);
+            st.events.push(core);
+            let mut back = obj;
+            back["metadata"]["resourceVersion"] = json!(rv);
+            back["metadata"]["namespace"] = json!(ns);
+            respond(StatusCode::CREATED, &back)
+        }
         ("leases", "watch") => bad_request("this test double does not implement watch".into()),
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -741,6 +766,79 @@ fn handle(
 }
 
 /// kind/apiVersion, when sent, must name the resource of the URL.
+/// events.k8s.io/v1 Events, by the name the double's RBAC knows them under.
+pub const EVENTS_V1: &str = "events.events.k8s.io";
+
+/// What the API server's strict validation of an events.k8s.io/v1 Event refuses
+/// (`ValidateEventCreate` for that group), or `None`.
+fn events_v1_invalid(obj: &Value, ns: &str) -> Option<String> {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let micro = s(&obj["eventTime"]);
+    // MicroTime: RFC 3339 with exactly six fractional digits.
+    let frac = micro
+        .strip_suffix('Z')
+        .and_then(|t| t.rsplit_once('.'))
+        .map(|(_, f)| f.len());
+    if frac != Some(6) {
+        return Some(format!(
+            "eventTime: Required value or not a MicroTime: {micro:?}"
+        ));
+    }
+    for field in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        if s(&obj[field]).is_empty() {
+            return Some(format!("{field}: Required value"));
+        }
+    }
+    if s(&obj["reportingInstance"]).chars().count() > 128 {
+        return Some("reportingInstance: Too long".into());
+    }
+    if !matches!(s(&obj["type"]).as_str(), "Normal" | "Warning") {
+        return Some("type: Unsupported value".into());
+    }
+    for field in [
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "deprecatedCount",
+        "deprecatedSource",
+    ] {
+        if !obj[field].is_null() {
+            return Some(format!("{field}: Invalid value: needs to be unset"));
+        }
+    }
+    if obj["regarding"]["namespace"]
+        .as_str()
+        .is_some_and(|o| o != ns)
+    {
+        return Some("regarding.namespace: Invalid value: does not match event.namespace".into());
+    }
+    if obj["note"].as_str().is_some_and(|m| m.len() > 1024) {
+        return Some("note: Too long".into());
+    }
+    None
+}
+
+/// An events.k8s.io/v1 Event as the core/v1 API serves it back (the server stores one object).
+fn events_v1_as_core(obj: &Value) -> Value {
+    json!({
+        "kind": "Event",
+        "apiVersion": "v1",
+        "metadata": obj["metadata"],
+        "involvedObject": obj["regarding"],
+        "reason": obj["reason"],
+        "message": obj["note"],
+        "type": obj["type"],
+        "action": obj["action"],
+        "eventTime": obj["eventTime"],
+        "reportingComponent": obj["reportingController"],
+        "reportingInstance": obj["reportingInstance"],
+    })
+}
+
 fn check_kind(obj: &Value, kind: &str, api_version: &str) -> Option<Resp> {
     let k = obj.get("kind").and_then(Value::as_str);
     let a = obj.get("apiVersion").and_then(Value::as_str);

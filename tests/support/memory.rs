@@ -21,6 +21,9 @@ pub enum Op {
     Release,
 }
 
+/// Makes the error a fault returns, from the task's key.
+pub type Fault = fn(&str) -> StoreError;
+
 #[derive(Debug, Clone)]
 struct Held {
     token: u64,
@@ -35,7 +38,7 @@ struct Inner {
     leases: HashMap<String, Held>,
     tokens: HashMap<String, u64>,
     /// Errors to return, in order, the next times an op is called.
-    faults: HashMap<Op, Vec<fn(&str) -> StoreError>>,
+    faults: HashMap<Op, Vec<Fault>>,
     calls: HashMap<Op, usize>,
     /// Taken leases, counted.
     takes: usize,
@@ -117,7 +120,7 @@ impl MemoryStore {
         self.inner().on_wait = Some((rec, free));
     }
 
-    pub fn fail(&self, op: Op, errors: &[fn(&str) -> StoreError]) {
+    pub fn fail(&self, op: Op, errors: &[Fault]) {
         self.inner()
             .faults
             .entry(op)
@@ -242,11 +245,7 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn free_if_unchanged(
-        &self,
-        id: &TaskId,
-        seen: &Observation,
-    ) -> Result<bool, StoreError> {
+    async fn free_if_unchanged(&self, id: &TaskId, seen: &Observation) -> Result<bool, StoreError> {
         let mut i = self.inner();
         let name = id.storage_name();
         match i.leases.get(&name) {

@@ -15,7 +15,7 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
         "leases",
         &["get", "list", "create", "update"],
     ),
-    ("", "events", &["create"]),
+    ("events.k8s.io", "events", &["create"]),
 ];
 
 /// Longest one request may take before it counts as unanswered.
@@ -51,7 +51,7 @@ impl Op {
         Op {
             verb,
             resource: "events",
-            group: "",
+            group: "events.k8s.io",
         }
     }
 

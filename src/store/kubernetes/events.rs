@@ -1,12 +1,15 @@
 //! Kubernetes Events on the Pod that runs a task (run started, skipped, succeeded, …), so that
 //! `kubectl describe pod` tells the story. Best effort: must never fail or slow down a run — one
 //! short try per Event, and one warning line, then silence, when RBAC forbids creating Events.
+//! events.k8s.io/v1 Events with a microsecond `eventTime`, so that `kubectl describe` and
+//! `kubectl get events` order them as they happened, also within one second.
 
 use super::api::{self, ApiError, Op};
 use crate::store::TaskEvent;
 use crate::task::TaskId;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -16,8 +19,10 @@ use std::time::{Duration, Instant};
 /// An Event waits at most this long: it is a courtesy, and the run (holding a lease whose clock
 /// is ticking) matters more. API servers answer an Event in milliseconds.
 const EVENT_BUDGET: Duration = Duration::from_secs(1);
-/// Kubernetes caps Event messages at 1 KiB; longer ones are rejected, not cut.
+/// Kubernetes caps Event notes at 1 KiB; longer ones are rejected, not cut.
 const MAX_MESSAGE: usize = 1000;
+/// `reportingController`: a qualified name, by convention prefixed with a domain.
+const REPORTING_CONTROLLER: &str = "initguard.io/initguard";
 
 /// The Pod Events are about, from the Downward API (`POD_NAME`, `POD_UID`, `POD_NAMESPACE`).
 #[derive(Debug, Clone)]
@@ -97,9 +102,10 @@ fn build(pod: &PodRef, id: &TaskId, kind: TaskEvent, message: &str) -> Event {
         }
         text.truncate(cut);
     }
-    // Legacy core/v1 style (first/lastTimestamp, no eventTime): accepted by every API server
-    // version without the extra fields events.k8s.io/v1 validation requires.
-    // Event names only need to be unique; this is what kubectl's recorder does too.
+    // events.k8s.io/v1 (every API server since 1.19): `eventTime` has microseconds, where the
+    // core/v1 first/lastTimestamp have seconds, and kubectl sorts by lastTimestamp when it is
+    // set. That API's validation wants reportingController, reportingInstance and action, and
+    // none of the deprecated* fields. Event names only need to be unique, as in client-go.
     let suffix: u64 = rand::random();
     Event {
         metadata: ObjectMeta {
@@ -107,16 +113,23 @@ fn build(pod: &PodRef, id: &TaskId, kind: TaskEvent, message: &str) -> Event {
             namespace: Some(pod.namespace.clone()),
             ..ObjectMeta::default()
         },
-        involved_object: ObjectReference {
+        regarding: Some(ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
             name: Some(pod.name.clone()),
             namespace: Some(pod.namespace.clone()),
             uid: Some(pod.uid.clone()),
             ..ObjectReference::default()
-        },
+        }),
         reason: Some(kind.reason().into()),
-        message: Some(text),
+        // What initguard did about the Pod: the reason without its prefix ("Started", "Skipped").
+        action: Some(
+            kind.reason()
+                .strip_prefix("Initguard")
+                .unwrap_or(kind.reason())
+                .into(),
+        ),
+        note: Some(text),
         type_: Some(
             if kind.is_warning() {
                 "Warning"
@@ -125,17 +138,18 @@ fn build(pod: &PodRef, id: &TaskId, kind: TaskEvent, message: &str) -> Event {
             }
             .into(),
         ),
-        source: Some(EventSource {
-            component: Some("initguard".into()),
-            host: std::env::var("NODE_NAME").ok(),
-        }),
-        reporting_component: Some("initguard".into()),
-        reporting_instance: Some(pod.name.clone()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        count: Some(1),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        // At most 128 characters; a Pod name has at most 253, so keep its end (the unique part).
+        reporting_instance: Some(last_chars(&pod.name, 128)),
+        event_time: Some(MicroTime(now)),
         ..Event::default()
     }
+}
+
+/// The last `n` characters of `s`.
+fn last_chars(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    s.chars().skip(count.saturating_sub(n)).collect()
 }
 
 #[cfg(test)]
@@ -152,11 +166,14 @@ mod tests {
         };
         let id = TaskId::global(Key::parse("app/migrate").unwrap());
         let e = build(&pod, &id, TaskEvent::Failed, &"x".repeat(5000));
-        assert_eq!(e.involved_object.uid.as_deref(), Some("u-1"));
-        assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
+        let regarding = e.regarding.clone().unwrap();
+        assert_eq!(regarding.uid.as_deref(), Some("u-1"));
+        assert_eq!(regarding.kind.as_deref(), Some("Pod"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.reason.as_deref(), Some("InitguardFailed"));
-        assert!(e.message.unwrap().len() <= MAX_MESSAGE);
+        assert_eq!(e.action.as_deref(), Some("Failed"));
+        assert!(e.note.unwrap().len() <= MAX_MESSAGE);
+        assert!(e.event_time.is_some() && e.deprecated_last_timestamp.is_none());
         assert!(e.metadata.name.unwrap().starts_with("web-0."));
     }
 }

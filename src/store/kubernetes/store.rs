@@ -319,8 +319,6 @@ impl KubeStore {
         Err(self.err(ApiError::Conflict))
     }
 
-    /// What `release_holder` concludes when the Lease changed while it watched (`within`: how
-    /// long ago at most): whoever wrote it is alive, so nothing is released.
     /// A busy Lease as the guard sees it; `left`: how long it stays held at the least.
     fn observation(
         &self,
@@ -431,11 +429,15 @@ fn bound_record(
     record: &Record,
     limit: usize,
 ) -> Result<(String, Option<Trimmed>), serde_json::Error> {
-    let mut json = serde_json::to_string(record)?;
+    let mut r = record.clone();
+    // Says whether this write was cut, whatever an earlier write of the record said.
+    r.trimmed = false;
+    let mut json = serde_json::to_string(&r)?;
     if json.len() <= limit {
         return Ok((json, None));
     }
-    let mut r = record.clone();
+    r.trimmed = true;
+    json = serde_json::to_string(&r)?;
     while json.len() > limit && !r.tail.is_empty() {
         // Escaping can make a byte of tail cost up to six in JSON: cut at least an eighth each
         // round so that this ends quickly whatever the output was.

@@ -78,10 +78,12 @@ impl PgUrl {
                         "require" => SslMode::Require,
                         "verify-ca" => SslMode::VerifyCa,
                         "verify-full" => SslMode::VerifyFull,
-                        other => {
-                            return Err(PgUrlError(format!(
-                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                            )));
+                        // The value is not quoted: in a malformed URL it may be the password.
+                        _ => {
+                            return Err(PgUrlError(
+                                "sslmode is not one of disable, prefer, require, verify-ca, verify-full"
+                                    .into(),
+                            ));
                         }
                     })
                 }
@@ -95,9 +97,10 @@ impl PgUrl {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        // tokio-postgres' parser is the authority on the rest; its messages never quote values.
-        let config =
-            tokio_postgres::Config::from_str(&conninfo).map_err(|e| PgUrlError(error_chain(&e)))?;
+        // tokio-postgres' parser is the authority on the rest. Its messages quote option names,
+        // which in a malformed URL may be the password: only known names are kept.
+        let config = tokio_postgres::Config::from_str(&conninfo)
+            .map_err(|e| PgUrlError(unquote_unknown(&error_chain(&e))))?;
         let ssl = ssl.unwrap_or_else(|| {
             if all_local(&config) {
                 SslMode::Disable
@@ -156,6 +159,54 @@ fn check_schema_name(s: &str) -> Result<(), PgUrlError> {
             "schema {s:?} must be 1-63 characters of a-z, 0-9 and _, starting with a letter or _"
         )))
     }
+}
+
+/// libpq's connection parameters: the option names a parse error may show as they are.
+const KNOWN_OPTIONS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "tcp_user_timeout",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+    "sslmode",
+    "sslnegotiation",
+];
+
+/// `msg` with every `` `quoted` `` part that is not a known option name replaced by `…`.
+fn unquote_unknown(msg: &str) -> String {
+    let mut out = String::new();
+    let mut parts = msg.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut quoted = true;
+    for part in parts {
+        if quoted {
+            out.push('`');
+            out.push_str(if KNOWN_OPTIONS.contains(&part) {
+                part
+            } else {
+                "…"
+            });
+            out.push('`');
+        } else {
+            out.push_str(part);
+        }
+        quoted = !quoted;
+    }
+    out
 }
 
 fn all_local(config: &tokio_postgres::Config) -> bool {
@@ -273,6 +324,38 @@ mod tests {
         assert_eq!(u.redacted(), "postgres://app@db/app");
         let u = PgUrl::parse("postgres://app:s3cret@db/app").unwrap();
         assert!(!format!("{u:?}").contains("s3cret"));
+    }
+
+    /// Every way `parse` fails, with the password (PW) in each place it can be: the error never
+    /// repeats it, nor an unknown option name (which may be the password misplaced).
+    #[test]
+    fn parse_errors_never_repeat_the_password() {
+        for raw in [
+            "postgres://app:PW@db/app?sslmode=bogus",
+            "postgres://app@db/app?password=PW&sslmode=bogus",
+            "postgres://app@db/app?sslmode=PW",
+            "postgres://app:PW@db/app?schema=Bad-Name",
+            "postgres://app:PW@db/app?schema=%ff",
+            "postgres://app:PW@db/app?sslrootcert=%ff",
+            "postgres://app:PW@db:notaport/app",
+            "postgres://app:PW@db/app?PW",
+            "postgres://app:PW@db/app?PW=1",
+            "postgres://app:PW@db/app?connect_timeout=PW",
+            "postgres://app:PW@db/app?target_session_attrs=PW",
+            "postgres://app:PW@[::1/app",
+            "postgres://app:PW@db/app?password",
+        ] {
+            let err = PgUrl::parse(raw).expect_err(raw).to_string();
+            assert!(!err.contains("PW"), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_option_names_are_not_quoted_but_known_ones_are() {
+        assert_eq!(
+            unquote_unknown("unknown option `hunter2`, invalid value for option `port`"),
+            "unknown option `…`, invalid value for option `port`"
+        );
     }
 
     #[test]

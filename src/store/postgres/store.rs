@@ -110,7 +110,7 @@ impl Statements {
                 "SELECT token, holder, expires_at > clock_timestamp() FROM {t}
                  WHERE task = $1 AND expires_at IS NOT NULL"
             ),
-            // For `release_holder`: everything a live holder changes (renewals move `expires_at`,
+            // For `observe` (the release watch): everything a live holder changes (renewals move `expires_at`,
             // record writes `updated_at`), and whether and for how long it is held, by the
             // database clock.
             lease_row: format!(
@@ -119,7 +119,7 @@ impl Statements {
                         EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8
                  FROM {t} WHERE task = $1 AND expires_at IS NOT NULL"
             ),
-            // Frees the lease only if the row is still exactly as `release_holder` watched it.
+            // Frees the lease only if the row is still exactly as the release watch saw it.
             release_watched: format!(
                 "WITH r AS (
                     UPDATE {t} SET expires_at = NULL, holder = NULL, lease_nonce = NULL, holder_pid = NULL
@@ -132,7 +132,7 @@ impl Statements {
     }
 }
 
-/// One look at a held lease row, for `release_holder`.
+/// One look at a held lease row, for the release watch.
 #[derive(Debug, Clone)]
 struct LeaseRow {
     token: i64,
