@@ -31,7 +31,11 @@ pub async fn acquire(
     let started = Instant::now();
     let mut log = WaitLog::new(id);
     loop {
-        let seen = match store.try_acquire(id, holder, opts.ttl).await? {
+        let attempt = patiently(started, opts.wait_timeout, || {
+            store.try_acquire(id, holder, opts.ttl)
+        })
+        .await?;
+        let seen = match attempt {
             Attempt::Taken(lease) => return Ok(Acquired::Lease(lease)),
             Attempt::Busy(seen) => seen,
         };
@@ -54,7 +58,39 @@ pub async fn acquire(
             }
             until = until.min(end);
         }
-        store.wait_change(id, &seen, until).await?;
+        patiently(started, opts.wait_timeout, || {
+            store.wait_change(id, &seen, until)
+        })
+        .await?;
+    }
+}
+
+/// Pause between tries while the store is overloaded (jittered to 0.5–1.5×).
+const OVERLOADED_PAUSE: Duration = Duration::from_secs(1);
+
+/// `f`, tried again after a jittered pause while the store says it is overloaded (too many
+/// connections), until `wait_timeout` (counted from `started`) runs out; then its last error.
+pub async fn patiently<T, F, Fut>(
+    started: Instant,
+    wait_timeout: Option<Duration>,
+    mut f: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    loop {
+        match f().await {
+            Err(e @ StoreError::Overloaded { .. }) => {
+                let pause = crate::store::jittered(OVERLOADED_PAUSE);
+                if wait_timeout.is_some_and(|limit| started.elapsed() + pause >= limit) {
+                    return Err(e);
+                }
+                tracing::debug!("{e}; trying again in {}ms", pause.as_millis());
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! interrupted predecessor, adopt, run with heartbeat, retry, record. Prints nothing to stdout
 //! (stdout belongs to the wrapped command); decisions are logged with `tracing`.
 
-use crate::acquire::{Acquired, acquire};
+use crate::acquire::{Acquired, acquire, patiently};
 use crate::clock::boot_now;
 use crate::heartbeat::Heartbeat;
 use crate::record::{ExitInfo, Record, State};
@@ -174,12 +174,18 @@ impl<'a> Guard<'a> {
     pub async fn run(&self, signals: &mut Signals) -> Result<Outcome, GuardError> {
         let plan = self.plan;
         let fp = plan.fingerprint.as_str();
+        let started = Instant::now();
+        // A store short of connections at start (many replicas at once) is waited for, within
+        // --wait-timeout, like a busy lease.
+        let first_read = patiently(started, plan.acquire.wait_timeout, || {
+            self.store.read(&plan.id)
+        });
         let first = tokio::select! {
             biased;
             signal = signals.recv() => {
                 return Err(GuardError::SignalBeforeStart { key: self.key(), signal, doing: "reading the record" });
             }
-            rec = self.store.read(&plan.id) => rec?,
+            rec = first_read => rec?,
         };
         if let Some(rec) = first {
             if rec.is_done_for(fp) {

@@ -1472,3 +1472,47 @@ fn success_not_recorded_in_time_says_so_and_done_if_prevents_a_second_run() {
         "--done-if kept it from running twice"
     );
 }
+
+/// A rollout larger than the database's connection limit: 100 contenders on a server that
+/// allows 40 connections. Those turned away ("too many connections") back off and try again
+/// within --wait-timeout instead of exiting 69: one execution, 100 exits 0, one acquisition.
+#[test]
+fn more_contenders_than_connections_run_once_and_all_exit_0() {
+    let Some(mut pg) = Pg::start() else { return };
+    pg.restart_with_max_connections(40);
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}; sleep 2", count.display());
+    let children: Vec<Child> = (0..100)
+        .map(|_| {
+            run_task(
+                &pg.url(),
+                work.path(),
+                "fleet/big",
+                &["--lock-ttl", "10s", "--wait-timeout", "120s"],
+                &script,
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+        })
+        .collect();
+    let outs: Vec<Output> = children.into_iter().map(wait_output).collect();
+    let failed: Vec<String> = outs
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(|o| format!("{}: {}", code(o), stderr(o).lines().last().unwrap_or("")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 100 failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(count_lines(&count), 1, "exactly one execution");
+    let rec = record_of(&pg.url(), work.path(), "fleet/big");
+    assert_eq!(
+        rec["token"], 1,
+        "one lease acquisition: the waiters skipped without one"
+    );
+}

@@ -66,7 +66,7 @@ fn signal_name(signal: i32) -> &'static str {
 fn store_code(e: &StoreError) -> u8 {
     match e {
         StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => exit::DATA_ERR,
-        StoreError::Unreachable { .. } => exit::UNAVAILABLE,
+        StoreError::Unreachable { .. } | StoreError::Overloaded { .. } => exit::UNAVAILABLE,
         // Only the file store reports `Io`: the local disk, not a remote store, failed.
         StoreError::Io { .. } => exit::IO_ERR,
         StoreError::LeaseLost { .. } | StoreError::WaitTimeout { .. } => exit::TEMP_FAIL,

@@ -23,6 +23,10 @@ pub enum StoreError {
     },
     #[error("store {store} is unreachable: {reason}")]
     Unreachable { store: String, reason: String },
+    /// The store answered but turned us away for now (PostgreSQL: too many connections): a
+    /// reason to back off and try again while there is time to wait, not to give up.
+    #[error("store {store} is overloaded: {reason}")]
+    Overloaded { store: String, reason: String },
     #[error("lease on {key} lost (token {token}): {reason}")]
     LeaseLost {
         key: String,

@@ -27,6 +27,7 @@ pub struct Pg {
     pub port: u16,
     run_as: Option<String>,
     running: bool,
+    max_connections: u32,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -125,6 +126,7 @@ impl Pg {
             port: 0,
             run_as,
             running: false,
+            max_connections: 200,
         };
         std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n"))
             .expect("pwfile");
@@ -195,10 +197,11 @@ impl Pg {
         let opts = format!(
             // fsync=off is safe for crash tests: a killed server's writes are in the page cache.
             // synchronous_commit stays on: a commit must survive `kill()` as it would in prod.
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off \
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} -c fsync=off \
              -c full_page_writes=off",
             self.port,
-            self.path_str(self.dir.path())
+            self.path_str(self.dir.path()),
+            self.max_connections
         );
         let ok = self
             .as_server_user(&self.bin.join("pg_ctl"))
@@ -412,6 +415,12 @@ impl Pg {
                 .status();
             self.running = false;
         }
+    }
+
+    /// Restart it allowing only `n` connections (superusers keep 3 of them).
+    pub fn restart_with_max_connections(&mut self, n: u32) {
+        self.max_connections = n;
+        self.restart();
     }
 
     /// Start it again on the same port, after `kill`.

@@ -268,7 +268,12 @@ pub(crate) fn classify(store: &str, e: &tokio_postgres::Error) -> Result<String,
             store: store.to_string(),
             reason,
         };
-        return if *code == SqlState::INVALID_PASSWORD
+        return if *code == SqlState::TOO_MANY_CONNECTIONS {
+            Err(StoreError::Overloaded {
+                store: store.to_string(),
+                reason,
+            })
+        } else if *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
         {
             Err(config(format!(
@@ -282,7 +287,7 @@ pub(crate) fn classify(store: &str, e: &tokio_postgres::Error) -> Result<String,
                 reason,
             })
         } else {
-            // Starting up, shutting down, too many connections, admin shutdown: all pass.
+            // Starting up, shutting down, admin shutdown: all pass.
             Ok(reason)
         };
     }

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -179,6 +180,8 @@ pub struct PgStore {
     /// The nonce of each acquisition under way, by row name: a take whose answer was lost with
     /// its connection is recognised as ours on the next look.
     nonces: Mutex<HashMap<String, String>>,
+    /// Whether the tables were made sure of (on the first connection that got through).
+    schema_ready: AtomicBool,
 }
 
 enum Take {
@@ -200,16 +203,30 @@ impl PgStore {
             .collect();
         let mut connector = Connector::new(url, Some(channel.clone()))?;
         connector.set_option("lock_timeout", &LOCK_TIMEOUT_MS.to_string());
-        let conn = connector.connect().await?;
+        let conn = match connector.connect().await {
+            Ok(conn) => Some(conn),
+            // A server short of connections (a rollout of many replicas): the callers back off
+            // and try again within their --wait-timeout; the first connection that gets through
+            // makes sure of the tables.
+            Err(StoreError::Overloaded { reason, .. }) => {
+                tracing::info!(store = %connector.label, "the store has no connection to spare ({reason}); trying again shortly");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let store = PgStore {
             url: url.clone(),
             sql: Arc::new(Statements::new(&url.schema)),
             channel,
             connector,
-            conn: tokio::sync::Mutex::new(Some(conn.clone())),
+            conn: tokio::sync::Mutex::new(conn.clone()),
             nonces: Mutex::new(HashMap::new()),
+            schema_ready: AtomicBool::new(false),
         };
-        store.ensure_schema(&conn).await?;
+        if let Some(conn) = conn {
+            store.ensure_schema(&conn).await?;
+            store.schema_ready.store(true, Ordering::Relaxed);
+        }
         Ok(store)
     }
 
@@ -268,7 +285,12 @@ impl PgStore {
         }
         *slot = None;
         let c = self.connector.connect_until(deadline).await?;
-        tracing::info!(store = %self.connector.label, "reconnected to the store");
+        if !self.schema_ready.load(Ordering::Relaxed) {
+            self.ensure_schema(&c).await?;
+            self.schema_ready.store(true, Ordering::Relaxed);
+        } else {
+            tracing::info!(store = %self.connector.label, "reconnected to the store");
+        }
         *slot = Some(c.clone());
         Ok(c)
     }
