@@ -8,6 +8,8 @@ pub const USAGE: u8 = 2;
 pub const DATA_ERR: u8 = 65;
 /// The store is unreachable after bounded retries.
 pub const UNAVAILABLE: u8 = 69;
+/// Local I/O error: disk full, read-only file system, I/O error.
+pub const IO_ERR: u8 = 74;
 /// Temporary: lease wait timed out, lease lost, or the task gave up after `--max-attempts`.
 pub const TEMP_FAIL: u8 = 75;
 /// Configuration problem: missing credentials, RBAC forbidden, unwritable state dir.

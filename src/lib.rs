@@ -12,3 +12,4 @@ pub mod runner;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod verify;

@@ -119,6 +119,20 @@ impl ChildOutcome {
     }
 }
 
+/// How the outcome reads in log lines and reports ("exit status 3", "killed by signal 9").
+impl std::fmt::Display for ChildOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildOutcome::Exited(c) => write!(f, "exit status {c}"),
+            ChildOutcome::Signaled(s) => write!(f, "killed by signal {s}"),
+            ChildOutcome::TimedOut => f.write_str("exceeded --timeout"),
+            ChildOutcome::NotFound => f.write_str("command not found"),
+            ChildOutcome::NotExecutable => f.write_str("command not executable"),
+            ChildOutcome::SpawnFailed(e) => write!(f, "could not start: {e}"),
+        }
+    }
+}
+
 /// Why initguard ended the child itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {

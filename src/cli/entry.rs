@@ -92,6 +92,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::History(args) => history(url, args).await,
         Command::Reset(args) => reset(url, args).await,
         Command::Release(args) => release(url, args).await,
+        Command::Verify(args) => super::verify::verify(*args).await,
         #[cfg(feature = "kubernetes")]
         Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
     }

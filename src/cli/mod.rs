@@ -6,5 +6,6 @@ mod entry;
 mod failure;
 mod report;
 mod settings;
+mod verify;
 
 pub use entry::main;
