@@ -415,12 +415,11 @@ pub async fn run_with(
                         SpawnError::NotExecutable => ChildOutcome::NotExecutable,
                         SpawnError::Other(why) => ChildOutcome::SpawnFailed(why),
                     }),
-                    Some(Report::DeadlinePassed) => {
-                        if !stopped {
-                            stopped = true;
-                            ended = Ended::Stopped("the lease deadline passed before a renewal extended it; the supervisor killed the command".into());
-                        }
+                    Some(Report::DeadlinePassed) if !stopped => {
+                        stopped = true;
+                        ended = Ended::Stopped("the lease deadline passed before a renewal extended it; the supervisor killed the command".into());
                     }
+                    Some(Report::DeadlinePassed) => {}
                     Some(Report::ExitedCode(c)) => outcome = Some(ChildOutcome::Exited(c)),
                     Some(Report::ExitedSignal(s)) => outcome = Some(ChildOutcome::Signaled(s)),
                     Some(Report::Clean { left }) => {

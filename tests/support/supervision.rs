@@ -196,7 +196,7 @@ pub fn release_of_a_paused_holder_never_overlaps(fx: &dyn StoreFixture) {
         .env("POD_UID", "uid-paused")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let holder = holder.spawn().unwrap();
+    let mut holder = holder.spawn().unwrap();
     wait_for("the old run to start", Duration::from_secs(20), || {
         started.exists()
     });
@@ -224,10 +224,8 @@ pub fn release_of_a_paused_holder_never_overlaps(fx: &dyn StoreFixture) {
     std::thread::sleep(Duration::from_millis(300));
     assert_no_overlap(&log);
     signal(&holder, Signal::SIGCONT);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(holder.id() as i32),
-        Signal::SIGKILL,
-    );
+    let _ = holder.kill();
+    let _ = holder.wait();
 }
 
 /// SIGHUP and SIGQUIT stop a run as SIGTERM does: forwarded to the command, the record says
