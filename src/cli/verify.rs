@@ -61,7 +61,11 @@ fn plan(args: &VerifyArgs) -> Result<Plan, Failure> {
         ignore.push(re);
     }
     if args.copies < 2 {
-        return Err(usage("--copies", "must be at least 2: one copy is not concurrency").into());
+        return Err(usage(
+            "--copies",
+            "must be at least 2: one copy is not concurrency",
+        )
+        .into());
     }
     let key = Key::parse(&args.key).map_err(SettingsError::from)?;
     let fp = fingerprint::compute(&Sources {
@@ -140,12 +144,17 @@ fn text(r: &Report) -> String {
                 "… {more} more diff lines (--out DIR saves the whole diff)"
             );
         }
-        if with_diff.len() > 1 {
-            let _ = writeln!(
-                out,
-                "({} more points leave a different state; --out DIR saves every diff)",
-                with_diff.len() - 1
-            );
+        match with_diff.len() {
+            0 | 1 => {}
+            2 => out
+                .push_str("(1 more point leaves a different state; --out DIR saves every diff)\n"),
+            n => {
+                let _ = writeln!(
+                    out,
+                    "({} more points leave a different state; --out DIR saves every diff)",
+                    n - 1
+                );
+            }
         }
     }
     let _ = writeln!(out);

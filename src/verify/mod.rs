@@ -6,6 +6,6 @@ mod probe;
 mod report;
 mod scenario;
 
-pub use probe::{IGNORED, Probe, ProbeError, State};
-pub use report::{DIFF_LINES, Finding, Name, Report, Run, SaveError, Scenario, Trial, bounded, secs};
-pub use scenario::{Plan, VerifyError, points, verify};
+pub use probe::{Probe, ProbeError};
+pub use report::{DIFF_LINES, Finding, Name, Report, SaveError, Scenario, Trial, bounded, secs};
+pub use scenario::{Plan, VerifyError, verify};

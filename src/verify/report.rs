@@ -150,7 +150,9 @@ impl Trial {
                     Name::Rerun => "the second run".to_string(),
                     Name::Concurrent => format!("copy {}", i + 1),
                     Name::Interrupted | Name::Sigterm if landed => "the re-run".to_string(),
-                    Name::Interrupted | Name::Sigterm => "the run (finished before the cut)".to_string(),
+                    Name::Interrupted | Name::Sigterm => {
+                        "the run (finished before the cut)".to_string()
+                    }
                 };
                 problems.push(format!("{who} ended with {}", r.outcome));
             }
@@ -183,7 +185,7 @@ impl Trial {
     }
 
     fn at(&self) -> String {
-        self.at_ms.map_or(String::new(), |ms| secs(ms))
+        self.at_ms.map_or(String::new(), secs)
     }
 }
 
@@ -237,7 +239,9 @@ impl Scenario {
                 };
                 let k = trials.len();
                 let span = match (trials.first(), trials.last()) {
-                    (Some(a), Some(b)) if k > 1 => format!("{k} points from {} to {}", a.at(), b.at()),
+                    (Some(a), Some(b)) if k > 1 => {
+                        format!("{k} points from {} to {}", a.at(), b.at())
+                    }
                     (Some(a), _) => format!("1 point at {}", a.at()),
                     _ => "no points".to_string(),
                 };
@@ -252,7 +256,12 @@ impl Scenario {
                     None => "same state every time".to_string(),
                     Some(f) => {
                         let at: Vec<String> = failing.iter().map(|t| t.at()).collect();
-                        format!("fails at {} ({}): {}", at.len(), at.join(", "), f.why)
+                        format!(
+                            "fails at {} of {k} points ({}): {}",
+                            at.len(),
+                            at.join(", "),
+                            f.why
+                        )
                     }
                 };
                 format!("{signal} at {span}{missed}, then a re-run: {found}")
@@ -295,10 +304,15 @@ impl Report {
     pub fn new(plan: &Plan, clean: Clean, scenarios: Option<Vec<Scenario>>) -> Report {
         let Some(scenarios) = scenarios else {
             let why = "the clean run failed";
-            let scenarios = [Name::Rerun, Name::Concurrent, Name::Interrupted, Name::Sigterm]
-                .into_iter()
-                .map(|n| Scenario::skipped(n, why))
-                .collect();
+            let scenarios = [
+                Name::Rerun,
+                Name::Concurrent,
+                Name::Interrupted,
+                Name::Sigterm,
+            ]
+            .into_iter()
+            .map(|n| Scenario::skipped(n, why))
+            .collect();
             let line = format!(
                 "the command fails on its own ({} in the clean run), so it cannot be tested for \
                  idempotence: fix it first",
@@ -310,7 +324,12 @@ impl Report {
                 verdict: Verdict {
                     idempotent: false,
                     failed: Vec::new(),
-                    skipped: vec![Name::Rerun, Name::Concurrent, Name::Interrupted, Name::Sigterm],
+                    skipped: vec![
+                        Name::Rerun,
+                        Name::Concurrent,
+                        Name::Interrupted,
+                        Name::Sigterm,
+                    ],
                     on_interrupted: None,
                     line,
                 },
@@ -405,7 +424,9 @@ fn verdict(scenarios: &[Scenario], have_reset: bool) -> Verdict {
         None => "; give --reset to learn which --on-interrupted policy it needs",
     });
     if failed.contains(&Name::Concurrent) {
-        line.push_str("; copies at once break it: it needs initguard's lock, which run always takes");
+        line.push_str(
+            "; copies at once break it: it needs initguard's lock, which run always takes",
+        );
     }
     Verdict {
         idempotent: failed.is_empty(),
@@ -471,7 +492,10 @@ mod tests {
         assert_eq!(t.result, Finding::Fail);
         let diff = t.diff.unwrap();
         assert!(diff.contains("\n+a\n"), "{diff}");
-        assert!(diff.starts_with("--- clean run\n+++ rerun (second run)\n"), "{diff}");
+        assert!(
+            diff.starts_with("--- clean run\n+++ rerun (second run)\n"),
+            "{diff}"
+        );
     }
 
     #[test]
@@ -527,8 +551,13 @@ mod tests {
 
     #[test]
     fn verdict_recommends_fail_when_a_cut_scenario_fails() {
-        let all_pass = [Name::Rerun, Name::Concurrent, Name::Interrupted, Name::Sigterm]
-            .map(|n| scenario(n, Finding::Pass));
+        let all_pass = [
+            Name::Rerun,
+            Name::Concurrent,
+            Name::Interrupted,
+            Name::Sigterm,
+        ]
+        .map(|n| scenario(n, Finding::Pass));
         let v = verdict(&all_pass, true);
         assert!(v.idempotent);
         assert_eq!(v.on_interrupted, Some("rerun"));

@@ -63,10 +63,7 @@ pub enum VerifyError {
         "stopped by signal {signal} during the {scenario} scenario; the state is whatever that \
          run left"
     )]
-    Signalled {
-        signal: i32,
-        scenario: &'static str,
-    },
+    Signalled { signal: i32, scenario: &'static str },
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -113,7 +110,10 @@ impl<'a> Driver<'a> {
                 "INITGUARD_FINGERPRINT".to_string(),
                 self.plan.fingerprint.clone(),
             ),
-            ("INITGUARD_FENCING_TOKEN".to_string(), self.token.to_string()),
+            (
+                "INITGUARD_FENCING_TOKEN".to_string(),
+                self.token.to_string(),
+            ),
             ("INITGUARD_ATTEMPT".to_string(), attempt.to_string()),
             ("INITGUARD_PREVIOUS".to_string(), previous.to_string()),
         ];
