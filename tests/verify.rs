@@ -425,7 +425,7 @@ fn failing_clean_run_is_reported_as_a_failure_with_its_exit_code_not_as_non_idem
 #[test]
 fn setup_problems_are_one_line_errors() {
     let work = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], i32, &str); 4] = [
+    let cases: [(&[&str], i32, &str); 5] = [
         (
             &[],
             2,
@@ -445,6 +445,11 @@ fn setup_problems_are_one_line_errors() {
             &["--probe", "echo no db >&2; exit 4"],
             78,
             "the probe failed on the state the clean run left (exited 4: no db)",
+        ),
+        (
+            &["--probe", "true", "--reset", "exit 5"],
+            78,
+            "--reset \"exit 5\" exited 5 before the clean run",
         ),
     ];
     for (args, want, msg) in cases {
@@ -508,4 +513,71 @@ fn text_report_is_pinned() {
     let text = String::from_utf8_lossy(&out.stdout);
     let durations = regex::Regex::new(r"\d+\.\d\ds").unwrap();
     insta::assert_snapshot!(durations.replace_all(&text, "<duration>"));
+}
+
+#[test]
+fn ignore_patterns_hide_what_changes_on_every_probe() {
+    let work = tempfile::tempdir().unwrap();
+    // The probe prints a fresh timestamp each time; the task itself is idempotent.
+    let probe = "echo \"dumped at $(date +%s%N)\"; cat f";
+    let task = "echo config > f";
+    let out = verify(work.path(), &["--probe", probe, "--json"], task);
+    assert_eq!(result(&json(&out), "rerun"), "fail", "without --ignore");
+    let out = verify(
+        work.path(),
+        &["--probe", probe, "--ignore", r"^dumped at \d+$", "--json"],
+        task,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(result(&json(&out), "rerun"), "pass");
+}
+
+#[test]
+fn timeout_ends_a_hanging_clean_run_with_124() {
+    let work = tempfile::tempdir().unwrap();
+    let out = verify(
+        work.path(),
+        &[
+            "--probe",
+            "true",
+            "--timeout",
+            "1s",
+            "--grace",
+            "1s",
+            "--json",
+        ],
+        "sleep 30",
+    );
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert_eq!(json(&out)["clean"]["run"]["outcome"], "exceeded --timeout");
+}
+
+#[test]
+fn a_signal_to_verify_stops_it_and_the_command() {
+    let work = tempfile::tempdir().unwrap();
+    let child = Command::new(bin())
+        .current_dir(work.path())
+        .args(["verify", "--probe", "true", "--grace", "5s", "--"])
+        .args(["sh", "-c", "echo $$ > pid; sleep 30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn initguard verify");
+    let pid_file = work.path().join("pid");
+    wait_for(
+        "the command to start",
+        std::time::Duration::from_secs(20),
+        || lines(&pid_file).first().is_some_and(|l| !l.is_empty()),
+    );
+    let pid: i32 = lines(&pid_file)[0].parse().unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("initguard: verify: stopped by signal 15 during the clean run"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pid_alive(pid), "the command was stopped with verify");
 }

@@ -51,19 +51,19 @@ pub enum VerifyError {
         source: std::io::Error,
     },
     #[error(
-        "--reset {command:?} {how} before the {scenario} scenario; the scenarios need it to bring \
+        "--reset {command:?} {how} before {during}; the scenarios need it to bring \
          the state back to the start"
     )]
     Reset {
         command: String,
         how: String,
-        scenario: &'static str,
+        during: &'static str,
     },
     #[error(
-        "stopped by signal {signal} during the {scenario} scenario; the state is whatever that \
+        "stopped by signal {signal} during {during}; the state is whatever that \
          run left"
     )]
-    Signalled { signal: i32, scenario: &'static str },
+    Signalled { signal: i32, during: &'static str },
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -187,7 +187,7 @@ impl<'a> Driver<'a> {
             Ended::BySignal(signal) => {
                 return Err(VerifyError::Signalled {
                     signal: *signal,
-                    scenario,
+                    during: scenario,
                 });
             }
         };
@@ -204,11 +204,11 @@ impl<'a> Driver<'a> {
         Ok((ran, res, took))
     }
 
-    async fn reset(&self, scenario: &'static str) -> Result<(), VerifyError> {
+    async fn reset(&self, during: &'static str) -> Result<(), VerifyError> {
         let Some(command) = &self.plan.reset else {
             return Ok(());
         };
-        info!("verify: resetting the state before the {scenario} scenario");
+        info!("verify: resetting the state before {during}");
         // The reset's stdout goes to stderr too: stdout carries the report.
         let stdout = std::io::stderr()
             .as_fd()
@@ -234,7 +234,7 @@ impl<'a> Driver<'a> {
                 Some(c) => format!("exited {c}"),
                 None => "was killed by a signal".to_string(),
             },
-            scenario,
+            during,
         })
     }
 }
@@ -265,9 +265,9 @@ pub async fn verify(plan: &Plan) -> Result<Report, VerifyError> {
         signals: Signals::install().map_err(VerifyError::Signals)?,
         token: 0,
     };
-    d.reset("clean").await?;
+    d.reset("the clean run").await?;
     info!("verify: clean run");
-    let (first, res, took) = d.once("clean", 1, "none", None).await?;
+    let (first, res, took) = d.once("the clean run", 1, "none", None).await?;
     info!(
         "verify: clean run: {} in {:.2}s",
         first.run.outcome,
@@ -287,7 +287,7 @@ pub async fn verify(plan: &Plan) -> Result<Report, VerifyError> {
 
     // rerun: no reset, the second run starts from the clean run's state.
     info!("verify: rerun");
-    let (again, _, _) = d.once("rerun", 1, "none", None).await?;
+    let (again, _, _) = d.once("the rerun scenario", 1, "none", None).await?;
     let s2 = plan.probe.take().await?;
     scenarios.push(Scenario::from_trials(
         Name::Rerun,
@@ -309,7 +309,7 @@ pub async fn verify(plan: &Plan) -> Result<Report, VerifyError> {
         return Ok(Report::new(plan, clean, Some(scenarios)));
     }
 
-    d.reset("concurrent").await?;
+    d.reset("the concurrent scenario").await?;
     info!("verify: concurrent: {} copies at once", plan.copies);
     let runs = concurrent(&mut d).await?;
     let s = plan.probe.take().await?;
@@ -327,8 +327,8 @@ pub async fn verify(plan: &Plan) -> Result<Report, VerifyError> {
 
     let at = points(took, plan.kill_points);
     for (name, label) in [
-        (Name::Interrupted, "interrupted"),
-        (Name::Sigterm, "sigterm"),
+        (Name::Interrupted, "the interrupted scenario"),
+        (Name::Sigterm, "the sigterm scenario"),
     ] {
         if at.is_empty() {
             scenarios.push(Scenario::skipped(name, "--kill-points 0"));
@@ -342,7 +342,8 @@ pub async fn verify(plan: &Plan) -> Result<Report, VerifyError> {
                 _ => Cut::Kill(point),
             };
             info!(
-                "verify: {label} {}/{}: cut at {:.2}s",
+                "verify: {} {}/{}: cut at {:.2}s",
+                name.as_str(),
                 i + 1,
                 at.len(),
                 point.as_secs_f64()
@@ -413,7 +414,7 @@ async fn concurrent(d: &mut Driver<'_>) -> Result<Vec<Run>, VerifyError> {
         if let Ended::BySignal(signal) = res.ended {
             return Err(VerifyError::Signalled {
                 signal,
-                scenario: "concurrent",
+                during: "the concurrent scenario",
             });
         }
         runs.push(Run::new(token, 1, "none", &res.outcome, None));
