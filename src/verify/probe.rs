@@ -240,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn listing_sees_owner_changes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: changing a file's owner needs root");
+            return;
+        }
+        let d = tree();
+        let before = listing(d.path()).unwrap();
+        std::os::unix::fs::chown(d.path().join("b"), Some(1), Some(1)).unwrap();
+        let after = listing(d.path()).unwrap();
+        assert_ne!(after, before);
+        assert!(after.contains(" 1:1 4 "), "{after}");
+    }
+
+    #[test]
     fn listing_of_a_missing_dir_is_a_state_not_an_error() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(listing(&d.path().join("nope")).unwrap(), "(missing) .\n");

@@ -576,5 +576,12 @@ mod tests {
         assert!(v.idempotent);
         assert_eq!(v.on_interrupted, None);
         assert!(v.line.contains("--reset"), "{}", v.line);
+        // Cuts that all came after the command had finished are no evidence either way.
+        let mut missed = all_pass.clone();
+        missed[2].cuts_landed = 0;
+        missed[3].cuts_landed = 0;
+        let v = verdict(&missed, true);
+        assert_eq!(v.on_interrupted, None);
+        assert!(v.line.contains("no cut met the command"), "{}", v.line);
     }
 }
