@@ -254,7 +254,11 @@ fn sigterm_trap_that_cleans_up_passes_sigterm() {
     let r = json(&out);
     // One state file per trial of the cut scenarios, a diff only where the state differs.
     let saved = work.path().join("saved");
-    for f in ["interrupted-1.state", "interrupted-1.diff", "sigterm-2.state"] {
+    for f in [
+        "interrupted-1.state",
+        "interrupted-1.diff",
+        "sigterm-2.state",
+    ] {
         assert!(saved.join(f).is_file(), "{f}");
     }
     assert!(!saved.join("sigterm-2.diff").exists());

@@ -132,7 +132,7 @@ impl<'a> Driver<'a> {
     /// carries the report.
     async fn once(
         &mut self,
-        scenario: &'static str,
+        during: &'static str,
         attempt: u32,
         previous: &'static str,
         cut: Option<Cut>,
@@ -187,7 +187,7 @@ impl<'a> Driver<'a> {
             Ended::BySignal(signal) => {
                 return Err(VerifyError::Signalled {
                     signal: *signal,
-                    during: scenario,
+                    during,
                 });
             }
         };
