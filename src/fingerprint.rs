@@ -254,6 +254,14 @@ fn digest_file(path: &Path, exec: &[u8], buf: &mut [u8]) -> std::io::Result<Stri
     ))
 }
 
+/// SHA-256 of a file's bytes, streamed, labelled like every digest here (`sha256:…`). Used by
+/// verify's `--probe-dir` listing, which must see the same content the fingerprint would.
+pub(crate) fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut fs::File::open(path)?, &mut h)?;
+    Ok(hex_digest(h))
+}
+
 fn exec_bit(meta: &fs::Metadata) -> &'static [u8] {
     if meta.permissions().mode() & 0o111 != 0 {
         b"x"

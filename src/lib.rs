@@ -14,3 +14,4 @@ pub mod sql;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod verify;
