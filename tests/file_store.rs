@@ -712,3 +712,76 @@ fn done_if_without_a_shell_fails_closed() {
         "the command must not run when the check cannot"
     );
 }
+
+/// The golden tree of `fingerprint::tests` (src/fingerprint.rs), built again here because the
+/// unit tests are not visible to integration tests: a plain file, an executable, a nested and an
+/// empty directory, and a ConfigMap-style volume whose `..` internals are skipped.
+fn fingerprint_golden_tree(parent: &Path) {
+    let root = parent.join("migrations");
+    let files: [(&str, &[u8], u32); 4] = [
+        ("001_init.sql", b"CREATE TABLE t (id int);\n", 0o644),
+        ("run.sh", b"#!/bin/sh\necho hi\n", 0o755),
+        (
+            "nested/deeper/002_more.sql",
+            b"ALTER TABLE t ADD x int;",
+            0o644,
+        ),
+        ("..2024_01_01/app.conf", b"mode=fast\n", 0o644),
+    ];
+    for (name, content, mode) in files {
+        let p = root.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::create_dir(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/app.conf", root.join("app.conf")).unwrap();
+}
+
+/// Pins the fingerprint the CLI computes, with a `--input-env` variable that is set (the unit
+/// golden can only pin an unset one). If this fails, the change re-runs every task of every fleet
+/// on upgrade: keep the encoding, or bump its tag deliberately. Never paste the new value in.
+#[test]
+fn fingerprint_encoding_is_pinned() {
+    let work = tempfile::tempdir().unwrap();
+    fingerprint_golden_tree(work.path());
+    // A clean environment: no INITGUARD_* variable from the caller may add to the fingerprint.
+    let out = std::process::Command::new(bin())
+        .current_dir(work.path())
+        .env_clear()
+        .env("INITGUARD_GOLDEN_ENV", "blue")
+        .args(["run", "--store", "file:state", "--key", "golden/fp"])
+        .args([
+            "--input",
+            "migrations",
+            "--input-env",
+            "INITGUARD_GOLDEN_ENV",
+        ])
+        .args(["--version", "v1.2.3", "--print-fingerprint", "--"])
+        .args(["./migrate.sh", "--db", "main db"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let env_line = text.lines().find(|l| l.starts_with("env")).unwrap();
+    assert!(
+        env_line
+            .contains("sha256:f29584040a34e5cd4259e7efc8d7fee48629610e501f2dcc63b01ba0b05617c4")
+            && env_line.ends_with("INITGUARD_GOLDEN_ENV (set)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().last(),
+        Some("fingerprint sha256:2e4b645e0ac6be704f8c3243fa201f5b826a2d6b3e6d761a392d56b6a81079af"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("blue"),
+        "an --input-env value is never shown"
+    );
+    assert!(
+        !work.path().join("state").exists(),
+        "printing touches no store"
+    );
+}
