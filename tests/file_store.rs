@@ -608,24 +608,38 @@ fn interruptions_do_not_use_up_max_attempts() {
     assert_eq!(lines(&marker).len(), 3);
 }
 
+/// The job announces its pid before the command exits (the command waits for it), so the check
+/// does not depend on how fast the job is: the old version slept 2 s and looked for a file the
+/// job would touch after 1 s, and passed whenever the job was slower than that.
 #[test]
 fn background_jobs_of_the_command_do_not_outlive_it() {
     let fx = FileFixture::new();
     let work = tempfile::tempdir().unwrap();
+    let pid_file = work.path().join("pid");
     let late = work.path().join("late");
     let out = run_task(
         &fx,
         work.path(),
         "bg",
         &[],
-        &format!("(sleep 1; touch {}) & exit 0", late.display()),
+        &format!(
+            "sh -c 'echo $$ > {p}.tmp && mv {p}.tmp {p}; sleep 30; touch {late}' & \
+             while [ ! -s {p} ]; do sleep 0.01; done; exit 0",
+            p = pid_file.display(),
+            late = late.display()
+        ),
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let pid: i32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
-        !late.exists(),
-        "the background job was killed with the command's group"
+        !pid_alive(pid),
+        "the background job {pid} outlived the command and initguard"
     );
+    assert!(!late.exists());
 }
 
 #[test]
