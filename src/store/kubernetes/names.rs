@@ -68,11 +68,11 @@ mod tests {
         TaskId::global(Key::parse(key).unwrap())
     }
 
+    /// Stability is `lease_names_are_pinned`'s job (comparing a call with itself proved nothing).
     #[test]
-    fn names_are_readable_and_stable() {
+    fn names_are_readable() {
         let name = lease_name(&id("myapp/migrate"));
         assert!(name.starts_with("initguard-myapp-migrate-"), "{name}");
-        assert_eq!(name, lease_name(&id("myapp/migrate")));
         assert!(dns1123_label(&name));
     }
 
