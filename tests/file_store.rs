@@ -795,13 +795,11 @@ fn fingerprint_encoding_is_pinned() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
+    // The env component's own digest is not asserted from the output: whether it is shown at
+    // all is a display choice (an unsalted digest of a short secret can be reversed). It is
+    // pinned through the total below, and by the unit golden's component digests.
     let env_line = text.lines().find(|l| l.starts_with("env")).unwrap();
-    assert!(
-        env_line
-            .contains("sha256:f29584040a34e5cd4259e7efc8d7fee48629610e501f2dcc63b01ba0b05617c4")
-            && env_line.ends_with("INITGUARD_GOLDEN_ENV (set)"),
-        "{text}"
-    );
+    assert!(env_line.ends_with("INITGUARD_GOLDEN_ENV (set)"), "{text}");
     assert_eq!(
         text.lines().last(),
         Some("fingerprint sha256:2e4b645e0ac6be704f8c3243fa201f5b826a2d6b3e6d761a392d56b6a81079af"),
