@@ -254,6 +254,14 @@ fn digest_file(path: &Path, exec: &[u8], buf: &mut [u8]) -> std::io::Result<Stri
     ))
 }
 
+/// SHA-256 of a file's bytes, streamed, labelled like every digest here (`sha256:…`). Used by
+/// verify's `--probe-dir` listing, which must see the same content the fingerprint would.
+pub(crate) fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut fs::File::open(path)?, &mut h)?;
+    Ok(hex_digest(h))
+}
+
 fn exec_bit(meta: &fs::Metadata) -> &'static [u8] {
     if meta.permissions().mode() & 0o111 != 0 {
         b"x"
@@ -393,6 +401,102 @@ mod tests {
     fn missing_input_is_an_error() {
         let err = compute(&sources(vec!["/nonexistent/x".into()])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x"));
+    }
+
+    /// The fixed input of the golden tests: an input named `migrations` holding a plain file, an
+    /// executable script, a nested directory, an empty directory and a ConfigMap-style volume
+    /// (`..2024_01_01/`, `..data` -> it, `app.conf` -> `..data/app.conf`) whose `..` internals are
+    /// skipped while the symlink to them is followed.
+    fn golden_tree(parent: &Path) -> PathBuf {
+        let root = parent.join("migrations");
+        write_tree(
+            &root,
+            &[
+                (
+                    "001_init.sql".into(),
+                    b"CREATE TABLE t (id int);\n".to_vec(),
+                ),
+                ("run.sh".into(), b"#!/bin/sh\necho hi\n".to_vec()),
+                (
+                    "nested/deeper/002_more.sql".into(),
+                    b"ALTER TABLE t ADD x int;".to_vec(),
+                ),
+                ("..2024_01_01/app.conf".into(), b"mode=fast\n".to_vec()),
+            ],
+        );
+        fs::create_dir(root.join("empty")).unwrap();
+        for f in [
+            "001_init.sql",
+            "nested/deeper/002_more.sql",
+            "..2024_01_01/app.conf",
+        ] {
+            fs::set_permissions(root.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("..2024_01_01", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/app.conf", root.join("app.conf")).unwrap();
+        root
+    }
+
+    fn golden_sources(root: PathBuf) -> Sources {
+        Sources {
+            argv: vec!["./migrate.sh".into(), "--db".into(), "main db".into()],
+            inputs: vec![root],
+            // Unset in any sane environment: the "set" encoding is pinned end to end, by
+            // `fingerprint_encoding_is_pinned` in tests/file_store.rs, which can give the child
+            // process an environment (setting our own would need `unsafe`).
+            input_env: vec!["INITGUARD_GOLDEN_SURELY_UNSET".into()],
+            version: Some("v1.2.3".into()),
+            extra: vec![],
+        }
+    }
+
+    /// Pins the canonical encoding. The value was computed with the encoding as of schema 1 and
+    /// checked against an independent re-implementation of the framing described above. If this fails, the change re-runs every task of every fleet
+    /// on upgrade: keep the encoding, or bump ENCODING_TAG and say so in the release notes.
+    /// Never "fix" the test by pasting the new value.
+    #[test]
+    fn fingerprint_encoding_is_pinned() {
+        let td = tempfile::tempdir().unwrap();
+        let fp = compute(&golden_sources(golden_tree(td.path()))).unwrap();
+        let kinds: Vec<&str> = fp.components.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, ["argv", "input", "env", "version"]);
+        // 7 entries: the `..` internals are not among them, `app.conf` (through them) is.
+        assert!(
+            fp.components[1].label.ends_with("(7 files)"),
+            "{:?}",
+            fp.components[1]
+        );
+        assert_eq!(
+            fp.value,
+            "sha256:2b50baa80d3bd2c031fc6ab4c370d3e5283191df7e7dd2a60f734a4c982ed2ea"
+        );
+    }
+
+    #[test]
+    fn fingerprint_component_digests_are_pinned() {
+        let td = tempfile::tempdir().unwrap();
+        let fp = compute(&golden_sources(golden_tree(td.path()))).unwrap();
+        let digests: Vec<&str> = fp.components.iter().map(|c| c.digest.as_str()).collect();
+        assert_eq!(
+            digests,
+            [
+                "sha256:7e737307a9c6604732b8bf8856944ca47fc84de0ca702edc0be61bc64d2cf204",
+                "sha256:25686a127593a834b835ac8402feef7b5a3dfb3c7a1bc9a04ebd1e8cc0608932",
+                "sha256:136c9d7af92a0511717734846ba1ef82726e49b3bed4f9f960d2964d4a9abdbb",
+                "sha256:d42f588c2085a252d0dda69aaf62814a2335c58beb102b64a4dce5ad410fbf23"
+            ]
+        );
+        // A single file as an input is encoded without the tree framing.
+        let file = compute(&Sources {
+            inputs: vec![td.path().join("migrations/run.sh")],
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(
+            file.value,
+            "sha256:2e5b69d1e4f98e8577e024d37d70e761b990ccb4a2f4b1cf77df18e41aa58e92"
+        );
     }
 
     proptest! {

@@ -784,14 +784,7 @@ fn exit_info(o: &ChildOutcome) -> ExitInfo {
 }
 
 fn describe(o: &ChildOutcome) -> String {
-    match o {
-        ChildOutcome::Exited(c) => format!("exit status {c}"),
-        ChildOutcome::Signaled(s) => format!("killed by signal {s}"),
-        ChildOutcome::TimedOut => "exceeded --timeout".into(),
-        ChildOutcome::NotFound => "command not found".into(),
-        ChildOutcome::NotExecutable => "command not executable".into(),
-        ChildOutcome::SpawnFailed(e) => format!("could not start: {e}"),
-    }
+    o.to_string()
 }
 
 /// Exponential backoff with full jitter: uniform in [base·2^(n-1) / 2, base·2^(n-1)], capped.

@@ -16,3 +16,4 @@ pub mod sql;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod verify;

@@ -346,6 +346,94 @@ mod tests {
     use super::*;
     use crate::task::Key;
 
+    /// Schema 1 as the file store writes it; see `record_json_is_pinned`.
+    const GOLDEN_RECORD: &str = r#"{
+  "schema": 1,
+  "key": "myapp/migrate",
+  "scope": "pod",
+  "instance": "5f1c2d3e-aaaa",
+  "state": "succeeded",
+  "fingerprint": "sha256:2b50baa80d3bd2c031fc6ab4c370d3e5283191df7e7dd2a60f734a4c982ed2ea",
+  "token": 8,
+  "attempts": 2,
+  "failures": 1,
+  "holder": {
+    "pod": "web-0",
+    "namespace": "prod",
+    "uid": "5f1c2d3e-aaaa",
+    "node": "node-a",
+    "host": "web-0",
+    "pid": 42
+  },
+  "started_at": "2024-01-02T03:05:00Z",
+  "finished_at": "2024-01-02T03:05:01.500Z",
+  "duration_ms": 1500,
+  "exit": {
+    "code": 0
+  },
+  "adopted": false,
+  "tail": "applied 3 steps\n\"ok\" ✓\n",
+  "updated_at": "2024-01-02T03:05:01.500Z",
+  "history": [
+    {
+      "state": "failed",
+      "fingerprint": "sha256:2b50baa80d3bd2c031fc6ab4c370d3e5283191df7e7dd2a60f734a4c982ed2ea",
+      "token": 7,
+      "attempt": 1,
+      "holder": {
+        "pod": "web-0",
+        "namespace": "prod",
+        "uid": "5f1c2d3e-aaaa",
+        "node": "node-a",
+        "host": "web-0",
+        "pid": 42
+      },
+      "started_at": "2024-01-02T03:04:05.250Z",
+      "finished_at": "2024-01-02T03:04:06Z",
+      "duration_ms": 750,
+      "exit": {
+        "signal": 9
+      },
+      "reason": "killed"
+    },
+    {
+      "state": "succeeded",
+      "fingerprint": "sha256:2b50baa80d3bd2c031fc6ab4c370d3e5283191df7e7dd2a60f734a4c982ed2ea",
+      "token": 8,
+      "attempt": 2,
+      "holder": {
+        "pod": "web-0",
+        "namespace": "prod",
+        "uid": "5f1c2d3e-aaaa",
+        "node": "node-a",
+        "host": "web-0",
+        "pid": 42
+      },
+      "started_at": "2024-01-02T03:05:00Z",
+      "finished_at": "2024-01-02T03:05:01.500Z",
+      "duration_ms": 1500,
+      "exit": {
+        "code": 0
+      }
+    }
+  ],
+  "sql_target": "postgres://app@db:5432/app"
+}"#;
+    const GOLDEN_MINIMAL: &str = r#"{
+  "schema": 1,
+  "key": "k",
+  "scope": "global",
+  "state": "reset",
+  "fingerprint": "sha256:a",
+  "token": 0,
+  "attempts": 0,
+  "failures": 0,
+  "adopted": false,
+  "tail": "",
+  "updated_at": "2024-01-02T03:04:05Z",
+  "history": []
+}"#;
+
     fn rec() -> Record {
         Record::new(
             &TaskId::global(Key::parse("k").unwrap()),
@@ -368,6 +456,76 @@ mod tests {
         );
         let back = Record::from_json(&r.to_json()).unwrap();
         assert_eq!(back, r);
+    }
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+    }
+
+    /// A record with every field set, built through the transitions a real run makes.
+    fn golden_record() -> Record {
+        let id = TaskId {
+            key: Key::parse("myapp/migrate").unwrap(),
+            scope: Scope::Pod,
+            instance: Some("5f1c2d3e-aaaa".into()),
+        };
+        let holder = Holder {
+            pod: Some("web-0".into()),
+            namespace: Some("prod".into()),
+            uid: Some("5f1c2d3e-aaaa".into()),
+            node: Some("node-a".into()),
+            host: "web-0".into(),
+            pid: 42,
+        };
+        let fp = "sha256:2b50baa80d3bd2c031fc6ab4c370d3e5283191df7e7dd2a60f734a4c982ed2ea";
+        let mut r = Record::new(&id, fp, at("2024-01-02T03:04:05Z"));
+        r.start(7, &holder, fp, at("2024-01-02T03:04:05.250Z"));
+        r.finish(
+            State::Failed,
+            7,
+            Some(ExitInfo::Signal(9)),
+            Some("killed".into()),
+            at("2024-01-02T03:04:06Z"),
+            20,
+        );
+        r.start(8, &holder, fp, at("2024-01-02T03:05:00Z"));
+        r.set_tail("applied 3 steps\n\"ok\" ✓\n".as_bytes(), 4096);
+        r.finish(
+            State::Succeeded,
+            8,
+            Some(ExitInfo::Code(0)),
+            None,
+            at("2024-01-02T03:05:01.5Z"),
+            20,
+        );
+        r.sql_target = Some("postgres://app@db:5432/app".into());
+        r
+    }
+
+    /// Pins the record document, schema 1, exactly as the file store writes it (the Kubernetes
+    /// annotation is the same document without whitespace; PostgreSQL keeps it as jsonb). If
+    /// this fails, records written by this version and the one before it disagree: an upgrade
+    /// could re-run tasks or refuse records as corrupt, and a rollback could too. A change needs
+    /// a new SCHEMA and an upgrade step in `from_json`. Never paste new text in.
+    #[test]
+    fn record_json_is_pinned() {
+        let r = golden_record();
+        let text = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(text, GOLDEN_RECORD);
+        assert_eq!(Record::from_json(GOLDEN_RECORD.as_bytes()).unwrap(), r);
+    }
+
+    /// A fresh record leaves out every optional field; a schema-1 document written before
+    /// `failures`, `adopted`, `tail` and `history` existed still reads.
+    #[test]
+    fn minimal_record_json_is_pinned() {
+        let id = TaskId::global(Key::parse("k").unwrap());
+        let r = Record::new(&id, "sha256:a", at("2024-01-02T03:04:05Z"));
+        let text = String::from_utf8(r.to_json()).unwrap();
+        assert_eq!(text, GOLDEN_MINIMAL);
+        assert_eq!(Record::from_json(text.as_bytes()).unwrap(), r);
+        let old = r#"{"schema":1,"key":"k","scope":"global","state":"reset","fingerprint":"sha256:a","token":0,"attempts":0,"updated_at":"2024-01-02T03:04:05Z"}"#;
+        assert_eq!(Record::from_json(old.as_bytes()).unwrap(), r);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -131,6 +131,20 @@ impl ChildOutcome {
     }
 }
 
+/// How the outcome reads in log lines and reports ("exit status 3", "killed by signal 9").
+impl std::fmt::Display for ChildOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildOutcome::Exited(c) => write!(f, "exit status {c}"),
+            ChildOutcome::Signaled(s) => write!(f, "killed by signal {s}"),
+            ChildOutcome::TimedOut => f.write_str("exceeded --timeout"),
+            ChildOutcome::NotFound => f.write_str("command not found"),
+            ChildOutcome::NotExecutable => f.write_str("command not executable"),
+            ChildOutcome::SpawnFailed(e) => write!(f, "could not start: {e}"),
+        }
+    }
+}
+
 /// Why initguard ended the child itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -231,6 +245,45 @@ pub async fn run(
     stop: impl Future<Output = String>,
     supervision: Supervision,
 ) -> ChildResult {
+    run_with(
+        spec,
+        signals,
+        stop,
+        supervision,
+        Extra {
+            forward: std::future::pending(),
+            output: Output::Inherit,
+        },
+    )
+    .await
+}
+
+/// Where the command's stdout goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// initguard's own stdout: under `run`, stdout belongs to the wrapped command.
+    Inherit,
+    /// initguard's stderr, for subcommands whose stdout carries their own report (`verify`).
+    ToStderr,
+}
+
+/// What `run_with` adds to `run`, for callers that drive the command themselves (`verify`).
+pub struct Extra<F> {
+    /// When it fires, its signal is forwarded exactly as a received one would be (to the
+    /// command's group, then `grace`, then the kill), and the run ends `BySignal`.
+    pub forward: F,
+    pub output: Output,
+}
+
+/// `run`, plus a signal the caller chooses when to forward and where the output goes.
+pub async fn run_with(
+    spec: &ChildSpec,
+    signals: &mut Signals,
+    stop: impl Future<Output = String>,
+    supervision: Supervision,
+    extra: Extra<impl Future<Output = i32>>,
+) -> ChildResult {
+    let Extra { forward, output } = extra;
     let Supervision { mut deadline, hold } = supervision;
     let tail = Arc::new(Mutex::new(Tail {
         cap: spec.tail_bytes,
@@ -278,6 +331,11 @@ pub async fn run(
     cmd.envs(spec.env.iter().cloned()).kill_on_drop(false);
     if spec.capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else if output == Output::ToStderr {
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => cmd.stdout(Stdio::from(fd)),
+            Err(e) => return ended_early(ChildOutcome::SpawnFailed(e.to_string())),
+        };
     }
     let parent = nix::unistd::getpid();
     // SAFETY: runs in the forked child before exec; prctl, getppid and fcntl are
@@ -328,7 +386,10 @@ pub async fn run(
     let mut reports = BufReader::new(reader).lines();
     let mut pumps = Vec::new();
     if let Some(out) = sup.stdout.take() {
-        pumps.push(tokio::spawn(pump(out, tokio::io::stdout(), tail.clone())));
+        pumps.push(match output {
+            Output::Inherit => tokio::spawn(pump(out, tokio::io::stdout(), tail.clone())),
+            Output::ToStderr => tokio::spawn(pump(out, tokio::io::stderr(), tail.clone())),
+        });
     }
     if let Some(err) = sup.stderr.take() {
         pumps.push(tokio::spawn(pump(err, tokio::io::stderr(), tail.clone())));
@@ -341,6 +402,8 @@ pub async fn run(
     let mut timed_out = false;
     let mut ended = Ended::Normally;
     let mut stop = std::pin::pin!(stop);
+    let mut forward = std::pin::pin!(forward);
+    let mut forwarded = false;
     let mut stopped = false;
     let mut group: Option<Pid> = None;
     let mut outcome: Option<ChildOutcome> = None;
@@ -349,6 +412,15 @@ pub async fn run(
         ($o:expr) => {
             // A supervisor that is gone has nothing left to act on; its EOF ends the loop.
             let _ = orders.write_all($o.to_string().as_bytes()).await;
+        };
+    }
+    macro_rules! forward_signal {
+        ($sig:expr) => {
+            order!(Order::Signal($sig));
+            if matches!(ended, Ended::Normally) {
+                ended = Ended::BySignal($sig);
+                kill_at = Instant::now() + spec.grace;
+            }
         };
     }
     loop {
@@ -380,11 +452,11 @@ pub async fn run(
                 _ => break,
             },
             sig = signals.recv() => {
-                order!(Order::Signal(sig));
-                if matches!(ended, Ended::Normally) {
-                    ended = Ended::BySignal(sig);
-                    kill_at = Instant::now() + spec.grace;
-                }
+                forward_signal!(sig);
+            }
+            sig = &mut forward, if !forwarded => {
+                forwarded = true;
+                forward_signal!(sig);
             }
             _ = sleep_until(timeout_at) => {
                 timed_out = true;

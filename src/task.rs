@@ -287,6 +287,53 @@ mod tests {
         assert_eq!(TaskId::from_storage_name("x"), Some(g));
     }
 
+    /// Pins the name a task's row has in PostgreSQL (`task` column) and its Lease's
+    /// `initguard.io/task` annotation. If this fails, an upgrade would look for every record
+    /// under a new name and re-run every task. Never paste new values in.
+    #[test]
+    fn storage_names_are_pinned() {
+        let id = |key: &str, scope, inst: Option<&str>| TaskId {
+            key: Key::parse(key).unwrap(),
+            scope,
+            instance: inst.map(str::to_string),
+        };
+        let long = "x".repeat(200);
+        let cases = [
+            (
+                id("myapp/migrate", Scope::Global, None),
+                "myapp/migrate".to_string(),
+            ),
+            (id("A-b_c.d/e-1", Scope::Global, None), "A-b_c.d/e-1".into()),
+            (id(&long, Scope::Global, None), long.clone()),
+            (
+                id(
+                    "app/init",
+                    Scope::Pod,
+                    Some("5f1c2d3e-aaaa-bbbb-cccc-0123456789ab"),
+                ),
+                "app/init@pod=5f1c2d3e-aaaa-bbbb-cccc-0123456789ab".into(),
+            ),
+            (
+                id("ds/setup", Scope::Node, Some("ip-10-0-1-23.ec2.internal")),
+                "ds/setup@node=ip-10-0-1-23.ec2.internal".into(),
+            ),
+            (
+                id(&long, Scope::Node, Some(&"n".repeat(128))),
+                format!("{long}@node={}", "n".repeat(128)),
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(t.storage_name(), want);
+            assert_eq!(TaskId::from_storage_name(&want), Some(t));
+        }
+        // What a sanitized instance from the Downward API looks like in the name.
+        let odd = sanitize_instance("node/1 a@b=c");
+        assert_eq!(
+            id("k", Scope::Node, Some(&odd)).storage_name(),
+            "k@node=node_1_a_b_c"
+        );
+    }
+
     #[test]
     fn instances_are_sanitized() {
         assert_eq!(sanitize_instance("node/1 a"), "node_1_a");

@@ -438,8 +438,10 @@ fn blackholed_store_mid_run_kills_the_command_and_exits_75_promptly() {
     });
     let _hole = proxy.blackholed();
     let silent = Instant::now();
-    // Killed by 3/4 of the lease after the last renewal, then exit at once: well within 5 s.
-    let (out, took) = exit_within("holder", child, silent, Duration::from_secs(15));
+    // Documented bound (README): `run` against a store that went silent exits within 10 s. The
+    // command is killed 3/4 of the lease after the last renewal, usually far sooner; that figure
+    // is printed, not asserted (it used to be asserted under 5 s on a 2-core machine).
+    let (out, took) = exit_within("holder", child, silent, BOUND + SLACK);
     eprintln!(
         "holder exited {} {} ms after its store went silent",
         code(&out),
@@ -450,10 +452,6 @@ fn blackholed_store_mid_run_kills_the_command_and_exits_75_promptly() {
     let n = support::lines(&beats).len();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(support::lines(&beats).len(), n, "the command is dead");
-    assert!(
-        took < Duration::from_secs(5),
-        "exited {took:?} after the store went silent"
-    );
 }
 
 /// A lease row that stays locked (here by an open transaction holding it FOR UPDATE, as a

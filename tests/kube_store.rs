@@ -260,7 +260,9 @@ fn killed_holder_is_taken_over_with_the_next_token(fx: &KubeFixture) {
         "ran once, next token"
     );
     assert_eq!(record(fx, work.path(), &key)["token"], next);
-    // Loose bound: a newcomer must see the Lease unchanged for a whole lease duration (2 s).
+    // Documented lower bound (client-go semantics, DESIGN.md): a newcomer must see the Lease
+    // unchanged for a whole lease duration (2 s) before taking it. A lower bound cannot fail
+    // because the machine is slow.
     assert!(
         waited >= Duration::from_millis(1500),
         "took over after {waited:?}, before the lease could lapse"
@@ -387,6 +389,7 @@ fn unreachable_api_server_exits_69(fx: &KubeFixture) {
     assert_eq!(code(&out), 69, "{}", stderr(&out));
     assert!(last_line(&out).contains("unreachable"), "{}", stderr(&out));
     assert!(!marker.exists());
+    // Documented bound (README): retries within 10 s, then exit 69; 30 s is generous.
     assert!(begun.elapsed() < Duration::from_secs(30), "bounded retries");
 }
 

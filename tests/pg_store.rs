@@ -147,7 +147,7 @@ fn runs_once_then_skips_and_status_reads_the_record() {
 }
 
 #[test]
-fn thirty_processes_run_once_and_waiters_exit_promptly() {
+fn thirty_processes_run_once_and_all_exit_0() {
     let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
     let count = work.path().join("count");
@@ -169,13 +169,15 @@ fn thirty_processes_run_once_and_waiters_exit_promptly() {
             (i, c)
         })
         .collect();
-    let mut exits: Vec<(usize, Instant, std::process::ExitStatus)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut exits: Vec<(usize, std::process::ExitStatus)> = Vec::new();
+    // Not a timing assertion: only a guard, so that a hang fails instead of never ending. How
+    // soon the waiters follow the holder out is measured in benches/pg_store.rs.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !children.is_empty() {
         assert!(Instant::now() < deadline, "processes did not finish");
         children.retain_mut(|(i, c)| match c.try_wait() {
             Ok(Some(st)) => {
-                exits.push((*i, Instant::now(), st));
+                exits.push((*i, st));
                 false
             }
             _ => true,
@@ -184,17 +186,9 @@ fn thirty_processes_run_once_and_waiters_exit_promptly() {
     }
     assert_eq!(count_lines(&count), 1, "exactly one execution");
     assert!(
-        exits.iter().all(|(_, _, st)| st.success()),
+        exits.iter().all(|(_, st)| st.success()),
         "all exit 0: {exits:?}"
     );
-    let first = exits.iter().map(|e| e.1).min().unwrap();
-    let last = exits.iter().map(|e| e.1).max().unwrap();
-    let spread = last - first;
-    eprintln!(
-        "30 processes: first exit to last exit {} ms (the holder exits first; waiters follow)",
-        spread.as_millis()
-    );
-    assert!(spread < Duration::from_secs(5), "waiters took {spread:?}");
 }
 
 #[test]
@@ -266,6 +260,8 @@ fn unreachable_host_exits_69_after_bounded_retries() {
         "{err}"
     );
     eprintln!("unreachable store reported after {} ms", took.as_millis());
+    // Documented bound (README): a refused connection exits 69 after 3 attempts, "a few
+    // seconds", and any unanswered store within 10 s; 30 s is generous for a loaded machine.
     assert!(took < Duration::from_secs(30));
 }
 
@@ -1149,8 +1145,15 @@ fn waiter_logs_the_holder_and_gives_up_after_wait_timeout() {
     let Some(pg) = Pg::start() else { return };
     let work = tempfile::tempdir().unwrap();
     let started = work.path().join("started");
-    let script = format!("touch {}; sleep 4", started.display());
-    let holder = run_task(&pg.url(), work.path(), "wait/k", &[], &script)
+    let go = work.path().join("go");
+    // The holder runs until told to finish: the waiter must give up while it still holds the
+    // lease, however slow the machine (it used to sleep 4 s and the waiter had to beat that).
+    let script = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
+    let mut holder = run_task(&pg.url(), work.path(), "wait/k", &[], &script)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -1172,7 +1175,13 @@ fn waiter_logs_the_holder_and_gives_up_after_wait_timeout() {
     assert_eq!(code(&out), 75, "{err}");
     assert!(err.contains("waiting for wait/k held by host"), "{err}");
     assert!(err.contains("gave up waiting"), "{err}");
-    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "gave up while the lease was still held"
+    );
+    // Documented bound: --wait-timeout (1 s), plus at most one bounded store call (10 s).
+    assert!(waited < Duration::from_secs(11), "waited {waited:?}");
+    std::fs::write(&go, "").unwrap();
     assert!(wait_output(holder).status.success());
 }
 

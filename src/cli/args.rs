@@ -63,6 +63,9 @@ pub enum Command {
     Reset(ResetArgs),
     /// Free this Pod's (or host's) lease on a task if its holder is gone, e.g. from a preStop hook
     Release(ReleaseArgs),
+    /// Test COMMAND for idempotence: run it twice, as copies at once, and cut short then re-run,
+    /// and compare the state each leaves with one clean run's
+    Verify(Box<VerifyArgs>),
     /// Kubernetes manifest tooling
     #[cfg(feature = "kubernetes")]
     #[command(subcommand)]
@@ -291,4 +294,63 @@ pub struct ReleaseArgs {
     /// Scope of the lease to release
     #[arg(long, env = "INITGUARD_SCOPE", default_value = "global")]
     pub scope: String,
+}
+
+/// `initguard verify`. The flags shared with `run` (key, inputs, grace, timeout) mean the same and
+/// read the same variables; the key and inputs only shape the command's `INITGUARD_*` variables.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Shell command whose stdout describes the state (a schema dump, a query, a listing)
+    #[arg(long)]
+    pub probe: Option<String>,
+
+    /// Directory whose tree describes the state: paths, types, modes, owners, sizes, content
+    /// digests (not times)
+    #[arg(long)]
+    pub probe_dir: Option<PathBuf>,
+
+    /// Regex whose matches in the probe's output do not count, e.g. timestamps (repeatable)
+    #[arg(long = "ignore", value_name = "REGEX")]
+    pub ignore: Vec<String>,
+
+    /// Shell command that brings the state back to the start before each scenario; without it
+    /// only the rerun scenario runs
+    #[arg(long)]
+    pub reset: Option<String>,
+
+    /// Copies started at once in the concurrent scenario
+    #[arg(long, default_value_t = 2)]
+    pub copies: usize,
+
+    /// Points spread over the clean run's duration at which to cut a run short (0: none)
+    #[arg(long, default_value_t = 5)]
+    pub kill_points: usize,
+
+    /// Time between SIGTERM and SIGKILL in the sigterm scenario, as in run
+    #[arg(long, env = "INITGUARD_GRACE", default_value = "10s")]
+    pub grace: String,
+
+    /// Kill any one run of the command after this long
+    #[arg(long, env = "INITGUARD_TIMEOUT")]
+    pub timeout: Option<String>,
+
+    /// Save every probe output, every full diff and report.json in this directory
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// The report as JSON on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+
+    /// INITGUARD_KEY for the command
+    #[arg(long, env = "INITGUARD_KEY", default_value = "verify")]
+    pub key: String,
+
+    /// As in run: part of the command's INITGUARD_FINGERPRINT (repeatable)
+    #[arg(long = "input", env = "INITGUARD_INPUT", value_delimiter = ',')]
+    pub inputs: Vec<PathBuf>,
+
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }

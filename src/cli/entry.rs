@@ -152,6 +152,8 @@ async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
             let during = format!("releasing the lease on {}; nothing was released", args.key);
             interruptible(signals, during, release(url, args)).await
         }
+        // verify stops its commands on a signal itself, and says so in its report.
+        Command::Verify(args) => super::verify::verify(*args).await,
         #[cfg(feature = "kubernetes")]
         Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
     }

@@ -22,6 +22,10 @@ pub enum Failure {
     /// One of the signals initguard honours arrived outside the command's run.
     #[error("stopped by signal {signal} ({}) while {during}", signal_name(*signal))]
     Signal { signal: i32, during: String },
+    #[error("verify: {0}")]
+    Verify(#[from] crate::verify::VerifyError),
+    #[error("verify: {0}")]
+    VerifySave(#[from] crate::verify::SaveError),
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Rbac(#[from] crate::k8s::rbac::RbacError),
@@ -54,6 +58,8 @@ pub fn exit_code(f: &Failure) -> u8 {
         },
         Failure::Signal { signal, .. } => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
+        Failure::Verify(e) => verify_code(e),
+        Failure::VerifySave(_) => exit::IO_ERR,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,
     }
@@ -75,5 +81,18 @@ fn store_code(e: &StoreError) -> u8 {
         | StoreError::StateDir { .. }
         | StoreError::UnsafeStateDir { .. } => exit::CONFIG,
         StoreError::Unsupported { .. } => exit::USAGE,
+    }
+}
+
+fn verify_code(e: &crate::verify::VerifyError) -> u8 {
+    use crate::verify::VerifyError;
+    match e {
+        VerifyError::Signalled { signal, .. } => exit::for_signal(*signal),
+        // The probe and the reset are the user's own commands: a setup problem, not a finding.
+        VerifyError::Probe(_)
+        | VerifyError::CleanProbe { .. }
+        | VerifyError::ResetSpawn { .. }
+        | VerifyError::Reset { .. } => exit::CONFIG,
+        VerifyError::Signals(_) => exit::CONFIG,
     }
 }

@@ -9,6 +9,7 @@ mod render;
 mod report;
 mod settings;
 mod usage;
+mod verify;
 
 pub use entry::main;
 /// For the fuzz targets in `fuzz/`: not a stable API.

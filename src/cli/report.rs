@@ -37,7 +37,7 @@ fn ago(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     format!("{} ({rel})", t.format("%Y-%m-%dT%H:%M:%SZ"))
 }
 
-fn table(rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(rows: Vec<Vec<String>>) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

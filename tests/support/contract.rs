@@ -348,9 +348,10 @@ pub fn sigterm_is_forwarded_and_recorded(fx: &dyn StoreFixture) {
     assert_eq!(code(&out), 143, "{}", stderr(&out));
     assert_eq!(lines(&trapped), vec!["got-term"], "the child's trap ran");
     assert_eq!(record(fx, work.path(), &key)["state"], "interrupted");
-    // The lease is free: a new run starts at once (well within the 30s TTL) and is told why.
+    // The lease is free: a new run takes it and is told why. Its --wait-timeout (10 s) is shorter
+    // than the 30 s TTL, so exit 0 shows the lease was released, not left to lapse; no clock
+    // needed (this used to assert < 20 s as well).
     let marker = work.path().join("again");
-    let begun = Instant::now();
     let out = run_task(
         fx,
         work.path(),
@@ -359,10 +360,6 @@ pub fn sigterm_is_forwarded_and_recorded(fx: &dyn StoreFixture) {
         &format!("echo $INITGUARD_PREVIOUS > {}", marker.display()),
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        begun.elapsed() < Duration::from_secs(20),
-        "did not wait for a lease TTL"
-    );
     assert_eq!(lines(&marker), vec!["interrupted"]);
 }
 
@@ -653,7 +650,8 @@ pub fn release_frees_a_dead_holders_lease_from_its_own_pod(fx: &dyn StoreFixture
         "release of a dead holder's lease took {took:.1?}; the waiter ran {waited:.1?} after the kill (TTL 30 s)"
     );
     // The release window is ¾ of the TTL plus 2 s (it must cover a paused holder's supervisor
-    // deadline), so the waiter starts before the 30 s TTL would have freed the lease.
+    // deadline), so the waiter starts before the 30 s TTL would have freed the lease. A
+    // documented bound (README, `release`), kept: beating the TTL is what release is for.
     assert!(
         waited < Duration::from_secs(30),
         "the waiter ran {waited:?} after the kill: release did not free the lease before the TTL"

@@ -59,25 +59,55 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn ensure_run_as_user() {
-    let exists = Command::new("id")
-        .arg("-u")
-        .arg(RUN_AS)
+fn user_exists(name: &str) -> bool {
+    Command::new("getent")
+        .args(["passwd", name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if !exists {
-        // Two test binaries may race here; the loser's "already exists" is fine.
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                RUN_AS,
-            ])
-            .status();
+        .is_ok_and(|s| s.success())
+}
+
+/// Make sure RUN_AS exists before any server is started. Test threads of one binary go through
+/// the OnceLock one at a time (the others block until the first is done); several test binaries
+/// may also race here, and `useradd` fails for the loser either with "already exists" (exit 9)
+/// or because the winner holds the lock on /etc/passwd (exit 10) while the account is not there
+/// yet: initdb then fails with "could not look up effective user ID". So a failed `useradd` is
+/// only accepted once `getent` shows the account, and is tried again until then.
+fn ensure_run_as_user() {
+    static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if user_exists(RUN_AS) {
+                return Ok(());
+            }
+            let out = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    RUN_AS,
+                ])
+                .output()
+                .map_err(|e| format!("useradd: {e}"))?;
+            if user_exists(RUN_AS) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "useradd {RUN_AS} failed ({}) and the account does not exist: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            // Another process holds /etc/passwd's lock or is half way through adding it.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = ready {
+        panic!("{e}");
     }
 }
 

@@ -135,6 +135,69 @@ mod tests {
         );
     }
 
+    /// Pins the file names of each task in a state directory. If this fails, an upgrade would
+    /// look for every record and lock under a new name: every task re-runs, and two versions in
+    /// one rollout would lock different files. Never paste new values in.
+    #[test]
+    fn file_names_are_pinned() {
+        let k200 = "k".repeat(200);
+        let fits = MAX_STEM - k200.len() - "@pod=".len();
+        let cases = [
+            (
+                id("app/migrate", Scope::Global, None),
+                "app+migrate".to_string(),
+            ),
+            (id("a", Scope::Global, None), "a".into()),
+            (
+                id("A-b_c.d/e-1/f", Scope::Global, None),
+                "A-b_c.d+e-1+f".into(),
+            ),
+            (id("x.json/y", Scope::Global, None), "x.json+y".into()),
+            (id(&"x".repeat(200), Scope::Global, None), "x".repeat(200)),
+            (
+                id("app/init", Scope::Pod, Some("1234-abcd")),
+                "app+init@pod=1234-abcd".into(),
+            ),
+            (
+                id("ds/setup", Scope::Node, Some("ip-10-0-1-23.ec2.internal")),
+                "ds+setup@node=ip-10-0-1-23.ec2.internal".into(),
+            ),
+            // Exactly MAX_STEM long: still readable.
+            (
+                id(&k200, Scope::Pod, Some(&"u".repeat(fits))),
+                format!("{k200}@pod={}", "u".repeat(fits)),
+            ),
+            // One longer: the instance is replaced by 32 hex digits of its SHA-256.
+            (
+                id(&k200, Scope::Pod, Some(&"u".repeat(fits + 1))),
+                format!("{k200}@pod=~155f46a29df00cf4cd6737401c97f214"),
+            ),
+            (
+                id(&k200, Scope::Node, Some(&"n".repeat(128))),
+                format!("{k200}@node=~dd2411b970d6f3272b9824bdc649c6d7"),
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(record_name(&t), format!("{want}.json"), "{t:?}");
+            assert_eq!(lock_name(&t), format!("{want}.lock"), "{t:?}");
+        }
+    }
+
+    /// The previous layout is only read, so that records written before the upgrade still skip:
+    /// where it looks must not drift either.
+    #[test]
+    fn legacy_record_paths_are_pinned() {
+        let dirs = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            legacy_record_path(&id("app/db/migrate", Scope::Global, None)),
+            (dirs(&["app", "db"]), "migrate.json".to_string())
+        );
+        assert_eq!(
+            legacy_record_path(&id("k", Scope::Pod, Some("1234-abcd"))),
+            (dirs(&[]), "k@pod=1234-abcd.json".to_string())
+        );
+    }
+
     #[test]
     fn a_key_and_a_longer_key_through_it_do_not_collide() {
         let a = record_name(&id("x", Scope::Global, None));

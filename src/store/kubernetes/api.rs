@@ -327,7 +327,9 @@ mod tests {
             }
             other => panic!("unexpected: {other:?}"),
         }
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // Ends at the 1.2 s deadline given, not at the 10 s default bound: the only thing the
+        // clock must tell apart here, with room for a loaded machine.
+        assert!(took < Duration::from_secs(6), "took {took:?}");
     }
 
     #[tokio::test]

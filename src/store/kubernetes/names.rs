@@ -68,11 +68,11 @@ mod tests {
         TaskId::global(Key::parse(key).unwrap())
     }
 
+    /// Stability is `lease_names_are_pinned`'s job (comparing a call with itself proved nothing).
     #[test]
-    fn names_are_readable_and_stable() {
+    fn names_are_readable() {
         let name = lease_name(&id("myapp/migrate"));
         assert!(name.starts_with("initguard-myapp-migrate-"), "{name}");
-        assert_eq!(name, lease_name(&id("myapp/migrate")));
         assert!(dns1123_label(&name));
     }
 
@@ -98,6 +98,80 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    /// Pins the Lease name of each task. If this fails, an upgrade would look for every task's
+    /// Lease under a new name: records orphaned, every task re-run, old Leases left behind.
+    /// Never paste new values in; a new derivation needs a migration from the old names.
+    #[test]
+    fn lease_names_are_pinned() {
+        let scoped = |key: &str, scope, inst: &str| TaskId {
+            key: Key::parse(key).unwrap(),
+            scope,
+            instance: Some(inst.into()),
+        };
+        let long_key = format!("team/{}", "x".repeat(195));
+        // The slug is cut right after a separator, which must then be trimmed.
+        let cut_at_separator = format!("{}/tail", "a".repeat(41));
+        let cases = [
+            (id("myapp/migrate"), "initguard-myapp-migrate-a0e0ec7147"),
+            (id("a"), "initguard-a-ca978112ca"),
+            (id("A/B_C.D"), "initguard-a-b-c-d-af35aaef10"),
+            (id("a.b"), "initguard-a-b-2e7336dc8e"),
+            (id("---"), "initguard-cb3f91d54e"),
+            (id("_/_"), "initguard-36164c170d"),
+            (id("a-/-b"), "initguard-a-b-fbf26ae779"),
+            (id("0/9"), "initguard-0-9-83a3bc0957"),
+            (
+                id(&"x".repeat(200)),
+                "initguard-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-aa20c23e32",
+            ),
+            (
+                id(&long_key),
+                "initguard-team-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx-6c61703052",
+            ),
+            (
+                id(&cut_at_separator),
+                "initguard-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-4438c0fa09",
+            ),
+            (
+                id("Payments.Service/DB_Migrate-v2"),
+                "initguard-payments-service-db-migrate-v2-260a0ae58f",
+            ),
+            (
+                scoped("app/init", Scope::Pod, "0b7e-11"),
+                "initguard-app-init-pod-0b7e-11-6d394c2c0b",
+            ),
+            (
+                scoped(
+                    "app/init",
+                    Scope::Pod,
+                    "5f1c2d3e-aaaa-bbbb-cccc-0123456789ab",
+                ),
+                "initguard-app-init-pod-5f1c2d3e-aaaa-bbbb-cccc-01234-4c1cba2a7c",
+            ),
+            (
+                scoped("app/init", Scope::Node, "ip-10-0-1-23.ec2.internal"),
+                "initguard-app-init-node-ip-10-0-1-23-ec2-internal-99c00cca52",
+            ),
+            (
+                scoped("ds/setup", Scope::Node, &"n".repeat(128)),
+                "initguard-ds-setup-node-nnnnnnnnnnnnnnnnnnnnnnnnnnnn-3c231647a7",
+            ),
+            (
+                scoped("k", Scope::Node, "Node_A.1"),
+                "initguard-k-node-node-a-1-9ca62f12dc",
+            ),
+        ];
+        let got: Vec<(String, String)> = cases
+            .iter()
+            .map(|(t, _)| (t.storage_name(), lease_name(t)))
+            .collect();
+        let want: Vec<(String, String)> = cases
+            .iter()
+            .map(|(t, n)| (t.storage_name(), n.to_string()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -593,7 +593,9 @@ mod tests {
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("connected to a server that never answered"),
         }
-        assert!(took < Duration::from_secs(3), "took {took:?}");
+        // Ends at the 1.5 s deadline given, not at the 10 s default bound: the only thing the
+        // clock must tell apart here, with room for a loaded machine.
+        assert!(took < Duration::from_secs(6), "took {took:?}");
     }
 
     #[test]

@@ -168,9 +168,13 @@ mod tests {
         assert_eq!(STEPS.len(), usize::try_from(LAYOUT).unwrap());
     }
 
+    /// Pins the advisory-lock keys: two initguard versions in one rollout must take the same lock
+    /// (the first 8 bytes of SHA-256, big-endian), or both would create or upgrade the tables at
+    /// once and queue on different locks. Never paste new values in.
     #[test]
-    fn lock_keys_are_stable() {
-        assert_eq!(lock_key("x"), lock_key("x"));
-        assert_ne!(schema_lock_key("a"), schema_lock_key("b"));
+    fn lock_keys_are_pinned() {
+        assert_eq!(lock_key("x"), 3_274_422_879_871_479_876);
+        assert_eq!(schema_lock_key("initguard"), -4_824_056_964_136_214_035);
+        assert_eq!(schema_lock_key("a"), -6_389_952_278_515_775_625);
     }
 }
