@@ -277,6 +277,8 @@ impl KubeApi {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 next_rv: 1000,
+                // Like a watch cache filled at start-up: nothing older than that to replay.
+                compacted: 1000,
                 history_limit: WATCH_HISTORY,
                 expired: Expired::Event,
                 bookmark_every: BOOKMARK_EVERY,
