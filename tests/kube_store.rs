@@ -1116,3 +1116,276 @@ real_cluster_scenarios! {
     contract_release_leaves_a_live_holders_lease_alone =>
         |fx: &KubeFixture| support::contract::release_leaves_a_live_holders_lease_alone(fx);
 }
+
+// ---- the double's own watch and no-op bookkeeping, and its fault switches ----------------------
+
+/// A fresh key and its Lease name.
+fn key_and_lease(prefix: &str) -> (String, String) {
+    let key = unique_key(prefix);
+    let name = lease_of(&key);
+    (key, name)
+}
+
+/// A no-op update is answered with the stored object, counted apart, not recorded as a write
+/// and sent to no watcher; an empty annotation map is the same as none (the API server's
+/// encoding drops both); the next real change gets the next resourceVersion.
+#[test]
+fn kube_double_noop_update_is_no_write_and_no_event() {
+    let fx = KubeFixture::double();
+    let (key, name) = key_and_lease("kube/noop");
+    let api = fx.api();
+    let (before, after) = fx.with_leases(|leases| async move {
+        let pp = PostParams::default();
+        let created = leases.create(&pp, &bare_lease(&name, &key)).await.unwrap();
+        let wp = WatchParams::default().fields(&format!("metadata.name={name}"));
+        let mut stream = leases
+            .watch(&wp, &rv_of(&created))
+            .await
+            .unwrap()
+            .boxed();
+        let same = leases.replace(&name, &pp, &created).await.unwrap();
+        let mut empty = created.clone();
+        empty.metadata.finalizers = Some(Vec::new());
+        empty.metadata.owner_references = Some(Vec::new());
+        let also_same = leases.replace(&name, &pp, &empty).await.unwrap();
+        let changed = leases
+            .replace(&name, &pp, &with_holder(&created, "h"))
+            .await
+            .unwrap();
+        let got = next_events(&mut stream, 1, Duration::from_secs(10)).await;
+        assert!(
+            matches!(&got[0], WatchEvent::Modified(l) if rv_of(l) == rv_of(&changed)),
+            "the first event is the real change: {got:?}"
+        );
+        assert_eq!(same, created, "answered with the stored object");
+        assert_eq!(rv_of(&also_same), rv_of(&created));
+        (created, changed)
+    });
+    assert_eq!(api.noop_updates(), 2);
+    let writes: Vec<(&str, String)> = api
+        .writes()
+        .iter()
+        .map(|w| (w.verb, w.resource_version.clone()))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![("create", rv_of(&before)), ("update", rv_of(&after))],
+        "no-ops are not writes"
+    );
+    assert_eq!(
+        rv_of(&after).parse::<u64>().unwrap(),
+        rv_of(&before).parse::<u64>().unwrap() + 1
+    );
+}
+
+/// With `allowWatchBookmarks`, BOOKMARK events carry only `metadata.resourceVersion` (the
+/// current one); without, none come.
+#[test]
+fn kube_double_bookmarks_only_when_asked() {
+    let fx = KubeFixture::double();
+    fx.api().set_bookmark_interval(Duration::from_millis(100));
+    let (key, name) = key_and_lease("kube/bookmark");
+    fx.with_leases(|leases| async move {
+        let created = leases
+            .create(&PostParams::default(), &bare_lease(&name, &key))
+            .await
+            .unwrap();
+        let wp = WatchParams::default().fields(&format!("metadata.name={name}"));
+        let mut with = leases.watch(&wp, &rv_of(&created)).await.unwrap().boxed();
+        let first = tokio::time::timeout(Duration::from_secs(10), with.next())
+            .await
+            .unwrap();
+        match first {
+            Some(Ok(WatchEvent::Bookmark(b))) => {
+                assert_eq!(b.metadata.resource_version, rv_of(&created));
+                assert!(b.metadata.annotations.is_empty());
+                assert_eq!(b.types.kind, "Lease");
+            }
+            other => panic!("expected a bookmark: {other:?}"),
+        }
+        let mut without = leases
+            .watch(&wp.clone().disable_bookmarks(), &rv_of(&created))
+            .await
+            .unwrap()
+            .boxed();
+        let quiet = tokio::time::timeout(Duration::from_millis(800), without.next()).await;
+        assert!(quiet.is_err(), "no event at all without bookmarks: {quiet:?}");
+    });
+}
+
+/// The history window: with 3 changes kept, a watch from the version just before them replays
+/// them; from one older it gets 410 Expired, as an ERROR event by default and as an HTTP 410
+/// when switched; after `compact` every version but the current one is too old.
+#[test]
+fn kube_double_watch_history_is_bounded_with_410_expired() {
+    let fx = KubeFixture::double();
+    fx.api().set_watch_history(3);
+    let api = fx.api();
+    let (key, name) = key_and_lease("kube/history");
+    let wp = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .disable_bookmarks()
+        .timeout(5);
+    let (rvs, wp2) = fx.with_leases(|leases| {
+        let wp = wp.clone();
+        async move {
+            let pp = PostParams::default();
+            let mut l = leases.create(&pp, &bare_lease(&name, &key)).await.unwrap();
+            let mut rvs = vec![rv_of(&l)];
+            for i in 0..4 {
+                l = leases
+                    .replace(&name, &pp, &with_holder(&l, &format!("h{i}")))
+                    .await
+                    .unwrap();
+                rvs.push(rv_of(&l));
+            }
+            // Kept: the last 3 changes (rvs[2..]); a watch from rvs[1] misses none.
+            let mut ok = leases.watch(&wp, &rvs[1]).await.unwrap().boxed();
+            let got = next_events(&mut ok, 3, Duration::from_secs(10)).await;
+            let got: Vec<String> = got
+                .iter()
+                .map(|e| match e {
+                    WatchEvent::Modified(l) => rv_of(l),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(got, rvs[2..].to_vec());
+            let mut old = leases.watch(&wp, &rvs[0]).await.unwrap().boxed();
+            let first = old.next().await;
+            match &first {
+                Some(Ok(WatchEvent::Error(s))) => {
+                    assert_eq!((s.code, s.reason.as_str()), (410, "Expired"), "{s:?}")
+                }
+                other => panic!("expected an ERROR event: {other:?}"),
+            }
+            assert!(old.next().await.is_none(), "the stream ends after the error");
+            (rvs, wp)
+        }
+    });
+    api.set_expired(Expired::Http);
+    let first = rvs[0].clone();
+    fx.with_leases(|leases| async move {
+        let err = leases.watch(&wp2, &first).await.err().expect("refused");
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 410 && s.reason == "Expired"),
+            "{err:?}"
+        );
+    });
+    api.compact();
+    let (previous, last) = (rvs[3].clone(), rvs[4].clone());
+    let wp3 = wp.clone();
+    fx.with_leases(|leases| async move {
+        let err = leases.watch(&wp3, &previous).await.err().expect("refused");
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 410), "{err:?}");
+        // From the current version nothing can be missed: accepted.
+        assert!(leases.watch(&wp3, &last).await.is_ok());
+    });
+}
+
+/// The fault switches a store's fallback to polling is tested with: watch forbidden (403),
+/// streams broken mid-stream (now, or after N events), and a server going down breaking them;
+/// a broken stream ends before its `timeoutSeconds`, a clean one at it.
+#[test]
+fn kube_double_watch_faults_refuse_and_break_streams() {
+    let fx = KubeFixture::double();
+    let api = fx.api();
+    let (key, name) = key_and_lease("kube/faults");
+    let wp = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .disable_bookmarks()
+        .timeout(60);
+    let created = fx.with_leases(|leases| async move {
+        leases
+            .create(&PostParams::default(), &bare_lease(&name, &key))
+            .await
+            .unwrap()
+    });
+    let rv = rv_of(&created);
+    // Whether a stream opened now ends within `within` when `act` runs.
+    let ends = |act: &dyn Fn(), within: Duration| -> bool {
+        let (wp, rv) = (wp.clone(), rv.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let kubeconfig = fx.kubeconfig.clone();
+        let watcher = std::thread::spawn(move || {
+            block_on(async move {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap();
+                let leases: Api<Lease> =
+                    Api::namespaced(kube::Client::try_from(cfg).unwrap(), NS);
+                let mut s = leases.watch(&wp, &rv).await.unwrap().boxed();
+                tx.send(()).unwrap();
+                tokio::time::timeout(within, async {
+                    while let Some(e) = s.next().await {
+                        if e.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await
+                .is_ok()
+            })
+        });
+        rx.recv().unwrap();
+        wait_for("the watch to be open", Duration::from_secs(10), || {
+            api.open_watches() == 1
+        });
+        act();
+        watcher.join().unwrap()
+    };
+    let long = Duration::from_secs(20);
+    assert!(ends(&|| api.break_watches(), long), "break_watches ends it");
+    assert!(
+        ends(&|| api.set_mode(Mode::Refuse), long),
+        "a refusing server breaks it"
+    );
+    api.set_mode(Mode::Normal);
+    assert!(
+        !ends(&|| {}, Duration::from_secs(2)),
+        "untouched, it goes on (timeoutSeconds is 60)"
+    );
+    wait_for("the last watch to close", Duration::from_secs(10), || {
+        api.open_watches() == 0
+    });
+
+    api.break_watches_after(Some(1));
+    let events = fx.with_leases(|leases| {
+        let (wp, rv) = (wp.clone(), rv.clone());
+        async move {
+            let mut s = leases.watch(&wp, &rv).await.unwrap().boxed();
+            let l = leases
+                .replace(
+                    created.metadata.name.as_deref().unwrap(),
+                    &PostParams::default(),
+                    &with_holder(&created, "one"),
+                )
+                .await
+                .unwrap();
+            leases
+                .replace(
+                    created.metadata.name.as_deref().unwrap(),
+                    &PostParams::default(),
+                    &with_holder(&l, "two"),
+                )
+                .await
+                .unwrap();
+            let mut n = 0;
+            while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(20), s.next()).await
+            {
+                n += 1;
+            }
+            n
+        }
+    });
+    assert_eq!(events, 1, "broken after one event");
+    api.break_watches_after(None);
+
+    api.forbid("watch", "leases");
+    let err = fx.with_leases(|leases| async move { leases.watch(&wp, &rv).await.err() });
+    assert!(
+        matches!(&err, Some(kube::Error::Api(s)) if s.code == 403),
+        "{err:?}"
+    );
+    assert!(api.seen().contains(&("watch".to_string(), "leases".to_string())));
+}
