@@ -113,11 +113,9 @@ impl State {
 
     /// Keep `change` for watches started later and send it to the open ones it matches.
     fn record_change(&mut self, change: Change) {
-        self.watchers.retain(|w| {
-            match change.event_for(&w.filter) {
-                Some(line) => w.tx.send(Msg::Line(line)).is_ok(),
-                None => !w.tx.is_closed(),
-            }
+        self.watchers.retain(|w| match change.event_for(&w.filter) {
+            Some(line) => w.tx.send(Msg::Line(line)).is_ok(),
+            None => !w.tx.is_closed(),
         });
         self.history.push_back(change);
         self.trim_history();
@@ -866,7 +864,8 @@ fn handle(
                 "NotFound",
                 "the server could not find the requested resource".into(),
                 json!({}),
-            ).into();
+            )
+            .into();
         }
     };
     let watching = query.get("watch").is_some_and(|w| truthy(w));
@@ -885,7 +884,8 @@ fn handle(
                 "MethodNotAllowed",
                 "the server does not allow this method on the requested resource".into(),
                 json!({}),
-            ).into();
+            )
+            .into();
         }
     };
     let mut st = sh.state();
@@ -963,7 +963,8 @@ fn handle(
                     resource,
                     "",
                     "metadata.name: Required value: name or generateName is required".into(),
-                ).into();
+                )
+                .into();
             };
             if obj["metadata"]
                 .get("resourceVersion")
@@ -972,7 +973,8 @@ fn handle(
             {
                 return bad_request(
                     "resourceVersion should not be set on objects to be created".into(),
-                ).into();
+                )
+                .into();
             }
             if let Some(other) = obj["metadata"].get("namespace").and_then(Value::as_str) {
                 if other != ns {
@@ -988,7 +990,8 @@ fn handle(
                     "AlreadyExists",
                     format!("leases.coordination.k8s.io \"{n}\" already exists"),
                     json!({"name": n, "group": "coordination.k8s.io", "kind": "leases"}),
-                ).into();
+                )
+                .into();
             }
             let rv = st.bump();
             let meta = &mut obj["metadata"];
@@ -1026,7 +1029,8 @@ fn handle(
             if obj["metadata"]["name"].as_str() != Some(n) {
                 return bad_request(
                     "the name of the object does not match the name on the URL".into(),
-                ).into();
+                )
+                .into();
             }
             let Some(stored) = st.leases.get(&key(n)).cloned() else {
                 return not_found(resource, n).into();
@@ -1105,8 +1109,8 @@ fn handle(
                         new: gone,
                     });
                     respond(
-                    StatusCode::OK,
-                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": n, "group": "coordination.k8s.io", "kind": "leases"}}),
+                        StatusCode::OK,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": n, "group": "coordination.k8s.io", "kind": "leases"}}),
                     )
                 }
                 None => not_found(resource, n),
@@ -1130,7 +1134,8 @@ fn handle(
                     &n,
                     "involvedObject.namespace: Invalid value: does not match event.namespace"
                         .into(),
-                ).into();
+                )
+                .into();
             }
             if obj["message"].as_str().is_some_and(|m| m.len() > 1024) {
                 return invalid(resource, &n, "message: Too long".into()).into();
@@ -1223,7 +1228,10 @@ fn start_watch(
         return bad_request("sendInitialEvents is not implemented by this test double".into())
             .into();
     }
-    let rv = query.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
     let initial: Vec<Value> = match rv {
         // Unset: start at the most recent version, with the current objects as ADDED first;
         // "0": the same, at any version (here always the most recent).
