@@ -498,7 +498,7 @@ pub fn write_kubeconfig(dir: &Path, server: &str, namespace: &str) -> PathBuf {
 /// mid-stream; the sender going away ends the chunked body cleanly).
 pub enum Body {
     Full(Option<Bytes>),
-    Stream(mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>),
+    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
 }
 
 impl hyper::body::Body for Body {
@@ -627,7 +627,7 @@ async fn serve(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, std::io:
     match handle(&sh, &method, &path, &query, &body) {
         Reply::Now(r) => Ok(r),
         Reply::Watch(start) => {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             tokio::spawn(pump(sh.clone(), start, tx));
             let mut r = Response::new(Body::Stream(rx));
             r.headers_mut().insert(
@@ -643,27 +643,45 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(format!("{v}\n"))
 }
 
+/// Lines a watch stream holds before hyper has written them.
+const STREAM_BUFFER: usize = 64;
+
+/// Drop the connection mid-stream, once every line sent before has been written out: hyper
+/// flushes what it holds when the body has nothing for it, and a break right behind a line
+/// would otherwise lose that line along with the connection.
+async fn break_stream(out: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    while out.capacity() < out.max_capacity() && !out.is_closed() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = out
+        .send(Err(std::io::Error::other(
+            "watch stream broken by the test",
+        )))
+        .await;
+}
+
 /// Feed one watch stream: its initial events, then every change sent to it, a bookmark now and
 /// then when allowed, until `timeoutSeconds` (clean end), a break, the client going away, or the
 /// double going down (a refused or stalled server breaks its streams, as a lost connection).
 async fn pump(
     sh: Arc<Shared>,
     mut start: WatchStart,
-    out: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+    out: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let broken = || Err(std::io::Error::other("watch stream broken by the test"));
     let deadline = tokio::time::Instant::now() + start.timeout;
     let mut sent = 0usize;
-    let send = |v: &Value, sent: &mut usize| -> bool {
-        if start.break_after.is_some_and(|n| *sent >= n) {
-            let _ = out.send(broken());
+    let break_after = start.break_after;
+    let send = async |v: &Value, sent: &mut usize| -> bool {
+        if break_after.is_some_and(|n| *sent >= n) {
+            break_stream(&out).await;
             return false;
         }
         *sent += 1;
-        out.send(Ok(line(v))).is_ok()
+        out.send(Ok(line(v))).await.is_ok()
     };
     for v in std::mem::take(&mut start.initial) {
-        if !send(&v, &mut sent) {
+        if !send(&v, &mut sent).await {
             return;
         }
     }
@@ -675,8 +693,8 @@ async fn pump(
     loop {
         tokio::select! {
             msg = start.rx.recv() => match msg {
-                Some(Msg::Line(v)) => if !send(&v, &mut sent) { return },
-                Some(Msg::Break) => { let _ = out.send(broken()); return }
+                Some(Msg::Line(v)) => if !send(&v, &mut sent).await { return },
+                Some(Msg::Break) => { break_stream(&out).await; return }
                 None => return,
             },
             _ = tokio::time::sleep_until(deadline) => return,
@@ -687,17 +705,17 @@ async fn pump(
                     "apiVersion": "coordination.k8s.io/v1",
                     "metadata": {"resourceVersion": rv, "creationTimestamp": null},
                 }});
-                if !send(&b, &mut sent) { return }
+                if !send(&b, &mut sent).await { return }
             }
             _ = look.tick() => match sh.mode() {
                 Mode::Normal => {}
-                Mode::Refuse => { let _ = out.send(broken()); return }
+                Mode::Refuse => { break_stream(&out).await; return }
                 Mode::Stall => {
                     while sh.mode() == Mode::Stall {
                         if out.is_closed() { return }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    let _ = out.send(broken());
+                    break_stream(&out).await;
                     return;
                 }
             },
