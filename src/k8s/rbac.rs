@@ -182,6 +182,7 @@ mod tests {
             ("coordination.k8s.io", "leases", "list"),
             ("coordination.k8s.io", "leases", "create"),
             ("coordination.k8s.io", "leases", "update"),
+            ("coordination.k8s.io", "leases", "watch"),
             ("events.k8s.io", "events", "create"),
         ]
         .into_iter()
@@ -223,6 +224,7 @@ rules:
   - list
   - create
   - update
+  - watch
 - apiGroups:
   - events.k8s.io
   resources:

@@ -56,13 +56,29 @@ impl<T: StoreFixture + ?Sized> StoreFixture for &T {
     }
 }
 
+thread_local! {
+    /// Set by a test that must find every key it made afterwards (`tag_keys`).
+    static KEY_TAG: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, every `unique_key` of this thread (libtest runs each test on a thread of its own)
+/// contains `tag`, so the test can find and delete what its scenario stored even when the
+/// scenario is shared code that does not report its keys; `None` stops it.
+pub fn tag_keys(tag: Option<String>) {
+    KEY_TAG.with(|t| *t.borrow_mut() = tag);
+}
+
 /// A unique key per test, so that suites can share one server.
 pub fn unique_key(prefix: &str) -> String {
     let n: u64 = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    format!("{prefix}-{:x}-{}", n, std::process::id())
+    let tag = KEY_TAG.with(|t| t.borrow().clone());
+    match tag {
+        Some(tag) => format!("{prefix}-{tag}-{:x}-{}", n, std::process::id()),
+        None => format!("{prefix}-{:x}-{}", n, std::process::id()),
+    }
 }
 
 /// `initguard` with the fixture's store and environment, and a scratch working directory.

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 /// Every API permission the store uses, as (API group, resource, verbs): `initguard k8s rbac`
 /// grants exactly these, and the end-to-end tests check the store asks for nothing else.
-/// No `watch`: waiting polls (jittered, under a second) instead.
+/// `watch`: waiters watch the task's Lease (by `metadata.name` field selector) and poll only
+/// when the watch is refused or breaks.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "coordination.k8s.io",
         "leases",
-        &["get", "list", "create", "update"],
+        &["get", "list", "create", "update", "watch"],
     ),
     ("events.k8s.io", "events", &["create"]),
 ];

@@ -131,9 +131,28 @@ pub(crate) fn take(
 }
 
 /// Edit `lease` to say its holder is alive now.
+///
+/// The API server does not write an update that changes nothing: the resourceVersion stays, and
+/// everyone judging the holder's liveness by it (waiters, `release`) would see no renewal at all.
+/// So a renewal always moves `renewTime` forward, by a microsecond (its precision) if the clock
+/// has not moved or was set back.
 pub(crate) fn renew(lease: &mut Lease) {
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.renew_time = Some(MicroTime(later_than(spec.renew_time.as_ref())));
+}
+
+/// Now, or one microsecond after `previous` when now is not later than it at `MicroTime`'s
+/// precision.
+fn later_than(previous: Option<&MicroTime>) -> Timestamp {
+    let now = Timestamp::now();
+    let Some(MicroTime(prev)) = previous else {
+        return now;
+    };
+    let micros = |t: Timestamp| t.as_microsecond();
+    if micros(now) > micros(*prev) {
+        return now;
+    }
+    Timestamp::from_microsecond(micros(*prev).saturating_add(1)).unwrap_or(now)
 }
 
 /// Edit `lease` so that nobody holds it; `leaseTransitions` stays, so tokens keep growing.
@@ -141,7 +160,7 @@ pub(crate) fn release(lease: &mut Lease) {
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = None;
     spec.acquire_time = None;
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    spec.renew_time = Some(MicroTime(later_than(spec.renew_time.as_ref())));
     set_holder_annotation(lease, None);
 }
 
@@ -287,6 +306,34 @@ mod tests {
             Verdict::Free
         );
         assert!(holder(&lease).is_none());
+    }
+
+    #[test]
+    fn a_renewal_always_changes_the_lease() {
+        // A renewTime ahead of this clock (set by a node whose clock runs fast, or ours stepped
+        // back): an update that left it as it was would be a no-op the API server does not write.
+        let ahead = Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(3600))
+            .unwrap();
+        let mut lease = held("1", ahead, 10);
+        let before = lease.clone();
+        renew(&mut lease);
+        let renewed = lease.spec.as_ref().unwrap().renew_time.clone().unwrap().0;
+        assert!(renewed > ahead, "{renewed} after {ahead}");
+        assert_ne!(
+            serde_json::to_string(&lease).unwrap(),
+            serde_json::to_string(&before).unwrap(),
+            "the encoded Lease changed"
+        );
+        // Twice in a row within one microsecond still changes it each time.
+        let mut again = lease.clone();
+        renew(&mut again);
+        assert_ne!(again.spec, lease.spec);
+        // An ordinary renewal is simply now.
+        let mut fresh = held("1", Timestamp::from_second(1_000).unwrap(), 10);
+        let t0 = Timestamp::now();
+        renew(&mut fresh);
+        assert!(fresh.spec.unwrap().renew_time.unwrap().0 >= t0);
     }
 
     #[test]
