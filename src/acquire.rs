@@ -30,7 +30,16 @@ pub async fn acquire(
 ) -> Result<Acquired, StoreError> {
     let started = Instant::now();
     let mut log = WaitLog::new(id);
+    let mut waited = false;
     loop {
+        // Woken by a change: it may be the task's success (the holder writes it, then lets go).
+        // One read tells, before a take that would only find it done.
+        if waited && let Some(fp) = done_for {
+            let rec = patiently(started, opts.wait_timeout, || store.read(id)).await?;
+            if let Some(rec) = rec.filter(|r| r.is_done_for(fp)) {
+                return Ok(Acquired::DoneMeanwhile(rec));
+            }
+        }
         let attempt = patiently(started, opts.wait_timeout, || {
             store.try_acquire(id, holder, opts.ttl)
         })
@@ -62,6 +71,7 @@ pub async fn acquire(
             store.wait_change(id, &seen, until)
         })
         .await?;
+        waited = true;
     }
 }
 

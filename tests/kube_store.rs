@@ -1534,3 +1534,66 @@ fn kube_double_watch_faults_refuse_and_break_streams() {
             .contains(&("watch".to_string(), "leases".to_string()))
     );
 }
+
+/// `n` contenders on one key, the holder held until all wait; returns their outputs and how
+/// many times the command ran.
+fn contend(fx: &KubeFixture, n: usize) -> (Vec<std::process::Output>, usize) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/watchless");
+    let marker = work.path().join("ran");
+    let go = work.path().join("go");
+    let script = format!(
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done",
+        marker.display(),
+        go.display()
+    );
+    let children: Vec<_> = (0..n)
+        .map(|_| spawn_task(fx, work.path(), &key, &["--lock-ttl", "30s"], &script))
+        .collect();
+    wait_for("the holder to start", Duration::from_secs(30), || {
+        !lines(&marker).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&go, "").unwrap();
+    let outs = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    (outs, lines(&marker).len())
+}
+
+/// RBAC without `watch` (a Role from before it was granted): waiters poll instead, say so once,
+/// and the task still runs once with every contender exiting 0.
+#[test]
+fn kube_waiters_poll_when_watch_is_forbidden() {
+    let fx = KubeFixture::double();
+    fx.api().forbid("watch", "leases");
+    let (outs, ran) = contend(&fx, 5);
+    assert_eq!(ran, 1);
+    for o in &outs {
+        assert_eq!(code(o), 0, "{}", stderr(o));
+    }
+    let told = outs
+        .iter()
+        .filter(|o| stderr(o).contains("refused to watch Leases"))
+        .count();
+    assert_eq!(told, 4, "each waiter says once that it polls instead");
+}
+
+/// Watches that break mid-stream, or start from a resourceVersion the server no longer has
+/// (410 Gone, as an HTTP answer here), leave waiters to look again: one run, all exit 0.
+#[test]
+fn kube_waiters_survive_broken_and_expired_watches() {
+    let fx = KubeFixture::double();
+    fx.api().break_watches_after(Some(0));
+    let (outs, ran) = contend(&fx, 4);
+    assert_eq!(ran, 1);
+    assert!(outs.iter().all(|o| code(o) == 0));
+
+    let fx = KubeFixture::double();
+    fx.api().set_watch_history(0);
+    fx.api().set_expired(Expired::Http);
+    let (outs, ran) = contend(&fx, 4);
+    assert_eq!(ran, 1);
+    assert!(outs.iter().all(|o| code(o) == 0));
+}

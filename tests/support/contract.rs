@@ -100,6 +100,10 @@ macro_rules! contract_tests {
             support::supervision::hangup_and_quit_end_a_run_as_interrupted(&$fx);
         }
         #[test]
+        fn contract_every_waiter_wakes_promptly() {
+            support::supervision::every_waiter_wakes_promptly(&$fx);
+        }
+        #[test]
         fn supervise_successful_run_leaves_no_process_behind() {
             support::supervision::successful_run_leaves_no_process_behind(&$fx);
         }
@@ -138,10 +142,21 @@ pub fn exactly_once_under_contention(fx: &dyn StoreFixture, n: usize) {
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("contract/once");
     let marker = work.path().join("ran");
-    let script = format!("echo run >> {}; sleep 1", marker.display());
+    let go = work.path().join("go");
+    // The holder finishes when told, once the others are all waiting for it.
+    let script = format!(
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done",
+        marker.display(),
+        go.display()
+    );
     let children: Vec<_> = (0..n)
         .map(|_| spawn_task(fx, work.path(), &key, &["--lock-ttl", "10s"], &script))
         .collect();
+    wait_for("the holder to start", Duration::from_secs(30), || {
+        !lines(&marker).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    fs::write(&go, "").unwrap();
     let mut skipped = 0;
     for c in children {
         let out = c.wait_with_output().unwrap();
@@ -152,7 +167,11 @@ pub fn exactly_once_under_contention(fx: &dyn StoreFixture, n: usize) {
     }
     assert_eq!(lines(&marker).len(), 1, "the command ran exactly once");
     assert_eq!(skipped, n - 1, "all others skipped");
-    assert_eq!(record(fx, work.path(), &key)["state"], "succeeded");
+    let rec = record(fx, work.path(), &key);
+    assert_eq!(rec["state"], "succeeded");
+    // Tokens count acquisitions: the waiters saw the success and skipped without taking the
+    // lease (each take would have spent a token, and on Kubernetes written the Lease).
+    assert_eq!(rec["token"], 1, "exactly one lease acquisition: {rec}");
 }
 
 /// Success skips; a content change re-runs; touching (mtime only) and reordering inputs do not.

@@ -253,3 +253,39 @@ pub fn hangup_and_quit_end_a_run_as_interrupted(fx: &dyn StoreFixture) {
         );
     }
 }
+
+/// Every waiter wakes when the holder finishes (watch, notification, freed flock), not at its
+/// next periodic look (every 5 s) nor at the lease's lapse (60 s here): all 10 exit 0 within
+/// 4 s of the holder's end, having skipped.
+pub fn every_waiter_wakes_promptly(fx: &dyn StoreFixture) {
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("contract/wake");
+    let marker = work.path().join("ran");
+    let go = work.path().join("go");
+    let script = format!(
+        "echo run >> {}; while [ ! -e {} ]; do sleep 0.05; done",
+        marker.display(),
+        go.display()
+    );
+    let args = ["--lock-ttl", "60s", "--wait-timeout", "120s"];
+    let children: Vec<_> = (0..10)
+        .map(|_| spawn_task(fx, work.path(), &key, &args, &script))
+        .collect();
+    wait_for("the holder to start", Duration::from_secs(30), || {
+        !lines(&marker).is_empty()
+    });
+    // Let every waiter get past its first look and into its wait.
+    std::thread::sleep(Duration::from_secs(2));
+    fs::write(&go, "").unwrap();
+    let released = Instant::now();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let took = released.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the last waiter exited {took:?} after the holder finished: it was not woken"
+    );
+    assert_eq!(lines(&marker).len(), 1);
+}

@@ -32,6 +32,14 @@ pub struct FileStore {
     /// kept across `wait_change` calls (one thread per waited-for task, however long the wait)
     /// and the lock it gets is the next `try_acquire`'s.
     waiting: Mutex<Option<(String, oneshot::Receiver<LockResult>)>>,
+    /// A lock that waiting got, by lock file name, not yet taken as a lease (the next
+    /// `try_acquire` takes it, unless the guard stops waiting first: then it is dropped, unlocked).
+    ready: Mutex<Option<Ready>>,
+}
+
+struct Ready {
+    name: String,
+    lock: Flock<File>,
 }
 
 type LockResult = Result<Flock<File>, nix::Error>;
@@ -56,6 +64,7 @@ impl FileStore {
         Ok(FileStore {
             dir: dir.to_path_buf(),
             waiting: Mutex::new(None),
+            ready: Mutex::new(None),
         })
     }
 
@@ -132,8 +141,18 @@ impl FileStore {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn ready(&self) -> std::sync::MutexGuard<'_, Option<Ready>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The lock a waiting thread got for `name`, if it got it by now.
     fn lock_from_waiter(&self, name: &str) -> Option<LockResult> {
+        {
+            let mut ready = self.ready();
+            if ready.as_ref().is_some_and(|r| r.name == name) {
+                return ready.take().map(|r| Ok(r.lock));
+            }
+        }
         let mut slot = self.waiting();
         let (waited, rx) = slot.as_mut()?;
         if waited != name {
@@ -316,6 +335,10 @@ impl Store for FileStore {
         until: Instant,
     ) -> Result<(), StoreError> {
         let name = layout::lock_name(id);
+        if self.ready().as_ref().is_some_and(|r| r.name == name) {
+            // Ours to take already.
+            return Ok(());
+        }
         let mut rx = {
             let mut slot = self.waiting();
             match slot.take() {
@@ -329,12 +352,11 @@ impl Store for FileStore {
         let left = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, &mut rx).await {
             // The lock is ours now: the next `try_acquire` takes it from the slot.
-            Ok(Ok(res)) => {
-                let (tx, ready) = oneshot::channel();
-                let _ = tx.send(res);
-                *self.waiting() = Some((name, ready));
+            Ok(Ok(Ok(lock))) => {
+                *self.ready() = Some(Ready { name, lock });
             }
-            Ok(Err(_)) => {}
+            // The next look locks without waiting and reports what went wrong.
+            Ok(Ok(Err(_)) | Err(_)) => {}
             Err(_) => *self.waiting() = Some((name, rx)),
         }
         Ok(())
