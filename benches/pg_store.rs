@@ -1,6 +1,7 @@
 //! Timings of the PostgreSQL store with real processes of the built binary against a throwaway
 //! server: skip latency, 30 contenders on one key (and how soon the waiters follow the holder
-//! out), a one-statement SQL task, and takeover after `kill -9`. Writes its figures into
+//! out), a one-statement SQL task, takeover after `kill -9`, and 100 contenders on a server that
+//! allows 40 connections. Writes its figures into
 //! BENCHMARKS.md between its markers. Nothing here is asserted; without PostgreSQL installed it
 //! prints SKIP and exits.
 
@@ -127,6 +128,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rows.push(row(
         "takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs)",
         takeovers,
+    ));
+
+    // 5. A rollout larger than the connection limit: 100 contenders, max_connections=40, the
+    //    holder's command 3 s. Server connections in use are sampled while they wait.
+    let mut pg = pg;
+    pg.restart_with_max_connections(40);
+    let mut peaks = Vec::new();
+    let mut big_walls = Vec::new();
+    let mut failures = 0;
+    for round in 0..2 {
+        let key = format!("bench/big-{round}");
+        let t = Instant::now();
+        let mut children: Vec<_> = (0..100)
+            .map(|_| {
+                initguard(&url, work.path())
+                    .args(["run", "--key", &key, "--wait-timeout", "120s", "--", "sleep", "3"])
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let mut peak = 0u64;
+        while t.elapsed() < Duration::from_millis(2500) {
+            let n: u64 = pg
+                .admin("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            peak = peak.max(n);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for c in &mut children {
+            if !c.wait()?.success() {
+                failures += 1;
+            }
+        }
+        big_walls.push(t.elapsed());
+        peaks.push(peak);
+    }
+    rows.push(row(
+        "100 contenders, max_connections=40, 3 s command, until all exited (2 rounds)",
+        big_walls,
+    ));
+    peaks.sort();
+    rows.push(format!(
+        "| … server connections of the store's role in use while they waited (peak; {failures} exits ≠ 0) | {} | {} | {} |",
+        peaks[0],
+        peaks[peaks.len() / 2],
+        peaks[peaks.len() - 1]
     ));
 
     support::publish(
