@@ -91,7 +91,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mid = per_round.len() / 2;
     rows.push(format!(
         "| API requests per 30-contender round (get+list+create+update) | {} | {} | {} |",
-        per_round[0], per_round[mid], per_round[per_round.len() - 1]
+        per_round[0],
+        per_round[mid],
+        per_round[per_round.len() - 1]
     ));
     // Each process's first read is one GET; the rest, holder's writes included, spread over
     // the 29 waiters: an upper bound on what each waiter costs after its first read.

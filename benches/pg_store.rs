@@ -143,7 +143,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut children: Vec<_> = (0..100)
             .map(|_| {
                 initguard(&url, work.path())
-                    .args(["run", "--key", &key, "--wait-timeout", "120s", "--", "sleep", "3"])
+                    .args([
+                        "run",
+                        "--key",
+                        &key,
+                        "--wait-timeout",
+                        "120s",
+                        "--",
+                        "sleep",
+                        "3",
+                    ])
                     .spawn()
             })
             .collect::<Result<_, _>>()?;

@@ -68,6 +68,37 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The lease `lease` is no longer ours, and why.
+    pub fn lease_lost(lease: &super::Lease, reason: impl Into<String>) -> StoreError {
+        StoreError::LeaseLost {
+            key: lease.id.to_string(),
+            token: lease.token,
+            reason: reason.into(),
+        }
+    }
+
+    /// A stored record that does not parse: newer than us, or corrupt. `key` names the task,
+    /// `location` where the record lives, for the message.
+    pub fn unreadable_record(
+        key: &str,
+        location: impl Into<String>,
+        e: crate::record::RecordError,
+    ) -> StoreError {
+        let location = location.into();
+        match e {
+            crate::record::RecordError::NewerSchema { found } => StoreError::NewerSchema {
+                key: key.to_string(),
+                location,
+                found,
+            },
+            other => StoreError::Corrupt {
+                key: key.to_string(),
+                location,
+                reason: other.to_string(),
+            },
+        }
+    }
+
     pub fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

@@ -1,5 +1,13 @@
-//! Stores: where records and leases live. `Store` offers primitive operations only; the run
-//! protocol is written once, in `guard.rs`, over this trait.
+//! Stores: where records and leases live. `Store` offers primitive operations only (take without
+//! waiting, wait for a change, renew, fenced write, release, look, free a gone holder's lease);
+//! the protocol over them is written once: waiting in `acquire.rs`, the run in `guard.rs`,
+//! liveness for `release` in `release.rs`.
+//!
+//! `Lease::handle` stays a `Box<dyn Any>` that only the store which made the lease downcasts: the
+//! store is picked at run time from a URL, so the guard holds a `dyn Store`, and an associated
+//! lease type would make the trait unusable as an object (every caller generic over the store,
+//! every CLI path monomorphised per backend). A handle from another store is reported as a lost
+//! lease, never a panic.
 
 mod error;
 pub mod file;

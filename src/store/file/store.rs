@@ -6,7 +6,7 @@
 
 use super::safe_fs::{Content, SafeDir};
 use super::{layout, legacy};
-use crate::record::{Record, RecordError};
+use crate::record::Record;
 use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -93,13 +93,8 @@ impl FileStore {
             Content::Unreadable(e) => return Err(corrupt(format!("it cannot be read: {e}"))),
             Content::Bytes(b) => b,
         };
-        Record::from_json(&bytes).map(Some).map_err(|e| match e {
-            RecordError::NewerSchema { found } => StoreError::NewerSchema {
-                key: id.key.to_string(),
-                location: location.display().to_string(),
-                found,
-            },
-            other => corrupt(other.to_string()),
+        Record::from_json(&bytes).map(Some).map_err(|e| {
+            StoreError::unreadable_record(id.key.as_str(), location.display().to_string(), e)
         })
     }
 
@@ -239,11 +234,7 @@ impl FileStore {
     /// lock file or the state directory lets a newcomer lock a fresh file, so any of these
     /// failing means another holder may be running.
     fn check(&self, lease: &Lease) -> Result<(), StoreError> {
-        let lost = |reason: &str| StoreError::LeaseLost {
-            key: lease.id.to_string(),
-            token: lease.token,
-            reason: reason.to_string(),
-        };
+        let lost = |reason: &str| StoreError::lease_lost(lease, reason);
         let held = lease
             .handle
             .downcast_ref::<FileLease>()
@@ -401,15 +392,9 @@ impl Store for FileStore {
 
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         self.check(lease)?;
-        let held =
-            lease
-                .handle
-                .downcast_ref::<FileLease>()
-                .ok_or_else(|| StoreError::LeaseLost {
-                    key: lease.id.to_string(),
-                    token: lease.token,
-                    reason: "lease was not taken by the file store".into(),
-                })?;
+        let held = lease.handle.downcast_ref::<FileLease>().ok_or_else(|| {
+            StoreError::lease_lost(lease, "lease was not taken by the file store")
+        })?;
         held.dir
             .replace(&layout::record_name(&lease.id), &record.to_json())?;
         // Checked again after the rename: if the lock file went away in between, a newcomer may

@@ -8,7 +8,7 @@ use super::client::{self, Connection};
 use super::events::{EventSink, PodRef};
 use super::lease::{self, Observer, Verdict};
 use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED_BY, lease_name};
-use crate::record::{Record, RecordError};
+use crate::record::Record;
 use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, TaskEvent, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -210,29 +210,13 @@ impl KubeStore {
         };
         Record::from_json(json.as_bytes())
             .map(Some)
-            .map_err(|e| match e {
-                RecordError::NewerSchema { found } => StoreError::NewerSchema {
-                    key: id.key.to_string(),
-                    location: self.location(name),
-                    found,
-                },
-                other => StoreError::Corrupt {
-                    key: id.key.to_string(),
-                    location: self.location(name),
-                    reason: other.to_string(),
-                },
-            })
+            .map_err(|e| StoreError::unreadable_record(id.key.as_str(), self.location(name), e))
     }
 
     fn handle<'a>(&self, lease: &'a Lease) -> Result<&'a Held, StoreError> {
-        lease
-            .handle
-            .downcast_ref::<Held>()
-            .ok_or_else(|| StoreError::LeaseLost {
-                key: lease.id.to_string(),
-                token: lease.token,
-                reason: "the lease was not taken by the Kubernetes store".into(),
-            })
+        lease.handle.downcast_ref::<Held>().ok_or_else(|| {
+            StoreError::lease_lost(lease, "the lease was not taken by the Kubernetes store")
+        })
     }
 
     fn took(
@@ -271,11 +255,7 @@ impl KubeStore {
         edit: &(dyn Fn(&mut KubeLease) + Sync),
     ) -> Result<(), StoreError> {
         let held = self.handle(lease)?;
-        let lost = |reason: String| StoreError::LeaseLost {
-            key: lease.id.to_string(),
-            token: lease.token,
-            reason,
-        };
+        let lost = |reason: String| StoreError::lease_lost(lease, reason);
         for _ in 0..MAX_CONFLICTS {
             let (mut next, _) = held.snapshot();
             if !lease::owned_by(&next, &held.identity, lease.token) {
@@ -640,15 +620,14 @@ impl Store for KubeStore {
             match self.update_held(lease, Some(deadline), &lease::renew).await {
                 Err(StoreError::Unreachable { reason, .. }) => {
                     if Instant::now() + POLL / 2 >= deadline {
-                        return Err(StoreError::LeaseLost {
-                            key: lease.id.to_string(),
-                            token: lease.token,
-                            reason: format!(
+                        return Err(StoreError::lease_lost(
+                            lease,
+                            format!(
                                 "could not renew it for {}ms ({reason}); stopping before it can \
                                  lapse",
                                 renewed_at.elapsed().as_millis()
                             ),
-                        });
+                        ));
                     }
                     tokio::time::sleep(jittered(POLL / 2)).await;
                 }

@@ -138,11 +138,7 @@ fn record_value(rec: &Record) -> serde_json::Value {
 }
 
 fn lost(lease: &Lease, reason: &str) -> StoreError {
-    StoreError::LeaseLost {
-        key: lease.id.to_string(),
-        token: lease.token,
-        reason: reason.to_string(),
-    }
+    StoreError::lease_lost(lease, reason)
 }
 
 pub(crate) async fn run(

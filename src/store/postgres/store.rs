@@ -9,7 +9,7 @@
 use super::config::{PgUrl, error_chain};
 use super::connect::{CONNECT_BUDGET, Conn, Connector, classify, is_connection_error, quote_ident};
 use super::schema::{self, SchemaError};
-use crate::record::{Record, RecordError};
+use crate::record::Record;
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
 use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError};
 use crate::task::{Holder, TaskId};
@@ -354,26 +354,11 @@ impl PgStore {
     fn decode(&self, id_name: &str, value: serde_json::Value) -> Result<Record, StoreError> {
         let location = format!("{} (table {}.tasks)", self.connector.label, self.url.schema);
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
-        Record::from_json(&bytes).map_err(|e| match e {
-            RecordError::NewerSchema { found } => StoreError::NewerSchema {
-                key: id_name.to_string(),
-                location,
-                found,
-            },
-            other => StoreError::Corrupt {
-                key: id_name.to_string(),
-                location,
-                reason: other.to_string(),
-            },
-        })
+        Record::from_json(&bytes).map_err(|e| StoreError::unreadable_record(id_name, location, e))
     }
 
     fn lost(lease: &Lease, reason: impl Into<String>) -> StoreError {
-        StoreError::LeaseLost {
-            key: lease.id.to_string(),
-            token: lease.token,
-            reason: reason.into(),
-        }
+        StoreError::lease_lost(lease, reason)
     }
 
     /// A fenced statement matches exactly the one row whose token is ours; none means lost.
