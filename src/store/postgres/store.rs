@@ -11,7 +11,7 @@ use super::connect::{CONNECT_BUDGET, Conn, Connector, classify, is_connection_er
 use super::schema::{self, SchemaError};
 use crate::record::Record;
 use crate::store::sql::{SqlOutcome, SqlTask, SqlTaskError};
-use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError};
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,6 +30,11 @@ pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCK_TIMEOUT_MS: u32 = 5000;
 /// Extra sleep past the holder's expiry, so that the re-check finds it lapsed by the DB clock.
 const EXPIRY_SLACK: Duration = Duration::from_millis(25);
+/// Waiters keep their listening connection while fewer than this share of the server's
+/// connections are in use; past it they give it up and look again every `CROWDED_POLL`.
+const CROWDED_SHARE: f64 = 0.25;
+/// Pause between looks of a waiter without a connection (jittered to 0.5–1.5×).
+const CROWDED_POLL: Duration = Duration::from_secs(1);
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
 type PgFuture<T> = Pin<Box<dyn Future<Output = PgResult<T>> + Send>>;
@@ -182,6 +187,8 @@ pub struct PgStore {
     nonces: Mutex<HashMap<String, String>>,
     /// Whether the tables were made sure of (on the first connection that got through).
     schema_ready: AtomicBool,
+    /// Notifications subscribed to by a look that found the lease busy, for the wait after it.
+    subscriptions: Mutex<HashMap<String, broadcast::Receiver<String>>>,
 }
 
 enum Take {
@@ -222,6 +229,7 @@ impl PgStore {
             conn: tokio::sync::Mutex::new(conn.clone()),
             nonces: Mutex::new(HashMap::new()),
             schema_ready: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashMap::new()),
         };
         if let Some(conn) = conn {
             store.ensure_schema(&conn).await?;
@@ -610,6 +618,31 @@ impl PgStore {
         }
     }
 
+    /// Whether the server's connections are scarce enough that a waiter should not sit on one.
+    async fn crowded(&self, conn: &Arc<Conn>) -> Result<bool, StoreError> {
+        let query = conn.client.query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+                    current_setting('max_connections')::bigint",
+            &[],
+        );
+        match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+            Ok(Ok(row)) => {
+                let used: i64 = row.try_get(0).unwrap_or(0);
+                let max: i64 = row.try_get(1).unwrap_or(i64::MAX);
+                Ok(used as f64 >= max as f64 * CROWDED_SHARE)
+            }
+            // Not knowing is no reason to hold a connection either way; keep the usual wait.
+            Ok(Err(_)) => Ok(false),
+            Err(_) => {
+                self.forget(conn).await;
+                Err(self.unreachable(&format!(
+                    "counting connections: the server did not answer within {:.1}s",
+                    QUERY_TIMEOUT.as_secs_f64()
+                )))
+            }
+        }
+    }
+
     /// How to reach the store database, for the SQL-task connections of `sql_task.rs`.
     pub(crate) fn connector(&self) -> &Connector {
         &self.connector
@@ -657,6 +690,8 @@ impl Store for PgStore {
             .or_insert_with(|| hex::encode(rand::random::<[u8; 16]>()))
             .clone();
         let holder_json = serde_json::to_value(holder).unwrap_or_default();
+        // Listen before looking: a release between this look and the wait must still wake us.
+        let notes = self.conn().await?.notes.subscribe();
         loop {
             let lock_wait = Duration::from_millis(u64::from(LOCK_TIMEOUT_MS));
             match self
@@ -689,7 +724,13 @@ impl Store for PgStore {
                         lapses_in: Some(Duration::from_millis(200)),
                     }));
                 }
-                Take::Busy(seen) => return Ok(Attempt::Busy(seen)),
+                Take::Busy(seen) => {
+                    self.subscriptions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name, notes);
+                    return Ok(Attempt::Busy(seen));
+                }
             }
         }
     }
@@ -700,17 +741,32 @@ impl Store for PgStore {
         seen: &Observation,
         until: Instant,
     ) -> Result<(), StoreError> {
-        // Subscribe first, then check the row is still as seen is not needed: a release notifies
-        // at commit, and a NOTIFY sent before we subscribed is covered by waking at the lapse.
-        let conn = self.conn().await?;
-        let mut notes = conn.notes.subscribe();
         let lapse = seen
             .lapses_in
             .map_or(until, |left| Instant::now() + left + EXPIRY_SLACK);
+        let until = lapse.min(until);
         let name = id.storage_name();
+        // Subscribed before the look that found the lease busy (`try_acquire`), so that a
+        // release committed in between is not missed.
+        let early = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        let conn = self.conn().await?;
+        if self.crowded(&conn).await? {
+            // Waiting must not starve the application of connections: give ours up and look
+            // again in about a second (the next look reconnects).
+            self.forget(&conn).await;
+            drop(conn);
+            let pause = jittered(CROWDED_POLL).min(until.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            return Ok(());
+        }
+        let mut notes = early.unwrap_or_else(|| conn.notes.subscribe());
         tokio::select! {
             _ = Self::notified(&mut notes, &name) => {}
-            _ = tokio::time::sleep_until(lapse.min(until).into()) => {}
+            _ = tokio::time::sleep_until(until.into()) => {}
         }
         Ok(())
     }
