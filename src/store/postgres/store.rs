@@ -31,8 +31,9 @@ const LOCK_TIMEOUT_MS: u32 = 5000;
 /// Extra sleep past the holder's expiry, so that the re-check finds it lapsed by the DB clock.
 const EXPIRY_SLACK: Duration = Duration::from_millis(25);
 /// Waiters keep their listening connection while fewer than this share of the server's
-/// connections are in use; past it they give it up and look again every `CROWDED_POLL`.
-const CROWDED_SHARE: f64 = 0.25;
+/// connections are in use; past it they give it up and look again every `CROWDED_POLL`. A fifth:
+/// a rollout then never holds more than about that share of the application's database.
+const CROWDED_SHARE: f64 = 0.2;
 /// Pause between looks of a waiter without a connection (jittered to 0.5–1.5×).
 const CROWDED_POLL: Duration = Duration::from_secs(1);
 
