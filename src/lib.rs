@@ -17,3 +17,4 @@ pub mod store;
 pub mod supervisor;
 pub mod task;
 pub mod verify;
+pub mod wait;

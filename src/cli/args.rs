@@ -55,6 +55,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run COMMAND once per fingerprint, one holder at a time; others wait, then skip
     Run(Box<RunArgs>),
+    /// Wait until the task KEY has succeeded (with the fingerprint run's options compute, or any
+    /// with --any), without ever running it or writing to the store
+    Wait(Box<WaitArgs>),
     /// Show the recorded state of every task, or of KEY
     Status(StatusArgs),
     /// Show the past runs of KEY
@@ -102,11 +105,10 @@ pub struct TaskArgs {
     pub scope: String,
 }
 
+/// What goes into the fingerprint besides the command: shared by `run` and `wait`, so that the
+/// same options compute the same fingerprint.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub task: TaskArgs,
-
+pub struct FingerprintArgs {
     /// File or directory whose content is part of the fingerprint (repeatable; env: comma-separated)
     #[arg(long = "input", env = "INITGUARD_INPUT", value_delimiter = ',')]
     pub inputs: Vec<PathBuf>,
@@ -118,6 +120,15 @@ pub struct RunArgs {
     /// A version string that is part of the fingerprint
     #[arg(long = "version", env = "INITGUARD_VERSION")]
     pub version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+
+    #[command(flatten)]
+    pub fingerprint: FingerprintArgs,
 
     /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
     #[arg(
@@ -352,5 +363,43 @@ pub struct VerifyArgs {
 
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+
+    #[command(flatten)]
+    pub fingerprint: FingerprintArgs,
+
+    /// The SQL file of an SQL task, for its fingerprint (it is read, never run)
+    #[arg(long, env = "INITGUARD_SQL", conflicts_with = "sql_inline")]
+    pub sql: Option<PathBuf>,
+
+    /// The SQL text of an SQL task, for its fingerprint (never run)
+    #[arg(long, env = "INITGUARD_SQL_INLINE")]
+    pub sql_inline: Option<String>,
+
+    /// The SQL task's --sql-target, for its fingerprint (never connected to)
+    #[arg(long, env = "INITGUARD_SQL_TARGET")]
+    pub sql_target: Option<String>,
+
+    /// Any success will do, whatever its fingerprint
+    #[arg(long, conflicts_with_all = ["sql", "sql_inline"])]
+    pub any: bool,
+
+    /// How long to wait for the task's success (`forever`: no limit; 0: look once)
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1h",
+        allow_hyphen_values = true
+    )]
+    pub wait_timeout: String,
+
+    /// The task's command, after `--`, exactly as `run` is given it (for its fingerprint)
+    #[arg(last = true, num_args = 1..)]
     pub command: Vec<String>,
 }

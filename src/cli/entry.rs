@@ -1,7 +1,7 @@
 //! `initguard::cli::main`: the runtime, logging, and one function per subcommand.
 
 use super::args::{
-    Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs,
+    Cli, Command, HistoryArgs, LogFormat, ReleaseArgs, ResetArgs, RunArgs, StatusArgs, WaitArgs,
 };
 use super::failure::{Failure, exit_code};
 use super::{report, settings, usage};
@@ -138,6 +138,7 @@ async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
     };
     match cli.command {
         Command::Run(args) => run(url, *args, signals).await,
+        Command::Wait(args) => interruptible(signals, "waiting", wait(url, *args)).await,
         Command::Status(args) => {
             interruptible(signals, "reading the store", status(url, args)).await
         }
@@ -202,6 +203,15 @@ async fn run(
         .run(signals)
         .await?;
     Ok(outcome.exit_code())
+}
+
+/// `initguard wait`: exit 0 once the task has succeeded; never writes to the store.
+async fn wait(url: &settings::StoreChoice<'_>, args: WaitArgs) -> Result<u8, Failure> {
+    let plan = settings::wait_plan(&args)?;
+    let store = open(url).await?;
+    let rec = crate::wait::wait(store.as_ref(), &plan).await?;
+    info!(key = %plan.id, "{} has succeeded{}: done waiting", plan.id, rec.holder.as_ref().map(|h| format!(" (by {h})")).unwrap_or_default());
+    Ok(crate::exit::OK)
 }
 
 async fn status(url: &settings::StoreChoice<'_>, args: StatusArgs) -> Result<u8, Failure> {

@@ -17,6 +17,8 @@ pub enum Failure {
     Store(#[from] StoreError),
     #[error(transparent)]
     Reset(#[from] ResetError),
+    #[error(transparent)]
+    Wait(#[from] crate::wait::WaitError),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
     /// One of the signals initguard honours arrived outside the command's run.
@@ -39,7 +41,11 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::Settings(_) => exit::USAGE,
         Failure::Guard(GuardError::Store(e))
         | Failure::Store(e)
-        | Failure::Reset(ResetError::Store(e)) => store_code(e),
+        | Failure::Reset(ResetError::Store(e))
+        | Failure::Wait(crate::wait::WaitError::Store(e)) => store_code(e),
+        Failure::Wait(
+            crate::wait::WaitError::GaveUp { .. } | crate::wait::WaitError::Timeout { .. },
+        ) => exit::TEMP_FAIL,
         Failure::Reset(ResetError::NeedsSqlTarget { .. } | ResetError::SqlTargetUnsupported) => {
             exit::USAGE
         }

@@ -167,11 +167,66 @@ pub fn fingerprint(args: &RunArgs, sql: Option<&SqlTask>) -> Result<Fingerprint,
     }
     Ok(fingerprint::compute(&Sources {
         argv: args.command.clone(),
-        inputs: args.inputs.clone(),
-        input_env: args.input_env.clone(),
-        version: args.version.clone(),
+        inputs: args.fingerprint.inputs.clone(),
+        input_env: args.fingerprint.input_env.clone(),
+        version: args.fingerprint.version.clone(),
         extra,
     })?)
+}
+
+/// What `initguard wait` waits for: the task, and the fingerprint its success must carry
+/// (`None`: any, with `--any`). Computed exactly as `run` computes it from the same options.
+pub fn wait_plan(args: &super::args::WaitArgs) -> Result<crate::wait::WaitPlan, SettingsError> {
+    let id = task_id(&args.task)?;
+    let timeout = wait_timeout(&args.wait_timeout)?;
+    let fingerprint = if args.any {
+        None
+    } else {
+        if args.command.is_empty() && args.sql.is_none() && args.sql_inline.is_none() {
+            return Err(SettingsError::Usage {
+                flag: "wait",
+                why:
+                    "needs the task's command after `--` (as given to `run`), --sql/--sql-inline, \
+                      or --any"
+                        .into(),
+            });
+        }
+        let mut extra = Vec::new();
+        let sql = match (&args.sql, &args.sql_inline) {
+            (Some(path), _) => Some((
+                format!("--sql {}", path.display()),
+                std::fs::read(path).map_err(|e| SettingsError::Usage {
+                    flag: "--sql",
+                    why: format!("cannot read {}: {e}", path.display()),
+                })?,
+            )),
+            (None, Some(text)) => Some(("--sql-inline".to_string(), text.clone().into_bytes())),
+            (None, None) => None,
+        };
+        let has_sql = sql.is_some();
+        extra.extend(sql);
+        if has_sql && let Some(target) = &args.sql_target {
+            extra.push((
+                "--sql-target".to_string(),
+                target_label(target).into_bytes(),
+            ));
+        }
+        Some(
+            fingerprint::compute(&Sources {
+                argv: args.command.clone(),
+                inputs: args.fingerprint.inputs.clone(),
+                input_env: args.fingerprint.input_env.clone(),
+                version: args.fingerprint.version.clone(),
+                extra,
+            })?
+            .value,
+        )
+    };
+    Ok(crate::wait::WaitPlan {
+        id,
+        fingerprint,
+        timeout,
+    })
 }
 
 /// The SQL task `--sql`/`--sql-inline`/`--sql-target` describe, if any.

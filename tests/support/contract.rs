@@ -100,6 +100,14 @@ macro_rules! contract_tests {
             support::supervision::hangup_and_quit_end_a_run_as_interrupted(&$fx);
         }
         #[test]
+        fn contract_wait_returns_once_the_task_succeeded() {
+            support::wait_scenarios::wait_returns_once_the_task_succeeded(&$fx);
+        }
+        #[test]
+        fn contract_wait_on_a_task_that_gave_up_exits_75() {
+            support::wait_scenarios::wait_on_a_task_that_gave_up_exits_75(&$fx);
+        }
+        #[test]
         fn contract_every_waiter_wakes_promptly() {
             support::supervision::every_waiter_wakes_promptly(&$fx);
         }

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod pg;
 pub mod proxy;
 pub mod supervision;
+pub mod wait_scenarios;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

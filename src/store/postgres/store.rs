@@ -773,10 +773,17 @@ impl Store for PgStore {
     }
 
     async fn observe(&self, id: &TaskId) -> Result<Option<Observation>, StoreError> {
-        Ok(self
-            .lease_row(&id.storage_name())
-            .await?
-            .map(|row| row.observation()))
+        let name = id.storage_name();
+        // Listen before looking, as `try_acquire` does, for a `wait_change` after this look.
+        let notes = self.conn().await?.notes.subscribe();
+        let row = self.lease_row(&name).await?;
+        if row.is_some() {
+            self.subscriptions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, notes);
+        }
+        Ok(row.map(|row| row.observation()))
     }
 
     async fn free_if_unchanged(&self, id: &TaskId, seen: &Observation) -> Result<bool, StoreError> {
