@@ -86,6 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fps,
     ));
 
+    rows.push(row(
+        "wait: from the task's exit to the waiter's (10 keys)",
+        support::wait_lags(&|| initguard(&store), "bench/wait", 10)?,
+    ));
+
     support::publish(
         "file-store",
         "File store (`cargo bench --bench file_store`)",

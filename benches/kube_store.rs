@@ -137,6 +137,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         takeovers,
     ));
 
+    rows.push(row(
+        "wait: from the task's exit to the waiter's (10 keys)",
+        support::wait_lags(&|| initguard(&kubeconfig), "bench/wait", 10)?,
+    ));
+
     support::publish(
         "kube-store",
         "Kubernetes store (`cargo bench --bench kube_store`)",

@@ -190,6 +190,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         peaks[peaks.len() - 1]
     ));
 
+    rows.push(row(
+        "wait: from the task's exit to the waiter's (10 keys)",
+        support::wait_lags(&|| initguard(&url, work.path()), "bench/wait", 10)?,
+    ));
+
     support::publish(
         "pg-store",
         "PostgreSQL store (`cargo bench --bench pg_store`)",

@@ -47,3 +47,31 @@ pub fn publish(name: &str, title: &str, how: &str, rows: &[String]) -> std::io::
     };
     std::fs::write(&path, new)
 }
+
+/// `initguard wait` started before a 300 ms task: from the task's exit to the waiter's, over
+/// `rounds` keys. `base` makes an `initguard` command for the store under test.
+#[allow(dead_code)] // the store benches use it; the fingerprint bench has no store
+pub fn wait_lags(
+    base: &dyn Fn() -> std::process::Command,
+    prefix: &str,
+    rounds: usize,
+) -> std::io::Result<Vec<Duration>> {
+    let mut lags = Vec::new();
+    for round in 0..rounds {
+        let key = format!("{prefix}-{round}");
+        let task = ["--", "sleep", "0.3"];
+        let mut waiter = base();
+        waiter
+            .args(["wait", "--key", &key, "--wait-timeout", "60s"])
+            .args(task);
+        let mut waiter = waiter.spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let mut runner = base();
+        runner.args(["run", "--key", &key]).args(task);
+        runner.status()?;
+        let done = std::time::Instant::now();
+        waiter.wait()?;
+        lags.push(done.elapsed());
+    }
+    Ok(lags)
+}
