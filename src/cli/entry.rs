@@ -94,6 +94,11 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release(args) => release(url, args).await,
         #[cfg(feature = "kubernetes")]
         Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
+        Command::Install(args) => super::k8s_tooling::install(&args),
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Inject(args)) => super::k8s_tooling::inject(&args),
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Lint(args)) => super::k8s_tooling::lint(&args),
     }
 }
 
