@@ -127,7 +127,7 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<Injected, InjectError
         if value == original {
             out.push_str(doc.text);
         } else {
-            out.push_str(&doc.render(&value)?);
+            out.push_str(&doc.render(&value));
         }
     }
     if opts.rbac {

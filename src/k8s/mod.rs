@@ -13,3 +13,5 @@ pub mod rbac;
 pub mod workload;
 #[cfg(feature = "kubernetes")]
 pub mod yaml_docs;
+#[cfg(feature = "kubernetes")]
+mod yaml_emit;

@@ -81,17 +81,14 @@ impl Document<'_> {
             line: self.line,
             message: e.to_string(),
         })?;
+        octal_modes(&mut value);
         Ok(value)
     }
 
     /// `value` as this document's replacement text: its `---` line and the comments that open
     /// it (Helm's `# Source: chart/templates/x.yaml`) are kept, the body is re-serialised.
-    pub fn render(&self, value: &Value) -> Result<String, YamlError> {
-        let body = serde_norway::to_string(value).map_err(|e| YamlError {
-            document: self.index,
-            line: self.line,
-            message: e.to_string(),
-        })?;
+    pub fn render(&self, value: &Value) -> String {
+        let body = super::yaml_emit::to_string(value);
         let mut out = String::new();
         let mut lines = self.text.split_inclusive('\n').peekable();
         if let Some(first) = lines.peek()
@@ -112,7 +109,34 @@ impl Document<'_> {
             }
         }
         out.push_str(&body);
-        Ok(out)
+        out
+    }
+}
+
+/// File modes as Kubernetes reads them. kubectl parses YAML 1.1, where a plain `0644` is octal
+/// 420; the YAML 1.2 parser here reads it as the string "0644", which would come out quoted and
+/// be refused. `defaultMode` and `mode` (ConfigMap, Secret and projected volumes) are the
+/// integer fields that are written in octal; nothing else is reinterpreted.
+fn octal_modes(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                if matches!(k.as_str(), Some("defaultMode" | "mode"))
+                    && let Value::String(s) = v
+                    && s.len() > 1
+                    && s.starts_with('0')
+                    && s.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                    && let Ok(n) = i64::from_str_radix(s, 8)
+                {
+                    *v = Value::from(n);
+                } else {
+                    octal_modes(v);
+                }
+            }
+        }
+        Value::Sequence(s) => s.iter_mut().for_each(octal_modes),
+        Value::Tagged(t) => octal_modes(&mut t.value),
+        _ => {}
     }
 }
 
@@ -156,9 +180,19 @@ mod tests {
         let mut v = d.parse().unwrap();
         v["c"] = Value::from(3);
         assert_eq!(
-            d.render(&v).unwrap(),
+            d.render(&v),
             "---\n# Source: c/t.yaml\n# more\nb: 2\na: 1\nc: 3\n"
         );
+    }
+
+    #[test]
+    fn octal_file_modes_read_as_kubectl_reads_them() {
+        let v = split("volumes:\n- configMap: {defaultMode: 0644, items: [{mode: 0400}]}\n  env: '0644'\n")[0]
+            .parse()
+            .unwrap();
+        assert_eq!(v["volumes"][0]["configMap"]["defaultMode"], Value::from(420));
+        assert_eq!(v["volumes"][0]["configMap"]["items"][0]["mode"], Value::from(256));
+        assert_eq!(v["volumes"][0]["env"], Value::from("0644"));
     }
 
     #[test]
