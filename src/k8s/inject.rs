@@ -56,17 +56,18 @@ pub struct InjectOptions {
 pub struct Notice {
     pub document: usize,
     pub object: String,
+    /// Empty when the notice is about the whole object.
     pub container: String,
     pub message: String,
 }
 
 impl std::fmt::Display for Notice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "document {} ({}), init container {}: {}",
-            self.document, self.object, self.container, self.message
-        )
+        write!(f, "document {} ({})", self.document, self.object)?;
+        if !self.container.is_empty() {
+            write!(f, ", init container {}", self.container)?;
+        }
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -279,11 +280,7 @@ impl Ctx<'_> {
         for (name, message) in pending {
             self.notice(&id, &name, message);
         }
-        let namespace = id
-            .namespace
-            .clone()
-            .or_else(|| self.opts.namespace.clone())
-            .unwrap_or_else(|| "default".into());
+        let namespace = id.namespace.clone().or_else(|| self.opts.namespace.clone());
         let account = workload::service_account(spec)
             .unwrap_or("default")
             .to_string();
@@ -296,7 +293,24 @@ impl Ctx<'_> {
             self.wrapped += plans.len();
             runs_initguard = true;
         }
-        Ok(runs_initguard.then_some((namespace, account)))
+        if !runs_initguard || !self.opts.rbac {
+            return Ok(None);
+        }
+        match namespace {
+            Some(ns) => Ok(Some((ns, account))),
+            None => {
+                // A RoleBinding names its subject's namespace; guessing one would grant the
+                // wrong account.
+                self.notices.push(Notice {
+                    document: self.document,
+                    object: id.to_string(),
+                    container: String::new(),
+                    message: "no RBAC appended: the object names no namespace; give --namespace"
+                        .into(),
+                });
+                Ok(None)
+            }
+        }
     }
 
     /// `--input` paths: where the container mounts ConfigMaps (and Secrets, if allowed).

@@ -27,7 +27,7 @@ pub struct Document<'a> {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("document {document} (line {line}) is not valid YAML: {message}")]
+#[error("document {document} is not valid YAML at line {line}: {message}")]
 pub struct YamlError {
     pub document: usize,
     pub line: usize,
@@ -71,10 +71,15 @@ impl Document<'_> {
     /// The document's value; `Null` for a document of only comments or white space. Aliases are
     /// expanded and `<<` merge keys applied, so the caller sees what Kubernetes sees.
     pub fn parse(&self) -> Result<Value, YamlError> {
-        let mut value: Value = serde_norway::from_str(self.text).map_err(|e| YamlError {
-            document: self.index,
-            line: self.line + e.location().map_or(0, |l| l.line().saturating_sub(1)),
-            message: e.to_string(),
+        let mut value: Value = serde_norway::from_str(self.text).map_err(|e| {
+            // The parser counts lines from the document's start; users count from the file's.
+            let mut message = e.to_string();
+            let mut line = self.line;
+            if let Some(l) = e.location() {
+                message = message.replace(&format!(" at line {} column {}", l.line(), l.column()), "");
+                line += l.line().saturating_sub(1);
+            }
+            YamlError { document: self.index, line, message }
         })?;
         value.apply_merge().map_err(|e| YamlError {
             document: self.index,
