@@ -101,8 +101,12 @@ fn injecting_an_injected_manifest_changes_nothing() {
 fn untouched_documents_are_copied_byte_for_byte() {
     let input = std::fs::read_to_string(fixture("inject/helm.yaml")).unwrap();
     let out = golden("helm", GOLDEN[0].1);
-    let (service, rest) = input.split_at(input.find("---\n# Source: shop/templates/deploy").unwrap());
-    assert!(out.starts_with(service), "Service and ConfigMap documents kept");
+    let (service, rest) =
+        input.split_at(input.find("---\n# Source: shop/templates/deploy").unwrap());
+    assert!(
+        out.starts_with(service),
+        "Service and ConfigMap documents kept"
+    );
     assert!(rest.contains("kind: Deployment"));
     assert!(out.contains("# Source: shop/templates/deployment.yaml\napiVersion: apps/v1\n"));
     // A Job whose init container is wrapped keeps its comment line; the Pod without initguard's
@@ -140,10 +144,7 @@ fn injected_output_parses_into_k8s_openapi_types() {
                     "Deployment" => typed::<Deployment>(&obj).spec.template.spec,
                     "StatefulSet" => typed::<StatefulSet>(&obj).spec.template.spec,
                     "DaemonSet" => typed::<DaemonSet>(&obj).spec.template.spec,
-                    "ReplicaSet" => typed::<ReplicaSet>(&obj)
-                        .spec
-                        .template
-                        .and_then(|t| t.spec),
+                    "ReplicaSet" => typed::<ReplicaSet>(&obj).spec.template.and_then(|t| t.spec),
                     "Job" => typed::<Job>(&obj).spec.and_then(|s| s.template.spec),
                     "CronJob" => typed::<CronJob>(&obj)
                         .spec
@@ -167,41 +168,82 @@ fn injected_output_parses_into_k8s_openapi_types() {
             .clone()
     };
     let args = |c: &Container| c.args.clone().unwrap_or_default().join(" ");
-    let env = |c: &Container| -> Vec<String> {
-        c.env.iter().flatten().map(|e| e.name.clone()).collect()
-    };
+    let env =
+        |c: &Container| -> Vec<String> { c.env.iter().flatten().map(|e| e.name.clone()).collect() };
 
     let migrate = init("Deployment/shop-web", "migrate");
-    assert_eq!(migrate.command, Some(vec!["/initguard/initguard".to_string()]));
+    assert_eq!(
+        migrate.command,
+        Some(vec!["/initguard/initguard".to_string()])
+    );
     assert!(
-        args(&migrate).starts_with("run --key shop/shop-web/migrate --input /migrations -- /bin/sh -c set -e"),
+        args(&migrate).starts_with(
+            "run --key shop/shop-web/migrate --input /migrations -- /bin/sh -c set -e"
+        ),
         "{}",
         args(&migrate)
     );
-    for var in ["POD_NAME", "POD_NAMESPACE", "POD_UID", "NODE_NAME", "FLYWAY_URL"] {
+    for var in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_UID",
+        "NODE_NAME",
+        "FLYWAY_URL",
+    ] {
         assert!(env(&migrate).contains(&var.to_string()), "{var}");
     }
-    let deploy = &specs.iter().find(|(n, _)| n == "Deployment/shop-web").unwrap().1;
+    let deploy = &specs
+        .iter()
+        .find(|(n, _)| n == "Deployment/shop-web")
+        .unwrap()
+        .1;
     let first = &deploy.init_containers.as_ref().unwrap()[0];
     assert_eq!(first.name, "initguard-install");
-    assert_eq!(first.image.as_deref(), Some("ghcr.io/initguard/initguard:0.1.0"));
-    let vol = deploy.volumes.iter().flatten().find(|v| v.name == "initguard-bin").unwrap();
+    assert_eq!(
+        first.image.as_deref(),
+        Some("ghcr.io/initguard/initguard:0.1.0")
+    );
+    let vol = deploy
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "initguard-bin")
+        .unwrap();
     assert!(vol.empty_dir.is_some());
-    let mode = deploy.volumes.iter().flatten().find(|v| v.name == "migrations").unwrap();
+    let mode = deploy
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "migrations")
+        .unwrap();
     assert_eq!(mode.config_map.as_ref().unwrap().default_mode, Some(0o644));
     // Secrets are fingerprinted only with --input-secrets (not given for helm.yaml).
     assert!(!args(&migrate).contains("/secrets/db"));
 
     // The Job without a namespace takes the Pod's at run time; the entrypoint-only init
     // container is left alone; the DaemonSet runs once per node.
-    assert!(args(&init("Job/shop-seed", "seed")).starts_with("run --key $(POD_NAMESPACE)/shop-seed/seed -- python"));
+    assert!(
+        args(&init("Job/shop-seed", "seed"))
+            .starts_with("run --key $(POD_NAMESPACE)/shop-seed/seed -- python")
+    );
     assert_eq!(init("Pod/debug", "from-entrypoint").command, None);
-    assert!(args(&init("Pod/debug", "setup")).starts_with("run --key fallback/debug/setup -- sh -c"));
-    assert!(args(&init("DaemonSet/node-prep", "sysctl")).starts_with("run --key kube-system/node-prep/sysctl --scope node --"));
+    assert!(
+        args(&init("Pod/debug", "setup")).starts_with("run --key fallback/debug/setup -- sh -c")
+    );
+    assert!(
+        args(&init("DaemonSet/node-prep", "sysctl"))
+            .starts_with("run --key kube-system/node-prep/sysctl --scope node --")
+    );
     // The annotation picks the container; the key annotation names the task.
     assert!(init("ReplicaSet/legacy", "warm").command.unwrap()[0].ends_with("initguard"));
-    assert_eq!(init("ReplicaSet/legacy", "other").command, Some(vec!["./other".into()]));
-    assert!(args(&init("StatefulSet/db-tools", "bootstrap")).starts_with("run --key prod/db-tools/bootstrap --"));
+    assert_eq!(
+        init("ReplicaSet/legacy", "other").command,
+        Some(vec!["./other".into()])
+    );
+    assert!(
+        args(&init("StatefulSet/db-tools", "bootstrap"))
+            .starts_with("run --key prod/db-tools/bootstrap --")
+    );
     // A projected ConfigMap is an input; a projected token is not.
     assert_eq!(
         args(&init("Job/reindex", "schema")),
@@ -211,7 +253,10 @@ fn injected_output_parses_into_k8s_openapi_types() {
     let fetch = init("CronJob/nightly", "fetch");
     assert_eq!(env(&fetch).iter().filter(|n| *n == "POD_NAME").count(), 1);
     assert!(specs.iter().any(|(n, _)| n == "Deployment/opted-out"));
-    assert_eq!(init("Deployment/opted-out", "x").command, Some(vec!["x".into()]));
+    assert_eq!(
+        init("Deployment/opted-out", "x").command,
+        Some(vec!["x".into()])
+    );
 }
 
 #[test]
@@ -229,7 +274,11 @@ fn entrypoint_containers_are_reported_and_wrapped_only_with_command() {
     );
     let out = inject(&input, &["--command", "from-entrypoint=flyway -X"]);
     assert!(!stderr(&out).contains("left alone"), "{}", stderr(&out));
-    assert!(stdout(&out).contains("- --\n    - flyway\n    - -X\n    - migrate\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("- --\n    - flyway\n    - -X\n    - migrate\n"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -238,14 +287,22 @@ fn inject_selects_containers_and_annotated_workloads() {
     let out = stdout(&inject(&input, &["--container", "sysctl"]));
     assert_eq!(out.matches("- run\n").count(), 1, "{out}");
     let out = stdout(&inject(&input, &["--only-annotated"]));
-    assert_eq!(out.matches("- run\n").count(), 1, "only ReplicaSet legacy/warm: {out}");
+    assert_eq!(
+        out.matches("- run\n").count(),
+        1,
+        "only ReplicaSet legacy/warm: {out}"
+    );
 }
 
 #[test]
 fn inject_refuses_bad_input_with_a_clear_message() {
     let out = inject("a: 1\n---\nkind: [\n", &[]);
     assert_eq!(code(&out), 65);
-    assert!(stderr(&out).starts_with("initguard: document 2 is not valid YAML at line 4: "), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("initguard: document 2 is not valid YAML at line 4: "),
+        "{}",
+        stderr(&out)
+    );
     let out = inject("", &["--scope", "cluster"]);
     assert_eq!(code(&out), 2);
     let out = initguard(&["k8s", "inject", "-f", "/nonexistent/x.yaml"], b"");
@@ -257,7 +314,11 @@ fn inject_refuses_bad_input_with_a_clear_message() {
     );
     let out = inject(&manifest, &[]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("set annotation initguard.io/key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("set annotation initguard.io/key"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Garbage in never panics: every outcome is 0, 65 (bad YAML) or 2 (a bad key), with a message.
@@ -291,7 +352,10 @@ fn hostile_yaml_never_panics() {
         }
     }
     for input in inputs {
-        for args in [vec!["k8s", "inject", "--install", "img", "--rbac"], vec!["k8s", "lint"]] {
+        for args in [
+            vec!["k8s", "inject", "--install", "img", "--rbac"],
+            vec!["k8s", "lint"],
+        ] {
             let out = initguard(&args, input.as_bytes());
             assert!(
                 [0, 1, 2, 65].contains(&code(&out)),
@@ -299,7 +363,11 @@ fn hostile_yaml_never_panics() {
                 code(&out),
                 stderr(&out)
             );
-            assert!(!stderr(&out).contains("panicked"), "{input:?}: {}", stderr(&out));
+            assert!(
+                !stderr(&out).contains("panicked"),
+                "{input:?}: {}",
+                stderr(&out)
+            );
         }
     }
 }
@@ -355,9 +423,18 @@ fn injected_deployment_runs_its_init_container_once_across_three_replicas() {
     let dep: Deployment = typed(doc);
     let pod = dep.spec.template.spec.unwrap();
     let c = &pod.init_containers.unwrap()[0];
-    let argv: Vec<String> = c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect();
+    let argv: Vec<String> = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect();
     assert_eq!(argv[0], "initguard");
-    assert!(argv.join(" ").contains(&format!("--input {}", conf.display())));
+    assert!(
+        argv.join(" ")
+            .contains(&format!("--input {}", conf.display()))
+    );
 
     let api = kube_api::KubeApi::start();
     let kubeconfig = api.kubeconfig(dir.path(), "shop");
@@ -408,7 +485,11 @@ fn injected_deployment_runs_its_init_container_once_across_three_replicas() {
     let ran = support::lines(&count);
     assert_eq!(ran.len(), 1, "exactly one replica ran it: {ran:?}");
     assert!(ran[0].starts_with("web-5d8f7-"));
-    assert_eq!(api.leases("shop").len(), 1, "one Lease, for shop/web/migrate");
+    assert_eq!(
+        api.leases("shop").len(),
+        1,
+        "one Lease, for shop/web/migrate"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +509,14 @@ const RULE_FILES: &[(&str, &str)] = &[
 
 fn lint(file: &Path, format: &str) -> Output {
     initguard(
-        &["k8s", "lint", "-f", file.to_str().unwrap(), "--format", format],
+        &[
+            "k8s",
+            "lint",
+            "-f",
+            file.to_str().unwrap(),
+            "--format",
+            format,
+        ],
         b"",
     )
 }
@@ -451,12 +539,26 @@ fn rules_found(v: &serde_json::Value) -> Vec<String> {
 fn every_rule_fires_on_its_bad_fixture_and_not_on_its_good_one() {
     for (name, id) in RULE_FILES {
         let (bad_code, bad) = lint_json(&fixture(&format!("lint/{name}.bad.yaml")));
-        assert!(rules_found(&bad).contains(&id.to_string()), "{name}.bad: {bad:#}");
+        assert!(
+            rules_found(&bad).contains(&id.to_string()),
+            "{name}.bad: {bad:#}"
+        );
         let (good_code, good) = lint_json(&fixture(&format!("lint/{name}.good.yaml")));
-        assert!(!rules_found(&good).contains(&id.to_string()), "{name}.good: {good:#}");
+        assert!(
+            !rules_found(&good).contains(&id.to_string()),
+            "{name}.good: {good:#}"
+        );
         let errors = |v: &serde_json::Value| v["errors"].as_u64().unwrap();
-        assert_eq!(bad_code, if errors(&bad) > 0 { 1 } else { 0 }, "{name}.bad exit code");
-        assert_eq!(good_code, if errors(&good) > 0 { 1 } else { 0 }, "{name}.good exit code");
+        assert_eq!(
+            bad_code,
+            if errors(&bad) > 0 { 1 } else { 0 },
+            "{name}.bad exit code"
+        );
+        assert_eq!(
+            good_code,
+            if errors(&good) > 0 { 1 } else { 0 },
+            "{name}.good exit code"
+        );
     }
 }
 
@@ -539,13 +641,18 @@ fn sarif_output_validates_against_the_2_1_0_schema() {
             let results = log["runs"][0]["results"].as_array().unwrap();
             for r in results {
                 let idx = r["ruleIndex"].as_u64().unwrap() as usize;
-                assert_eq!(log["runs"][0]["tool"]["driver"]["rules"][idx]["id"], r["ruleId"]);
+                assert_eq!(
+                    log["runs"][0]["tool"]["driver"]["rules"][idx]["id"],
+                    r["ruleId"]
+                );
             }
             assert_eq!(which == "bad", !results.is_empty(), "{name}.{which}");
         }
     }
     // An invalid log is caught, so the check above is not vacuous.
-    assert!(!validator.is_valid(&serde_json::json!({"version": "2.1.0", "runs": [{"results": []}]})));
+    assert!(
+        !validator.is_valid(&serde_json::json!({"version": "2.1.0", "runs": [{"results": []}]}))
+    );
 }
 
 #[test]
@@ -554,10 +661,17 @@ fn install_copies_the_running_binary() {
     let out = initguard(&["install", dir.path().to_str().unwrap()], b"");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let installed = dir.path().join("initguard");
-    assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(bin()).unwrap());
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(bin()).unwrap()
+    );
     let v = Command::new(&installed).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).starts_with("initguard "));
     let out = initguard(&["install", "/nonexistent/dir"], b"");
     assert_eq!(code(&out), 74);
-    assert!(stderr(&out).starts_with("initguard: cannot create /nonexistent/dir/"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("initguard: cannot create /nonexistent/dir/"),
+        "{}",
+        stderr(&out)
+    );
 }

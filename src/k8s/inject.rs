@@ -284,7 +284,10 @@ impl Ctx<'_> {
         let account = workload::service_account(spec)
             .unwrap_or("default")
             .to_string();
-        let scope = self.opts.scope.or((id.kind == Kind::DaemonSet).then_some(Scope::Node));
+        let scope = self
+            .opts
+            .scope
+            .or((id.kind == Kind::DaemonSet).then_some(Scope::Node));
         if !plans.is_empty() {
             let Some(spec) = workload::pod_spec_mut(obj, id.kind) else {
                 return Ok(None);
@@ -413,9 +416,9 @@ impl Ctx<'_> {
                 }
             }
             if let Some(image) = install
-                && !inits.iter().any(|c| {
-                    c.get("name").and_then(Value::as_str) == Some(INSTALL_CONTAINER)
-                })
+                && !inits
+                    .iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(INSTALL_CONTAINER))
             {
                 inits.insert(0, install_container(image));
             }
@@ -485,7 +488,11 @@ fn install_container(image: &str) -> Value {
     c.insert("image".into(), image.into());
     c.insert(
         "command".into(),
-        strings([IMAGE_BINARY.to_string(), "install".into(), INSTALL_DIR.into()]),
+        strings([
+            IMAGE_BINARY.to_string(),
+            "install".into(),
+            INSTALL_DIR.into(),
+        ]),
     );
     c.insert(
         "volumeMounts".into(),

@@ -191,10 +191,12 @@ fn words(container: &Value) -> Vec<String> {
     }
     text.push(' ');
     text.push_str(&args.join(" "));
-    text.split(|c: char| c.is_whitespace() || matches!(c, ';' | '|' | '&' | '"' | '\'' | '(' | ')' | '=' | '`'))
-        .filter(|w| !w.is_empty())
-        .map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase())
-        .collect()
+    text.split(|c: char| {
+        c.is_whitespace() || matches!(c, ';' | '|' | '&' | '"' | '\'' | '(' | ')' | '=' | '`')
+    })
+    .filter(|w| !w.is_empty())
+    .map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase())
+    .collect()
 }
 
 /// The tool and verb an init container runs, e.g. `flyway migrate`.
@@ -224,12 +226,13 @@ fn polls_api(container: &Value) -> Option<&'static str> {
     if seq("kubectl", "rollout") {
         return Some("kubectl rollout status");
     }
-    if words.iter().any(|w| w == "kubectl")
-        && words.iter().any(|w| w == "until" || w == "while")
-    {
+    if words.iter().any(|w| w == "kubectl") && words.iter().any(|w| w == "until" || w == "while") {
         return Some("a kubectl loop");
     }
-    if words.iter().any(|w| w == "wait_for.sh" || w == "k8s-wait-for") {
+    if words
+        .iter()
+        .any(|w| w == "wait_for.sh" || w == "k8s-wait-for")
+    {
         return Some("k8s-wait-for");
     }
     None
@@ -356,7 +359,10 @@ fn check_object(at: &mut At<'_>, obj: &Value, bindings: &Bindings) {
             at.push(
                 &UNGUARDED_MIGRATION,
                 Some(name),
-                format!("runs `{tool}` unguarded, and {} can run several Pods at once ({why})", kind.as_str()),
+                format!(
+                    "runs `{tool}` unguarded, and {} can run several Pods at once ({why})",
+                    kind.as_str()
+                ),
             );
         }
         if subcommand.is_none()
@@ -436,7 +442,9 @@ fn check_initguard(at: &mut At<'_>, spec: &Value, name: &str, c: &Value, binding
         at.push(
             &MISSING_DOWNWARD_ENV,
             Some(name),
-            format!("--scope {scope} needs {var}, which the container does not set; initguard exits 78"),
+            format!(
+                "--scope {scope} needs {var}, which the container does not set; initguard exits 78"
+            ),
         );
     }
     let missing: Vec<&str> = ["POD_NAME", "POD_NAMESPACE"]
@@ -455,7 +463,11 @@ fn check_initguard(at: &mut At<'_>, spec: &Value, name: &str, c: &Value, binding
         .or_else(|| workload::env_value(c, "INITGUARD_STORE").map(str::to_string));
     // No store given: in a Pod with a service-account token the default is kubernetes:.
     let on_kube = match &store {
-        None => spec.get("automountServiceAccountToken").and_then(Value::as_bool) != Some(false),
+        None => {
+            spec.get("automountServiceAccountToken")
+                .and_then(Value::as_bool)
+                != Some(false)
+        }
         Some(s) => s.starts_with("kubernetes:"),
     };
     if !on_kube {

@@ -85,7 +85,12 @@ pub fn objects(doc: &Value) -> Vec<&Value> {
 
 fn collect<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     if is_list(v) {
-        for item in v.get("items").and_then(Value::as_sequence).into_iter().flatten() {
+        for item in v
+            .get("items")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             collect(item, out);
         }
     } else {
@@ -296,11 +301,7 @@ pub fn env_names(container: &Value) -> Vec<&str> {
     container
         .get("env")
         .and_then(Value::as_sequence)
-        .map(|s| {
-            s.iter()
-                .filter_map(|e| e.get("name")?.as_str())
-                .collect()
-        })
+        .map(|s| s.iter().filter_map(|e| e.get("name")?.as_str()).collect())
         .unwrap_or_default()
 }
 
@@ -331,9 +332,24 @@ mod tests {
 
     #[test]
     fn kinds_need_their_api_group() {
-        assert!(identity(&yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}")).is_some());
-        assert!(identity(&yaml("apiVersion: v1\nkind: Deployment\nmetadata: {name: a}")).is_none());
-        assert!(identity(&yaml("apiVersion: example.com/v1\nkind: Job\nmetadata: {name: a}")).is_none());
+        assert!(
+            identity(&yaml(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}"
+            ))
+            .is_some()
+        );
+        assert!(
+            identity(&yaml(
+                "apiVersion: v1\nkind: Deployment\nmetadata: {name: a}"
+            ))
+            .is_none()
+        );
+        assert!(
+            identity(&yaml(
+                "apiVersion: example.com/v1\nkind: Job\nmetadata: {name: a}"
+            ))
+            .is_none()
+        );
         assert!(identity(&yaml("apiVersion: apps/v1\nkind: Deployment\nmetadata: {}")).is_none());
     }
 
@@ -347,18 +363,40 @@ mod tests {
         assert!(c(&format!("apiVersion: v1\nkind: Pod\n{head}")).is_none());
         assert!(c(&format!("apiVersion: apps/v1\nkind: Deployment\n{head}")).is_some());
         assert!(c(&format!("apiVersion: apps/v1\nkind: Deployment\n{head}spec: {{replicas: 1, strategy: {{type: Recreate}}}}")).is_none());
-        assert!(c(&format!("apiVersion: apps/v1\nkind: StatefulSet\n{head}spec: {{replicas: 1}}")).is_none());
-        assert!(c(&format!("apiVersion: apps/v1\nkind: StatefulSet\n{head}spec: {{replicas: 3}}")).is_some());
+        assert!(
+            c(&format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\n{head}spec: {{replicas: 1}}"
+            ))
+            .is_none()
+        );
+        assert!(
+            c(&format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\n{head}spec: {{replicas: 3}}"
+            ))
+            .is_some()
+        );
         assert!(c(&format!("apiVersion: apps/v1\nkind: DaemonSet\n{head}")).is_some());
         assert!(c(&format!("apiVersion: batch/v1\nkind: Job\n{head}")).is_none());
-        assert!(c(&format!("apiVersion: batch/v1\nkind: Job\n{head}spec: {{parallelism: 2}}")).is_some());
+        assert!(
+            c(&format!(
+                "apiVersion: batch/v1\nkind: Job\n{head}spec: {{parallelism: 2}}"
+            ))
+            .is_some()
+        );
         assert!(c(&format!("apiVersion: batch/v1\nkind: CronJob\n{head}")).is_some());
-        assert!(c(&format!("apiVersion: batch/v1\nkind: CronJob\n{head}spec: {{concurrencyPolicy: Forbid}}")).is_none());
+        assert!(
+            c(&format!(
+                "apiVersion: batch/v1\nkind: CronJob\n{head}spec: {{concurrencyPolicy: Forbid}}"
+            ))
+            .is_none()
+        );
     }
 
     #[test]
     fn lists_are_flattened() {
-        let v = yaml("apiVersion: v1\nkind: List\nitems:\n- {kind: A}\n- apiVersion: v1\n  kind: DeploymentList\n  items: [{kind: B}]\n");
+        let v = yaml(
+            "apiVersion: v1\nkind: List\nitems:\n- {kind: A}\n- apiVersion: v1\n  kind: DeploymentList\n  items: [{kind: B}]\n",
+        );
         assert_eq!(objects(&v).len(), 2);
     }
 }

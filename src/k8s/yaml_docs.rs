@@ -76,10 +76,15 @@ impl Document<'_> {
             let mut message = e.to_string();
             let mut line = self.line;
             if let Some(l) = e.location() {
-                message = message.replace(&format!(" at line {} column {}", l.line(), l.column()), "");
+                message =
+                    message.replace(&format!(" at line {} column {}", l.line(), l.column()), "");
                 line += l.line().saturating_sub(1);
             }
-            YamlError { document: self.index, line, message }
+            YamlError {
+                document: self.index,
+                line,
+                message,
+            }
         })?;
         value.apply_merge().map_err(|e| YamlError {
             document: self.index,
@@ -192,11 +197,19 @@ mod tests {
 
     #[test]
     fn octal_file_modes_read_as_kubectl_reads_them() {
-        let v = split("volumes:\n- configMap: {defaultMode: 0644, items: [{mode: 0400}]}\n  env: '0644'\n")[0]
-            .parse()
-            .unwrap();
-        assert_eq!(v["volumes"][0]["configMap"]["defaultMode"], Value::from(420));
-        assert_eq!(v["volumes"][0]["configMap"]["items"][0]["mode"], Value::from(256));
+        let v = split(
+            "volumes:\n- configMap: {defaultMode: 0644, items: [{mode: 0400}]}\n  env: '0644'\n",
+        )[0]
+        .parse()
+        .unwrap();
+        assert_eq!(
+            v["volumes"][0]["configMap"]["defaultMode"],
+            Value::from(420)
+        );
+        assert_eq!(
+            v["volumes"][0]["configMap"]["items"][0]["mode"],
+            Value::from(256)
+        );
         assert_eq!(v["volumes"][0]["env"], Value::from("0644"));
     }
 

@@ -130,7 +130,8 @@ fn scalar_string(s: &str) -> String {
 fn block_literal(s: &str) -> Option<&'static str> {
     if !s.contains('\n')
         || s.starts_with([' ', '\t', '\n'])
-        || s.chars().any(|c| c == '\r' || (c.is_control() && c != '\n' && c != '\t'))
+        || s.chars()
+            .any(|c| c == '\r' || (c.is_control() && c != '\n' && c != '\t'))
         || s.split('\n').any(|l| l.ends_with([' ', '\t']))
     {
         return None;
@@ -181,15 +182,30 @@ fn plain_is_safe(s: &str) -> bool {
     }
     if matches!(
         first,
-        '?' | ':' | ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"'
-            | '%' | '@' | '`'
+        '?' | ':'
+            | ','
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
     ) || (first == '-' && (s.len() == 1 || s[1..].starts_with(' ')))
     {
         return false;
     }
-    s.chars().all(|c| {
-        c.is_ascii_alphanumeric() || "-_./$()=+~^@%:,".contains(c) || (c == ' ')
-    }) && !s.contains(": ")
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./$()=+~^@%:,".contains(c) || (c == ' '))
+        && !s.contains(": ")
         && !s.ends_with(':')
         && !s.contains(" #")
         && !s.contains(',')
@@ -225,14 +241,26 @@ mod tests {
             assert!(text.starts_with('"'), "{s:?} -> {text}");
             assert_eq!(parse(&text), Value::from(s));
         }
-        for s in ["web", "--key", "$(POD_NAMESPACE)/web/migrate", "/etc/app", "a:b", "x-1.2"] {
+        for s in [
+            "web",
+            "--key",
+            "$(POD_NAMESPACE)/web/migrate",
+            "/etc/app",
+            "a:b",
+            "x-1.2",
+        ] {
             assert_eq!(to_string(&Value::from(s)), format!("{s}\n"));
         }
     }
 
     #[test]
     fn scripts_become_literal_blocks_that_read_back_exactly() {
-        for s in ["set -e\nflyway migrate\n", "a\n\nb", "a\nb\n\n", "x:\n  y\n"] {
+        for s in [
+            "set -e\nflyway migrate\n",
+            "a\n\nb",
+            "a\nb\n\n",
+            "x:\n  y\n",
+        ] {
             let v = parse(&format!("k: {}", serde_json::to_string(s).unwrap()));
             let text = to_string(&v);
             assert!(text.starts_with("k: |"), "{text}");
