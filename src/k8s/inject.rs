@@ -500,3 +500,56 @@ fn install_container(image: &str) -> Value {
     );
     Value::Mapping(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DEPLOY: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n\
+        spec:\n  template:\n    spec:\n      initContainers:\n      - {name: m, image: i, command: [./m]}\n";
+
+    #[test]
+    fn wraps_once_and_only_once() {
+        let opts = InjectOptions {
+            install_image: Some("img".into()),
+            rbac: true,
+            ..InjectOptions::default()
+        };
+        let once = inject(DEPLOY, &opts).unwrap();
+        assert_eq!(once.wrapped, 1);
+        let twice = inject(&once.yaml, &opts).unwrap();
+        assert_eq!(twice.wrapped, 0);
+        assert_eq!(twice.yaml, once.yaml);
+        assert_eq!(once.yaml.matches("kind: RoleBinding").count(), 1);
+    }
+
+    #[test]
+    fn a_pod_scope_adds_its_flag_and_user_env_wins() {
+        let input = DEPLOY.replace(
+            "command: [./m]}",
+            "command: [./m], env: [{name: POD_UID, value: fixed}]}",
+        );
+        let opts = InjectOptions {
+            scope: Some(Scope::Pod),
+            ..InjectOptions::default()
+        };
+        let out = inject(&input, &opts).unwrap().yaml;
+        assert!(out.contains("- --scope\n        - pod\n"), "{out}");
+        assert_eq!(out.matches("name: POD_UID").count(), 1, "{out}");
+        assert!(out.contains("value: fixed"));
+    }
+
+    proptest! {
+        /// Hostile YAML: an error or an output, never a panic.
+        #[test]
+        fn inject_and_lint_never_panic(tail in "[ a-zA-Z0-9:\\-\\[\\]{},\n&*!|>'\"#]{0,80}") {
+            let input = format!("{DEPLOY}{tail}");
+            let opts = InjectOptions { install_image: Some("i".into()), rbac: true, ..InjectOptions::default() };
+            let _ = inject(&input, &opts);
+            let _ = super::super::lint::lint(&input);
+            let _ = inject(&tail, &opts);
+            let _ = super::super::lint::lint(&tail);
+        }
+    }
+}

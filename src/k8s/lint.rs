@@ -186,8 +186,10 @@ fn words(container: &Value) -> Vec<String> {
     let mut text = command.join(" ");
     if command.is_empty() {
         let image = workload::str_at(container, &["image"]).unwrap_or("");
-        let image = image.split(['@', ':']).next().unwrap_or("");
-        text.push_str(image.rsplit('/').next().unwrap_or(""));
+        // registry:5000/flyway/flyway:10@sha256:… → flyway
+        let image = image.split('@').next().unwrap_or("");
+        let name = image.rsplit('/').next().unwrap_or("");
+        text.push_str(name.split(':').next().unwrap_or(""));
     }
     text.push(' ');
     text.push_str(&args.join(" "));
@@ -195,7 +197,15 @@ fn words(container: &Value) -> Vec<String> {
         c.is_whitespace() || matches!(c, ';' | '|' | '&' | '"' | '\'' | '(' | ')' | '=' | '`')
     })
     .filter(|w| !w.is_empty())
-    .map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase())
+    // Flags keep their paths: `-f/sql/init.sql` is `psql -f`, not `init.sql`.
+    .map(|w| {
+        let w = if w.starts_with('-') {
+            w
+        } else {
+            w.rsplit('/').next().unwrap_or(w)
+        };
+        w.to_ascii_lowercase()
+    })
     .collect()
 }
 
@@ -492,4 +502,77 @@ fn check_initguard(at: &mut At<'_>, spec: &Value, name: &str, c: &Value, binding
 /// Whether any finding is an error (exit 1).
 pub fn has_errors(findings: &[Finding]) -> bool {
     findings.iter().any(|f| f.rule.severity == Severity::Error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(yaml: &str) -> Value {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn migration_tools_are_recognised_by_command_script_or_image() {
+        let cases = [
+            (
+                "{command: [flyway, -url=x, migrate]}",
+                Some("flyway migrate"),
+            ),
+            (
+                "{image: 'flyway/flyway:10', args: [migrate]}",
+                Some("flyway migrate"),
+            ),
+            (
+                "{command: [sh, -c, 'set -e; python /app/manage.py migrate --noinput']}",
+                Some("manage.py migrate"),
+            ),
+            (
+                "{command: [/usr/bin/psql, '-f/sql/init.sql']}",
+                Some("psql -f"),
+            ),
+            (
+                "{command: [npx, prisma, migrate, deploy]}",
+                Some("prisma migrate deploy"),
+            ),
+            (
+                "{command: [migrate, -path, /m, -database, x, up]}",
+                Some("migrate up"),
+            ),
+            ("{command: [python, manage.py, collectstatic]}", None),
+            ("{command: [flyway, info]}", None),
+            ("{command: [./migrate-data-dir.sh]}", None),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(migration(&container(yaml)).as_deref(), want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn flags_are_read_in_both_spellings_and_never_past_the_double_dash() {
+        let argv: Vec<String> = [
+            "run",
+            "--scope=pod",
+            "--store",
+            "file:/s",
+            "--",
+            "x",
+            "--scope",
+            "node",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(flag_value(&argv, "--scope"), Some("pod"));
+        assert_eq!(flag_value(&argv, "--store"), Some("file:/s"));
+        assert_eq!(flag_value(&argv[4..], "--scope"), None);
+    }
+
+    #[test]
+    fn every_rule_id_is_unique_and_in_order() {
+        let ids: Vec<_> = RULES.iter().map(|r| r.id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ids, sorted);
+    }
 }
