@@ -222,6 +222,16 @@ impl Ctx<'_> {
         let mut plans = Vec::new();
         let mut pending = Vec::new();
         for (index, name, c) in &to_wrap {
+            if workload::str_at(c, &["restartPolicy"]) == Some("Always") {
+                // A native sidecar runs as long as the Pod: wrapped, it would hold the lease
+                // for the Pod's life and every other replica would wait for it.
+                pending.push((
+                    name.to_string(),
+                    "left alone: it is a sidecar (restartPolicy: Always), not a step that ends"
+                        .to_string(),
+                ));
+                continue;
+            }
             let (command, args) = workload::argv(c);
             let command = if command.is_empty() {
                 match self.opts.commands.iter().find(|(n, _)| n == name) {
@@ -538,6 +548,22 @@ mod tests {
         assert!(out.contains("- --scope\n        - pod\n"), "{out}");
         assert_eq!(out.matches("name: POD_UID").count(), 1, "{out}");
         assert!(out.contains("value: fixed"));
+    }
+
+    #[test]
+    fn native_sidecars_are_left_alone() {
+        let input = DEPLOY.replace(
+            "command: [./m]}",
+            "command: [./proxy], restartPolicy: Always}",
+        );
+        let out = inject(&input, &InjectOptions::default()).unwrap();
+        assert_eq!(out.wrapped, 0);
+        assert_eq!(out.yaml, input);
+        assert!(
+            out.notices[0].message.contains("sidecar"),
+            "{:?}",
+            out.notices
+        );
     }
 
     proptest! {

@@ -362,7 +362,10 @@ fn check_object(at: &mut At<'_>, obj: &Value, bindings: &Bindings) {
     let mut unguarded = false;
     for (_, name, c) in workload::init_containers(spec) {
         let subcommand = workload::initguard_subcommand(c);
+        // A native sidecar (restartPolicy: Always) is not a step that runs and ends.
+        let sidecar = workload::str_at(c, &["restartPolicy"]) == Some("Always");
         if subcommand.is_none()
+            && !sidecar
             && let (Some(tool), Some(why)) = (migration(c), concurrency.as_deref())
         {
             unguarded = true;
