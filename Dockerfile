@@ -6,5 +6,7 @@
 #   cargo build --release --target x86_64-unknown-linux-musl
 #   docker build -t initguard:0.1.0 .
 FROM scratch
-COPY target/x86_64-unknown-linux-musl/release/initguard /usr/local/bin/initguard
+# .ci/static-chroot builds the image from the dev-profile static binary to save build time.
+ARG BINARY=target/x86_64-unknown-linux-musl/release/initguard
+COPY ${BINARY} /usr/local/bin/initguard
 ENTRYPOINT ["/usr/local/bin/initguard"]
