@@ -333,6 +333,16 @@ fn hostile_yaml_never_panics() {
         "\u{feff}\t- :\n",
     ];
     let mut inputs: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
+    // Deep nesting (a stack overflow in a recursive reader) and an alias bomb (memory).
+    inputs.push(format!("a: {}", "[".repeat(100_000)));
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    inputs.push(bomb);
     let mut rng: u64 = 0x9e3779b97f4a7c15;
     for seed in seeds {
         for _ in 0..8 {

@@ -34,6 +34,9 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// Far beyond any manifest (brackets in strings count too), far below what is slow to parse.
+const MAX_FLOW_DEPTH: usize = 1000;
+
 fn is_separator(line: &str) -> bool {
     line.strip_prefix("---")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
@@ -71,6 +74,25 @@ impl Document<'_> {
     /// The document's value; `Null` for a document of only comments or white space. Aliases are
     /// expanded and `<<` merge keys applied, so the caller sees what Kubernetes sees.
     pub fn parse(&self) -> Result<Value, YamlError> {
+        // The parser rejects nesting past 128 levels, but only after work that grows with the
+        // square of the depth (40 s for 100 000 `[`): refuse absurd flow nesting up front.
+        let mut depth: usize = 0;
+        for (n, line) in self.text.split_inclusive('\n').enumerate() {
+            for b in line.bytes() {
+                match b {
+                    b'[' | b'{' => depth += 1,
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(YamlError {
+                        document: self.index,
+                        line: self.line + n,
+                        message: format!("more than {MAX_FLOW_DEPTH} nested [ or {{"),
+                    });
+                }
+            }
+        }
         let mut value: Value = serde_norway::from_str(self.text).map_err(|e| {
             // The parser counts lines from the document's start; users count from the file's.
             let mut message = e.to_string();
@@ -218,6 +240,18 @@ mod tests {
         let d = &split("base: &b {x: 1}\nmine:\n  <<: *b\n  y: 2\n")[0];
         let v = d.parse().unwrap();
         assert_eq!(v["mine"]["x"], Value::from(1));
+    }
+
+    #[test]
+    fn absurd_nesting_is_refused_before_parsing() {
+        let text = format!("a: {}", "[".repeat(1001));
+        let err = split(&text)[0].parse().unwrap_err();
+        assert!(err.message.contains("nested"), "{err}");
+        assert!(
+            split(&format!("a: {}1{}", "[".repeat(100), "]".repeat(100)))[0]
+                .parse()
+                .is_ok()
+        );
     }
 
     #[test]
