@@ -630,6 +630,30 @@ fn text_output_names_document_container_and_fix() {
     assert_eq!(code(&out), 0, "warnings only: exit 0");
 }
 
+/// `--format json` keeps the shape documented in tests/fixtures/k8s/lint-output.schema.json,
+/// and its counts agree with its findings.
+#[test]
+fn json_output_validates_against_its_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("lint-output.schema.json")).unwrap())
+            .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for (name, _) in RULE_FILES {
+        for which in ["bad", "good"] {
+            let (_, v) = lint_json(&fixture(&format!("lint/{name}.{which}.yaml")));
+            let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{name}.{which}: {errors:?}\n{v:#}");
+            let findings = v["findings"].as_array().unwrap();
+            let errs = findings.iter().filter(|f| f["severity"] == "error").count();
+            assert_eq!(v["errors"].as_u64().unwrap() as usize, errs);
+            assert_eq!(
+                v["warnings"].as_u64().unwrap() as usize,
+                findings.len() - errs
+            );
+        }
+    }
+}
+
 #[test]
 fn sarif_output_validates_against_the_2_1_0_schema() {
     let text = std::fs::read_to_string(fixture("sarif-2.1.0-rtm.5.json")).unwrap();
