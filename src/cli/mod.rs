@@ -6,6 +6,7 @@ mod entry;
 mod failure;
 mod limits;
 mod render;
+mod k8s_tooling;
 mod report;
 mod settings;
 mod usage;
