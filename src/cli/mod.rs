@@ -4,9 +4,9 @@
 mod args;
 mod entry;
 mod failure;
+mod k8s_tooling;
 mod limits;
 mod render;
-mod k8s_tooling;
 mod report;
 mod settings;
 mod usage;
