@@ -2,13 +2,15 @@
 
 /// The task ran and succeeded, or was skipped because it already had.
 pub const OK: u8 = 0;
+/// `k8s lint` found at least one error-level finding.
+pub const LINT_ERRORS: u8 = 1;
 /// Usage error: bad flags, invalid key, unknown store URL scheme.
 pub const USAGE: u8 = 2;
 /// A record in the store is corrupt or from a newer schema; nothing was overwritten.
 pub const DATA_ERR: u8 = 65;
 /// The store is unreachable after bounded retries.
 pub const UNAVAILABLE: u8 = 69;
-/// Local I/O error: disk full, read-only file system, I/O error.
+/// Local I/O error: disk full, read-only file system, I/O error, unreadable input file.
 pub const IO_ERR: u8 = 74;
 /// Temporary: lease wait timed out, lease lost, or the task gave up after `--max-attempts`.
 pub const TEMP_FAIL: u8 = 75;

@@ -7,6 +7,7 @@ pub mod exit;
 pub mod fingerprint;
 pub mod guard;
 mod heartbeat;
+pub mod install;
 pub mod k8s;
 pub mod record;
 pub mod release;

@@ -69,6 +69,8 @@ pub enum Command {
     /// Test COMMAND for idempotence: run it twice, as copies at once, and cut short then re-run,
     /// and compare the state each leaves with one clean run's
     Verify(Box<VerifyArgs>),
+    /// Copy this binary to DIR/initguard (mode 0755), e.g. into an emptyDir from a scratch image
+    Install(InstallArgs),
     /// Kubernetes manifest tooling
     #[cfg(feature = "kubernetes")]
     #[command(subcommand)]
@@ -80,6 +82,89 @@ pub enum Command {
 pub enum K8sCommand {
     /// Print the least-privilege ServiceAccount, Role and RoleBinding the kubernetes: store needs
     Rbac(RbacArgs),
+    /// Wrap the init containers of workload manifests in `initguard run` (YAML on stdout)
+    Inject(InjectArgs),
+    /// Flag the manifest shapes that make init containers run twice or hang (exit 1 on errors)
+    Lint(LintArgs),
+}
+
+// `initguard install`, `k8s inject` and `k8s lint` (issue 13), kept together for easy merges.
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Directory to copy the binary into (an emptyDir shared with the wrapped containers)
+    pub dir: PathBuf,
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest file, or - for stdin
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub file: PathBuf,
+
+    /// Wrap only this init container (repeatable; default: every init container)
+    #[arg(long = "container")]
+    pub containers: Vec<String>,
+
+    /// Only workloads annotated initguard.io/inject ("true", or a comma-separated container list)
+    #[arg(long)]
+    pub only_annotated: bool,
+
+    /// Image holding initguard at /usr/local/bin/initguard: a first init container copies it
+    /// into an emptyDir mounted at /initguard in the wrapped containers
+    #[arg(long, value_name = "IMAGE")]
+    pub install: Option<String>,
+
+    /// initguard's path in the wrapped containers (default: initguard, or /initguard/initguard
+    /// with --install)
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<String>,
+
+    /// Also fingerprint mounted Secret volumes (off: a low-entropy secret's hash can be guessed)
+    #[arg(long)]
+    pub input_secrets: bool,
+
+    /// Scope of every wrapped task (default: node for DaemonSets, else global)
+    #[arg(long)]
+    pub scope: Option<String>,
+
+    /// CONTAINER=ENTRYPOINT for an init container that has no command (its image's ENTRYPOINT);
+    /// ENTRYPOINT is split on spaces (repeatable)
+    #[arg(long = "command", value_name = "CONTAINER=ENTRYPOINT")]
+    pub commands: Vec<String>,
+
+    /// Namespace for the keys and RBAC of objects that name none (default: the Pod's, at run time)
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+
+    /// INITGUARD_STORE for the wrapped containers (default: kubernetes: in the Pod)
+    #[arg(long, value_name = "URL")]
+    pub pod_store: Option<String>,
+
+    /// Append the RBAC of `initguard k8s rbac` for the wrapped workloads' service accounts
+    #[arg(long)]
+    pub rbac: bool,
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Manifest file, or - for stdin
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    pub file: PathBuf,
+
+    /// Output format
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: LintFormat,
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LintFormat {
+    Text,
+    Json,
+    Sarif,
 }
 
 #[cfg(feature = "kubernetes")]

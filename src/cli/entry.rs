@@ -157,6 +157,11 @@ async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
         Command::Verify(args) => super::verify::verify(*args).await,
         #[cfg(feature = "kubernetes")]
         Command::K8s(super::args::K8sCommand::Rbac(args)) => rbac(&args),
+        Command::Install(args) => super::k8s_tooling::install(&args),
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Inject(args)) => super::k8s_tooling::inject(&args),
+        #[cfg(feature = "kubernetes")]
+        Command::K8s(super::args::K8sCommand::Lint(args)) => super::k8s_tooling::lint(&args),
     }
 }
 

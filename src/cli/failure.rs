@@ -31,6 +31,19 @@ pub enum Failure {
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Rbac(#[from] crate::k8s::rbac::RbacError),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Inject(#[from] crate::k8s::inject::InjectError),
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Manifest(#[from] crate::k8s::yaml_docs::YamlError),
+    #[error("cannot read or write {}: {source}", path.display())]
+    Input {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn exit_code(f: &Failure) -> u8 {
@@ -68,6 +81,13 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::VerifySave(_) => exit::IO_ERR,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,
+        Failure::Install(_) | Failure::Input { .. } => exit::IO_ERR,
+        #[cfg(feature = "kubernetes")]
+        Failure::Inject(crate::k8s::inject::InjectError::Yaml(_)) | Failure::Manifest(_) => {
+            exit::DATA_ERR
+        }
+        #[cfg(feature = "kubernetes")]
+        Failure::Inject(_) => exit::USAGE,
     }
 }
 

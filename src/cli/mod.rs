@@ -4,6 +4,7 @@
 mod args;
 mod entry;
 mod failure;
+mod k8s_tooling;
 mod limits;
 mod render;
 mod report;
