@@ -104,7 +104,7 @@ mod tests {
             "{l}"
         );
         let l = line(&["initguard"]);
-        assert!(!l.contains('\n') && l.contains("run, status"), "{l}");
+        assert!(!l.contains('\n') && l.contains("run, wait, status"), "{l}");
         let l = line(&["initguard", "run", "--", "true"]);
         assert!(l.contains("--key"), "{l}");
         let l = line(&[
