@@ -5,6 +5,7 @@
 use super::config::{PgUrl, SslMode, error_chain};
 use crate::store::StoreError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
@@ -403,24 +404,7 @@ fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Op
 fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match root_cert {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-            let mut store = RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("bad sslrootcert {}: {e}", path.display()))?;
-                store
-                    .add(cert)
-                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
-            if store.is_empty() {
-                return Err(format!(
-                    "sslrootcert {} holds no certificate",
-                    path.display()
-                ));
-            }
-            store
-        }
+        Some(path) => root_store(path)?,
         None => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
@@ -451,6 +435,28 @@ fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientC
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// The CA certificates of an `sslrootcert=` file.
+fn root_store(path: &Path) -> Result<RootCertStore, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+    let mut store = RootCertStore::empty();
+    // Read first (not `pem_file_iter`) so that an unreadable file says so in its own words;
+    // sections of other kinds (a key beside the CA) are skipped, as libpq does.
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("bad sslrootcert {}: {e}", path.display()))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(format!(
+            "sslrootcert {} holds no certificate",
+            path.display()
+        ));
+    }
+    Ok(store)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,6 +549,61 @@ mod tests {
             Some("fallback")
         );
         assert_eq!(pgpass_lookup("a:b:c", "a", "b", "c", "d"), None);
+    }
+
+    /// A self-signed EC CA (openssl req -x509 -newkey ec), and the key that came with it.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkDCCATWgAwIBAgIUK5E73h5ITTEp4MzJ2sOfG2IoXi8wCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRaW5pdGd1YXJkLXRlc3QtY2EwIBcNMjYxMjAxMDgzODA4WhgP
+MjEyNjExMDcwODM4MDhaMBwxGjAYBgNVBAMMEWluaXRndWFyZC10ZXN0LWNhMFkw
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAErXut3xB6M9HxhE3QY+jXDiqC9jm8zcTT
+wNRqucG/zySd228Y/qhw3ZE8Gjh+IFXrK9LnqqCskR/m5skh5ba9AqNTMFEwHQYD
+VR0OBBYEFEU/8MvvYGn0ZByOXzdELqQTRcEuMB8GA1UdIwQYMBaAFEU/8MvvYGn0
+ZByOXzdELqQTRcEuMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIh
+AO61ysAIKBkHQxnjazBCDuJH0vuNYijNJeZk2+2EDmm2AiEAr3ovXTiF21ne1RIf
+wzOCPMvdImzuZI0AQ9SQCEIslGU=
+-----END CERTIFICATE-----
+";
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgtumnw9+9qoT4Cw6B
+ZpQ7IDp4FgqtGpP/2kja+Q75JTChRANCAASte63fEHoz0fGETdBj6NcOKoL2ObzN
+xNPA1Gq5wb/PJJ3bbxj+qHDdkTwaOH4gVesr0ueqoKyRH+bmySHltr0C
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn sslrootcert_files_are_read_with_their_certificates_only() {
+        let td = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = td.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // A key section beside the CA is skipped; both copies of the CA are kept.
+        let mixed = write(
+            "mixed.pem",
+            &format!("{TEST_KEY}{TEST_CA}junk between\n{TEST_CA}"),
+        );
+        assert_eq!(root_store(&mixed).unwrap().len(), 2);
+        assert!(tls_config(SslMode::VerifyFull, Some(&mixed)).is_ok());
+
+        let key_only = write("key.pem", TEST_KEY);
+        let err = root_store(&key_only).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+        let empty = write("empty.pem", "");
+        let err = root_store(&empty).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+
+        let cut = write("cut.pem", &TEST_CA[..200]);
+        let err = root_store(&cut).unwrap_err();
+        assert!(err.starts_with("bad sslrootcert"), "{err}");
+        // Valid base64, but not a certificate.
+        let not_a_cert = write(
+            "bogus.pem",
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+        );
+        let err = root_store(&not_a_cert).unwrap_err();
+        assert!(err.starts_with("bad certificate in"), "{err}");
     }
 
     #[test]
