@@ -5,6 +5,7 @@ mod args;
 mod entry;
 mod failure;
 mod limits;
+mod parse;
 mod render;
 mod report;
 mod settings;
