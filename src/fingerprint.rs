@@ -258,8 +258,23 @@ fn digest_file(path: &Path, exec: &[u8], buf: &mut [u8]) -> std::io::Result<Stri
 /// verify's `--probe-dir` listing, which must see the same content the fingerprint would.
 pub(crate) fn file_digest(path: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
-    std::io::copy(&mut fs::File::open(path)?, &mut h)?;
+    std::io::copy(&mut fs::File::open(path)?, &mut HashWriter(&mut h))?;
     Ok(hex_digest(h))
+}
+
+/// `io::Write` into a hash, for `io::copy`: sha2 0.11 (the version the rest of the tree uses)
+/// no longer implements `io::Write` itself.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn exec_bit(meta: &fs::Metadata) -> &'static [u8] {
@@ -553,6 +568,26 @@ mod golden {
         assert_eq!(
             fp.value,
             "sha256:7b589438b174d63ae431d5da94d62d11fdebfa9f4c4d2e583a306df7f18cd127"
+        );
+    }
+
+    /// verify's `--probe-dir` digests, streamed through `HashWriter`: the plain SHA-256 of the
+    /// bytes (FIPS 180-2's "abc" vector), across more than one write.
+    #[test]
+    fn file_digest_is_the_sha256_of_the_bytes() {
+        let td = tempfile::tempdir().unwrap();
+        let small = td.path().join("abc");
+        fs::write(&small, b"abc").unwrap();
+        assert_eq!(
+            file_digest(&small).unwrap(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // 1,000,000 × 'a', the standard long vector: bigger than io::copy's buffer.
+        let long = td.path().join("a");
+        fs::write(&long, vec![b'a'; 1_000_000]).unwrap();
+        assert_eq!(
+            file_digest(&long).unwrap(),
+            "sha256:cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
         );
     }
 }

@@ -118,6 +118,9 @@ const CASES: &[Case] = &[
     case(&["--store", "kubernetes:Bad_NS", "status"]),
     case(&["--store", "file:", "status"]),
     case(&["--store", "file:state", "--pg-schema", "x", "status"]),
+    // store options where no store is used
+    case(&["--store", "file:state", "verify", "--", "true"]),
+    case(&["verify", "--store", "file:state", "--", "true"]),
     // store errors as the CLI prints them
     case(&["--store", "postgres://app:PW@127.0.0.1:1/app", "status"]),
     // SQL tasks

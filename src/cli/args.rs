@@ -13,23 +13,9 @@ use std::path::PathBuf;
     propagate_version = false
 )]
 pub struct Cli {
-    /// Store URL: file:DIR, postgres://…, kubernetes:[NAMESPACE]. Default: kubernetes: in a Pod
-    /// with a service-account token, else file:.initguard
-    #[arg(long, env = "INITGUARD_STORE", global = true)]
-    pub store: Option<String>,
-
-    /// File holding the store's password (first line), instead of PGPASSWORD or ~/.pgpass
-    #[arg(long, env = "INITGUARD_STORE_PASSWORD_FILE", global = true)]
-    pub store_password_file: Option<PathBuf>,
-
-    /// Schema for initguard's tables in a postgres:// store (default: initguard, or ?schema=)
-    #[arg(long, env = "INITGUARD_PG_SCHEMA", global = true)]
-    pub pg_schema: Option<String>,
-
-    /// kubeconfig context for the kubernetes: store (default: the in-cluster service account, else
-    /// the current context)
-    #[arg(long, env = "INITGUARD_KUBE_CONTEXT", global = true)]
-    pub kube_context: Option<String>,
+    /// The store options given before the subcommand; `parse` merges in those given after it.
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// Log format on stderr
     #[arg(
@@ -37,13 +23,51 @@ pub struct Cli {
         env = "INITGUARD_LOG_FORMAT",
         value_enum,
         default_value = "text",
-        global = true
+        global = true,
+        help_heading = GLOBAL_HEADING
     )]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Help headings, so that what every subcommand shares stands apart from its own options.
+pub const GLOBAL_HEADING: &str = "Global options";
+pub const STORE_HEADING: &str = "Store options";
+
+/// Where records and leases live. Not `global`: only the subcommands that open a store take them
+/// (`k8s rbac` and `verify` do not, and their help does not list them). They are accepted before
+/// the subcommand (`initguard --store URL status`) as well as after it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StoreArgs {
+    /// Store URL: file:DIR, postgres://…, kubernetes:[NAMESPACE]. Default: kubernetes: in a Pod
+    /// with a service-account token, else file:.initguard
+    // The variable's value may hold a password: never shown in --help.
+    #[arg(
+        long,
+        env = "INITGUARD_STORE",
+        hide_env_values = true,
+        help_heading = STORE_HEADING
+    )]
+    pub store: Option<String>,
+
+    /// File holding the store's password (first line), instead of PGPASSWORD or ~/.pgpass
+    #[arg(long, env = "INITGUARD_STORE_PASSWORD_FILE", help_heading = STORE_HEADING)]
+    pub store_password_file: Option<PathBuf>,
+
+    /// Schema for initguard's tables in a postgres:// store (default: initguard, or ?schema=)
+    #[arg(long, env = "INITGUARD_PG_SCHEMA", help_heading = STORE_HEADING)]
+    pub pg_schema: Option<String>,
+
+    /// kubeconfig context for the kubernetes: store (default: the in-cluster service account, else
+    /// the current context)
+    #[arg(long, env = "INITGUARD_KUBE_CONTEXT", help_heading = STORE_HEADING)]
+    pub kube_context: Option<String>,
+}
+
+/// The argument ids of `StoreArgs` (clap's, from the field names).
+pub const STORE_ARG_IDS: [&str; 4] = ["store", "store_password_file", "pg_schema", "kube_context"];
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -212,6 +236,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub task: TaskArgs,
 
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
+
     #[command(flatten)]
     pub fingerprint: FingerprintArgs,
 
@@ -351,23 +379,31 @@ pub enum OnInterruptedArg {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Only this task
+    /// Only this task (its name, as given to run --key)
     pub key: Option<String>,
     /// JSON array of records instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// The task whose runs to show (its name, as given to run --key)
     pub key: String,
     /// JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ResetArgs {
+    /// The task to forget (its name, as given to run --key), in every scope instance
     pub key: String,
     /// How long to wait for a running holder's lease, up to 365d; 0: do not wait; "forever": no
     /// limit
@@ -382,14 +418,21 @@ pub struct ResetArgs {
     /// that the next run runs the SQL again (required for such tasks)
     #[arg(long, env = "INITGUARD_SQL_TARGET")]
     pub sql_target: Option<String>,
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
+    /// The task whose lease to free (its name, as given to run --key)
     pub key: String,
     /// Scope of the lease to release
     #[arg(long, env = "INITGUARD_SCOPE", default_value = "global")]
     pub scope: String,
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// `initguard verify`. The flags shared with `run` (key, inputs, grace, timeout) mean the same and
@@ -455,6 +498,10 @@ pub struct VerifyArgs {
 pub struct WaitArgs {
     #[command(flatten)]
     pub task: TaskArgs,
+
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     #[command(flatten)]
     pub fingerprint: FingerprintArgs,

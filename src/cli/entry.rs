@@ -8,7 +8,6 @@ use super::{report, settings, usage};
 use crate::runner::Signals;
 use crate::store::{self, AcquireOpts, ReleaseOutcome, Store, StoreError};
 use crate::task::{Holder, Key, TaskId};
-use clap::Parser;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use tracing::info;
@@ -39,7 +38,7 @@ pub fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&Failure::Runtime(e), &secrets),
     };
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match super::parse::parse(args) {
         Ok(cli) => cli,
         // --help and --version: their text, on stdout, exit 0.
         Err(e) if !e.use_stderr() => {
@@ -131,10 +130,10 @@ fn init_logging(format: LogFormat) {
 
 async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
     let url = &settings::StoreChoice {
-        raw: cli.store.as_deref(),
-        kube_context: cli.kube_context.as_deref(),
-        password_file: cli.store_password_file.as_deref(),
-        pg_schema: cli.pg_schema.as_deref(),
+        raw: cli.store.store.as_deref(),
+        kube_context: cli.store.kube_context.as_deref(),
+        password_file: cli.store.store_password_file.as_deref(),
+        pg_schema: cli.store.pg_schema.as_deref(),
     };
     match cli.command {
         Command::Run(args) => run(url, *args, signals).await,

@@ -6,6 +6,7 @@ mod entry;
 mod failure;
 mod k8s_tooling;
 mod limits;
+mod parse;
 mod render;
 mod report;
 mod settings;

@@ -118,10 +118,10 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<Injected, InjectError
                 notices: &mut notices,
                 wrapped: 0,
             };
-            if let Some(account) = ctx.object(obj)? {
-                if !accounts.contains(&account) {
-                    accounts.push(account);
-                }
+            if let Some(account) = ctx.object(obj)?
+                && !accounts.contains(&account)
+            {
+                accounts.push(account);
             }
             wrapped += ctx.wrapped;
         }

@@ -124,10 +124,10 @@ pub fn secret_parts(raw: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some((_, rest)) = raw.split_once(':') {
         let rest = rest.trim_start_matches('/');
-        if let Some((userinfo, _)) = rest.rsplit_once('@') {
-            if let Some((_, password)) = userinfo.split_once(':') {
-                out.push(password.to_string());
-            }
+        if let Some((userinfo, _)) = rest.rsplit_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            out.push(password.to_string());
         }
     }
     let mut from = 0;

@@ -828,17 +828,17 @@ fn validate_lease(obj: &Value, name: &str) -> Result<(), String> {
         }
     }
     let spec = &obj["spec"];
-    if let Some(d) = spec.get("leaseDurationSeconds").and_then(Value::as_i64) {
-        if d <= 0 {
-            return Err("spec.leaseDurationSeconds: Invalid value: must be greater than 0".into());
-        }
+    if let Some(d) = spec.get("leaseDurationSeconds").and_then(Value::as_i64)
+        && d <= 0
+    {
+        return Err("spec.leaseDurationSeconds: Invalid value: must be greater than 0".into());
     }
-    if let Some(t) = spec.get("leaseTransitions").and_then(Value::as_i64) {
-        if t < 0 {
-            return Err(
-                "spec.leaseTransitions: Invalid value: must be greater than or equal to 0".into(),
-            );
-        }
+    if let Some(t) = spec.get("leaseTransitions").and_then(Value::as_i64)
+        && t < 0
+    {
+        return Err(
+            "spec.leaseTransitions: Invalid value: must be greater than or equal to 0".into(),
+        );
     }
     Ok(())
 }
@@ -998,10 +998,10 @@ fn handle(
                 )
                 .into();
             }
-            if let Some(other) = obj["metadata"].get("namespace").and_then(Value::as_str) {
-                if other != ns {
-                    return bad_request("the namespace of the provided object does not match the namespace sent on the request".into()).into();
-                }
+            if let Some(other) = obj["metadata"].get("namespace").and_then(Value::as_str)
+                && other != ns
+            {
+                return bad_request("the namespace of the provided object does not match the namespace sent on the request".into()).into();
             }
             if let Err(why) = validate_lease(&obj, &n) {
                 return invalid(resource, &n, why).into();

@@ -5,6 +5,7 @@
 use super::config::{PgUrl, SslMode, error_chain};
 use crate::store::StoreError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
@@ -260,14 +261,15 @@ where
 }
 
 /// `Ok(reason)` for failures worth retrying (server down, network), `Err` for the ones that
-/// retrying cannot fix (bad password, unknown database, TLS misconfiguration).
+/// retrying cannot fix (bad password, unknown database, TLS misconfiguration). A server's answer
+/// is judged by its SQLSTATE; a failure on the client's side by its kind (see `ClientKind`).
 pub(crate) fn classify(store: &str, e: &tokio_postgres::Error) -> Result<String, StoreError> {
     let reason = error_chain(e);
+    let config = |reason| StoreError::Config {
+        store: store.to_string(),
+        reason,
+    };
     if let Some(code) = e.code() {
-        let config = |reason| StoreError::Config {
-            store: store.to_string(),
-            reason,
-        };
         return if *code == SqlState::TOO_MANY_CONNECTIONS {
             Err(StoreError::Overloaded {
                 store: store.to_string(),
@@ -291,18 +293,61 @@ pub(crate) fn classify(store: &str, e: &tokio_postgres::Error) -> Result<String,
             Ok(reason)
         };
     }
-    let kind = e.to_string();
-    if kind.starts_with("invalid configuration")
-        || kind.starts_with("invalid connection string")
-        || kind.starts_with("authentication error")
-        || kind.starts_with("error performing TLS handshake")
-    {
-        return Err(StoreError::Config {
-            store: store.to_string(),
-            reason,
-        });
+    match ClientKind::of(e) {
+        // A missing password, an unsupported authentication method, a bad connection string.
+        ClientKind::Config | ClientKind::ConfigParse | ClientKind::Authentication => {
+            Err(config(reason))
+        }
+        ClientKind::Tls if tls_cut_short(e) => Ok(reason),
+        // A certificate that does not verify, a server without TLS under sslmode=require.
+        ClientKind::Tls => Err(config(reason)),
+        ClientKind::Other => Ok(reason),
     }
-    Ok(reason)
+}
+
+/// The kinds of tokio-postgres' own (client-side) failures that `classify` tells apart.
+/// tokio-postgres keeps its `Kind` private, and its errors offer no accessor for it, but an
+/// error's `Display` is exactly the kind's fixed description, the cause being only in `source()`
+/// (tokio-postgres 0.7: "invalid configuration", not "invalid configuration: host missing").
+/// So the whole text is compared, never a prefix or a cause: no server message, host name or
+/// path can match. Errors from the server carry a SQLSTATE and never get here. The unit tests
+/// produce a real error of each kind, so an upgrade that rewords one fails them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    Config,
+    ConfigParse,
+    Authentication,
+    Tls,
+    Other,
+}
+
+impl ClientKind {
+    fn of(e: &tokio_postgres::Error) -> ClientKind {
+        match e.to_string().as_str() {
+            "invalid configuration" => ClientKind::Config,
+            "invalid connection string" => ClientKind::ConfigParse,
+            "authentication error" => ClientKind::Authentication,
+            "error performing TLS handshake" => ClientKind::Tls,
+            _ => ClientKind::Other,
+        }
+    }
+}
+
+/// A TLS handshake that failed because the connection ended or broke midway (a server
+/// restarting), not because of what either side said: rustls' own verdicts come wrapped in an
+/// `io::Error` too, but as its inner error, with kind `InvalidData`.
+fn tls_cut_short(e: &tokio_postgres::Error) -> bool {
+    use std::io::ErrorKind::*;
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+            ) && io
+                .get_ref()
+                .is_none_or(|inner| !inner.is::<rustls::Error>())
+        })
 }
 
 /// True for failures of the connection itself (as opposed to an SQL error on a live one).
@@ -408,24 +453,7 @@ fn pgpass_lookup(text: &str, host: &str, port: &str, db: &str, user: &str) -> Op
 fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match root_cert {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-            let mut store = RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("bad sslrootcert {}: {e}", path.display()))?;
-                store
-                    .add(cert)
-                    .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
-            if store.is_empty() {
-                return Err(format!(
-                    "sslrootcert {} holds no certificate",
-                    path.display()
-                ));
-            }
-            store
-        }
+        Some(path) => root_store(path)?,
         None => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
@@ -456,6 +484,28 @@ fn tls_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientC
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
+}
+
+/// The CA certificates of an `sslrootcert=` file.
+fn root_store(path: &Path) -> Result<RootCertStore, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+    let mut store = RootCertStore::empty();
+    // Read first (not `pem_file_iter`) so that an unreadable file says so in its own words;
+    // sections of other kinds (a key beside the CA) are skipped, as libpq does.
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("bad sslrootcert {}: {e}", path.display()))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(format!(
+            "sslrootcert {} holds no certificate",
+            path.display()
+        ));
+    }
+    Ok(store)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -550,6 +600,61 @@ mod tests {
         assert_eq!(pgpass_lookup("a:b:c", "a", "b", "c", "d"), None);
     }
 
+    /// A self-signed EC CA (openssl req -x509 -newkey ec), and the key that came with it.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBkDCCATWgAwIBAgIUK5E73h5ITTEp4MzJ2sOfG2IoXi8wCgYIKoZIzj0EAwIw
+HDEaMBgGA1UEAwwRaW5pdGd1YXJkLXRlc3QtY2EwIBcNMjYxMjAxMDgzODA4WhgP
+MjEyNjExMDcwODM4MDhaMBwxGjAYBgNVBAMMEWluaXRndWFyZC10ZXN0LWNhMFkw
+EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAErXut3xB6M9HxhE3QY+jXDiqC9jm8zcTT
+wNRqucG/zySd228Y/qhw3ZE8Gjh+IFXrK9LnqqCskR/m5skh5ba9AqNTMFEwHQYD
+VR0OBBYEFEU/8MvvYGn0ZByOXzdELqQTRcEuMB8GA1UdIwQYMBaAFEU/8MvvYGn0
+ZByOXzdELqQTRcEuMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIh
+AO61ysAIKBkHQxnjazBCDuJH0vuNYijNJeZk2+2EDmm2AiEAr3ovXTiF21ne1RIf
+wzOCPMvdImzuZI0AQ9SQCEIslGU=
+-----END CERTIFICATE-----
+";
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgtumnw9+9qoT4Cw6B
+ZpQ7IDp4FgqtGpP/2kja+Q75JTChRANCAASte63fEHoz0fGETdBj6NcOKoL2ObzN
+xNPA1Gq5wb/PJJ3bbxj+qHDdkTwaOH4gVesr0ueqoKyRH+bmySHltr0C
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn sslrootcert_files_are_read_with_their_certificates_only() {
+        let td = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = td.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // A key section beside the CA is skipped; both copies of the CA are kept.
+        let mixed = write(
+            "mixed.pem",
+            &format!("{TEST_KEY}{TEST_CA}junk between\n{TEST_CA}"),
+        );
+        assert_eq!(root_store(&mixed).unwrap().len(), 2);
+        assert!(tls_config(SslMode::VerifyFull, Some(&mixed)).is_ok());
+
+        let key_only = write("key.pem", TEST_KEY);
+        let err = root_store(&key_only).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+        let empty = write("empty.pem", "");
+        let err = root_store(&empty).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+
+        let cut = write("cut.pem", &TEST_CA[..200]);
+        let err = root_store(&cut).unwrap_err();
+        assert!(err.starts_with("bad sslrootcert"), "{err}");
+        // Valid base64, but not a certificate.
+        let not_a_cert = write(
+            "bogus.pem",
+            "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+        );
+        let err = root_store(&not_a_cert).unwrap_err();
+        assert!(err.starts_with("bad certificate in"), "{err}");
+    }
+
     #[test]
     fn tls_configs_build_for_every_mode() {
         for mode in [
@@ -596,6 +701,172 @@ mod tests {
         // Ends at the 1.5 s deadline given, not at the 10 s default bound: the only thing the
         // clock must tell apart here, with room for a loaded machine.
         assert!(took < Duration::from_secs(6), "took {took:?}");
+    }
+
+    /// A one-connection server on loopback that reads what the client sends first, answers
+    /// `reply`, then (unless `hang_up`) keeps the connection open until the client leaves.
+    async fn fake_server(reply: Vec<u8>, hang_up: bool) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(&reply).await;
+            if !hang_up {
+                while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            }
+        });
+        port
+    }
+
+    fn pg_config(port: u16) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1").port(port).user("u").dbname("d");
+        c
+    }
+
+    async fn plain_connect_error(config: tokio_postgres::Config) -> tokio_postgres::Error {
+        let mut config = config;
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        match tokio::time::timeout(Duration::from_secs(10), config.connect(NoTls)).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("connected to a fake server"),
+            Err(_) => panic!("the connect did not fail in time"),
+        }
+    }
+
+    async fn tls_connect_error(port: u16) -> tokio_postgres::Error {
+        let mut config = pg_config(port);
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = MakeRustlsConnect::new(tls_config(SslMode::Require, None).unwrap());
+        match tokio::time::timeout(Duration::from_secs(10), config.connect(tls)).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => panic!("connected to a fake server"),
+            Err(_) => panic!("the connect did not fail in time"),
+        }
+    }
+
+    /// A backend message: type byte, then a length that counts itself.
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn error_response(sqlstate: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (field, value) in [
+            (b'S', "FATAL"),
+            (b'C', sqlstate),
+            (b'M', "refused by the fake"),
+        ] {
+            body.push(field);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        message(b'E', &body)
+    }
+
+    fn is_config(r: &Result<String, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Config { .. }))
+    }
+
+    /// Every client-side kind `classify` tells apart, produced for real, so that a tokio-postgres
+    /// upgrade that rewords one (its kinds are private; see `ClientKind`) fails here.
+    #[tokio::test]
+    async fn client_side_failures_are_classified_by_kind() {
+        // Config: no host at all.
+        let e = match tokio_postgres::Config::new().connect(NoTls).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected without a host"),
+        };
+        assert_eq!(ClientKind::of(&e), ClientKind::Config, "{e}");
+        assert!(is_config(&classify("s", &e)));
+
+        // ConfigParse.
+        let e = "bogus_option=1"
+            .parse::<tokio_postgres::Config>()
+            .unwrap_err();
+        assert_eq!(ClientKind::of(&e), ClientKind::ConfigParse, "{e}");
+        assert!(is_config(&classify("s", &e)));
+
+        // Config again: the server asks for a password and none was given.
+        let port = fake_server(message(b'R', &3u32.to_be_bytes()), false).await;
+        let e = plain_connect_error(pg_config(port)).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Config, "{e}");
+        assert!(is_config(&classify("s", &e)));
+
+        // Authentication: a method tokio-postgres does not speak (Kerberos V5).
+        let port = fake_server(message(b'R', &2u32.to_be_bytes()), false).await;
+        let e = plain_connect_error(pg_config(port)).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Authentication, "{e}");
+        assert!(is_config(&classify("s", &e)));
+
+        // Tls: sslmode=require and a server that says it has no TLS.
+        let port = fake_server(b"N".to_vec(), false).await;
+        let e = tls_connect_error(port).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Tls, "{e}");
+        assert!(is_config(&classify("s", &e)), "{e}");
+
+        // Tls, but only cut short: the server agrees to TLS and hangs up (a restart). Retried.
+        let port = fake_server(b"S".to_vec(), true).await;
+        let e = tls_connect_error(port).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Tls, "{e}");
+        assert!(tls_cut_short(&e), "{}", error_chain(&e));
+        assert!(classify("s", &e).is_ok(), "{}", error_chain(&e));
+
+        // Tls, and rustls' verdict: the answer is not TLS at all.
+        let port = fake_server(b"SHTTP/1.1 400 Bad Request\r\n\r\n".to_vec(), false).await;
+        let e = tls_connect_error(port).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Tls, "{e}");
+        assert!(!tls_cut_short(&e), "{}", error_chain(&e));
+        assert!(is_config(&classify("s", &e)), "{}", error_chain(&e));
+
+        // Other: nothing listens on the port (connection refused). Retried.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = plain_connect_error(pg_config(port)).await;
+        assert_eq!(ClientKind::of(&e), ClientKind::Other, "{e}");
+        assert!(classify("s", &e).is_ok());
+    }
+
+    /// Server answers are judged by SQLSTATE, whatever their message says.
+    #[tokio::test]
+    async fn server_answers_are_classified_by_sqlstate() {
+        let port = fake_server(error_response("28P01"), false).await;
+        let e = plain_connect_error(pg_config(port)).await;
+        match classify("s", &e) {
+            Err(StoreError::Config { reason, .. }) => {
+                assert!(
+                    reason.contains("check the user and the password"),
+                    "{reason}"
+                )
+            }
+            other => panic!("28P01 classified as {other:?}"),
+        }
+        let port = fake_server(error_response("42501"), false).await;
+        let e = plain_connect_error(pg_config(port)).await;
+        assert!(matches!(
+            classify("s", &e),
+            Err(StoreError::Forbidden { .. })
+        ));
+        // Too many connections: overloaded, for the caller to back off and retry while it may
+        // wait (not the connect loop's quick retries).
+        let port = fake_server(error_response("53300"), false).await;
+        let e = plain_connect_error(pg_config(port)).await;
+        assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+        assert!(matches!(
+            classify("s", &e),
+            Err(StoreError::Overloaded { .. })
+        ));
     }
 
     #[test]
