@@ -193,6 +193,9 @@ fn appending_task_fails_rerun_with_a_diff_showing_the_extra_line() {
 /// Skips the work when the file exists: fine after a success, wrong after a cut between the
 /// halves, which leaves a file that exists but is half written.
 const TWO_STEPS: &str = "[ -e f ] && exit 0; printf 'half\\n' > f; sleep 1; printf 'rest\\n' >> f";
+/// The same, serialised by a lock: copies at once cannot race (so *concurrent* passes whatever
+/// the machine's load), while a cut between the halves still leaves half a file for good.
+const TWO_STEPS_LOCKED: &str = "exec 9>f.lock; flock 9; [ -e f ] && exit 0; printf 'half\\n' > f; sleep 1; printf 'rest\\n' >> f";
 
 #[test]
 fn two_step_write_passes_rerun_but_fails_interrupted_between_the_halves() {
@@ -519,7 +522,7 @@ fn text_report_is_pinned() {
             "--grace",
             "5s",
         ],
-        TWO_STEPS,
+        TWO_STEPS_LOCKED,
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
