@@ -67,12 +67,23 @@ pub async fn acquire(
             }
             until = until.min(end);
         }
+        // A lease that would lapse before `until` is looked at again the moment it does.
+        let until = wake_by(&seen, until);
         patiently(started, opts.wait_timeout, || {
             store.wait_change(id, &seen, until)
         })
         .await?;
         waited = true;
     }
+}
+
+/// Past the moment a busy lease would lapse, so that the next look finds it lapsed.
+const LAPSE_SLACK: Duration = Duration::from_millis(50);
+
+/// `until`, or just after the moment `seen` would lapse if that comes first.
+pub fn wake_by(seen: &Observation, until: Instant) -> Instant {
+    seen.lapses_in
+        .map_or(until, |left| until.min(Instant::now() + left + LAPSE_SLACK))
 }
 
 /// Pause between tries while the store is overloaded (jittered to 0.5–1.5×).

@@ -103,6 +103,7 @@ pub async fn wait(store: &dyn Store, plan: &WaitPlan) -> Result<Record, WaitErro
         match seen {
             // A held lease on a store with its own change notification: wait for it.
             Some(o) if store.needs_renewal() => {
+                let until = crate::acquire::wake_by(&o, until);
                 store.wait_change(&plan.id, &o, until).await?;
             }
             // Nothing to be notified of yet, or a flock (waiting on it would take it): look again.

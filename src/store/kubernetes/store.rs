@@ -29,8 +29,6 @@ pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 /// Base pause between looks at a busy Lease when watching is not possible; jittered to 0.5–1.5×,
 /// so at most 0.9 s.
 const POLL: Duration = Duration::from_millis(600);
-/// Past the moment a busy Lease would lapse, so that the next look sees it lapsed.
-const LAPSE_SLACK: Duration = Duration::from_millis(50);
 /// Longest a release may take.
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
 /// Conflicts in a row before an update gives up (each one means another writer got in first).
@@ -565,10 +563,6 @@ impl Store for KubeStore {
         seen: &Observation,
         until: Instant,
     ) -> Result<(), StoreError> {
-        // Wake in time to take the Lease over the moment it would lapse.
-        let until = seen
-            .lapses_in
-            .map_or(until, |left| until.min(Instant::now() + left + LAPSE_SLACK));
         let name = lease_name(id);
         if !self.watch_change(&name, &seen.version, until).await {
             let pause = jittered(POLL).min(until.saturating_duration_since(Instant::now()));

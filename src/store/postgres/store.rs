@@ -28,8 +28,6 @@ use tokio_postgres::error::SqlState;
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A blocked statement (row lock held by a committing SQL task) gives up after this, server side.
 const LOCK_TIMEOUT_MS: u32 = 5000;
-/// Extra sleep past the holder's expiry, so that the re-check finds it lapsed by the DB clock.
-const EXPIRY_SLACK: Duration = Duration::from_millis(25);
 /// Waiters keep their listening connection while fewer than this share of the server's
 /// connections are in use; past it they give it up and look again every `CROWDED_POLL`. A fifth:
 /// a rollout then never holds more than about that share of the application's database.
@@ -739,13 +737,10 @@ impl Store for PgStore {
     async fn wait_change(
         &self,
         id: &TaskId,
-        seen: &Observation,
+        // The caller's `until` already stops at the lease's lapse (`acquire::wake_by`).
+        _seen: &Observation,
         until: Instant,
     ) -> Result<(), StoreError> {
-        let lapse = seen
-            .lapses_in
-            .map_or(until, |left| Instant::now() + left + EXPIRY_SLACK);
-        let until = lapse.min(until);
         let name = id.storage_name();
         // Subscribed before the look that found the lease busy (`try_acquire`), so that a
         // release committed in between is not missed.
