@@ -302,6 +302,11 @@ async fn a_lease_lost_while_running_kills_the_command_and_records_nothing() {
         State::Running,
         "nothing recorded"
     );
+    assert_eq!(
+        store.calls(Op::Release),
+        0,
+        "a lease known lost is not released"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

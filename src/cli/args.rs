@@ -481,8 +481,9 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// INITGUARD_KEY for the command
-    #[arg(long, env = "INITGUARD_KEY", default_value = "verify")]
+    /// INITGUARD_KEY for the command. No variable: INITGUARD_KEY is what initguard gives the
+    /// commands it runs, never its own configuration
+    #[arg(long, default_value = "verify")]
     pub key: String,
 
     /// As in run: part of the command's INITGUARD_FINGERPRINT (repeatable)
