@@ -115,29 +115,45 @@ where
     }
 }
 
+/// At most once every `WAIT_LOG_EVERY`: how often a waiter says what it waits for.
+#[derive(Default)]
+pub(crate) struct Every {
+    last: Option<Instant>,
+}
+
+impl Every {
+    /// True the first time, then again once `WAIT_LOG_EVERY` has passed since the last true.
+    pub fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < WAIT_LOG_EVERY)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// The "waiting for KEY held by HOLDER since Ns" line, at most every `WAIT_LOG_EVERY`.
 struct WaitLog {
     task: String,
-    last: Option<Instant>,
+    every: Every,
 }
 
 impl WaitLog {
     fn new(id: &TaskId) -> WaitLog {
         WaitLog {
             task: id.to_string(),
-            last: None,
+            every: Every::default(),
         }
     }
 
     fn tick(&mut self, seen: &Observation) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < WAIT_LOG_EVERY)
-        {
+        if !self.every.due() {
             return;
         }
-        self.last = Some(now);
         match seen.held_for {
             Some(d) => tracing::info!(
                 key = %self.task,

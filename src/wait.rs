@@ -3,13 +3,12 @@
 //! notification while someone holds the lease (a watch, `NOTIFY`), and by a short jittered look
 //! while nobody does yet. Never takes the lease and never writes.
 
+use crate::acquire::{Every, WAIT_LOG_EVERY};
 use crate::record::Record;
 use crate::store::{Store, StoreError, jittered};
 use crate::task::TaskId;
 use std::time::{Duration, Instant};
 
-/// How often a waiter says what it waits for.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Pause between looks while nobody holds the lease (the task has not started, or between
 /// attempts), and on stores whose wait would take their lock (flock); jittered to 0.5–1.5×.
 const IDLE_LOOK: Duration = Duration::from_millis(400);
@@ -54,7 +53,7 @@ fn done(rec: &Record, fp: Option<&str>) -> bool {
 pub async fn wait(store: &dyn Store, plan: &WaitPlan) -> Result<Record, WaitError> {
     let started = Instant::now();
     let fp = plan.fingerprint.as_deref();
-    let mut last_log: Option<Instant> = None;
+    let mut log = Every::default();
     loop {
         let rec = crate::acquire::patiently(started, plan.timeout, || store.read(&plan.id)).await?;
         if let Some(rec) = &rec {
@@ -85,7 +84,7 @@ pub async fn wait(store: &dyn Store, plan: &WaitPlan) -> Result<Record, WaitErro
                 None => "not started yet".to_string(),
             },
         };
-        let mut until = Instant::now() + LOG_EVERY;
+        let mut until = Instant::now() + WAIT_LOG_EVERY;
         if let Some(limit) = plan.timeout {
             if started.elapsed() >= limit {
                 return Err(WaitError::Timeout {
@@ -96,8 +95,7 @@ pub async fn wait(store: &dyn Store, plan: &WaitPlan) -> Result<Record, WaitErro
             }
             until = until.min(started + limit);
         }
-        if last_log.is_none_or(|l| l.elapsed() >= LOG_EVERY) {
-            last_log = Some(Instant::now());
+        if log.due() {
             tracing::info!(key = %plan.id, "waiting for {} to succeed: {now}", plan.id);
         }
         match seen {
