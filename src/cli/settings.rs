@@ -66,6 +66,11 @@ pub const STORE_ENV: &[&str] = &[
     "INITGUARD_STORE",
     "INITGUARD_STORE_PASSWORD_FILE",
     "INITGUARD_SQL_TARGET",
+    // etcd store (issue 11): its user and TLS files.
+    "INITGUARD_ETCD_USER",
+    "INITGUARD_ETCD_CA_FILE",
+    "INITGUARD_ETCD_CERT_FILE",
+    "INITGUARD_ETCD_KEY_FILE",
 ];
 
 /// Refuse a run nested inside a run of the same key: it would wait on its own parent's lease
@@ -91,8 +96,8 @@ pub fn check_not_nested(id: &TaskId) -> Result<(), SettingsError> {
 pub struct StoreChoice<'a> {
     pub raw: Option<&'a str>,
     pub kube_context: Option<&'a str>,
-    /// `--store-password-file`, for postgres:// stores.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// `--store-password-file`, for postgres:// and etcd:// stores.
+    #[cfg_attr(not(any(feature = "postgres", feature = "etcd")), allow(dead_code))]
     pub password_file: Option<&'a Path>,
     /// `--pg-schema`, for postgres:// stores.
     pub pg_schema: Option<&'a str>,
@@ -115,6 +120,11 @@ pub fn store_url(choice: &StoreChoice) -> Result<StoreUrl, SettingsError> {
             }
             Ok(StoreUrl::Postgres(pg))
         }
+        // etcd store (issue 11): credentials from the environment, never the command line.
+        #[cfg(feature = "etcd")]
+        StoreUrl::Etcd(etcd) if choice.pg_schema.is_none() => Ok(StoreUrl::Etcd(
+            etcd.with_credentials_from_env(choice.password_file.map(Path::to_path_buf)),
+        )),
         other => {
             if choice.pg_schema.is_some() {
                 return Err(SettingsError::Usage {

@@ -10,6 +10,9 @@
 //! lease, never a panic.
 
 mod error;
+// etcd store (issue 11).
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod file;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
@@ -278,6 +281,9 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::Kubernetes { namespace, context } => Ok(Box::new(
             kubernetes::KubeStore::open(namespace.as_deref(), context.as_deref()).await?,
         )),
+        // etcd store (issue 11).
+        #[cfg(feature = "etcd")]
+        StoreUrl::Etcd(url) => Ok(Box::new(etcd::EtcdStore::open(url).await?)),
     }
 }
 

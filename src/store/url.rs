@@ -17,6 +17,9 @@ pub enum StoreUrl {
         namespace: Option<String>,
         context: Option<String>,
     },
+    /// `etcd://HOST:PORT[,HOST:PORT…]` or `etcds://…` (TLS), `?prefix=` (issue 11).
+    #[cfg(feature = "etcd")]
+    Etcd(super::etcd::EtcdUrl),
 }
 
 /// Errors never quote a URL that failed to parse: it may hold a password in a place a parser that
@@ -24,12 +27,12 @@ pub enum StoreUrl {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreUrlError {
     #[error(
-        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE], etcd://…"
     )]
     UnknownScheme { scheme: String },
     #[error(
         "the store URL has no scheme (libpq keyword strings like \"host=… dbname=…\" are not \
-         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE], etcd://…"
     )]
     NoScheme,
     #[error("store URL {url} needs the {feature} backend, which this build leaves out")]
@@ -73,6 +76,19 @@ impl StoreUrl {
                 feature: "postgres",
             }),
             "kubernetes" => parse_kubernetes(raw, rest),
+            // etcd store (issue 11).
+            #[cfg(feature = "etcd")]
+            "etcd" | "etcds" => super::etcd::EtcdUrl::parse(raw)
+                .map(StoreUrl::Etcd)
+                .map_err(|e| StoreUrlError::Invalid {
+                    url: format!("{scheme}://…"),
+                    why: e.to_string(),
+                }),
+            #[cfg(not(feature = "etcd"))]
+            "etcd" | "etcds" => Err(StoreUrlError::NotBuilt {
+                url: format!("{scheme}://…"),
+                feature: "etcd",
+            }),
             _ => Err(StoreUrlError::UnknownScheme {
                 scheme: scheme.to_string(),
             }),
@@ -102,6 +118,8 @@ impl StoreUrl {
             StoreUrl::Kubernetes { namespace, .. } => {
                 format!("kubernetes:{}", namespace.as_deref().unwrap_or(""))
             }
+            #[cfg(feature = "etcd")]
+            StoreUrl::Etcd(url) => url.redacted(),
         }
     }
 }
