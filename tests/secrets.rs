@@ -41,6 +41,13 @@ fn bad_urls() -> Vec<String> {
         "postgres://app@db/app?sslmode=PW",
         "postgres://app@db/app?connect_timeout=PW",
         "postgres://app:PW@db/app?sslrootcert=%ff",
+        // etcd (issue 11): a password is refused anywhere in the URL
+        "etcd://root:PW@127.0.0.1:2379",
+        "etcds://root:PW@h1:2379,h2:2379?prefix=/x/",
+        "etcd://h:2379?PW",
+        "etcd://h:2379?prefix=/x/&PW=1",
+        "etcd://h:PW",
+        "etcd:/root:PW@h",
         // other schemes
         "kubernetes://app:PW@cluster",
         "file:",

@@ -4,6 +4,8 @@
 
 #[macro_use]
 pub mod contract;
+// etcd store (issue 11).
+pub mod etcd;
 pub mod memory;
 pub mod pg;
 pub mod proxy;

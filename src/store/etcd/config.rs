@@ -134,11 +134,12 @@ impl EtcdUrl {
     /// As logged: no credentials to hide, only the user is shown.
     pub fn redacted(&self) -> String {
         let scheme = if self.tls { "etcds" } else { "etcd" };
-        let user = self
-            .user
-            .as_deref()
-            .map(|u| format!("{u}@"))
-            .unwrap_or_default();
+        // A user with a `:` is a password put in the wrong place (`open` refuses it): hidden.
+        let user = match self.user.as_deref() {
+            Some(u) if u.contains(':') => "***@".to_string(),
+            Some(u) => format!("{u}@"),
+            None => String::new(),
+        };
         let mut out = format!("{scheme}://{user}{}", self.endpoints.join(","));
         if self.prefix != DEFAULT_PREFIX {
             out.push_str(&format!("?prefix={}", self.prefix));

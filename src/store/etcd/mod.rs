@@ -7,5 +7,5 @@ mod names;
 mod store;
 
 pub use config::{DEFAULT_PREFIX, EtcdUrl, EtcdUrlError};
-pub use names::{lock_key, record_key, task_dir};
+pub use names::{lock_key, record_key, task_dir, task_of_key};
 pub use store::EtcdStore;

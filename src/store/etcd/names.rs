@@ -78,6 +78,17 @@ pub(crate) fn task_of_record_key(prefix: &str, key: &[u8]) -> Option<TaskId> {
     TaskId::from_storage_name(&unescape(escaped)?)
 }
 
+/// The task whose lock or record `key` is, under `prefix` (for tools and tests that look at
+/// what the store keeps).
+pub fn task_of_key(prefix: &str, key: &str) -> Option<TaskId> {
+    let rest = key.strip_prefix(prefix)?;
+    let (escaped, leaf) = rest.split_once('/')?;
+    if leaf != LOCK && leaf != RECORD {
+        return None;
+    }
+    TaskId::from_storage_name(&unescape(escaped)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,7 +160,10 @@ mod tests {
             scoped("ds", Scope::Node, "ip-10-0-1-23.ec2.internal"),
         ] {
             let k = record_key("/initguard/", &t);
-            assert_eq!(task_of_record_key("/initguard/", k.as_bytes()), Some(t.clone()));
+            assert_eq!(
+                task_of_record_key("/initguard/", k.as_bytes()),
+                Some(t.clone())
+            );
             let lock = lock_key("/initguard/", &t);
             assert_eq!(task_of_record_key("/initguard/", lock.as_bytes()), None);
         }
@@ -160,7 +174,11 @@ mod tests {
             "/initguard/record",
             "/other/a/record",
         ] {
-            assert_eq!(task_of_record_key("/initguard/", other.as_bytes()), None, "{other}");
+            assert_eq!(
+                task_of_record_key("/initguard/", other.as_bytes()),
+                None,
+                "{other}"
+            );
         }
     }
 }

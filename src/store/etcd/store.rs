@@ -190,6 +190,14 @@ impl EtcdStore {
             .with_connect_timeout(CONNECT_TIMEOUT)
             // A token that expires while a long command runs is fetched again, not an error.
             .with_auto_token_refresh(true);
+        if url.user.as_deref().is_some_and(|u| u.contains(':')) {
+            return Err(config_error(
+                url,
+                format!(
+                    "the etcd user ({USER_ENV}) contains ':': the password goes in a file named                      by --store-password-file, not beside the user"
+                ),
+            ));
+        }
         match (&url.user, &url.password_file) {
             (Some(user), Some(file)) => opts = opts.with_user(user, password(url, file)?),
             (Some(user), None) => {
@@ -341,7 +349,11 @@ impl EtcdStore {
     }
 
     /// A txn over the task's keys, tried as `call` does.
-    async fn txn(&self, txn: Txn, deadline: Option<Instant>) -> Result<etcd_client::TxnResponse, StoreError> {
+    async fn txn(
+        &self,
+        txn: Txn,
+        deadline: Option<Instant>,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
         call(deadline, || {
             let mut kv = self.client.kv_client();
             let txn = txn.clone();
@@ -417,12 +429,13 @@ impl EtcdStore {
         lease_id: i64,
         value: Vec<u8>,
     ) -> Result<Lease, StoreError> {
-        let token = u64::try_from(token).ok().filter(|t| *t > 0).ok_or_else(|| {
-            StoreError::Unreachable {
+        let token = u64::try_from(token)
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| StoreError::Unreachable {
                 store: self.url.redacted(),
                 reason: format!("etcd answered the take with create revision {token}"),
-            }
-        })?;
+            })?;
         tracing::debug!(key = %id, token, lease = lease_id, "lease taken");
         Ok(Lease {
             id: id.clone(),
@@ -588,7 +601,11 @@ impl Store for EtcdStore {
         // lingers until its TTL, bound to nothing: that holder's next renewal finds the lock
         // key gone (compare fails) and reports the lease lost.
         let txn = Txn::new()
-            .when([Compare::mod_revision(lock.clone(), CompareOp::Equal, lock_rev)])
+            .when([Compare::mod_revision(
+                lock.clone(),
+                CompareOp::Equal,
+                lock_rev,
+            )])
             .and_then([TxnOp::delete(lock, None)]);
         Ok(self.txn(txn, None).await?.succeeded())
     }
