@@ -46,6 +46,11 @@ impl StoreFixture for EtcdFixture {
             })
             .collect()
     }
+    /// Each take creates the lock key (a take is a txn "create if absent"), and only a take.
+    fn acquisitions(&self, key: &str) -> Option<u64> {
+        let id = TaskId::global(Key::parse(key).ok()?);
+        Some(self.etcd.creations(&lock_key(PREFIX, &id)))
+    }
 }
 
 // Without etcd installed (and CI unset) each scenario returns after Etcd::start's SKIP line.

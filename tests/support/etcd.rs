@@ -234,6 +234,45 @@ impl Etcd {
         v["kvs"][0]["create_revision"].as_u64().unwrap_or(0)
     }
 
+    /// How many times `key` was created (put while absent) since the server started: the
+    /// history of its events replayed by a watch from revision 1 (these servers never compact).
+    pub fn creations(&self, key: &str) -> u64 {
+        assert!(
+            self.tls.is_none() && !self.auth,
+            "creations: plain servers only"
+        );
+        let endpoint = self.endpoint();
+        let key = key.to_string();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None)
+                .await
+                .expect("connect to etcd");
+            let opts = etcd_client::WatchOptions::new().with_start_revision(1);
+            let mut stream = client.watch(key, Some(opts)).await.expect("watch");
+            let mut created = 0;
+            // The history comes at once; a second of silence after it means it is all there.
+            while let Ok(msg) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await
+            {
+                let Some(resp) = msg.expect("watch message") else {
+                    break;
+                };
+                for e in resp.events() {
+                    if let Some(kv) = e.kv()
+                        && e.event_type() == etcd_client::EventType::Put
+                        && kv.version() == 1
+                    {
+                        created += 1;
+                    }
+                }
+            }
+            created
+        })
+    }
+
     pub fn put(&self, key: &str, value: &str) {
         self.ctl(&["put", key, value]);
     }

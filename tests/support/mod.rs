@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod contract;
 // etcd store (issue 11).
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
 pub mod pg;
@@ -32,6 +33,12 @@ pub trait StoreFixture {
     /// Everything the store keeps, as raw as it keeps it (files, table rows, Lease objects), to
     /// show what a command changed and created.
     fn stored(&self) -> Vec<Stored>;
+    /// How many times the lease of the global task `key` was taken, for stores whose fencing
+    /// token is not a count of acquisitions (etcd: a revision of the whole store); `None`: the
+    /// record's token counts them.
+    fn acquisitions(&self, _key: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// One object a store keeps: which task it belongs to (`TaskId::storage_name`), what it is, and
@@ -56,6 +63,17 @@ impl<T: StoreFixture + ?Sized> StoreFixture for &T {
     }
     fn stored(&self) -> Vec<Stored> {
         (**self).stored()
+    }
+    fn acquisitions(&self, key: &str) -> Option<u64> {
+        (**self).acquisitions(key)
+    }
+}
+
+/// That the lease of `key` (whose record is `rec`) was taken exactly `n` times.
+pub fn assert_acquisitions(fx: &dyn StoreFixture, key: &str, rec: &serde_json::Value, n: u64) {
+    match fx.acquisitions(key) {
+        Some(got) => assert_eq!(got, n, "lease acquisitions of {key}: {rec}"),
+        None => assert_eq!(rec["token"], n, "lease acquisitions (the token): {rec}"),
     }
 }
 
