@@ -613,3 +613,56 @@ fn a_password_in_the_url_is_refused_and_never_printed() {
         stderr(&out)
     );
 }
+
+/// Requests etcd has served of `method` (its Prometheus counter on the client port).
+fn served(etcd: &Etcd, method: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(etcd.endpoint()).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total{")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waiters watch the task's keys: while a holder runs (renewing every 10 s of a 30 s lease),
+/// five waiters send etcd no reads at all; each wakes once, when the holder's success is written.
+#[test]
+fn waiters_watch_and_send_no_reads_while_they_wait() {
+    let Some(etcd) = Etcd::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let script = format!("touch {}; sleep 4", started.display());
+    let holder = spawn(run(&etcd.url(), work.path(), "watch/k", &[], &script));
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let waiters: Vec<Child> = (0..5)
+        .map(|_| spawn(run(&etcd.url(), work.path(), "watch/k", &[], &script)))
+        .collect();
+    // Once every waiter has looked and is waiting.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ranges, txns) = (served(&etcd, "Range"), served(&etcd, "Txn"));
+    assert!(ranges > 0 && txns > 0, "the counters count: {ranges} {txns}");
+    std::thread::sleep(Duration::from_secs(2));
+    let (ranges2, txns2) = (served(&etcd, "Range"), served(&etcd, "Txn"));
+    eprintln!(
+        "in 2 s of waiting: {} reads, {} txns",
+        ranges2 - ranges,
+        txns2 - txns
+    );
+    assert_eq!(ranges2 - ranges, 0, "waiters read while they waited");
+    assert_eq!(txns2 - txns, 0, "waiters tried to take while they waited");
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for w in waiters {
+        let out = w.wait_with_output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
+    }
+}
