@@ -547,10 +547,22 @@ fn tls_with_a_ca_and_a_client_certificate() {
                 .env("INITGUARD_ETCD_KEY_FILE", &tls.client_key);
         }
     };
-    let mut c = run(&url, work.path(), "tls/k", &[], "true");
+    let env_file = work.path().join("env");
+    let script = format!("env > {}", env_file.display());
+    let mut c = run(&url, work.path(), "tls/k", &[], &script);
     with(&mut c, true, true);
     let out = c.output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(
+        !env.contains("INITGUARD_ETCD_"),
+        "the command got them: {env}"
+    );
+    let mut c = run(&url, work.path(), "tls/k5", &["--pass-store-env"], &script);
+    with(&mut c, true, true);
+    assert_eq!(code(&c.output().unwrap()), 0);
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("INITGUARD_ETCD_CA_FILE="), "{env}");
 
     let mut c = run(&url, work.path(), "tls/k2", &[], "true");
     with(&mut c, false, true);
@@ -648,7 +660,10 @@ fn waiters_watch_and_send_no_reads_while_they_wait() {
     // Once every waiter has looked and is waiting.
     std::thread::sleep(Duration::from_millis(1500));
     let (ranges, txns) = (served(&etcd, "Range"), served(&etcd, "Txn"));
-    assert!(ranges > 0 && txns > 0, "the counters count: {ranges} {txns}");
+    assert!(
+        ranges > 0 && txns > 0,
+        "the counters count: {ranges} {txns}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let (ranges2, txns2) = (served(&etcd, "Range"), served(&etcd, "Txn"));
     eprintln!(
