@@ -469,7 +469,9 @@ impl EtcdStore {
             };
             loop {
                 match stream.message().await {
-                    Ok(Some(resp)) if resp.canceled() => return true,
+                    // Canceled: compacted past `from`, or refused. A pause, then a fresh look,
+                    // never a loop of watches canceled at once.
+                    Ok(Some(resp)) if resp.canceled() => return false,
                     Ok(Some(resp)) if !resp.events().is_empty() => return true,
                     Ok(Some(_)) => continue,
                     Ok(None) | Err(_) => return false,
