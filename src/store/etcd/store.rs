@@ -13,9 +13,10 @@ use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, jitt
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use etcd_client::proto::PbTxnOpResponse;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnResponse, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -133,15 +134,18 @@ fn tls_options(url: &EtcdUrl) -> Result<Option<TlsOptions>, StoreError> {
     Ok(Some(tls))
 }
 
-/// The key-value pairs of a range read (or of a txn's range reads), by key.
-fn kvs_of(responses: &[TxnOpResponse]) -> Vec<KeyValue> {
-    responses
+/// The key-value pairs of a txn's range reads. Read from the raw answer: a response without its
+/// body is skipped, where etcd-client's `op_responses` would panic.
+fn kvs_of(resp: &TxnResponse) -> Vec<KeyValue> {
+    resp.0
+        .responses
         .iter()
-        .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
+        .filter_map(|r| match r.response.as_ref()? {
+            PbTxnOpResponse::ResponseRange(range) => Some(&range.kvs),
             _ => None,
         })
         .flatten()
+        .map(|kv| <&KeyValue>::from(kv).clone())
         .collect()
 }
 
@@ -349,11 +353,7 @@ impl EtcdStore {
     }
 
     /// A txn over the task's keys, tried as `call` does.
-    async fn txn(
-        &self,
-        txn: Txn,
-        deadline: Option<Instant>,
-    ) -> Result<etcd_client::TxnResponse, StoreError> {
+    async fn txn(&self, txn: Txn, deadline: Option<Instant>) -> Result<TxnResponse, StoreError> {
         call(deadline, || {
             let mut kv = self.client.kv_client();
             let txn = txn.clone();
@@ -403,7 +403,7 @@ impl EtcdStore {
         if resp.succeeded() {
             return Ok(());
         }
-        let kvs = kvs_of(&resp.op_responses());
+        let kvs = kvs_of(&resp);
         Err(StoreError::lease_lost(
             lease,
             EtcdStore::lost_reason(kvs.first(), lease.token),
@@ -550,7 +550,7 @@ impl Store for EtcdStore {
                 return Err(e);
             }
         };
-        let kvs = kvs_of(&resp.op_responses());
+        let kvs = kvs_of(&resp);
         let keys = TaskKeys::from(kvs, &lock, &record_key(&self.url.prefix, id));
         let ours = keys.lock.as_ref().filter(|l| l.lease() == lease_id);
         if let Some(l) = ours {
