@@ -53,6 +53,15 @@ impl Target {
         }
     }
 
+    /// etcd (issue 11) behind `proxy`.
+    #[cfg(feature = "etcd")]
+    fn etcd_via(proxy: &Proxy) -> Target {
+        Target {
+            url: format!("etcd://127.0.0.1:{}", proxy.port),
+            env: Vec::new(),
+        }
+    }
+
     fn ig(&self, work: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(support::bin());
         c.current_dir(work)
@@ -606,4 +615,61 @@ mod kube {
             stall(&api)
         });
     }
+}
+
+// ---- etcd behind a black-holed proxy (issue 11) -----------------------------------------------
+
+#[cfg(feature = "etcd")]
+fn etcd_addr(etcd: &support::etcd::Etcd) -> SocketAddr {
+    etcd.endpoint().parse().expect("etcd endpoint")
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn blackholed_etcd_run_status_reset_release_exit_69_within_the_bound() {
+    let Some(etcd) = support::etcd::Etcd::start() else {
+        return;
+    };
+    let proxy = Proxy::start(etcd_addr(&etcd));
+    let t = Target::etcd_via(&proxy);
+    let _hole = proxy.blackholed();
+    four_exit_69("black-holed etcd", &t, "hang/hole");
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn blackholed_etcd_commands_exit_143_soon_after_sigterm() {
+    let Some(etcd) = support::etcd::Etcd::start() else {
+        return;
+    };
+    let proxy = Proxy::start(etcd_addr(&etcd));
+    let t = Target::etcd_via(&proxy);
+    {
+        let _hole = proxy.blackholed();
+        four_exit_143_while_connecting("black-holed etcd", &t, "hang/hole-term");
+    }
+    let p = &proxy;
+    waiters_exit_143_when_the_store_goes_silent("black-holed etcd", &t, "hang/hole-wait", || {
+        p.blackholed()
+    });
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn waiter_whose_etcd_goes_silent_exits_69_within_the_bound() {
+    let Some(etcd) = support::etcd::Etcd::start() else {
+        return;
+    };
+    let proxy = Proxy::start(etcd_addr(&etcd));
+    let direct = Target {
+        url: etcd.url(),
+        env: Vec::new(),
+    };
+    waiter_exits_69_when_the_store_goes_silent(
+        "black-holed etcd",
+        &direct,
+        &Target::etcd_via(&proxy),
+        "hang/w",
+        || proxy.blackholed(),
+    );
 }

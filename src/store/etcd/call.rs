@@ -119,7 +119,7 @@ where
                 Sorted::Final(e) => return Err(e),
                 Sorted::Transient(reason) => last = reason,
             },
-            Err(_) => last = format!("no answer within {}ms", budget.as_millis()),
+            Err(_) => last = format!("etcd did not answer within {:.1}s", budget.as_secs_f64()),
         }
         let wait = crate::store::jittered(pause);
         if tries == ATTEMPTS || Instant::now() + wait >= deadline {

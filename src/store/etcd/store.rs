@@ -239,7 +239,10 @@ impl EtcdStore {
                     url,
                     EtcdError::Unreachable {
                         tries: 1,
-                        reason: format!("no answer in {}s", call::CALL_BUDGET.as_secs()),
+                        reason: format!(
+                            "etcd did not answer within {}s",
+                            call::CALL_BUDGET.as_secs()
+                        ),
                     },
                 ));
             }
@@ -283,7 +286,7 @@ impl EtcdStore {
             EtcdError::Unreachable { tries, reason } => StoreError::Unreachable {
                 store,
                 reason: format!(
-                    "no answer after {tries} {} ({reason}); check that etcd answers at {} from \
+                    "failed after {tries} {} ({reason}); check that etcd answers at {} from \
                      here",
                     if tries == 1 { "try" } else { "tries" },
                     url.endpoints.join(",")
