@@ -141,7 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd-store",
         "etcd store (`cargo bench --bench etcd_store --features etcd`)",
         "whole-process times of the release binary against a local throwaway etcd 3.4 (one \
-         member, its data on the local disk).",
+         member, its data on the local disk, 500 ms election timeout as the tests start it).",
         &rows,
     )?;
     Ok(())
