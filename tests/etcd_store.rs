@@ -624,6 +624,13 @@ fn a_password_in_the_url_is_refused_and_never_printed() {
         "{}",
         stderr(&out)
     );
+    // Nor beside the user in INITGUARD_ETCD_USER: refused before connecting, never printed.
+    let out = run("etcd://127.0.0.1:1", work.path(), "k", &[], "true")
+        .env("INITGUARD_ETCD_USER", "root:S3cretPW")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("S3cretPW"), "{}", stderr(&out));
 }
 
 /// Requests etcd has served of `method` (its Prometheus counter on the client port).
