@@ -633,6 +633,46 @@ fn a_password_in_the_url_is_refused_and_never_printed() {
     assert!(!stderr(&out).contains("S3cretPW"), "{}", stderr(&out));
 }
 
+/// An output tail that escapes to more than etcd takes in one request (1.5 MiB) cannot keep the
+/// success from being recorded: the record is trimmed to its cap (the newest output kept), and
+/// `status` says so.
+#[test]
+fn a_huge_tail_is_trimmed_to_the_cap_and_the_success_recorded() {
+    let Some(etcd) = Etcd::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    // 1 MiB of control characters: six bytes each in JSON.
+    let script = "head -c 1048000 /dev/zero | tr '\\0' '\\1'; printf THE-END";
+    let out = run(
+        &etcd.url(),
+        work.path(),
+        "big/k",
+        &["--tail-bytes", "1048576"],
+        script,
+    )
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rec = etcd.get(&record_key(PREFIX, &global("big/k"))).unwrap();
+    assert!(
+        rec.len() <= initguard::store::etcd::MAX_RECORD_BYTES,
+        "{}",
+        rec.len()
+    );
+    let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+    assert_eq!(rec["state"], "succeeded");
+    assert!(
+        rec["tail"].as_str().unwrap().ends_with("THE-END"),
+        "newest output kept"
+    );
+    let table = ig(&etcd.url(), work.path()).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("trimmed to fit this store's record cap of 1024 KiB"),
+        "{text}"
+    );
+}
+
 /// Requests etcd has served of `method` (its Prometheus counter on the client port).
 fn served(etcd: &Etcd, method: &str) -> u64 {
     use std::io::{Read, Write};

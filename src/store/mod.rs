@@ -9,6 +9,9 @@
 //! every CLI path monomorphised per backend). A handle from another store is reported as a lost
 //! lease, never a panic.
 
+// Shared by the stores with a record size limit (kubernetes, etcd: issue 11).
+#[cfg_attr(not(any(feature = "kubernetes", feature = "etcd")), allow(dead_code))]
+mod bound;
 mod error;
 // etcd store (issue 11).
 #[cfg(feature = "etcd")]

@@ -8,4 +8,4 @@ mod store;
 
 pub use config::{DEFAULT_PREFIX, EtcdUrl, EtcdUrlError};
 pub use names::{lock_key, record_key, task_dir, task_of_key};
-pub use store::EtcdStore;
+pub use store::{EtcdStore, MAX_RECORD_BYTES};

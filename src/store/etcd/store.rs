@@ -9,7 +9,7 @@ use super::call::{self, EtcdError, call};
 use super::config::{CA_ENV, CERT_ENV, EtcdUrl, KEY_ENV, USER_ENV};
 use super::names::{lock_key, record_key, task_dir, task_of_record_key};
 use crate::record::Record;
-use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, jittered};
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, bound, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Largest record written. etcd refuses requests over 1.5 MiB (`--max-request-bytes`); a record
-/// is bounded by `--tail-bytes` and `--history`, whose defaults keep it to a few KiB.
+/// Largest record written: etcd refuses requests over 1.5 MiB (`--max-request-bytes`), and a
+/// record of `--tail-bytes 1048576` of escaped output or `--history 1000` can be larger. Over
+/// this, its output tail and then its oldest history entries are trimmed (`bound`).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Pause between looks at a busy lock when no watch could be had; jittered to 0.5–1.5×.
 const POLL: Duration = Duration::from_millis(600);
@@ -646,21 +647,12 @@ impl Store for EtcdStore {
 
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         let held = self.handle(lease)?;
-        let json = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-            key: record.key.clone(),
-            location: self.location(&held.record),
-            reason: format!("cannot encode the record: {e}"),
-        })?;
-        if json.len() > MAX_RECORD_BYTES {
-            return Err(StoreError::Unsupported {
-                store: self.url.redacted(),
-                what: format!(
-                    "a record of {} bytes (at most {} KiB; lower --tail-bytes or --history)",
-                    json.len(),
-                    MAX_RECORD_BYTES / 1024
-                ),
-            });
-        }
+        let json = bound::bounded_json(
+            record,
+            MAX_RECORD_BYTES,
+            &self.url.redacted(),
+            "an etcd value",
+        )?;
         let put = TxnOp::put(held.record.clone(), json, None);
         self.fenced(lease, held, vec![put], None).await
     }
@@ -680,6 +672,10 @@ impl Store for EtcdStore {
             Ok(()) | Err(EtcdError::LeaseGone) => Ok(()),
             Err(e) => Err(self.err(e)),
         }
+    }
+
+    fn record_limit(&self) -> Option<usize> {
+        Some(MAX_RECORD_BYTES)
     }
 
     async fn list(&self) -> Result<Listing, StoreError> {
