@@ -215,8 +215,8 @@ pub fn table(rows: &[StatusRow]) -> String {
                 _ => r.applied_at.or(r.started_at),
             };
             [
-                version,
-                r.description.clone(),
+                validate::printable(&version).into_owned(),
+                validate::printable(&r.description).into_owned(),
                 r.kind.to_string(),
                 r.state.as_str().to_string(),
                 when.map(|t| t.format("%Y-%m-%d %H:%M").to_string())

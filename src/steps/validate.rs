@@ -13,7 +13,8 @@
 //! - history `Failed` → planned again with `Previous::Failed`; `Running` → `Previous::Interrupted`
 //!   (the caller holds the lease, so nobody else is running it; `--on-interrupted` is the caller's);
 //!   both are reported as warnings too, as is a failed entry whose file is gone (not retried);
-//!   a no-transaction SQL step resumes at `statements_done`, any other step starts over;
+//!   a no-transaction SQL step resumes at `statements_done` (even if its file changed since: the
+//!   usual fix edits the statement that failed), any other step starts over;
 //! - the plan: pending versioned steps in version order, then repeatable steps (by description)
 //!   that never ran or whose checksum differs from their last run (`Previous::Changed`).
 
@@ -294,6 +295,19 @@ fn interrupted_problem(a: &Applied, step: &Step) -> Problem {
     }
 }
 
+/// A table cell: control characters (a newline in a file name) shown as `?`, so one value stays
+/// on one line.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// A problem kind as users read it.
 pub fn kind_label(kind: ProblemKind) -> &'static str {
     match kind {
@@ -325,13 +339,13 @@ pub fn problem_table(problems: &[Problem]) -> String {
     if problems.is_empty() {
         return String::new();
     }
-    let cells: Vec<[&str; 3]> = problems
+    let cells: Vec<[std::borrow::Cow<'_, str>; 3]> = problems
         .iter()
         .map(|p| {
             [
-                kind_label(p.kind),
-                p.step.as_deref().unwrap_or("-"),
-                p.file.as_deref().unwrap_or("-"),
+                kind_label(p.kind).into(),
+                printable(p.step.as_deref().unwrap_or("-")),
+                printable(p.file.as_deref().unwrap_or("-")),
             ]
         })
         .collect();
@@ -352,10 +366,14 @@ pub fn problem_table(problems: &[Problem]) -> String {
     };
     let mut out = line(header);
     out.push('\n');
-    for (p, c) in problems.iter().zip(cells) {
-        out.push_str(&line(c));
+    for (p, c) in problems.iter().zip(&cells) {
+        out.push_str(&line([&c[0], &c[1], &c[2]]));
         out.push('\n');
-        out.push_str(&format!("    {}\n    fix: {}\n", p.detail, p.fix));
+        out.push_str(&format!(
+            "    {}\n    fix: {}\n",
+            printable(&p.detail),
+            printable(&p.fix)
+        ));
     }
     out
 }
@@ -703,6 +721,17 @@ missing         3     -
 ";
         assert_eq!(table, want, "\n{table}");
         assert_eq!(problem_table(&[]), "");
+        let odd = Problem {
+            kind: ProblemKind::UnreadableName,
+            step: None,
+            file: Some("V1__a\nb.sql".into()),
+            detail: "not a step name".into(),
+            fix: "rename V1__a\nb.sql".into(),
+        };
+        assert_eq!(
+            problem_table(&[odd]),
+            "Problem          Step  File\nunreadable name  -     V1__a?b.sql\n    not a step name\n    fix: rename V1__a?b.sql\n"
+        );
     }
 
     #[test]
