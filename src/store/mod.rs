@@ -18,6 +18,8 @@ pub mod liveness;
 pub mod postgres;
 pub mod sql;
 mod url;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
@@ -278,6 +280,8 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::Kubernetes { namespace, context } => Ok(Box::new(
             kubernetes::KubeStore::open(namespace.as_deref(), context.as_deref()).await?,
         )),
+        #[cfg(feature = "zookeeper")]
+        StoreUrl::Zookeeper(zk) => Ok(Box::new(zookeeper::ZkStore::open(zk).await?)),
     }
 }
 
