@@ -34,7 +34,7 @@ impl ZkFixture {
             url: zk.url(&format!("?prefix={base}/")),
             hosts: format!("127.0.0.1:{}", zk.port),
             base,
-            env: vec![("INITGUARD_LOG".into(), "info".into())],
+            env: Vec::new(),
         }
     }
 
@@ -393,7 +393,9 @@ fn keys_map_to_znodes_without_collisions() {
         let node = key.replace('/', "%2F");
         assert!(nodes.contains(&node), "{node} in {nodes:?}");
     }
-    let all = support::status_json(&fx, work.path(), "");
+    let out = ig(&fx, work.path()).args(["status", "--json"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(all.as_array().map(Vec::len), Some(keys.len()), "{all}");
 }
 

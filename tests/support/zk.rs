@@ -16,6 +16,8 @@ use zookeeper_client as zk;
 /// The server jar of Debian's package; its manifest's Class-Path names every dependency.
 const JAR: &str = "/usr/share/java/zookeeper.jar";
 const JAVA: &str = "/usr/bin/java";
+/// Every test process connects from 127.0.0.1: no per-address connection limit
+/// (`maxClientCnxns=0`; the default 60 refuses the 31st contender's second session).
 /// Sessions from 2 ticks (0.5 s) to 60 s: the contract suite asks for 2 s to 30 s.
 const TICK_MS: u64 = 250;
 const MAX_SESSION_MS: u64 = 60_000;
@@ -75,7 +77,8 @@ impl Zk {
         let cfg = format!(
             "tickTime={TICK_MS}\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
              minSessionTimeout={}\nmaxSessionTimeout={MAX_SESSION_MS}\n\
-             admin.enableServer=false\n4lw.commands.whitelist=ruok\nforceSync=no\n",
+             admin.enableServer=false\n4lw.commands.whitelist=ruok\nforceSync=no\n\
+             maxClientCnxns=0\n",
             self.dir.path().join("data").display(),
             self.port,
             2 * TICK_MS,
