@@ -143,7 +143,10 @@ fn assert_old_dead_before_new(log: &Path, old_token: u64) {
         .iter()
         .filter(|l| stamp(l, "old ").is_some_and(|t| t >= at))
         .count();
-    assert_eq!(late, 0, "the old command wrote after the new one started: {all:?}");
+    assert_eq!(
+        late, 0,
+        "the old command wrote after the new one started: {all:?}"
+    );
     assert!(
         token > old_token,
         "the new holder's token {token} > the old one's {old_token}"
@@ -186,7 +189,10 @@ fn kill_9_of_the_holder_is_taken_over_after_the_session_timeout() {
     let locks = admin.children(&format!("{task}/locks"));
     assert_eq!(locks.len(), 1, "{locks:?}");
     let lock = format!("{task}/locks/{}", locks[0]);
-    assert!(admin.owner(&lock).unwrap_or(0) != 0, "the lock znode is ephemeral");
+    assert!(
+        admin.owner(&lock).unwrap_or(0) != 0,
+        "the lock znode is ephemeral"
+    );
     let token_before: serde_json::Value =
         serde_json::from_slice(&admin.get(&task).expect("task node")).expect("task node JSON");
     let old_token = token_before["token"].as_u64().expect("token");
@@ -197,7 +203,10 @@ fn kill_9_of_the_holder_is_taken_over_after_the_session_timeout() {
     let took = killed.elapsed();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     eprintln!("took over {took:.1?} after the kill (session timeout 2 s)");
-    assert!(admin.owner(&lock).is_none(), "the old lock znode went with its session");
+    assert!(
+        admin.owner(&lock).is_none(),
+        "the old lock znode went with its session"
+    );
     assert!(
         stderr(&out).contains("interrupted"),
         "the run under the new lease reports the interruption: {}",
@@ -218,9 +227,21 @@ fn server_killed_mid_run_kills_the_command_in_time() {
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("zk/server-killed");
     let (log, pid) = (work.path().join("log"), work.path().join("pid"));
-    let holder = spawn(run(&fx, work.path(), &key, &["--lock-ttl", "3s"], &looper(&log, &pid)));
-    wait_for("the command", Duration::from_secs(20), || !lines(&log).is_empty());
-    let child: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    let holder = spawn(run(
+        &fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "3s"],
+        &looper(&log, &pid),
+    ));
+    wait_for("the command", Duration::from_secs(20), || {
+        !lines(&log).is_empty()
+    });
+    let child: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     zk.kill();
     let killed = Instant::now();
     let out = holder.wait_with_output().unwrap();
@@ -271,8 +292,16 @@ fn session_expired_while_partitioned_is_fenced() {
     let key = unique_key("zk/partition");
     let (log, pid) = (work.path().join("log"), work.path().join("pid"));
     let ttl = ["--lock-ttl", "3s", "--wait-timeout", "60s"];
-    let holder = spawn(run(&via_proxy, work.path(), &key, &ttl, &looper(&log, &pid)));
-    wait_for("the command", Duration::from_secs(20), || !lines(&log).is_empty());
+    let holder = spawn(run(
+        &via_proxy,
+        work.path(),
+        &key,
+        &ttl,
+        &looper(&log, &pid),
+    ));
+    wait_for("the command", Duration::from_secs(20), || {
+        !lines(&log).is_empty()
+    });
     let task = format!("{}/{}", direct.base, key.replace('/', "%2F"));
     let admin = direct.admin();
     let token_before: serde_json::Value =
@@ -309,7 +338,10 @@ fn digest_auth_guards_the_nodes_and_a_wrong_password_exits_78() {
     let out = output(c);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let env = std::fs::read_to_string(&env_file).unwrap();
-    assert!(!env.contains("INITGUARD_ZK_AUTH"), "stripped from the command: {env}");
+    assert!(
+        !env.contains("INITGUARD_ZK_AUTH"),
+        "stripped from the command: {env}"
+    );
     assert!(!env.contains("Right-PW"), "{env}");
     // The same credentials as a variable: skipped (it can read what the file's user wrote).
     let mut c = run(&fx, work.path(), &key, &[], &script);
@@ -329,7 +361,11 @@ fn digest_auth_guards_the_nodes_and_a_wrong_password_exits_78() {
         assert_eq!(code(&out), 78, "{value:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("refused access"), "{}", stderr(&out));
         assert!(!stderr(&out).contains("Wrong-PW"), "{}", stderr(&out));
-        let status = ig(&fx, work.path()).args(["status"]).env(name, value.unwrap_or("")).output().unwrap();
+        let status = ig(&fx, work.path())
+            .args(["status"])
+            .env(name, value.unwrap_or(""))
+            .output()
+            .unwrap();
         assert_eq!(code(&status), 78, "status: {}", stderr(&status));
     }
     let bad_file = work.path().join("bad-auth");
@@ -359,8 +395,15 @@ fn corrupt_record_exits_65_and_is_left_untouched() {
     let out = output(run(&fx, work.path(), &key, &["--input-env", "X"], &script));
     assert_eq!(code(&out), 65, "{}", stderr(&out));
     assert!(stderr(&out).contains("is corrupt"), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("initguard reset {key}")), "{}", stderr(&out));
-    assert_eq!(admin.get(&record).unwrap(), b"{\"schema\": 1, \"state\": tru");
+    assert!(
+        stderr(&out).contains(&format!("initguard reset {key}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        admin.get(&record).unwrap(),
+        b"{\"schema\": 1, \"state\": tru"
+    );
     assert_eq!(lines(&marker).len(), 1, "nothing ran");
     let reset = ig(&fx, work.path()).args(["reset", &key]).output().unwrap();
     assert_eq!(code(&reset), 0, "{}", stderr(&reset));
@@ -386,14 +429,21 @@ fn keys_map_to_znodes_without_collisions() {
         let script = format!("echo {key} >> {}", marker.display());
         assert_eq!(code(&output(run(&fx, work.path(), key, &[], &script))), 0);
     }
-    assert_eq!(lines(&marker), keys, "every key ran once, none skipped as another");
+    assert_eq!(
+        lines(&marker),
+        keys,
+        "every key ran once, none skipped as another"
+    );
     let nodes = fx.admin().children(&fx.base);
     assert_eq!(nodes.len(), keys.len(), "{nodes:?}");
     for key in &keys {
         let node = key.replace('/', "%2F");
         assert!(nodes.contains(&node), "{node} in {nodes:?}");
     }
-    let out = ig(&fx, work.path()).args(["status", "--json"]).output().unwrap();
+    let out = ig(&fx, work.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(all.as_array().map(Vec::len), Some(keys.len()), "{all}");
@@ -417,7 +467,11 @@ fn unreachable_server_exits_69() {
         .unwrap();
     assert_eq!(code(&out), 69, "{}", stderr(&out));
     assert!(stderr(&out).contains("is unreachable"), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A --lock-ttl longer than the server grants: the session would expire before the heartbeat's
@@ -437,7 +491,11 @@ fn lock_ttl_the_server_will_not_grant_exits_78() {
         &format!("touch {}", marker.display()),
     ));
     assert_eq!(code(&out), 78, "{}", stderr(&out));
-    assert!(stderr(&out).contains("maxSessionTimeout"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("maxSessionTimeout"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!marker.exists(), "nothing ran");
 }
 

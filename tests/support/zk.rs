@@ -39,8 +39,10 @@ impl Zk {
     /// A fresh server, or None (after a SKIP line) when ZooKeeper or java is not installed.
     pub fn start() -> Option<Zk> {
         let found = Path::new(JAR).is_file() && Path::new(JAVA).is_file();
-        if !super::require("ZooKeeper (Debian zookeeper: /usr/share/java/zookeeper.jar, java)", found)
-        {
+        if !super::require(
+            "ZooKeeper (Debian zookeeper: /usr/share/java/zookeeper.jar, java)",
+            found,
+        ) {
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -86,7 +88,13 @@ impl Zk {
         std::fs::write(self.config(), cfg).expect("zoo.cfg");
         let log = std::fs::File::create(self.dir.path().join("log")).expect("log");
         let child = Command::new(JAVA)
-            .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", JAR])
+            .args([
+                "-Xmx128m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                JAR,
+            ])
             .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
             .arg(self.config())
             .stdin(Stdio::null())

@@ -42,9 +42,7 @@ pub enum ZkUrlError {
 
 impl ZkUrl {
     pub fn parse(raw: &str) -> Result<ZkUrl, ZkUrlError> {
-        let rest = raw
-            .strip_prefix("zookeeper://")
-            .ok_or(ZkUrlError::Shape)?;
+        let rest = raw.strip_prefix("zookeeper://").ok_or(ZkUrlError::Shape)?;
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
@@ -134,10 +132,7 @@ fn host_port(raw: &str) -> Result<String, ZkUrlError> {
 fn valid_path(p: &str) -> bool {
     p.starts_with('/')
         && p[1..].split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && !part.chars().any(|c| c.is_control())
+            !part.is_empty() && part != "." && part != ".." && !part.chars().any(|c| c.is_control())
         })
 }
 

@@ -102,8 +102,10 @@ mod tests {
             (id("a-b_c"), "a-b_c"),
             (id("A/B_C.D"), "A%2FB_C.D"),
             (id("zookeeper"), "%7Aookeeper"),
-            (id("."), "%2E"),
-            (scoped("app/init", Scope::Pod, "0b7e-11"), "app%2Finit@pod=0b7e-11"),
+            (
+                scoped("app/init", Scope::Pod, "0b7e-11"),
+                "app%2Finit@pod=0b7e-11",
+            ),
             (
                 scoped("ds/setup", Scope::Node, "ip-10-0-1-23.ec2.internal"),
                 "ds%2Fsetup@node=ip-10-0-1-23.ec2.internal",

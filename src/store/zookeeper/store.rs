@@ -269,7 +269,10 @@ impl ZkStore {
             token: 0,
         })
         .unwrap_or_default();
-        for (path, data) in [(task.clone(), data), (format!("{task}/{LOCKS}"), Vec::new())] {
+        for (path, data) in [
+            (task.clone(), data),
+            (format!("{task}/{LOCKS}"), Vec::new()),
+        ] {
             match timed(CALL_TIMEOUT, s.client.create(&path, &data, &opts)).await {
                 Ok(_) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(self.err(what, &e)),
@@ -618,7 +621,12 @@ impl Store for ZkStore {
         let limit = (lease.ttl / 3).clamp(Duration::from_millis(300), CALL_TIMEOUT);
         // Rewriting our own lock znode proves the session alive and the lock ours, and bumps its
         // version, which is how `initguard release` tells a live holder from a gone one.
-        match timed(limit, held.session.client.set_data(&held.lock, &held.data, None)).await {
+        match timed(
+            limit,
+            held.session.client.set_data(&held.lock, &held.data, None),
+        )
+        .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match Self::lost_reason(&e) {
                 Some(reason) => Err(StoreError::lease_lost(lease, reason)),
