@@ -32,12 +32,14 @@ pub enum ZkUrlError {
          {AUTH_FILE_ENV} (or into {AUTH_ENV})"
     )]
     Credentials,
-    #[error("host {host:?} has no valid port (1-65535)")]
-    Port { host: String },
-    #[error("{what} {path:?} is not a ZooKeeper path (/a/b: no empty, \".\" or \"..\" parts)")]
+    /// Not echoed: a password put where the port goes (`zk:PW@…` without the `@`) would be.
+    #[error("host number {n} has no valid port (HOST or HOST:PORT, port 1-65535)")]
+    Port { n: usize },
+    #[error("the {what} is not a ZooKeeper path (/a/b: no empty, \".\" or \"..\" parts)")]
     Path { what: &'static str, path: String },
-    #[error("unknown URL parameter {name:?}: only prefix= is known")]
-    Parameter { name: String },
+    /// Not echoed: a misplaced password could be the parameter's name as well as its value.
+    #[error("unknown URL parameter: only prefix=/PATH/ is known")]
+    Parameter,
 }
 
 impl ZkUrl {
@@ -58,8 +60,8 @@ impl ZkUrl {
             return Err(ZkUrlError::Shape);
         }
         let mut hosts = Vec::new();
-        for host in authority.split(',') {
-            hosts.push(host_port(host)?);
+        for (i, host) in authority.split(',').enumerate() {
+            hosts.push(host_port(host).ok_or(ZkUrlError::Port { n: i + 1 })?);
         }
         let chroot = chroot.trim_end_matches('/');
         if !chroot.is_empty() && !valid_path(chroot) {
@@ -72,10 +74,7 @@ impl ZkUrl {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             if name != "prefix" {
-                // Not echoed with its value: a misplaced password could be either.
-                return Err(ZkUrlError::Parameter {
-                    name: name.chars().take(32).collect(),
-                });
+                return Err(ZkUrlError::Parameter);
             }
             let trimmed = value.trim_end_matches('/');
             if !trimmed.starts_with('/') || !valid_path(trimmed) {
@@ -109,23 +108,20 @@ impl ZkUrl {
     }
 }
 
-fn host_port(raw: &str) -> Result<String, ZkUrlError> {
-    let bad = || ZkUrlError::Port {
-        host: raw.chars().take(64).collect(),
-    };
+fn host_port(raw: &str) -> Option<String> {
     // `[::1]:2181` as well as `host:2181`.
     let (host, port) = match raw.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, Some(p)),
         _ => (raw, None),
     };
     if host.is_empty() {
-        return Err(bad());
+        return None;
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
     };
-    Ok(format!("{host}:{port}"))
+    Some(format!("{host}:{port}"))
 }
 
 /// An absolute path whose every part is a usable node name.
@@ -252,12 +248,7 @@ mod tests {
             ("zookeeper://", ZkUrlError::Shape),
             ("zookeeper:zk:2181", ZkUrlError::Shape),
             ("zookeeper://u:SECRET@zk:2181", ZkUrlError::Credentials),
-            (
-                "zookeeper://zk:port",
-                ZkUrlError::Port {
-                    host: "zk:port".into(),
-                },
-            ),
+            ("zookeeper://zk:1,zk:SECRET", ZkUrlError::Port { n: 2 }),
             (
                 "zookeeper://zk/a//b",
                 ZkUrlError::Path {
@@ -265,12 +256,8 @@ mod tests {
                     path: "/a//b".into(),
                 },
             ),
-            (
-                "zookeeper://zk?password=SECRET",
-                ZkUrlError::Parameter {
-                    name: "password".into(),
-                },
-            ),
+            ("zookeeper://zk?password=SECRET", ZkUrlError::Parameter),
+            ("zookeeper://zk?SECRET=1", ZkUrlError::Parameter),
         ] {
             let got = ZkUrl::parse(raw).unwrap_err();
             assert_eq!(got, want, "{raw}");
