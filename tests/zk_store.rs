@@ -517,4 +517,17 @@ fn the_layout_is_what_the_readme_shows() {
     let rec: serde_json::Value =
         serde_json::from_slice(&admin.get(&format!("{task}/record")).unwrap()).unwrap();
     assert_eq!(rec, support::record(&fx, work.path(), &key));
+    // A chroot that does not exist yet is made, with the default prefix under it.
+    let chroot = format!("{}-chroot/apps", fx.base);
+    let rooted = ZkFixture {
+        url: SHARED.as_ref().map(|z| z.url(&chroot)).unwrap_or_default(),
+        hosts: fx.hosts.clone(),
+        base: format!("{chroot}/initguard"),
+        env: Vec::new(),
+    };
+    assert_eq!(
+        code(&output(run(&rooted, work.path(), &key, &[], "true"))),
+        0
+    );
+    assert_eq!(admin.children(&rooted.base), vec![key.replace('/', "%2F")]);
 }
