@@ -89,14 +89,13 @@ async fn interruptible<T, E: Into<Failure>>(
 fn secrets() -> Vec<String> {
     let args = std::env::args_os().skip(1).take_while(|a| a != "--");
     let vars = settings::STORE_ENV.iter().filter_map(std::env::var_os);
-    let mut out: Vec<String> = args
+    let out = args
         .chain(vars)
-        .flat_map(|a| store::secret_parts(&a.to_string_lossy()))
-        .collect();
+        .flat_map(|a| store::secret_parts(&a.to_string_lossy()));
     // The ZooKeeper digest password (INITGUARD_ZK_AUTH or its file) is no URL part.
     #[cfg(feature = "zookeeper")]
-    out.extend(store::zookeeper::env_secrets());
-    out
+    let out = out.chain(store::zookeeper::env_secrets());
+    out.collect()
 }
 
 fn fail(f: &Failure, secrets: &[String]) -> ExitCode {
