@@ -531,3 +531,33 @@ fn the_layout_is_what_the_readme_shows() {
     );
     assert_eq!(admin.children(&rooted.base), vec![key.replace('/', "%2F")]);
 }
+
+/// A record bigger than a znode takes (1 MiB of output kept, escaped six bytes a byte) is cut
+/// down to fit, newest output kept, instead of failing the write.
+#[test]
+fn a_record_too_big_for_a_znode_is_trimmed_to_fit() {
+    let Some(fx) = ZkFixture::shared() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("zk/big");
+    let script = "head -c 1048000 /dev/zero | tr '\\0' '\\1'; echo THE-END";
+    let mut c = run(&fx, work.path(), &key, &["--tail-bytes", "1048576"], script);
+    c.stdout(Stdio::null());
+    let out = output(c);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("record trimmed to fit"),
+        "{}",
+        stderr(&out)
+    );
+    let rec = support::record(&fx, work.path(), &key);
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["trimmed"], true);
+    let tail = rec["tail"].as_str().unwrap();
+    assert!(
+        tail.trim_end().ends_with("THE-END"),
+        "newest output kept: …{:?}",
+        &tail[tail.len().saturating_sub(40)..]
+    );
+}

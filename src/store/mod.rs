@@ -9,6 +9,8 @@
 //! every CLI path monomorphised per backend). A handle from another store is reported as a lost
 //! lease, never a panic.
 
+#[cfg(any(feature = "kubernetes", feature = "zookeeper"))]
+mod bounded;
 mod error;
 pub mod file;
 #[cfg(feature = "kubernetes")]

@@ -8,4 +8,4 @@ mod store;
 
 pub use config::{AUTH_ENV, AUTH_FILE_ENV, DEFAULT_PREFIX, ZkAuth, ZkUrl, ZkUrlError, env_secrets};
 pub use names::{node_name, task_of};
-pub use store::ZkStore;
+pub use store::{MAX_RECORD_BYTES, ZkStore};

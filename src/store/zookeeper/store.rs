@@ -18,6 +18,7 @@
 use super::config::{ZkAuth, ZkUrl};
 use super::names::{self, LOCK_INFIX, LOCKS, RECORD};
 use crate::record::Record;
+use crate::store::bounded::bounded_json;
 use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -42,6 +43,10 @@ const POLL: Duration = Duration::from_millis(600);
 const RELEASE_BUDGET: Duration = Duration::from_secs(5);
 /// Lost races in a row before an acquisition gives up (each means another writer got in first).
 const MAX_CONFLICTS: u32 = 20;
+/// Largest record kept in a znode. A server refuses (and drops the connection of) a request over
+/// its `jute.maxbuffer`, 1 MiB - 1 by default, path and `multi` framing included: the rest is
+/// room for those. A `--tail-bytes` of 1 MiB of escaped output would not fit otherwise.
+pub const MAX_RECORD_BYTES: usize = 1000 * 1024;
 
 /// One ZooKeeper session, and the timeout it was asked for.
 struct Session {
@@ -638,7 +643,7 @@ impl Store for ZkStore {
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         let held = self.handle(lease)?;
         let client = &held.session.client;
-        let json = record.to_json();
+        let json = bounded_json(record, MAX_RECORD_BYTES, &self.label, "a znode")?.into_bytes();
         let what = "writing the record";
         for _ in 0..MAX_CONFLICTS {
             let known = *held
@@ -745,5 +750,9 @@ impl Store for ZkStore {
         out.records
             .sort_by(|a, b| (&a.key, &a.instance).cmp(&(&b.key, &b.instance)));
         Ok(out)
+    }
+
+    fn record_limit(&self) -> Option<usize> {
+        Some(MAX_RECORD_BYTES)
     }
 }
