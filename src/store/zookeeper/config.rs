@@ -211,14 +211,8 @@ pub fn env_secrets() -> Vec<String> {
     ZkAuth::from_env()
         .ok()
         .flatten()
-        .map(|a| vec![a.password().to_string(), a.digest_text()])
+        .map(|a| vec![a.password().to_string()])
         .unwrap_or_default()
-}
-
-impl ZkAuth {
-    fn digest_text(&self) -> String {
-        format!("{}:{}", self.user, self.password)
-    }
 }
 
 #[cfg(test)]
