@@ -554,6 +554,12 @@ fn a_record_too_big_for_a_znode_is_trimmed_to_fit() {
     let rec = support::record(&fx, work.path(), &key);
     assert_eq!(rec["state"], "succeeded");
     assert_eq!(rec["trimmed"], true);
+    let table = ig(&fx, work.path()).args(["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("trimmed to fit this store's record cap of 1000 KiB"),
+        "{text}"
+    );
     let tail = rec["tail"].as_str().unwrap();
     assert!(
         tail.trim_end().ends_with("THE-END"),
