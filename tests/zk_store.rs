@@ -567,3 +567,31 @@ fn a_record_too_big_for_a_znode_is_trimmed_to_fit() {
         &tail[tail.len().saturating_sub(40)..]
     );
 }
+
+/// A server that accepts connections but never answers (a proxy that forwards nothing): exit 69
+/// within the connection budget (3 tries, 10 s), not a hang.
+#[test]
+fn a_server_that_never_answers_exits_69() {
+    let Some(zk) = SHARED.as_ref() else {
+        return;
+    };
+    let proxy = Proxy::start(zk.addr());
+    proxy.blackhole(true);
+    let work = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(support::bin())
+        .current_dir(work.path())
+        .env(
+            "INITGUARD_STORE",
+            format!("zookeeper://127.0.0.1:{}", proxy.port),
+        )
+        .args(["run", "--key", "zk/silent", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("gave up after {took:.1?}");
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is unreachable"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
