@@ -2,7 +2,7 @@
 //! (`ZooKeeperServerMain` over a config in a temp dir: a random loopback client port, a short
 //! tickTime so that sessions of 1-4 s are allowed, no admin server), killed on drop. With no
 //! server installed it returns None after a visible SKIP line, or panics under `CI=true`. Never
-//! touches any server it did not start. Also a small client (`Admin`) to look at and tamper with
+//! touches any server it did not start, and leaves none behind (see `watch_over`). Also a small client (`Admin`) to look at and tamper with
 //! what the store keeps.
 #![allow(dead_code)]
 
@@ -102,6 +102,7 @@ impl Zk {
             .stderr(log)
             .spawn()
             .expect("spawn java");
+        self.watch_over(child.id());
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -117,6 +118,25 @@ impl Zk {
             std::thread::sleep(Duration::from_millis(50));
         }
         false
+    }
+
+    /// A server in a `static` is never dropped: a watchdog kills it (and removes its directory)
+    /// once this test process is gone. It checks that the pid is still this server (its command
+    /// line names this directory) before it kills, so a reused pid is never hit.
+    fn watch_over(&self, java: u32) {
+        let dir = self.dir.path().display().to_string();
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+             grep -qF '{dir}' /proc/{java}/cmdline 2>/dev/null && kill -9 {java}; \
+             sleep 1; rm -rf '{dir}'",
+            me = std::process::id()
+        );
+        let _ = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
     }
 
     fn ruok(&self) -> bool {
