@@ -43,6 +43,11 @@ fn bad_urls() -> Vec<String> {
         "postgres://app:PW@db/app?sslrootcert=%ff",
         // other schemes
         "kubernetes://app:PW@cluster",
+        "zookeeper://app:PW@zk:2181/chroot",
+        "zookeeper://zk:2181?password=PW",
+        "zookeeper://zk:PW/x",
+        "zookeeper://zk?PW=1",
+        "zookeeper://zk/PW//x",
         "file:",
     ]
     .iter()

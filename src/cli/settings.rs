@@ -66,6 +66,9 @@ pub const STORE_ENV: &[&str] = &[
     "INITGUARD_STORE",
     "INITGUARD_STORE_PASSWORD_FILE",
     "INITGUARD_SQL_TARGET",
+    // zookeeper:// digest credentials (listed whatever the build: they are still secrets).
+    "INITGUARD_ZK_AUTH",
+    "INITGUARD_ZK_AUTH_FILE",
 ];
 
 /// Refuse a run nested inside a run of the same key: it would wait on its own parent's lease

@@ -9,6 +9,8 @@
 //! every CLI path monomorphised per backend). A handle from another store is reported as a lost
 //! lease, never a panic.
 
+#[cfg(any(feature = "kubernetes", feature = "zookeeper"))]
+mod bounded;
 mod error;
 pub mod file;
 #[cfg(feature = "kubernetes")]
@@ -18,6 +20,8 @@ pub mod liveness;
 pub mod postgres;
 pub mod sql;
 mod url;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
@@ -278,6 +282,8 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::Kubernetes { namespace, context } => Ok(Box::new(
             kubernetes::KubeStore::open(namespace.as_deref(), context.as_deref()).await?,
         )),
+        #[cfg(feature = "zookeeper")]
+        StoreUrl::Zookeeper(zk) => Ok(Box::new(zookeeper::ZkStore::open(zk).await?)),
     }
 }
 

@@ -17,6 +17,9 @@ pub enum StoreUrl {
         namespace: Option<String>,
         context: Option<String>,
     },
+    /// `zookeeper://HOST:PORT[,HOST:PORT…][/CHROOT][?prefix=/PATH/]`.
+    #[cfg(feature = "zookeeper")]
+    Zookeeper(super::zookeeper::ZkUrl),
 }
 
 /// Errors never quote a URL that failed to parse: it may hold a password in a place a parser that
@@ -24,12 +27,12 @@ pub enum StoreUrl {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreUrlError {
     #[error(
-        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE], zookeeper://…"
     )]
     UnknownScheme { scheme: String },
     #[error(
         "the store URL has no scheme (libpq keyword strings like \"host=… dbname=…\" are not \
-         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE]"
+         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE], zookeeper://…"
     )]
     NoScheme,
     #[error("store URL {url} needs the {feature} backend, which this build leaves out")]
@@ -73,6 +76,18 @@ impl StoreUrl {
                 feature: "postgres",
             }),
             "kubernetes" => parse_kubernetes(raw, rest),
+            #[cfg(feature = "zookeeper")]
+            "zookeeper" => super::zookeeper::ZkUrl::parse(raw)
+                .map(StoreUrl::Zookeeper)
+                .map_err(|e| StoreUrlError::Invalid {
+                    url: "zookeeper://…".into(),
+                    why: e.to_string(),
+                }),
+            #[cfg(not(feature = "zookeeper"))]
+            "zookeeper" => Err(StoreUrlError::NotBuilt {
+                url: "zookeeper://…".into(),
+                feature: "zookeeper",
+            }),
             _ => Err(StoreUrlError::UnknownScheme {
                 scheme: scheme.to_string(),
             }),
@@ -102,6 +117,8 @@ impl StoreUrl {
             StoreUrl::Kubernetes { namespace, .. } => {
                 format!("kubernetes:{}", namespace.as_deref().unwrap_or(""))
             }
+            #[cfg(feature = "zookeeper")]
+            StoreUrl::Zookeeper(zk) => zk.redacted(),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::events::{EventSink, PodRef};
 use super::lease::{self, Observer, Verdict};
 use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED_BY, lease_name};
 use crate::record::Record;
+use crate::store::bounded::bounded_json;
 use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, TaskEvent, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
@@ -363,87 +364,8 @@ impl KubeStore {
     }
 
     fn bounded_json(&self, record: &Record) -> Result<String, StoreError> {
-        let (json, trimmed) =
-            bound_record(record, MAX_RECORD_BYTES).map_err(|e| StoreError::Corrupt {
-                key: record.key.clone(),
-                location: self.url(),
-                reason: format!("cannot encode the record: {e}"),
-            })?;
-        if json.len() > MAX_RECORD_BYTES {
-            return Err(StoreError::Unsupported {
-                store: self.url(),
-                what: format!(
-                    "a record of {} bytes even without output tail and history",
-                    json.len()
-                ),
-            });
-        }
-        if let Some(t) = trimmed {
-            tracing::warn!(
-                key = %record.key,
-                "record trimmed to fit {} KiB in a Lease annotation: output tail kept {} of {} \
-                 bytes, {} oldest history entries dropped",
-                MAX_RECORD_BYTES / 1024,
-                t.tail_kept,
-                record.tail.len(),
-                t.history_dropped
-            );
-        }
-        Ok(json)
+        bounded_json(record, MAX_RECORD_BYTES, &self.url(), "a Lease annotation")
     }
-}
-
-/// What `bound_record` had to cut.
-#[derive(Debug, PartialEq, Eq)]
-struct Trimmed {
-    tail_kept: usize,
-    history_dropped: usize,
-}
-
-/// `record` as compact JSON, cut down towards `limit` bytes: the output tail first (its newest
-/// bytes stay: they say why a run failed), then the oldest history entries. The result is still
-/// over `limit` only when even the bare record is.
-fn bound_record(
-    record: &Record,
-    limit: usize,
-) -> Result<(String, Option<Trimmed>), serde_json::Error> {
-    let mut r = record.clone();
-    // Says whether this write was cut, whatever an earlier write of the record said.
-    r.trimmed = false;
-    let mut json = serde_json::to_string(&r)?;
-    if json.len() <= limit {
-        return Ok((json, None));
-    }
-    r.trimmed = true;
-    json = serde_json::to_string(&r)?;
-    while json.len() > limit && !r.tail.is_empty() {
-        // Escaping can make a byte of tail cost up to six in JSON: cut at least an eighth each
-        // round so that this ends quickly whatever the output was.
-        let over = json.len() - limit;
-        let keep = r
-            .tail
-            .len()
-            .saturating_sub(over.max(r.tail.len() / 8).max(1));
-        let tail = std::mem::take(&mut r.tail);
-        r.set_tail(tail.as_bytes(), keep);
-        json = serde_json::to_string(&r)?;
-    }
-    let mut history_dropped = 0;
-    while json.len() > limit && !r.history.is_empty() {
-        // Drop about as many entries as the excess needs (entries are alike in size), at least one.
-        let per_entry = serde_json::to_string(&r.history)?.len() / r.history.len();
-        let n = ((json.len() - limit) / per_entry.max(1))
-            .max(1)
-            .min(r.history.len());
-        r.history.drain(..n);
-        history_dropped += n;
-        json = serde_json::to_string(&r)?;
-    }
-    let trimmed = Trimmed {
-        tail_kept: r.tail.len(),
-        history_dropped,
-    };
-    Ok((json, Some(trimmed)))
 }
 
 #[async_trait]
@@ -692,60 +614,6 @@ impl Store for KubeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::State;
-    use crate::task::Key;
-    use chrono::Utc;
-
-    fn record_with(tail: &str, runs: usize) -> Record {
-        let id = TaskId::global(Key::parse("app/big").unwrap());
-        let mut r = Record::new(&id, "sha256:a", Utc::now());
-        for t in 0..runs {
-            r.start(t as u64, &Holder::default(), "sha256:a", Utc::now());
-            r.finish(State::Failed, t as u64, None, None, Utc::now(), usize::MAX);
-        }
-        r.tail = tail.to_string();
-        r
-    }
-
-    #[test]
-    fn small_records_are_kept_whole() {
-        let r = record_with("hello", 3);
-        let (json, trimmed) = bound_record(&r, MAX_RECORD_BYTES).unwrap();
-        assert_eq!(trimmed, None);
-        assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
-    }
-
-    #[test]
-    fn a_big_tail_is_cut_from_the_front() {
-        let tail = format!("{}THE-END", "x".repeat(200_000));
-        let (json, trimmed) = bound_record(&record_with(&tail, 20), MAX_RECORD_BYTES).unwrap();
-        assert!(json.len() <= MAX_RECORD_BYTES);
-        let back = Record::from_json(json.as_bytes()).unwrap();
-        assert!(back.tail.ends_with("THE-END"));
-        assert_eq!(
-            back.history.len(),
-            20,
-            "history kept while the tail can give"
-        );
-        assert_eq!(trimmed.unwrap().history_dropped, 0);
-    }
-
-    #[test]
-    fn escaped_output_still_fits() {
-        // Control characters cost six bytes each in JSON.
-        let tail = "\u{1}".repeat(100_000);
-        let (json, _) = bound_record(&record_with(&tail, 0), MAX_RECORD_BYTES).unwrap();
-        assert!(json.len() <= MAX_RECORD_BYTES, "{}", json.len());
-    }
-
-    #[test]
-    fn a_long_history_loses_its_oldest_runs() {
-        let (json, trimmed) = bound_record(&record_with("", 2000), MAX_RECORD_BYTES).unwrap();
-        assert!(json.len() <= MAX_RECORD_BYTES);
-        let back = Record::from_json(json.as_bytes()).unwrap();
-        assert!(trimmed.unwrap().history_dropped > 0);
-        assert_eq!(back.history.last().unwrap().token, 1999, "newest run kept");
-    }
 
     #[test]
     fn renewal_gives_up_well_before_the_lease_lapses() {
