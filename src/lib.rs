@@ -14,6 +14,7 @@ pub mod release;
 pub mod reset;
 pub mod runner;
 pub mod sql;
+pub mod steps;
 pub mod store;
 pub mod supervisor;
 pub mod task;

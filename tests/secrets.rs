@@ -50,6 +50,11 @@ fn bad_urls() -> Vec<String> {
         "etcd:/root:PW@h",
         // other schemes
         "kubernetes://app:PW@cluster",
+        "zookeeper://app:PW@zk:2181/chroot",
+        "zookeeper://zk:2181?password=PW",
+        "zookeeper://zk:PW/x",
+        "zookeeper://zk?PW=1",
+        "zookeeper://zk/PW//x",
         "file:",
     ]
     .iter()

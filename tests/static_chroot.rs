@@ -1,8 +1,8 @@
 //! The static binary in an empty root: only the binary and what a Pod gets (`/etc/hosts`,
 //! `/etc/resolv.conf`, a service-account token directory, `/proc`). Chrooted there as root, it
-//! runs a task on the file store, on the test PostgreSQL by host *name* and against the
-//! Kubernetes API double by name — names resolved through that `/etc/hosts` alone, with no
-//! glibc and no NSS modules in the root.
+//! runs a task on the file store, on the test PostgreSQL by host *name*, against the
+//! Kubernetes API double by name and (built with `zookeeper`) on the test ZooKeeper by name —
+//! names resolved through that `/etc/hosts` alone, with no glibc and no NSS modules in the root.
 //!
 //! Builds nothing itself: `INITGUARD_STATIC_BIN` names the prebuilt static binary
 //! (`.ci/static-chroot` builds it and runs this test). Without it the test is skipped, with a
@@ -20,6 +20,7 @@ use support::{code, stderr};
 
 const PG_HOST: &str = "pg.initguard.test";
 const KUBE_HOST: &str = "kubeapi.initguard.test";
+const ZK_HOST: &str = "zk.initguard.test";
 
 /// An empty root for the static binary, removed on drop (the `/proc` it gets is mounted in a
 /// private mount namespace per command, so nothing is left mounted on the host).
@@ -45,7 +46,7 @@ impl Root {
         std::fs::copy(bin, p.join("initguard")).unwrap();
         std::fs::write(
             p.join("etc/hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.0.1\t{PG_HOST}\n127.0.0.1\t{KUBE_HOST}\n"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n127.0.0.1\t{PG_HOST}\n127.0.0.1\t{KUBE_HOST}\n127.0.0.1\t{ZK_HOST}\n"),
         )
         .unwrap();
         // As in a Pod: cluster DNS, search domains and ndots 5, which must not stop names that
@@ -198,7 +199,7 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
         return;
     };
     let root = Root::new(&bin);
-    for m in ["file", "pg", "kube"] {
+    for m in ["file", "pg", "kube", "zk"] {
         std::fs::create_dir_all(root.path().join("marks").join(m)).unwrap();
     }
     let base = |store: String| vec![("INITGUARD_STORE", store), ("POD_NAME", "web-0".into())];
@@ -270,6 +271,18 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
         assert_ran(&root, &out, "kube", "kubernetes store by name");
         assert_skips(&root, "chroot/kube", "kube", &env);
         assert_eq!(api.leases("initguard-test").len(), 1);
+    }
+
+    // ZooKeeper, by name.
+    #[cfg(feature = "zookeeper")]
+    if let Some(zk) = support::zk::Zk::start() {
+        let env = base(format!("zookeeper://{ZK_HOST}:{}", zk.port));
+        let cmd = marking("zk");
+        let out = root.initguard(&run_args("chroot/zk", &cmd), &env);
+        assert_ran(&root, &out, "zk", "zookeeper store by name");
+        assert_skips(&root, "chroot/zk", "zk", &env);
+        let record = zk.admin(None).get("/initguard/chroot%2Fzk/record");
+        assert!(record.is_some(), "the record is in ZooKeeper");
     }
 }
 

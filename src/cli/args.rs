@@ -41,8 +41,9 @@ pub const STORE_HEADING: &str = "Store options";
 /// the subcommand (`initguard --store URL status`) as well as after it.
 #[derive(Debug, Clone, Default, Args)]
 pub struct StoreArgs {
-    /// Store URL: file:DIR, postgres://…, kubernetes:[NAMESPACE], etcd://HOST:PORT[,…]. Default:
-    /// kubernetes: in a Pod with a service-account token, else file:.initguard
+    /// Store URL: file:DIR, postgres://…, kubernetes:[NAMESPACE], zookeeper://HOST:PORT[/CHROOT],
+    /// etcd://HOST:PORT[,…]. Default: kubernetes: in a Pod with a service-account token, else
+    /// file:.initguard
     // The variable's value may hold a password: never shown in --help.
     #[arg(
         long,
@@ -344,8 +345,9 @@ pub struct RunArgs {
     pub history: usize,
 
     /// Let the command inherit initguard's store settings (INITGUARD_STORE,
-    /// INITGUARD_STORE_PASSWORD_FILE, INITGUARD_SQL_TARGET, INITGUARD_ETCD_*), which may carry
-    /// credentials; by default they are removed from its environment
+    /// INITGUARD_STORE_PASSWORD_FILE, INITGUARD_SQL_TARGET, INITGUARD_ZK_AUTH[_FILE],
+    /// INITGUARD_ETCD_*), which may carry credentials; by default they are removed from its
+    /// environment
     #[arg(long, env = "INITGUARD_PASS_STORE_ENV")]
     pub pass_store_env: bool,
 

@@ -89,9 +89,13 @@ async fn interruptible<T, E: Into<Failure>>(
 fn secrets() -> Vec<String> {
     let args = std::env::args_os().skip(1).take_while(|a| a != "--");
     let vars = settings::STORE_ENV.iter().filter_map(std::env::var_os);
-    args.chain(vars)
-        .flat_map(|a| store::secret_parts(&a.to_string_lossy()))
-        .collect()
+    let out = args
+        .chain(vars)
+        .flat_map(|a| store::secret_parts(&a.to_string_lossy()));
+    // The ZooKeeper digest password (INITGUARD_ZK_AUTH or its file) is no URL part.
+    #[cfg(feature = "zookeeper")]
+    let out = out.chain(store::zookeeper::env_secrets());
+    out.collect()
 }
 
 fn fail(f: &Failure, secrets: &[String]) -> ExitCode {
@@ -103,8 +107,12 @@ fn fail(f: &Failure, secrets: &[String]) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INITGUARD_LOG")
         // kube's client logs each failed request at ERROR; the store reports them once, in its
-        // own words, after its bounded retries.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off"));
+        // own words, after its bounded retries. zookeeper_client logs every session it opens
+        // and closes at INFO, and each reconnect at WARN; the ZooKeeper store reports what
+        // matters (a lost session, an unreachable server) itself.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,kube_client=off,zookeeper_client=error")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

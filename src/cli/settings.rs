@@ -66,6 +66,9 @@ pub const STORE_ENV: &[&str] = &[
     "INITGUARD_STORE",
     "INITGUARD_STORE_PASSWORD_FILE",
     "INITGUARD_SQL_TARGET",
+    // zookeeper:// digest credentials (listed whatever the build: they are still secrets).
+    "INITGUARD_ZK_AUTH",
+    "INITGUARD_ZK_AUTH_FILE",
     // etcd store (issue 11): its user and TLS files.
     "INITGUARD_ETCD_USER",
     "INITGUARD_ETCD_CA_FILE",

@@ -9,9 +9,9 @@
 //! every CLI path monomorphised per backend). A handle from another store is reported as a lost
 //! lease, never a panic.
 
-// Shared by the stores with a record size limit (kubernetes, etcd: issue 11).
-#[cfg_attr(not(any(feature = "kubernetes", feature = "etcd")), allow(dead_code))]
-mod bound;
+// Shared by the stores with a record size limit (kubernetes, zookeeper, etcd).
+#[cfg(any(feature = "kubernetes", feature = "zookeeper", feature = "etcd"))]
+mod bounded;
 mod error;
 // etcd store (issue 11).
 #[cfg(feature = "etcd")]
@@ -24,6 +24,8 @@ pub mod liveness;
 pub mod postgres;
 pub mod sql;
 mod url;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use error::StoreError;
 pub use sql::{SqlFailure, SqlOutcome, SqlTask, SqlTaskError};
@@ -284,6 +286,8 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
         StoreUrl::Kubernetes { namespace, context } => Ok(Box::new(
             kubernetes::KubeStore::open(namespace.as_deref(), context.as_deref()).await?,
         )),
+        #[cfg(feature = "zookeeper")]
+        StoreUrl::Zookeeper(zk) => Ok(Box::new(zookeeper::ZkStore::open(zk).await?)),
         // etcd store (issue 11).
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd(url) => Ok(Box::new(etcd::EtcdStore::open(url).await?)),

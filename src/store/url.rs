@@ -17,6 +17,9 @@ pub enum StoreUrl {
         namespace: Option<String>,
         context: Option<String>,
     },
+    /// `zookeeper://HOST:PORT[,HOST:PORT…][/CHROOT][?prefix=/PATH/]`.
+    #[cfg(feature = "zookeeper")]
+    Zookeeper(super::zookeeper::ZkUrl),
     /// `etcd://HOST:PORT[,HOST:PORT…]` or `etcds://…` (TLS), `?prefix=` (issue 11).
     #[cfg(feature = "etcd")]
     Etcd(super::etcd::EtcdUrl),
@@ -27,12 +30,12 @@ pub enum StoreUrl {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreUrlError {
     #[error(
-        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE], etcd://…"
+        "unknown store URL scheme {scheme:?}: use file:DIR, postgres://…, kubernetes:[NAMESPACE], zookeeper://…, etcd://…"
     )]
     UnknownScheme { scheme: String },
     #[error(
         "the store URL has no scheme (libpq keyword strings like \"host=… dbname=…\" are not \
-         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE], etcd://…"
+         accepted): use file:DIR, postgres://…, kubernetes:[NAMESPACE], zookeeper://…, etcd://…"
     )]
     NoScheme,
     #[error("store URL {url} needs the {feature} backend, which this build leaves out")]
@@ -76,6 +79,18 @@ impl StoreUrl {
                 feature: "postgres",
             }),
             "kubernetes" => parse_kubernetes(raw, rest),
+            #[cfg(feature = "zookeeper")]
+            "zookeeper" => super::zookeeper::ZkUrl::parse(raw)
+                .map(StoreUrl::Zookeeper)
+                .map_err(|e| StoreUrlError::Invalid {
+                    url: "zookeeper://…".into(),
+                    why: e.to_string(),
+                }),
+            #[cfg(not(feature = "zookeeper"))]
+            "zookeeper" => Err(StoreUrlError::NotBuilt {
+                url: "zookeeper://…".into(),
+                feature: "zookeeper",
+            }),
             // etcd store (issue 11).
             #[cfg(feature = "etcd")]
             "etcd" | "etcds" => super::etcd::EtcdUrl::parse(raw)
@@ -118,6 +133,8 @@ impl StoreUrl {
             StoreUrl::Kubernetes { namespace, .. } => {
                 format!("kubernetes:{}", namespace.as_deref().unwrap_or(""))
             }
+            #[cfg(feature = "zookeeper")]
+            StoreUrl::Zookeeper(zk) => zk.redacted(),
             #[cfg(feature = "etcd")]
             StoreUrl::Etcd(url) => url.redacted(),
         }

@@ -12,6 +12,8 @@ pub mod pg;
 pub mod proxy;
 pub mod supervision;
 pub mod wait_scenarios;
+#[cfg(feature = "zookeeper")]
+pub mod zk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

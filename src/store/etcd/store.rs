@@ -9,7 +9,8 @@ use super::call::{self, EtcdError, call};
 use super::config::{CA_ENV, CERT_ENV, EtcdUrl, KEY_ENV, USER_ENV};
 use super::names::{lock_key, record_key, task_dir, task_of_record_key};
 use crate::record::Record;
-use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, bound, jittered};
+use crate::store::bounded::bounded_json;
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 /// Largest record written: etcd refuses requests over 1.5 MiB (`--max-request-bytes`), and a
 /// record of `--tail-bytes 1048576` of escaped output or `--history 1000` can be larger. Over
-/// this, its output tail and then its oldest history entries are trimmed (`bound`).
+/// this, its output tail and then its oldest history entries are trimmed (`bounded`).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Pause between looks at a busy lock when no watch could be had; jittered to 0.5–1.5×.
 const POLL: Duration = Duration::from_millis(600);
@@ -647,7 +648,7 @@ impl Store for EtcdStore {
 
     async fn write(&self, lease: &Lease, record: &Record) -> Result<(), StoreError> {
         let held = self.handle(lease)?;
-        let json = bound::bounded_json(
+        let json = bounded_json(
             record,
             MAX_RECORD_BYTES,
             &self.url.redacted(),

@@ -9,9 +9,8 @@ use super::events::{EventSink, PodRef};
 use super::lease::{self, Observer, Verdict};
 use super::names::{ANNOTATION_RECORD, ANNOTATION_TASK, LABEL_MANAGED_BY, MANAGED_BY, lease_name};
 use crate::record::Record;
-use crate::store::{
-    Attempt, Lease, Listing, Observation, Store, StoreError, TaskEvent, bound, jittered,
-};
+use crate::store::bounded::bounded_json;
+use crate::store::{Attempt, Lease, Listing, Observation, Store, StoreError, TaskEvent, jittered};
 use crate::task::{Holder, TaskId};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -365,7 +364,7 @@ impl KubeStore {
     }
 
     fn bounded_json(&self, record: &Record) -> Result<String, StoreError> {
-        bound::bounded_json(record, MAX_RECORD_BYTES, &self.url(), "a Lease annotation")
+        bounded_json(record, MAX_RECORD_BYTES, &self.url(), "a Lease annotation")
     }
 }
 

@@ -1,18 +1,17 @@
-//! Records cut down to a store's size limit (a Lease annotation, an etcd value): the output tail
-//! first, then the oldest history entries. Pure; shared by the stores that have a limit, so each
-//! cuts the same way.
+//! Records cut down to a store's size limit (a Kubernetes annotation, a ZooKeeper znode): the
+//! output tail first, then the oldest history entries, with one warning saying what was cut.
+//! Pure apart from that log line; must never drop the newest bytes of the tail or the newest run.
 
 use crate::record::Record;
 use crate::store::StoreError;
 
-/// `record` as compact JSON within `limit` bytes, trimmed if need be (and a warning logged, naming
-/// `fits_in`); `Unsupported` when even the bare record is over `limit`. `store` names the store in
-/// errors.
+/// `record` as compact JSON of at most `limit` bytes, trimmed as `bound_record` does; `store` and
+/// `place` name where it goes, for the messages.
 pub(crate) fn bounded_json(
     record: &Record,
     limit: usize,
     store: &str,
-    fits_in: &str,
+    place: &str,
 ) -> Result<String, StoreError> {
     let (json, trimmed) = bound_record(record, limit).map_err(|e| StoreError::Corrupt {
         key: record.key.clone(),
@@ -31,7 +30,7 @@ pub(crate) fn bounded_json(
     if let Some(t) = trimmed {
         tracing::warn!(
             key = %record.key,
-            "record trimmed to fit {} KiB in {fits_in}: output tail kept {} of {} bytes, {} \
+            "record trimmed to fit {} KiB in {place}: output tail kept {} of {} bytes, {} \
              oldest history entries dropped",
             limit / 1024,
             t.tail_kept,
@@ -44,7 +43,7 @@ pub(crate) fn bounded_json(
 
 /// What `bound_record` had to cut.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Trimmed {
+struct Trimmed {
     tail_kept: usize,
     history_dropped: usize,
 }
@@ -52,7 +51,7 @@ pub(crate) struct Trimmed {
 /// `record` as compact JSON, cut down towards `limit` bytes: the output tail first (its newest
 /// bytes stay: they say why a run failed), then the oldest history entries. The result is still
 /// over `limit` only when even the bare record is.
-pub(crate) fn bound_record(
+fn bound_record(
     record: &Record,
     limit: usize,
 ) -> Result<(String, Option<Trimmed>), serde_json::Error> {
@@ -66,18 +65,16 @@ pub(crate) fn bound_record(
     r.trimmed = true;
     json = serde_json::to_string(&r)?;
     while json.len() > limit && !r.tail.is_empty() {
-        // Escaping makes a byte of tail cost one to six bytes of JSON: cut as many tail bytes as
-        // the excess needs at the tail's current cost per byte (so output that is all escapes
-        // keeps a sixth of the room, not nothing), and at least a 64th each round, so that this
-        // ends quickly whatever the output was.
+        // Escaping can make a byte of tail cost up to six in JSON: cut the excess in tail bytes
+        // at the tail's own escaping rate (not byte for byte, which would drop all of a tail of
+        // control characters), and at least an eighth each round so that this ends quickly.
         let over = json.len() - limit;
-        let tail_json = serde_json::to_string(&r.tail)?.len();
-        let per_byte = (tail_json as f64 / r.tail.len() as f64).max(1.0);
-        let needed = (over as f64 / per_byte).ceil() as usize;
+        let escaped = serde_json::to_string(&r.tail)?.len().max(1);
+        let cut = (over * r.tail.len()).div_ceil(escaped);
         let keep = r
             .tail
             .len()
-            .saturating_sub(needed.max(r.tail.len() / 64).max(1));
+            .saturating_sub(cut.min(r.tail.len()).max(r.tail.len() / 8).max(1));
         let tail = std::mem::take(&mut r.tail);
         r.set_tail(tail.as_bytes(), keep);
         json = serde_json::to_string(&r)?;
@@ -107,7 +104,6 @@ mod tests {
     use crate::task::{Holder, Key, TaskId};
     use chrono::Utc;
 
-    /// The Kubernetes store's limit, which these cases were written for.
     const LIMIT: usize = 64 * 1024;
 
     fn record_with(tail: &str, runs: usize) -> Record {
@@ -147,12 +143,17 @@ mod tests {
     #[test]
     fn escaped_output_still_fits() {
         // Control characters cost six bytes each in JSON.
-        let tail = "\u{1}".repeat(100_000);
+        let tail = format!("{}THE-END", "\u{1}".repeat(100_000));
         let (json, _) = bound_record(&record_with(&tail, 0), LIMIT).unwrap();
         assert!(json.len() <= LIMIT, "{}", json.len());
-        // And most of the room still goes to the tail.
         let back = Record::from_json(json.as_bytes()).unwrap();
-        assert!(back.tail.len() * 6 > LIMIT * 3 / 4, "{}", back.tail.len());
+        // Six bytes a character: most of what fits is kept, not nothing.
+        assert!(back.tail.ends_with("THE-END"), "newest output kept");
+        assert!(
+            back.tail.len() > LIMIT / 6 / 2,
+            "{} bytes kept",
+            back.tail.len()
+        );
     }
 
     #[test]
