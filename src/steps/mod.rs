@@ -9,6 +9,8 @@
 //! - the target database (PostgreSQL): the history table, fencing, running SQL steps, adoption;
 //! - the run: the lease, the fingerprint, script steps, the record-backed history.
 
+pub mod run;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
