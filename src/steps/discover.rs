@@ -282,11 +282,9 @@ fn parse_name(name: &str) -> Parsed {
         let Some(sep) = rest.find("__") else {
             return Parsed::Bad {
                 detail: "no `__` (two underscores) between the version and the description".into(),
-                fix: match rest.split_once('_') {
-                    Some((v, d)) if version::parse(v).is_ok() && !d.is_empty() => {
-                        Fix::RenameTo(format!("V{v}__{d}"))
-                    }
-                    _ => Fix::Rules,
+                fix: match split_single_underscore(rest) {
+                    Some((v, d)) => Fix::RenameTo(format!("V{v}__{d}")),
+                    None => Fix::Rules,
                 },
             };
         };
@@ -341,6 +339,21 @@ fn parse_name(name: &str) -> Parsed {
         detail: "not a step name".into(),
         fix: Fix::Rules,
     }
+}
+
+/// `1_1_create_users.sql` → (`1_1`, `create_users.sql`): the longest run of numeric parts, then
+/// the rest — the likely meaning of a name written with one underscore where two belong.
+fn split_single_underscore(rest: &str) -> Option<(&str, &str)> {
+    let mut end = 0;
+    for (i, part) in rest.split('_').enumerate() {
+        let at = if i == 0 { 0 } else { end + 1 };
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            let desc = rest.get(at..).unwrap_or("");
+            return (end > 0 && !desc.is_empty()).then(|| (&rest[..end], desc));
+        }
+        end = at + part.len();
+    }
+    None
 }
 
 fn ext_of(name: &str, sql: bool) -> &str {
@@ -465,13 +478,62 @@ mod tests {
         assert!(bad("20240101_x.sql").contains("golang-migrate"));
         assert!(bad("").contains("not a step name"));
         assert!(bad("V").contains("`__`"));
+        let fix = |name: &str| match parse_name(name) {
+            Parsed::Bad { fix, .. } => fix,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(fix("V1_create.sql"), Fix::RenameTo("V1__create.sql".into()));
         assert_eq!(
-            parse_name("V1_create.sql"),
-            Parsed::Bad {
-                detail: bad("V1_create.sql"),
-                fix: Fix::RenameTo("V1__create.sql".into())
-            }
+            fix("V1_1_create_users.sql"),
+            Fix::RenameTo("V1_1__create_users.sql".into())
         );
+        assert_eq!(fix("Vx_y.sql"), Fix::Rules);
+        assert_eq!(fix("V_1.sql"), Fix::Rules);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_name_parses_without_panicking(
+            name in "(V|R__|[0-9]{1,3}_)?[0-9._a-zé☃_-]{0,16}(\\.sql|\\.up\\.sql|\\.down\\.sql|\\.sh|\\.)?",
+            any in ".{0,30}",
+        ) {
+            let _ = parse_name(&name);
+            let _ = parse_name(&any);
+            let _ = split_single_underscore(&name);
+            let _ = marks_no_transaction(any.as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        #[test]
+        fn every_file_is_a_step_a_problem_or_ignored(
+            names in proptest::collection::btree_set(
+                "(V[0-9]{1,3}([._][0-9]{1,2})?__|R__|[0-9]{1,3}_|V|\\.)?[a-z_]{0,6}(\\.sql|\\.up\\.sql|\\.down\\.sql|\\.sh)?",
+                0..8,
+            ),
+            exec in proptest::collection::vec(proptest::prelude::any::<bool>(), 8),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut expected = 0;
+            for (i, name) in names.iter().enumerate() {
+                if name.is_empty() || name.starts_with('.') || name.ends_with(".down.sql")
+                    && name.as_bytes()[0].is_ascii_digit() {
+                    continue;
+                }
+                expected += 1;
+                write(tmp.path(), name, "select 1;\n", if exec[i] { 0o755 } else { 0o644 });
+            }
+            let set = discover(tmp.path()).unwrap();
+            let dups: usize = set
+                .problems
+                .iter()
+                .filter(|p| p.kind == ProblemKind::Duplicate)
+                .count();
+            let ignored_down = set.steps.len() + set.problems.len() - dups;
+            proptest::prop_assert_eq!(ignored_down, expected);
+            proptest::prop_assert!(set.steps.windows(2).all(|w| w[0].id <= w[1].id));
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 
 pub mod checksum;
 pub mod discover;
+pub mod status;
+pub mod validate;
 pub mod version;
 
 /// A step's version: numeric parts compared part by part (`1.10` > `1.9`), with the text as the
