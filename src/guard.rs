@@ -594,7 +594,8 @@ impl<'a> Guard<'a> {
         heartbeat: &mut Heartbeat,
     ) -> Result<(), GuardError> {
         let plan = self.plan;
-        let not_recorded = |cause| GuardError::SuccessNotRecorded {
+        let not_recorded = |cause| {
+            GuardError::SuccessNotRecorded {
             key: self.key(),
             cause: Box::new(cause),
             next: match (&plan.done_if, plan.on_interrupted) {
@@ -610,6 +611,7 @@ impl<'a> Guard<'a> {
                     plan.id.key
                 ),
             },
+        }
         };
         let mut tries = 0u32;
         loop {

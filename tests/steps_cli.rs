@@ -163,7 +163,12 @@ fn a_failed_script_step_exits_with_its_code_and_the_steps_before_it_stay_applied
     let out = fx.steps("apply", &[]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let line = last_line(&out);
-    assert!(line.starts_with("initguard: steps-migrations: step 2 (V2__broken.sh) failed: exit status 3"), "{line}");
+    assert!(
+        line.starts_with(
+            "initguard: steps-migrations: step 2 (V2__broken.sh) failed: exit status 3"
+        ),
+        "{line}"
+    );
     assert_eq!(fx.log(), ["1 ok none", "2 broken none"]);
     let st = fx.status_json();
     let states: Vec<&str> = st["steps"]
@@ -179,7 +184,12 @@ fn a_failed_script_step_exits_with_its_code_and_the_steps_before_it_stay_applied
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         fx.log(),
-        ["1 ok none", "2 broken none", "2 broken failed", "3 later none"]
+        [
+            "1 ok none",
+            "2 broken none",
+            "2 broken failed",
+            "3 later none"
+        ]
     );
 }
 
@@ -238,7 +248,10 @@ fn an_interrupted_script_step_runs_again_told_it_was_interrupted() {
 #[test]
 fn repair_clears_an_interrupted_step_so_that_it_runs_afresh() {
     let fx = Fx::new();
-    fx.script("V1__slow.sh", "[ -e \"$LOG.slow\" ] && sleep 60\necho done >> \"$LOG\"");
+    fx.script(
+        "V1__slow.sh",
+        "[ -e \"$LOG.slow\" ] && sleep 60\necho done >> \"$LOG\"",
+    );
     fs::write(fx.log.with_extension("slow"), "").unwrap();
     let mut child = fx.spawn(&[]);
     wait_for("the step to start", Duration::from_secs(20), || {
@@ -282,9 +295,21 @@ fn status_shows_a_table_and_json() {
     let table = stdout(&out);
     let rows: Vec<&str> = table.lines().collect();
     assert!(rows.len() >= 4, "{table}");
-    assert!(rows.iter().any(|r| r.contains("create things") && r.contains("applied")), "{table}");
-    assert!(rows.iter().any(|r| r.contains("pending one") && r.contains("pending")), "{table}");
-    assert!(rows.iter().any(|r| r.contains("refresh views") && r.contains("applied")), "{table}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("create things") && r.contains("applied")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("pending one") && r.contains("pending")),
+        "{table}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("refresh views") && r.contains("applied")),
+        "{table}"
+    );
     let json = fx.status_json();
     let steps = json["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3, "{json}");
@@ -303,9 +328,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let two = plan.find("V2__two.sh").expect(&plan);
     assert!(one < two, "{plan}");
     assert!(fx.log().is_empty(), "nothing ran");
-    let records = fs::read_dir(&fx.state)
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let records = fs::read_dir(&fx.state).map(|d| d.count()).unwrap_or(0);
     assert_eq!(records, 0, "no record, no lock file");
 }
 
@@ -326,11 +349,23 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
     assert_eq!(code(&fx.steps("validate", &["--allow-changed"])), 0);
     let out = fx.steps("apply", &[]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("changed"), "the table on stderr: {}", stderr(&out));
-    assert!(last_line(&out).contains("nothing was applied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("changed"),
+        "the table on stderr: {}",
+        stderr(&out)
+    );
+    assert!(
+        last_line(&out).contains("nothing was applied"),
+        "{}",
+        stderr(&out)
+    );
     let out = fx.steps("repair", &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("realigned the checksum of 1"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("realigned the checksum of 1"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(code(&fx.steps("validate", &[])), 0);
 
     // Out of order.

@@ -124,16 +124,17 @@ fn target_url(args: &StepsSetArgs, store: &StoreUrl) -> Result<Option<TargetUrl>
         let mut pg = match raw {
             Some(t) => match StoreUrl::parse(t) {
                 Ok(StoreUrl::Postgres(pg)) => pg,
-                Ok(other) => {
+                // Never quoted: a URL that did not parse may hold a password anywhere.
+                Err(crate::store::StoreUrlError::Invalid { url, why }) => {
+                    return Err(usage("--target", format!("{url} is invalid: {why}")));
+                }
+                Ok(_) | Err(_) => {
                     return Err(usage(
                         "--target",
-                        format!(
-                            "{} is not a postgres:// URL: SQL steps run in PostgreSQL",
-                            other.redacted()
-                        ),
+                        "expected a postgres://[USER@]HOST[:PORT]/DATABASE URL: SQL steps run \
+                         in PostgreSQL",
                     ));
                 }
-                Err(e) => return Err(usage("--target", e.to_string())),
             },
             None => match store {
                 StoreUrl::Postgres(pg) => pg.clone(),
@@ -545,7 +546,12 @@ async fn repair_under(
             .await
             .map_err(|e| steps_target_err(set, e))?;
         return target
-            .repair(set.id.key.as_str(), &set.steps, lease.token, &holder.identity())
+            .repair(
+                set.id.key.as_str(),
+                &set.steps,
+                lease.token,
+                &holder.identity(),
+            )
             .await
             .map_err(|e| steps_target_err(set, e));
     }

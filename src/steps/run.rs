@@ -219,7 +219,10 @@ impl Body for StepsBody {
             Err(Halt::Stop(stop)) => BodyEnd::Stopped(stop),
             Err(Halt::Fail(e)) => {
                 let outcome = e.outcome();
-                let reason = e.to_string();
+                // The guard's log line names the key already.
+                let text = e.to_string();
+                let prefix = format!("{}: ", self.key);
+                let reason = text.strip_prefix(&prefix).unwrap_or(&text).to_string();
                 if let Ok(mut f) = self.failure.lock() {
                     *f = Some(e);
                 }
@@ -336,7 +339,10 @@ impl StepsBody {
             env: vec![
                 ("INITGUARD_KEY".into(), self.key_env()),
                 ("INITGUARD_STEP_VERSION".into(), version),
-                ("INITGUARD_STEP_DESCRIPTION".into(), step.description.clone()),
+                (
+                    "INITGUARD_STEP_DESCRIPTION".into(),
+                    step.description.clone(),
+                ),
                 ("INITGUARD_FENCING_TOKEN".into(), ctx.token().to_string()),
                 ("INITGUARD_PREVIOUS".into(), previous.into()),
             ],
@@ -358,7 +364,8 @@ impl StepsBody {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         if res.outcome.success() {
             end.state = AppliedState::Applied;
-            self.record_script(ctx, target, p, end, Some(Ok(()))).await?;
+            self.record_script(ctx, target, p, end, Some(Ok(())))
+                .await?;
             info!(key = %self.key, "applied step {} ({}) in {}ms", step.id, step.file, (now - started).num_milliseconds());
             return Ok(());
         }
