@@ -388,3 +388,54 @@ fn concurrent_appliers_apply_each_step_once_and_the_rest_skip() {
         "20 20"
     );
 }
+
+#[test]
+fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_version() {
+    let Some(fx) = Fx::start() else { return };
+    // golang-migrate's own layout: one row, the current version, and its dirty flag.
+    for v in 1..=3 {
+        fx.sql(
+            &format!("{v:06}_t{v}.up.sql"),
+            &format!("CREATE TABLE t{v} (id int);\n"),
+        );
+        fx.sql(
+            &format!("{v:06}_t{v}.down.sql"),
+            &format!("DROP TABLE t{v};\n"),
+        );
+    }
+    fx.query(
+        pg::TARGET_DB,
+        "CREATE TABLE t1 (id int); CREATE TABLE t2 (id int); \
+         CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); \
+         INSERT INTO schema_migrations VALUES (2, true); \
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO app",
+    );
+    let out = fx.steps("apply", &["--adopt", "golang-migrate"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("dirty"), "{}", stderr(&out));
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
+        ),
+        "0",
+        "nothing applied"
+    );
+
+    fx.query(pg::TARGET_DB, "UPDATE schema_migrations SET dirty = false");
+    let out = fx.steps("apply", &["--adopt", "golang-migrate"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("adopted 2 steps"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("applied 1 step of"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
+        ),
+        "1"
+    );
+}

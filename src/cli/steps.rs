@@ -585,3 +585,23 @@ async fn repair_under(
     }
     Ok(changes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_keys_are_valid_keys_made_from_the_base_name() {
+        let key = |d: &str| default_key(Path::new(d)).map(|k| k.as_str().to_string());
+        assert_eq!(key("/no/such/db/migrations").unwrap(), "steps-migrations");
+        assert_eq!(
+            key("/no/such/My Migrations!").unwrap(),
+            "steps-My-Migrations-"
+        );
+        assert_eq!(key("/no/such/a..b").unwrap(), "steps-a.-.b");
+        assert_eq!(key("/no/such/x/").unwrap(), "steps-x");
+        let long = format!("/no/such/{}", "m".repeat(300));
+        assert_eq!(key(&long).unwrap().len(), crate::task::MAX_KEY_LEN);
+        assert_eq!(key("/").unwrap(), "steps-");
+    }
+}

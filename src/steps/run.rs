@@ -603,3 +603,109 @@ pub fn repair_record(set: &StepSet, rec: &mut Record) -> Vec<String> {
     rec.steps = kept;
     changes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::{Checksum, Step, StepId, Version};
+    use crate::task::{Key, TaskId};
+    use std::path::PathBuf;
+
+    fn step(v: u64, sum: &str) -> Step {
+        Step {
+            id: StepId::Versioned(Version {
+                parts: vec![v],
+                text: v.to_string(),
+            }),
+            description: format!("s{v}"),
+            kind: Kind::Script,
+            file: format!("V{v}__s{v}.sh"),
+            path: PathBuf::from(format!("V{v}__s{v}.sh")),
+            checksum: Checksum(sum.into()),
+            no_transaction: false,
+        }
+    }
+
+    fn applied(s: &Step, state: AppliedState, sum: &str) -> Applied {
+        Applied {
+            id: s.id.clone(),
+            description: s.description.clone(),
+            kind: s.kind,
+            checksum: Some(Checksum(sum.into())),
+            state,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            holder: "h".into(),
+            token: 1,
+            statements_done: 0,
+            error: None,
+            adopted_from: None,
+        }
+    }
+
+    fn set(steps: Vec<Step>) -> StepSet {
+        StepSet {
+            dir: PathBuf::from("m"),
+            steps,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The set's fingerprint is part of every record of every fleet: a change re-runs (and
+    /// re-validates) every set once. Never paste a new value in without meaning to.
+    #[test]
+    fn fingerprint_is_pinned() {
+        let s = set(vec![step(1, "sha256:a"), step(2, "sha256:b")]);
+        assert_eq!(
+            fingerprint(&s, None).value,
+            "sha256:f6d13be193cf61685102e900abd84375044dacd1e0eba9dec587a16920337af6"
+        );
+    }
+
+    #[test]
+    fn fingerprint_covers_checksums_kinds_and_the_target() {
+        let base = set(vec![step(1, "sha256:a")]);
+        let fp = fingerprint(&base, None).value;
+        let mut changed = base.clone();
+        changed.steps[0].checksum = Checksum("sha256:b".into());
+        assert_ne!(fingerprint(&changed, None).value, fp);
+        let mut kind = base.clone();
+        kind.steps[0].kind = Kind::Sql;
+        assert_ne!(fingerprint(&kind, None).value, fp);
+        assert_ne!(fingerprint(&base, Some("postgres://app@db/app")).value, fp);
+        assert_eq!(fingerprint(&base, None).value, fp);
+    }
+
+    #[test]
+    fn upsert_replaces_the_entry_of_the_same_step() {
+        let s = step(1, "sha256:a");
+        let mut h = vec![applied(&s, AppliedState::Running, "sha256:a")];
+        upsert(&mut h, applied(&s, AppliedState::Applied, "sha256:a"));
+        upsert(&mut h, applied(&step(2, "x"), AppliedState::Applied, "x"));
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].state, AppliedState::Applied);
+    }
+
+    #[test]
+    fn repair_of_the_record_realigns_forgets_and_clears() {
+        let (one, two, three) = (step(1, "sha256:new"), step(2, "sha256:b"), step(3, "c"));
+        let gone = step(4, "d");
+        let mut rec = Record::new(
+            &TaskId::global(Key::parse("steps-m").unwrap()),
+            "sha256:x",
+            Utc::now(),
+        );
+        rec.steps = vec![
+            applied(&one, AppliedState::Applied, "sha256:old"),
+            applied(&two, AppliedState::Failed, "sha256:b"),
+            applied(&three, AppliedState::Running, "c"),
+            applied(&gone, AppliedState::Applied, "d"),
+        ];
+        let changes = repair_record(&set(vec![one, two, three]), &mut rec);
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        assert_eq!(rec.steps.len(), 1);
+        assert_eq!(rec.steps[0].checksum, Some(Checksum("sha256:new".into())));
+        assert!(repair_record(&set(vec![step(1, "sha256:new")]), &mut rec).is_empty());
+    }
+}
