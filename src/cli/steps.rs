@@ -397,7 +397,7 @@ async fn dry_run(set: &Set, allow: Allow) -> Result<u8, Failure> {
     let mut out = std::io::stdout();
     if !v.errors.is_empty() {
         let _ = write!(out, "{}", validate::problem_table(&v.errors));
-        return Err(StepsError::Invalid {
+        return Err(StepsError::Problems {
             key: set.id.to_string(),
             problems: v.errors,
         }
@@ -511,7 +511,7 @@ async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, 
     if v.errors.is_empty() {
         return Ok(crate::exit::OK);
     }
-    Err(StepsError::Invalid {
+    Err(StepsError::Problems {
         key: set.id.to_string(),
         problems: v.errors,
     }

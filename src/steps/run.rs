@@ -44,12 +44,18 @@ pub enum StepsError {
     #[error(transparent)]
     Discover(#[from] super::discover::DiscoverError),
     #[error(
-        "{key}: {} problem{} with the steps (listed above); nothing was applied. Fix them, or \
-         accept them (--allow-changed, --allow-missing, --out-of-order, `initguard steps repair`)",
+        "{key}: {} problem{} with the steps (listed above, each with its fix); nothing was applied",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     )]
     Invalid { key: String, problems: Vec<Problem> },
+    /// `steps validate` (and `--dry-run`) found problems; nothing was to be applied anyway.
+    #[error(
+        "{key}: {} problem{} with the steps (listed above, each with its fix)",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )]
+    Problems { key: String, problems: Vec<Problem> },
     #[error(
         "{key}: the set has SQL steps ({first} …) and no target database: give --target URL \
          (or INITGUARD_STEPS_TARGET), or use a postgres:// store; nothing was done"
@@ -78,7 +84,7 @@ pub enum StepsError {
         dir: String,
     },
     #[cfg(feature = "postgres")]
-    #[error("{key}: {source}")]
+    #[error("{key}: {}", target_text(source))]
     Target { key: String, source: TargetError },
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -99,6 +105,17 @@ impl StepsError {
             }
             _ => ChildOutcome::Exited(1),
         }
+    }
+}
+
+/// A target error as users read it: connecting is done by the store's connector, whose errors
+/// say "store …"; here it is the target database.
+#[cfg(feature = "postgres")]
+fn target_text(e: &TargetError) -> String {
+    let text = e.to_string();
+    match (e, text.strip_prefix("store ")) {
+        (TargetError::Connect(_), Some(rest)) => format!("target database {rest}"),
+        _ => text,
     }
 }
 
