@@ -761,3 +761,105 @@ async fn repair_realigns_checksums_forgets_missing_files_and_clears_failures() {
         Err(TargetError::Fenced { .. })
     ));
 }
+
+/// Timing harness, not a test of timings (run with `--ignored --nocapture`): 1,000 trivial
+/// steps (`CREATE TABLE t_NNNN (id int primary key)`, one per file) applied, each its own
+/// transaction with its history row, then `finish`; beside the same work done the plain way
+/// (a round trip per statement, every commit synchronous) for scale. The server is switched to
+/// `fsync = on` first (a restart): the test servers run with it off, which would hide what a
+/// commit waits for. The real benchmark, beside sqlx-cli, is benches/steps.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing harness: run with --ignored --nocapture"]
+async fn timing_apply_1000_trivial_steps() {
+    let fx = fixture!();
+    let mut fx = fx;
+    fx.pg.restart_durable();
+    assert_eq!(fx.sql("SHOW fsync"), "on");
+    let steps: Vec<Step> = (1..=1000)
+        .map(|i| {
+            fx.step(
+                &format!("V{i:04}__t_{i:04}.sql"),
+                &format!("CREATE TABLE t_{i:04} (id int primary key);\n"),
+            )
+        })
+        .collect();
+    let mut figures = Vec::new();
+    for round in 0..3 {
+        let set = format!("bench-{round}");
+        let schema = format!("r{round}");
+        fx.sql(&format!("CREATE SCHEMA {schema} AUTHORIZATION app"));
+        let url = PgUrl::parse(&format!(
+            "{}?options=-c%20search_path%3D{schema}",
+            fx.pg.url_for(TARGET_DB)
+        ))
+        .unwrap();
+        let started = Instant::now();
+        let t = Target::connect(&url, &TargetOptions::default())
+            .await
+            .unwrap();
+        let info = run(1);
+        t.begin(&set, 1, &info.holder).await.unwrap();
+        for s in &steps {
+            t.apply(&set, &plan(s), &info).await.unwrap();
+        }
+        t.finish().await.unwrap();
+        let apply = started.elapsed();
+        let started = Instant::now();
+        let h = t.history(&set).await.unwrap();
+        let status = started.elapsed();
+        assert_eq!(h.len(), 1000);
+        figures.push((apply, status));
+    }
+    // The plain way: BEGIN, the step, the history row, COMMIT, each a round trip, commits
+    // synchronous.
+    fx.sql("CREATE SCHEMA plain AUTHORIZATION app");
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={TARGET_DB} options='-c search_path=plain'",
+            fx.pg.port,
+            pg::APP_USER,
+            pg::APP_PASSWORD
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE TABLE hist (version bigint primary key, checksum text, at timestamptz)",
+        )
+        .await
+        .unwrap();
+    let insert = client
+        .prepare("INSERT INTO hist VALUES ($1, $2, now())")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for (i, s) in steps.iter().enumerate() {
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .batch_execute(&std::fs::read_to_string(&s.path).unwrap())
+            .await
+            .unwrap();
+        client
+            .execute(&insert, &[&(i as i64), &s.checksum.0])
+            .await
+            .unwrap();
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    let plain = started.elapsed();
+    let mut applies: Vec<Duration> = figures.iter().map(|f| f.0).collect();
+    applies.sort();
+    let mut statuses: Vec<Duration> = figures.iter().map(|f| f.1).collect();
+    statuses.sort();
+    eprintln!(
+        "TIMING apply 1,000 trivial steps (connect, begin, 1,000 x apply, finish): median {:?} of {:?}",
+        applies[1], applies
+    );
+    eprintln!(
+        "TIMING history of 1,000 (status read): median {:?} of {:?}",
+        statuses[1], statuses
+    );
+    eprintln!("TIMING the plain way (4 round trips per step, synchronous commits): {plain:?}");
+}
