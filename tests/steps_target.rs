@@ -311,8 +311,12 @@ async fn a_lower_token_is_fenced_off_and_runs_nothing() {
         old.script_started(SET, &s, &run(5)).await,
         Err(TargetError::Fenced { .. })
     ));
-    // Another set has a fence of its own.
+    // Another set has a fence of its own; a set nobody began is refused.
     old.begin("other-set", 1, "old").await.unwrap();
+    assert!(matches!(
+        old.apply("never-begun", &plan(&s), &run(1)).await,
+        Err(TargetError::NotBegun { .. })
+    ));
 }
 
 /// An older applier's step transaction is in flight (it was paused or killed while the server
@@ -862,4 +866,116 @@ async fn timing_apply_1000_trivial_steps() {
         statuses[1], statuses
     );
     eprintln!("TIMING the plain way (4 round trips per step, synchronous commits): {plain:?}");
+}
+
+/// A `CREATE INDEX CONCURRENTLY` step while the applier's lease is renewed on a PG store in the
+/// same database and replicas wait for that lease there: CIC waits for every transaction older
+/// than its snapshot, so any of those connections sitting in a transaction would stall it (or
+/// deadlock it, as alembic's and dbmate's do). None is ever seen idle in a transaction, and the
+/// index is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_index_concurrently_is_not_held_up_by_the_lease_or_waiting_replicas() {
+    use initguard::store::postgres::PgStore;
+    use initguard::store::{Attempt, Store};
+    use initguard::task::{Holder, Key, TaskId};
+    let fx = fixture!();
+    fx.sql("CREATE TABLE big (a int, b text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 300000) g; ALTER TABLE big OWNER TO app");
+    let store_url = PgUrl::parse(&fx.pg.url_for(TARGET_DB)).unwrap();
+    let id = TaskId::global(Key::parse("steps-app").unwrap());
+    let ttl = Duration::from_secs(2);
+    let applier = PgStore::open(&store_url).await.unwrap();
+    let lease = match applier
+        .try_acquire(&id, &Holder::from_env(), ttl)
+        .await
+        .unwrap()
+    {
+        Attempt::Taken(l) => l,
+        Attempt::Busy(_) => panic!("a fresh lease is busy"),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut background = Vec::new();
+    // The applier's heartbeat.
+    {
+        let stop = stop.clone();
+        background.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                applier.renew(&lease).await.expect("renew");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    // Four waiting replicas, polling the busy lease as the guard does between notifications.
+    for n in 0..4u32 {
+        let stop = stop.clone();
+        let id = id.clone();
+        let store = PgStore::open(&store_url).await.unwrap();
+        background.push(tokio::spawn(async move {
+            let mut holder = Holder::from_env();
+            holder.pid += 1 + n;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match store.try_acquire(&id, &holder, ttl).await.unwrap() {
+                    Attempt::Busy(seen) => {
+                        let until = std::time::Instant::now() + Duration::from_millis(300);
+                        store.wait_change(&id, &seen, until).await.unwrap();
+                    }
+                    Attempt::Taken(_) => panic!("replica {n} took a lease that is renewed"),
+                }
+            }
+        }));
+    }
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    // Watch for any session in a transaction but idle, while the index builds.
+    let idle_seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watcher = {
+        let stop = stop.clone();
+        let idle_seen = idle_seen.clone();
+        let admin = fx.pg.admin_url(TARGET_DB);
+        tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for row in client
+                    .query(
+                        "SELECT pid::text || ' ' || coalesce(query, '') FROM pg_stat_activity
+                         WHERE datname = current_database() AND pid <> pg_backend_pid()
+                           AND state LIKE 'idle in transaction%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    idle_seen.lock().unwrap().push(row.get(0));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let step = fx.step(
+        "V1__index.sql",
+        "-- initguard:no-transaction\nCREATE INDEX CONCURRENTLY big_b ON big (b);\nCREATE INDEX CONCURRENTLY big_a ON big (a);\n",
+    );
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(120), t.apply(SET, &plan(&step), &info))
+        .await
+        .expect("CREATE INDEX CONCURRENTLY did not finish")
+        .unwrap();
+    eprintln!(
+        "two CREATE INDEX CONCURRENTLY on 300,000 rows: {:?}",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in background {
+        task.await.unwrap();
+    }
+    watcher.await.unwrap();
+    assert_eq!(
+        fx.sql("SELECT string_agg(indisvalid::text, ',') FROM pg_index WHERE indrelid = 'big'::regclass"),
+        "true,true"
+    );
+    let idle = idle_seen.lock().unwrap().clone();
+    assert!(idle.is_empty(), "sessions idle in a transaction: {idle:?}");
 }
