@@ -49,6 +49,18 @@ impl Fx {
         .expect("connect to the target")
     }
 
+    /// A target whose connections have `search_path` `schema` (where another tool's table is).
+    async fn target_in(&self, schema: &str) -> Target {
+        let url = PgUrl::parse(&format!(
+            "{}?options=-c%20search_path%3D{schema}",
+            self.pg.url_for(TARGET_DB)
+        ))
+        .expect("target url");
+        Target::connect(&url, &TargetOptions::default())
+            .await
+            .expect("connect to the target")
+    }
+
     /// SQL as the superuser in the target database.
     fn sql(&self, q: &str) -> String {
         self.pg.sql_in(TARGET_DB, q)
@@ -566,116 +578,137 @@ async fn script_steps_have_fenced_running_and_finished_rows() {
     );
 }
 
-/// Steps of a set as a tool would have had them, for adoption.
-fn adoption_set(fx: &Fx) -> (Step, Step, Step, Step) {
-    (
+/// A set as a tool would have applied it (V1, V2, V3 and a repeatable), and a target whose
+/// `search_path` is `schema`, where the tool's table is created by `ddl` (run as superuser, the
+/// table then granted to the app role).
+struct Adoption {
+    fx: Fx,
+    steps: [Step; 4],
+    set: StepSet,
+    target: Target,
+}
+
+async fn adoption(schema: &str, ddl: &str, table: &str) -> Option<Adoption> {
+    let fx = Fx::start()?;
+    let steps = [
         fx.step("V1__one.sql", "CREATE TABLE one (id int);"),
         fx.step("V2__two.sql", "CREATE TABLE two (id int);"),
         fx.step("V3__three.sql", "CREATE TABLE three (id int);"),
         fx.step("R__views.sql", "CREATE OR REPLACE VIEW v AS SELECT 1;"),
-    )
+    ];
+    let set = set_of(&steps.iter().collect::<Vec<_>>());
+    fx.sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; GRANT USAGE, CREATE ON SCHEMA {schema} TO app;
+         SET search_path = {schema}; {ddl}; GRANT SELECT ON {schema}.{table} TO app;"
+    ));
+    let target = fx.target_in(schema).await;
+    target.begin(SET, 1, "h").await.unwrap();
+    Some(Adoption {
+        fx,
+        steps,
+        set,
+        target,
+    })
 }
 
-fn adopted_ids(h: &[initguard::steps::Applied]) -> Vec<String> {
+fn ids(h: &[initguard::steps::Applied]) -> Vec<String> {
     h.iter().map(|a| a.id.to_string()).collect()
 }
 
+/// Flyway's table as its PostgreSQL `createMetaDataTable.sql` creates it.
+const FLYWAY_DDL: &str = r#"CREATE TABLE "flyway_schema_history" (
+    "installed_rank" INT NOT NULL, "version" VARCHAR(50), "description" VARCHAR(200) NOT NULL,
+    "type" VARCHAR(20) NOT NULL, "script" VARCHAR(1000) NOT NULL, "checksum" INTEGER,
+    "installed_by" VARCHAR(100) NOT NULL, "installed_on" TIMESTAMP NOT NULL DEFAULT now(),
+    "execution_time" INTEGER NOT NULL, "success" BOOLEAN NOT NULL);
+ALTER TABLE "flyway_schema_history" ADD CONSTRAINT "flyway_schema_history_pk" PRIMARY KEY ("installed_rank");
+CREATE INDEX "flyway_schema_history_s_idx" ON "flyway_schema_history" ("success");
+INSERT INTO flyway_schema_history VALUES
+  (1, '1', 'one', 'SQL', 'V1__one.sql', 123, 'app', now(), 5, true),
+  (2, '2', 'two', 'SQL', 'V2__two.sql', 456, 'app', now(), 7, true),
+  (3, NULL, 'views', 'SQL', 'R__views.sql', 789, 'app', now(), 1, true)"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_tools_history_is_adopted_and_nothing_is_applied_again() {
-    let fx = fixture!();
-    let (s1, s2, s3, r) = adoption_set(&fx);
-    let set = set_of(&[&s1, &s2, &s3, &r]);
-    // Flyway, as its PostgreSQL createMetaDataTable.sql creates it.
-    fx.sql(
-        r#"CREATE TABLE "public"."flyway_schema_history" (
-            "installed_rank" INT NOT NULL, "version" VARCHAR(50), "description" VARCHAR(200) NOT NULL,
-            "type" VARCHAR(20) NOT NULL, "script" VARCHAR(1000) NOT NULL, "checksum" INTEGER,
-            "installed_by" VARCHAR(100) NOT NULL, "installed_on" TIMESTAMP NOT NULL DEFAULT now(),
-            "execution_time" INTEGER NOT NULL, "success" BOOLEAN NOT NULL);
-        ALTER TABLE "public"."flyway_schema_history" ADD CONSTRAINT "flyway_schema_history_pk" PRIMARY KEY ("installed_rank");
-        CREATE INDEX "flyway_schema_history_s_idx" ON "public"."flyway_schema_history" ("success");
-        INSERT INTO flyway_schema_history VALUES
-          (1, '1', 'one', 'SQL', 'V1__one.sql', 123, 'app', now(), 5, true),
-          (2, '2', 'two', 'SQL', 'V2__two.sql', 456, 'app', now(), 7, true),
-          (3, NULL, 'views', 'SQL', 'R__views.sql', 789, 'app', now(), 1, true);
-        GRANT SELECT ON flyway_schema_history TO app;"#,
-    );
-    let t = fx.target().await;
-    let info = run(1);
-    t.begin("flyway-set", 1, &info.holder).await.unwrap();
-    let got = t
-        .adopt("flyway-set", Tool::Flyway, &set, &info)
-        .await
-        .unwrap();
-    assert_eq!(adopted_ids(&got), ["1", "2", "R:views"]);
-    let h = t.history("flyway-set").await.unwrap();
-    assert_eq!(adopted_ids(&h), ["1", "2", "R:views"]);
+async fn flyway_history_is_adopted_and_nothing_is_applied_again() {
+    let Some(a) = adoption("public", FLYWAY_DDL, "flyway_schema_history").await else {
+        return;
+    };
+    let (t, info) = (&a.target, run(1));
+    let got = t.adopt(SET, Tool::Flyway, &a.set, &info).await.unwrap();
+    assert_eq!(ids(&got), ["1", "2", "R:views"]);
+    let h = t.history(SET).await.unwrap();
+    assert_eq!(ids(&h), ["1", "2", "R:views"]);
     assert!(
         h.iter()
-            .all(|a| a.adopted_from.as_deref() == Some("flyway"))
+            .all(|r| r.adopted_from.as_deref() == Some("flyway"))
     );
-    assert_eq!(h[0].checksum.as_ref(), Some(&s1.checksum));
+    assert_eq!(h[0].checksum.as_ref(), Some(&a.steps[0].checksum));
     assert_eq!(h[0].duration_ms, Some(5));
-    // Nothing re-applied: V1 and the repeatable are applied as they are.
-    assert!(matches!(
-        t.apply("flyway-set", &plan(&s1), &info).await,
-        Err(TargetError::AlreadyApplied { .. })
-    ));
-    assert!(matches!(
-        t.apply("flyway-set", &plan(&r), &info).await,
-        Err(TargetError::AlreadyApplied { .. })
-    ));
+    // Nothing re-applied, the repeatable step included; V3 is pending and applies.
+    for s in [&a.steps[0], &a.steps[3]] {
+        assert!(matches!(
+            t.apply(SET, &plan(s), &info).await,
+            Err(TargetError::AlreadyApplied { .. })
+        ));
+    }
+    t.apply(SET, &plan(&a.steps[2]), &info).await.unwrap();
+    assert_eq!(
+        a.fx.sql("SELECT count(*) FROM pg_class WHERE relname IN ('one', 'two', 'three')"),
+        "1"
+    );
     // Adoption is for the first use only.
     assert!(
-        t.adopt("flyway-set", Tool::Flyway, &set, &info)
+        t.adopt(SET, Tool::Flyway, &a.set, &info)
             .await
             .unwrap()
             .is_empty()
     );
     // A failed Flyway migration: nothing adopted.
-    fx.sql("INSERT INTO flyway_schema_history VALUES (4, '3', 'three', 'SQL', 'V3__three.sql', 1, 'app', now(), 1, false)");
-    t.begin("flyway-failed", 1, &info.holder).await.unwrap();
-    match t.adopt("flyway-failed", Tool::Flyway, &set, &info).await {
+    a.fx.sql("INSERT INTO flyway_schema_history VALUES (4, '3', 'three', 'SQL', 'V3__three.sql', 1, 'app', now(), 1, false)");
+    t.begin("failed", 1, "h").await.unwrap();
+    match t.adopt("failed", Tool::Flyway, &a.set, &info).await {
         Err(TargetError::Untrusted { problems, .. }) => {
             assert_eq!(problems[0].kind, ProblemKind::Failed);
             assert_eq!(problems[0].file.as_deref(), Some("V3__three.sql"));
+            assert!(problems[0].fix.contains("flyway repair"));
         }
         other => panic!("{other:?}"),
     }
-    assert!(t.history("flyway-failed").await.unwrap().is_empty());
+    assert!(t.history("failed").await.unwrap().is_empty());
+}
 
-    // golang-migrate (its postgres driver's DDL): the current version, everything up to it.
-    fx.sql(
-        "CREATE SCHEMA gm; CREATE TABLE gm.schema_migrations (version bigint not null primary key, dirty boolean not null);
-         INSERT INTO gm.schema_migrations VALUES (2, false); GRANT USAGE ON SCHEMA gm TO app; GRANT SELECT ON gm.schema_migrations TO app;",
-    );
-    let gm_url = PgUrl::parse(&format!(
-        "{}?options=-c%20search_path%3Dgm",
-        fx.pg.url_for(TARGET_DB)
-    ))
-    .unwrap();
-    let gm = Target::connect(&gm_url, &TargetOptions::default())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golang_migrate_history_is_adopted_up_to_its_version_and_a_dirty_one_is_not_trusted() {
+    // As its postgres driver creates it.
+    let ddl = "CREATE TABLE schema_migrations (version bigint not null primary key, dirty boolean not null);
+               INSERT INTO schema_migrations VALUES (2, false)";
+    let Some(a) = adoption("gm", ddl, "schema_migrations").await else {
+        return;
+    };
+    let (t, info) = (&a.target, run(1));
+    let got = t
+        .adopt(SET, Tool::GolangMigrate, &a.set, &info)
         .await
         .unwrap();
-    gm.begin("gm-set", 1, &info.holder).await.unwrap();
-    let got = gm
-        .adopt("gm-set", Tool::GolangMigrate, &set, &info)
-        .await
-        .unwrap();
-    assert_eq!(adopted_ids(&got), ["1", "2"]);
-    // dbmate on a golang-migrate table is refused.
-    gm.begin("gm-as-dbmate", 1, &info.holder).await.unwrap();
+    assert_eq!(ids(&got), ["1", "2"]);
     assert!(matches!(
-        gm.adopt("gm-as-dbmate", Tool::Dbmate, &set, &info).await,
+        t.apply(SET, &plan(&a.steps[1]), &info).await,
+        Err(TargetError::AlreadyApplied { .. })
+    ));
+    // dbmate's name, but golang-migrate's layout: refused.
+    t.begin("as-dbmate", 1, "h").await.unwrap();
+    assert!(matches!(
+        t.adopt("as-dbmate", Tool::Dbmate, &a.set, &info).await,
         Err(TargetError::NotAdoptable { .. })
     ));
-    // Dirty: reported, not trusted.
-    fx.sql("UPDATE gm.schema_migrations SET version = 3, dirty = true");
-    gm.begin("gm-dirty", 1, &info.holder).await.unwrap();
-    match gm.adopt("gm-dirty", Tool::GolangMigrate, &set, &info).await {
+    // Dirty: reported, not trusted, nothing adopted.
+    a.fx.sql("UPDATE gm.schema_migrations SET version = 3, dirty = true");
+    t.begin("dirty", 1, "h").await.unwrap();
+    match t.adopt("dirty", Tool::GolangMigrate, &a.set, &info).await {
         Err(TargetError::Untrusted { problems, .. }) => {
             assert_eq!(problems[0].kind, ProblemKind::Dirty);
             assert_eq!(problems[0].step.as_deref(), Some("3"));
+            assert_eq!(problems[0].file.as_deref(), Some("V3__three.sql"));
             assert!(
                 problems[0].fix.contains("migrate force"),
                 "{}",
@@ -684,48 +717,61 @@ async fn each_tools_history_is_adopted_and_nothing_is_applied_again() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(gm.history("gm-dirty").await.unwrap().is_empty());
+    assert!(t.history("dirty").await.unwrap().is_empty());
+}
 
-    // sqlx (sqlx-postgres migrate.rs's DDL).
-    fx.sql(
-        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
-           installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL,
-           checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL);
-         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES
-           (1, 'one', true, '\\x00', 3000000), (2, 'two', true, '\\x00', 4000000), (3, 'three', true, '\\x00', 1);
-         GRANT SELECT ON _sqlx_migrations TO app;",
-    );
-    t.begin("sqlx-set", 1, &info.holder).await.unwrap();
-    let got = t.adopt("sqlx-set", Tool::Sqlx, &set, &info).await.unwrap();
-    assert_eq!(adopted_ids(&got), ["1", "2", "3"]);
-    assert_eq!(got[0].duration_ms, Some(3));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_history_is_adopted_and_an_unsuccessful_version_is_not_trusted() {
+    // As sqlx-postgres' migrate.rs creates it.
+    let ddl = r"CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+          installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL,
+          checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL);
+        INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES
+          (1, 'one', true, '\x00', 3000000), (2, 'two', true, '\x00', 4000000)";
+    let Some(a) = adoption("public", ddl, "_sqlx_migrations").await else {
+        return;
+    };
+    let (t, info) = (&a.target, run(1));
+    let got = t.adopt(SET, Tool::Sqlx, &a.set, &info).await.unwrap();
+    assert_eq!(ids(&got), ["1", "2"]);
+    assert_eq!(got[0].duration_ms, Some(3), "sqlx keeps nanoseconds");
+    t.apply(SET, &plan(&a.steps[2]), &info).await.unwrap();
+    a.fx.sql("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (3, 'three', false, '\\x00', 1)");
+    t.begin("dirty", 1, "h").await.unwrap();
+    match t.adopt("dirty", Tool::Sqlx, &a.set, &info).await {
+        Err(TargetError::Untrusted { problems, .. }) => {
+            assert_eq!(problems[0].kind, ProblemKind::Dirty);
+        }
+        other => panic!("{other:?}"),
+    }
+}
 
-    // dbmate (its postgres driver's DDL), with a version that has no file here.
-    fx.sql(
-        "CREATE SCHEMA dbm; CREATE TABLE dbm.schema_migrations (version varchar(255) primary key);
-         INSERT INTO dbm.schema_migrations VALUES ('1'), ('3'), ('20240101120000');
-         GRANT USAGE, CREATE ON SCHEMA dbm TO app; GRANT SELECT ON dbm.schema_migrations TO app;",
-    );
-    let dbm_url = PgUrl::parse(&format!(
-        "{}?options=-c%20search_path%3Ddbm",
-        fx.pg.url_for(TARGET_DB)
-    ))
-    .unwrap();
-    let dbm = Target::connect(&dbm_url, &TargetOptions::default())
-        .await
-        .unwrap();
-    dbm.begin("dbmate-set", 1, &info.holder).await.unwrap();
-    let got = dbm
-        .adopt("dbmate-set", Tool::Dbmate, &set, &info)
-        .await
-        .unwrap();
-    assert_eq!(adopted_ids(&got), ["1", "3", "20240101120000"]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbmate_history_is_adopted_with_versions_that_have_no_file_kept() {
+    // As dbmate's postgres driver creates it.
+    let ddl = "CREATE TABLE schema_migrations (version varchar(255) primary key);
+               INSERT INTO schema_migrations VALUES ('1'), ('3'), ('20240101120000')";
+    let Some(a) = adoption("dbm", ddl, "schema_migrations").await else {
+        return;
+    };
+    let (t, info) = (&a.target, run(1));
+    let got = t.adopt(SET, Tool::Dbmate, &a.set, &info).await.unwrap();
+    assert_eq!(ids(&got), ["1", "3", "20240101120000"]);
     assert_eq!(
         got[2].checksum, None,
         "a version without a file has no checksum"
     );
-    // V2 was never applied by dbmate: it is still pending, and applies.
-    dbm.apply("dbmate-set", &plan(&s2), &info).await.unwrap();
+    // V2 was never applied by dbmate: still pending, and it applies.
+    t.apply(SET, &plan(&a.steps[1]), &info).await.unwrap();
+    // Without the tool's table (a new database) there is nothing to adopt.
+    let bare = a.fx.target().await;
+    bare.begin("new-db", 1, "h").await.unwrap();
+    assert!(
+        bare.adopt("new-db", Tool::Dbmate, &a.set, &info)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,7 +799,7 @@ async fn repair_realigns_checksums_forgets_missing_files_and_clears_failures() {
     assert!(lines[1].contains("removed from history"), "{lines:?}");
     assert!(lines[2].contains("failed run cleared"), "{lines:?}");
     let h = t.history(SET).await.unwrap();
-    assert_eq!(adopted_ids(&h), ["1"]);
+    assert_eq!(ids(&h), ["1"]);
     assert_eq!(h[0].checksum.as_ref(), Some(&s1_edited.checksum));
     // Nothing left to repair; and a lower token may not repair.
     assert!(t.repair(SET, &set, &info).await.unwrap().is_empty());
