@@ -61,6 +61,23 @@ impl Fx {
             .expect("connect to the target")
     }
 
+    /// A plain connection of the app role to the target database, with server `options`.
+    async fn client(&self, options: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={} password={} dbname={TARGET_DB} options='{options}'",
+                self.pg.port,
+                pg::APP_USER,
+                pg::APP_PASSWORD
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect to the target");
+        tokio::spawn(conn);
+        client
+    }
+
     /// SQL as the superuser in the target database.
     fn sql(&self, q: &str) -> String {
         self.pg.sql_in(TARGET_DB, q)
@@ -406,18 +423,9 @@ async fn a_paused_transaction_on_the_fence_row_ends_after_the_lease_and_begin_pr
     t.begin(SET, 1, "old").await.unwrap();
     // A session of the old applier, holding the row lock in an idle transaction (as a holder
     // stopped in the middle of a multi-message transaction would), with the same timeout.
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={} password={} dbname={TARGET_DB} options='-c idle_in_transaction_session_timeout=1000'",
-            fx.pg.port,
-            pg::APP_USER,
-            pg::APP_PASSWORD
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let client = fx
+        .client("-c idle_in_transaction_session_timeout=1000")
+        .await;
     client
         .batch_execute("BEGIN; SELECT token FROM initguard.steps_fence FOR UPDATE")
         .await
@@ -863,18 +871,7 @@ async fn timing_apply_1000_trivial_steps() {
     // The plain way: BEGIN, the step, the history row, COMMIT, each a round trip, commits
     // synchronous.
     fx.sql("CREATE SCHEMA plain AUTHORIZATION app");
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user={} password={} dbname={TARGET_DB} options='-c search_path=plain'",
-            fx.pg.port,
-            pg::APP_USER,
-            pg::APP_PASSWORD
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let client = fx.client("-c search_path=plain").await;
     client
         .batch_execute(
             "CREATE TABLE hist (version bigint primary key, checksum text, at timestamptz)",
