@@ -1,15 +1,17 @@
 //! `steps repair`: the set's history realigned with the files as they are now, in one fenced
 //! transaction. Applied steps get their file's current checksum, rows of steps whose file is
 //! gone are removed, failed rows are cleared (apply runs those steps again from the start).
-//! Two things are left as they are, each said in the lines returned: a failed no-transaction
-//! step that completed some of its statements (clearing it would run those again; apply resumes
-//! after them), and `running` rows (an interruption, which `--on-interrupted` decides about).
+//! A script step found `running` (interrupted) is cleared too: it runs again as a new step
+//! (`INITGUARD_PREVIOUS=none`), as the record-backed history's repair does. Left as they are,
+//! each said in the lines returned: a failed or interrupted no-transaction SQL step that
+//! completed some of its statements (clearing it would run those again; apply resumes after
+//! them), and a no-transaction step found `running` (an interruption, which apply resumes).
 //! Never touches anything but `steps_history` rows of the set.
 
 use super::conn::Target;
 use super::error::TargetError;
 use super::rows::{self, literal};
-use crate::steps::{Applied, AppliedState, RunInfo, Step, StepSet};
+use crate::steps::{Applied, AppliedState, Kind, RunInfo, Step, StepSet};
 use crate::store::postgres::quote_ident;
 
 /// What repair does to one row.
@@ -18,6 +20,7 @@ enum Change {
     Realign { from: Option<String>, to: String },
     RemoveMissing,
     ClearFailed,
+    ClearInterrupted,
     KeepPartial { done: u32 },
     KeepRunning,
 }
@@ -28,7 +31,6 @@ fn plan<'a>(history: &'a [Applied], steps: &StepSet) -> Vec<(&'a Applied, Option
     for a in history {
         let step = steps.steps.iter().find(|s| s.id == a.id).cloned();
         let change = match (&step, a.state) {
-            (None, AppliedState::Running) => Change::KeepRunning,
             (None, _) => Change::RemoveMissing,
             (Some(s), AppliedState::Applied) => {
                 if a.checksum.as_ref() == Some(&s.checksum) {
@@ -45,6 +47,7 @@ fn plan<'a>(history: &'a [Applied], steps: &StepSet) -> Vec<(&'a Applied, Option
                 }
             }
             (Some(_), AppliedState::Failed) => Change::ClearFailed,
+            (Some(s), AppliedState::Running) if s.kind == Kind::Script => Change::ClearInterrupted,
             (Some(_), AppliedState::Running) => Change::KeepRunning,
         };
         out.push((a, step, change));
@@ -80,8 +83,12 @@ fn line(a: &Applied, step: Option<&Step>, change: &Change) -> String {
             "{id} ({file}): failed after {done} completed statements; kept, so that apply resumes at statement {}",
             done + 1
         ),
+        Change::ClearInterrupted => format!(
+            "{id} ({file}): interrupted run cleared from history; apply runs it again as a new step"
+        ),
         Change::KeepRunning => format!(
-            "{id} ({file}): found running (interrupted); kept for apply's --on-interrupted to decide"
+            "{id} ({file}): found running (interrupted) after {} completed statements; kept, so that apply resumes after them",
+            a.statements_done
         ),
     }
 }
@@ -111,7 +118,7 @@ impl Target {
                         "UPDATE {table} SET checksum = {} WHERE {which}",
                         literal(to)
                     )),
-                    Change::RemoveMissing | Change::ClearFailed => {
+                    Change::RemoveMissing | Change::ClearFailed | Change::ClearInterrupted => {
                         stmts.push(format!("DELETE FROM {table} WHERE {which}"))
                     }
                     Change::KeepPartial { .. } | Change::KeepRunning => {}
@@ -133,7 +140,7 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::{Checksum, Kind, StepId, Version};
+    use crate::steps::{Checksum, StepId, Version};
     use std::path::PathBuf;
 
     fn step(v: u64, sum: &str, no_tx: bool) -> Step {
@@ -178,6 +185,9 @@ mod tests {
             step(4, "sha256:ddd", true),
             step(5, "sha256:eee", false),
         );
+        let mut s6 = step(6, "sha256:fff", false);
+        s6.kind = Kind::Script;
+        s6.file = "V6__s6.sh".into();
         let gone = step(9, "sha256:zzz", false);
         let history = vec![
             applied(&s1, AppliedState::Applied, Some("sha256:aaa"), 0),
@@ -185,10 +195,11 @@ mod tests {
             applied(&s3, AppliedState::Failed, Some("sha256:ccc"), 0),
             applied(&s4, AppliedState::Failed, Some("sha256:ddd"), 2),
             applied(&s5, AppliedState::Running, Some("sha256:eee"), 0),
+            applied(&s6, AppliedState::Running, Some("sha256:fff"), 0),
             applied(&gone, AppliedState::Applied, Some("sha256:zzz"), 0),
         ];
         let set = StepSet {
-            steps: vec![s1, s2, s3, s4, s5],
+            steps: vec![s1, s2, s3, s4, s5, s6],
             ..Default::default()
         };
         let p = plan(&history, &set);
@@ -199,7 +210,8 @@ mod tests {
                 "2 (V2__s2.sql): checksum realigned to the file: old -> bbb",
                 "3 (V3__s3.sql): failed run cleared from history; apply runs it again",
                 "4 (V4__s4.sql): failed after 2 completed statements; kept, so that apply resumes at statement 3",
-                "5 (V5__s5.sql): found running (interrupted); kept for apply's --on-interrupted to decide",
+                "5 (V5__s5.sql): found running (interrupted) after 0 completed statements; kept, so that apply resumes after them",
+                "6 (V6__s6.sh): interrupted run cleared from history; apply runs it again as a new step",
                 "9 (s9): removed from history: its file is gone",
             ]
         );
