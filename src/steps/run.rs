@@ -219,6 +219,9 @@ struct StepsBody {
 enum Halt {
     Stop(Stop),
     Fail(StepsError),
+    /// The step turned out applied already (a stale plan): skip it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    AlreadyApplied,
 }
 
 impl From<Stop> for Halt {
@@ -238,6 +241,8 @@ impl Body for StepsBody {
                 BodyEnd::Done
             }
             Err(Halt::Stop(stop)) => BodyEnd::Stopped(stop),
+            // Only `script` returns it, and `apply` handles it there.
+            Err(Halt::AlreadyApplied) => BodyEnd::Done,
             Err(Halt::Fail(e)) => {
                 let outcome = e.outcome();
                 // The guard's log line names the key already.
@@ -286,7 +291,10 @@ impl StepsBody {
         let mut applied = 0;
         for p in &plan {
             match p.step.kind {
-                Kind::Script => self.script(ctx, &target, p).await?,
+                Kind::Script => match self.script(ctx, &target, p).await {
+                    Err(Halt::AlreadyApplied) => continue,
+                    other => other?,
+                },
                 Kind::Sql => {
                     #[cfg(feature = "postgres")]
                     self.sql(ctx, &target, p).await?;
@@ -423,7 +431,13 @@ impl StepsBody {
                 let run = self.run_info(ctx);
                 let set = &self.opts.set_name;
                 let res = match ended {
-                    None => ctx.guarded(t.script_started(set, &p.step, &run)).await?,
+                    None => match ctx.guarded(t.script_started(set, &p.step, &run)).await? {
+                        Err(TargetError::AlreadyApplied { step }) => {
+                            info!(key = %self.key, "step {step} is already applied in the target database; not run again");
+                            return Err(Halt::AlreadyApplied);
+                        }
+                        other => other,
+                    },
                     // Not given up on a signal: it records an effect that already happened.
                     Some(result) => t.script_finished(set, &p.step, &run, result).await,
                 };
@@ -525,9 +539,18 @@ impl StepsBody {
         }
         let run = self.run_info(ctx);
         let started = std::time::Instant::now();
-        ctx.guarded(target.apply(&self.opts.set_name, p, &run))
+        match ctx
+            .guarded(target.apply(&self.opts.set_name, p, &run))
             .await?
-            .map_err(|e| self.target_err(e))?;
+        {
+            Ok(()) => {}
+            // Applied meanwhile (a plan older than the history): done, not done twice.
+            Err(TargetError::AlreadyApplied { step }) => {
+                info!(key = %self.key, "step {step} is already applied in the target database; not run again");
+                return Ok(());
+            }
+            Err(e) => return Err(self.target_err(e)),
+        }
         tracing::debug!(key = %self.key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, started.elapsed().as_millis());
         Ok(())
     }
