@@ -145,6 +145,10 @@ pub struct Record {
     /// (set by that store on each write). Absent means false, so schema 1 still describes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trimmed: bool,
+    /// `initguard steps` without a target database: the set's step history (script steps), one
+    /// entry per step, kept across fingerprints. Absent means none, so schema 1 still describes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::steps::Applied>,
 }
 
 impl Record {
@@ -171,6 +175,7 @@ impl Record {
             history: Vec::new(),
             sql_target: None,
             trimmed: false,
+            steps: Vec::new(),
         }
     }
 

@@ -1,0 +1,508 @@
+//! The run of a step set (`initguard steps apply`): the set's fingerprint, the body the guard runs
+//! under the set's one lease (history, validation, SQL steps through the target database, script
+//! steps as commands), and the record-backed history used when there is no target database.
+//! The protocol (skip, wait, running/succeeded/failed, signals, lost lease) is the guard's; this
+//! module never writes the record except through `BodyCtx`, and prints nothing.
+
+use super::validate::{self, Validation};
+use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepSet};
+use crate::body::{Body, BodyCtx, BodyEnd, Stop};
+use crate::fingerprint::{self, Fingerprint, Sources};
+use crate::guard::{Guard, GuardError, OnInterrupted, Outcome, Plan};
+use crate::record::Record;
+use crate::runner::{ChildOutcome, ChildSpec, Ended, Signals};
+use crate::store::{Store, StoreError};
+use async_trait::async_trait;
+use chrono::Utc;
+use std::sync::Mutex;
+use tracing::{info, warn};
+
+#[cfg(steps_target)]
+use super::target::{Target, TargetError, Tool};
+
+/// Where a set's SQL steps run and its history lives, when it has a target database.
+#[cfg(feature = "postgres")]
+pub type TargetUrl = crate::store::postgres::PgUrl;
+/// Without the postgres backend there is no target database.
+#[cfg(not(feature = "postgres"))]
+pub type TargetUrl = std::convert::Infallible;
+
+/// The tool whose history `--adopt` takes over.
+#[cfg(not(steps_target))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {}
+
+/// Label of the fingerprint component that covers the steps (part of the fingerprint encoding:
+/// never change it).
+const STEPS_COMPONENT: &str = "steps v1";
+const TARGET_COMPONENT: &str = "steps target";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepsError {
+    #[error(transparent)]
+    Discover(#[from] super::discover::DiscoverError),
+    #[error(
+        "{key}: {} problem{} with the steps (listed above); nothing was applied. Fix them, or \
+         accept them (--allow-changed, --allow-missing, --out-of-order, `initguard steps repair`)",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )]
+    Invalid { key: String, problems: Vec<Problem> },
+    #[error(
+        "{key}: the set has SQL steps ({first} …) and no target database: give --target URL \
+         (or INITGUARD_STEPS_TARGET), or use a postgres:// store; nothing was done"
+    )]
+    NeedsTarget { key: String, first: String },
+    #[error(
+        "{key}: step {step} ({file}) failed: {}; the steps before it stay applied. Fix the step, \
+         then apply again",
+        describe(outcome)
+    )]
+    ScriptFailed {
+        key: String,
+        step: String,
+        file: String,
+        outcome: ChildOutcome,
+    },
+    #[error(
+        "{key}: step {step} ({file}) was interrupted in an earlier run and --on-interrupted is \
+         fail; check what it did, then run `initguard steps repair {dir}` or apply again with \
+         --on-interrupted rerun"
+    )]
+    InterruptedStep {
+        key: String,
+        step: String,
+        file: String,
+        dir: String,
+    },
+    #[cfg(steps_target)]
+    #[error("{key}: {source}")]
+    Target { key: String, source: TargetError },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The body failed without saying why (cannot happen; kept so that no path panics).
+    #[error("{key}: the steps failed ({reason})")]
+    Other { key: String, reason: String },
+}
+
+impl StepsError {
+    /// What initguard exits with when the guard recorded this failure.
+    fn outcome(&self) -> ChildOutcome {
+        match self {
+            StepsError::ScriptFailed { outcome, .. } => outcome.clone(),
+            StepsError::InterruptedStep { .. } => {
+                ChildOutcome::Exited(i32::from(crate::exit::TEMP_FAIL))
+            }
+            _ => ChildOutcome::Exited(1),
+        }
+    }
+}
+
+fn describe(o: &ChildOutcome) -> String {
+    o.to_string()
+}
+
+/// The set's fingerprint: every step's identity, kind and checksum, in apply order, and the
+/// target database's identity without its password. Reads nothing: the checksums are discovery's.
+pub fn fingerprint(set: &StepSet, target: Option<&str>) -> Fingerprint {
+    let mut steps = Vec::new();
+    for s in &set.steps {
+        // Length-prefixed fields: no two different sets encode to the same bytes.
+        for field in [
+            s.id.to_string(),
+            s.kind.to_string(),
+            s.checksum.0.clone(),
+            u8::from(s.no_transaction).to_string(),
+        ] {
+            steps.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            steps.extend_from_slice(field.as_bytes());
+        }
+    }
+    let mut extra = vec![(STEPS_COMPONENT.to_string(), steps)];
+    if let Some(t) = target {
+        extra.push((TARGET_COMPONENT.to_string(), t.as_bytes().to_vec()));
+    }
+    // Sources hold no paths here: computing cannot fail.
+    fingerprint::compute(&Sources {
+        extra,
+        ..Sources::default()
+    })
+    .unwrap_or_else(|_| Fingerprint {
+        value: String::new(),
+        components: Vec::new(),
+    })
+}
+
+/// What `steps apply` is told, besides the set and the guard's plan.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// The set's name in the target database's history (the key).
+    pub set_name: String,
+    pub allow: Allow,
+    pub on_interrupted: OnInterrupted,
+    pub adopt: Option<Tool>,
+    pub target: Option<TargetUrl>,
+    /// How script steps run: environment to remove, grace, capture, tail.
+    pub script: ChildSpec,
+    /// DIR as the user gave it, for messages.
+    pub dir_label: String,
+}
+
+/// How an apply ended, when it did not fail.
+#[derive(Debug)]
+pub struct Applied_ {
+    pub outcome: Outcome,
+    /// Steps applied by this run (0 when skipped).
+    pub applied: usize,
+}
+
+/// Apply the set under the guard: skip when the record shows this fingerprint done, else take
+/// the lease, validate against the history, run the plan, and record the outcome.
+pub async fn apply(
+    store: &dyn Store,
+    plan: &Plan,
+    set: StepSet,
+    opts: ApplyOptions,
+    signals: &mut Signals,
+) -> Result<Applied_, StepsError> {
+    let body = StepsBody {
+        set,
+        opts,
+        key: plan.id.to_string(),
+        failure: Mutex::new(None),
+        applied: Mutex::new(0),
+    };
+    let outcome = Guard::with_body(store, plan, &body).run(signals).await?;
+    if let Outcome::Failed { .. } = outcome {
+        let failure = body.failure.lock().ok().and_then(|mut f| f.take());
+        return Err(failure.unwrap_or_else(|| StepsError::Other {
+            key: body.key.clone(),
+            reason: "no reason recorded".into(),
+        }));
+    }
+    let applied = body.applied.lock().map(|n| *n).unwrap_or(0);
+    Ok(Applied_ { outcome, applied })
+}
+
+struct StepsBody {
+    set: StepSet,
+    opts: ApplyOptions,
+    key: String,
+    failure: Mutex<Option<StepsError>>,
+    applied: Mutex<usize>,
+}
+
+/// Why the body stopped early.
+enum Halt {
+    Stop(Stop),
+    Fail(StepsError),
+}
+
+impl From<Stop> for Halt {
+    fn from(s: Stop) -> Halt {
+        Halt::Stop(s)
+    }
+}
+
+#[async_trait]
+impl Body for StepsBody {
+    async fn run(&self, ctx: &mut BodyCtx<'_>) -> BodyEnd {
+        match self.apply(ctx).await {
+            Ok(n) => {
+                if let Ok(mut a) = self.applied.lock() {
+                    *a = n;
+                }
+                BodyEnd::Done
+            }
+            Err(Halt::Stop(stop)) => BodyEnd::Stopped(stop),
+            Err(Halt::Fail(e)) => {
+                let outcome = e.outcome();
+                // The guard's log line names the key already.
+                let text = e.to_string();
+                let prefix = format!("{}: ", self.key);
+                let reason = text.strip_prefix(&prefix).unwrap_or(&text).to_string();
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some(e);
+                }
+                BodyEnd::Failed { outcome, reason }
+            }
+        }
+    }
+}
+
+impl StepsBody {
+    async fn apply(&self, ctx: &mut BodyCtx<'_>) -> Result<usize, Halt> {
+        #[cfg(steps_target)]
+        let target = self.open_target(ctx).await?;
+        #[cfg(not(steps_target))]
+        let target: Option<NoTarget> = None;
+        let history = match &target {
+            #[cfg(steps_target)]
+            Some(t) => self.target_history(ctx, t).await?,
+            #[cfg(not(steps_target))]
+            Some(_) => Vec::new(),
+            None => ctx.record().steps.clone(),
+        };
+        let Validation {
+            errors,
+            warnings,
+            plan,
+        } = validate::check(&self.set, &history, self.opts.allow);
+        if !errors.is_empty() {
+            return Err(Halt::Fail(StepsError::Invalid {
+                key: self.key.clone(),
+                problems: errors,
+            }));
+        }
+        for w in &warnings {
+            warn!(key = %self.key, "{}", problem_line(w));
+        }
+        if plan.is_empty() {
+            info!(key = %self.key, "nothing to apply: every step of {} is applied", self.key);
+        }
+        let mut applied = 0;
+        for p in &plan {
+            match p.step.kind {
+                Kind::Script => self.script(ctx, &target, p).await?,
+                Kind::Sql => {
+                    #[cfg(steps_target)]
+                    self.sql(ctx, &target, p).await?;
+                    #[cfg(not(steps_target))]
+                    return Err(Halt::Fail(StepsError::NeedsTarget {
+                        key: self.key.clone(),
+                        first: p.step.file.clone(),
+                    }));
+                }
+            }
+            applied += 1;
+        }
+        #[cfg(steps_target)]
+        if let Some(t) = &target {
+            // One synchronous commit: every step committed before it is durable once it returns.
+            let done = ctx.guarded(t.finish()).await?;
+            done.map_err(|e| self.target_err(e))?;
+        }
+        Ok(applied)
+    }
+
+    async fn script(
+        &self,
+        ctx: &mut BodyCtx<'_>,
+        target: &Option<ActiveTarget>,
+        p: &Planned,
+    ) -> Result<(), Halt> {
+        let step = &p.step;
+        if p.previous == Previous::Interrupted && self.opts.on_interrupted == OnInterrupted::Fail {
+            return Err(Halt::Fail(StepsError::InterruptedStep {
+                key: self.key.clone(),
+                step: step.id.to_string(),
+                file: step.file.clone(),
+                dir: self.opts.dir_label.clone(),
+            }));
+        }
+        let previous = match p.previous {
+            Previous::Interrupted => "interrupted",
+            Previous::Failed => "failed",
+            Previous::None | Previous::Changed => "none",
+        };
+        if p.previous == Previous::Interrupted {
+            warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again with INITGUARD_PREVIOUS=interrupted", step.id, step.file);
+        }
+        let started = Utc::now();
+        let entry = Applied {
+            id: step.id.clone(),
+            description: step.description.clone(),
+            kind: Kind::Script,
+            checksum: Some(step.checksum.clone()),
+            state: AppliedState::Running,
+            started_at: Some(started),
+            finished_at: None,
+            duration_ms: None,
+            holder: ctx.holder().identity(),
+            token: ctx.token(),
+            statements_done: 0,
+            error: None,
+            adopted_from: None,
+        };
+        self.record_script(ctx, target, p, entry.clone(), None)
+            .await?;
+        ctx.fresh().await?;
+        info!(key = %self.key, token = ctx.token(), "running step {} ({})", step.id, step.file);
+        let version = match &step.id {
+            super::StepId::Versioned(v) => v.text.clone(),
+            super::StepId::Repeatable(_) => String::new(),
+        };
+        let spec = ChildSpec {
+            argv: vec![step.path.to_string_lossy().into_owned()],
+            env: vec![
+                ("INITGUARD_KEY".into(), self.key_env()),
+                ("INITGUARD_STEP_VERSION".into(), version),
+                (
+                    "INITGUARD_STEP_DESCRIPTION".into(),
+                    step.description.clone(),
+                ),
+                ("INITGUARD_FENCING_TOKEN".into(), ctx.token().to_string()),
+                ("INITGUARD_PREVIOUS".into(), previous.into()),
+            ],
+            ..self.opts.script.clone()
+        };
+        let res = ctx.run_child(&spec).await;
+        match res.ended {
+            Ended::Stopped(reason) => return Err(Halt::Stop(Stop::LeaseLost(reason))),
+            // Left `running`: the next apply finds it interrupted and `--on-interrupted` decides.
+            Ended::BySignal(signal) => return Err(Halt::Stop(Stop::Signal(signal))),
+            Ended::Normally => {}
+        }
+        let now = Utc::now();
+        let mut end = entry;
+        end.finished_at = Some(now);
+        end.duration_ms = (now - started)
+            .to_std()
+            .ok()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if res.outcome.success() {
+            end.state = AppliedState::Applied;
+            self.record_script(ctx, target, p, end, Some(Ok(())))
+                .await?;
+            info!(key = %self.key, "applied step {} ({}) in {}ms", step.id, step.file, (now - started).num_milliseconds());
+            return Ok(());
+        }
+        end.state = AppliedState::Failed;
+        end.error = Some(res.outcome.to_string());
+        self.record_script(ctx, target, p, end, Some(Err(res.outcome.to_string())))
+            .await?;
+        Err(Halt::Fail(StepsError::ScriptFailed {
+            key: self.key.clone(),
+            step: step.id.to_string(),
+            file: step.file.clone(),
+            outcome: res.outcome,
+        }))
+    }
+
+    /// The key as the step's `INITGUARD_KEY`: a nested `initguard run` of the same key is refused.
+    fn key_env(&self) -> String {
+        self.key.clone()
+    }
+
+    /// Record a script step's start (`ended: None`) or end, fenced: in the target database's
+    /// history when there is one, else in the set's record.
+    async fn record_script(
+        &self,
+        ctx: &mut BodyCtx<'_>,
+        target: &Option<ActiveTarget>,
+        p: &Planned,
+        entry: Applied,
+        ended: Option<Result<(), String>>,
+    ) -> Result<(), Halt> {
+        match target {
+            #[cfg(steps_target)]
+            Some(t) => {
+                let run = super::RunInfo {
+                    token: ctx.token(),
+                    holder: ctx.holder().identity(),
+                };
+                let set = &self.opts.set_name;
+                let res = match ended {
+                    None => ctx.guarded(t.script_started(set, &p.step, &run)).await?,
+                    // Not given up on a signal: it records an effect that already happened.
+                    Some(result) => t.script_finished(set, &p.step, &run, result).await,
+                };
+                let _ = entry;
+                res.map_err(|e| self.target_err(e))
+            }
+            #[cfg(not(steps_target))]
+            Some(_) => {
+                let _ = (p, ended);
+                Ok(())
+            }
+            None => {
+                let _ = (p, ended);
+                ctx.write_record(|r| upsert(&mut r.steps, entry))
+                    .await
+                    .map_err(Halt::Stop)
+            }
+        }
+    }
+
+    #[cfg(steps_target)]
+    fn target_err(&self, e: TargetError) -> Halt {
+        match e {
+            TargetError::Fenced { .. } => Halt::Stop(Stop::LeaseLost(e.to_string())),
+            e => Halt::Fail(StepsError::Target {
+                key: self.key.clone(),
+                source: e,
+            }),
+        }
+    }
+}
+
+#[cfg(not(steps_target))]
+type ActiveTarget = NoTarget;
+#[cfg(not(steps_target))]
+enum NoTarget {}
+#[cfg(steps_target)]
+type ActiveTarget = Target;
+
+/// Put `entry` in place of the history entry of the same step, or add it.
+pub fn upsert(history: &mut Vec<Applied>, entry: Applied) {
+    match history.iter_mut().find(|a| a.id == entry.id) {
+        Some(slot) => *slot = entry,
+        None => history.push(entry),
+    }
+}
+
+/// One line for a problem in a log: kind, step, detail, fix.
+pub fn problem_line(p: &Problem) -> String {
+    let step = p
+        .step
+        .as_deref()
+        .or(p.file.as_deref())
+        .map(|s| format!("{s}: "))
+        .unwrap_or_default();
+    format!("{step}{} ({})", p.detail, p.fix)
+}
+
+/// `steps repair` without a target database: accept the files as they are now in the record's
+/// history (checksums realigned, missing steps forgotten, failed and interrupted ones cleared so
+/// that they run again). Returns what changed, one line each.
+pub fn repair_record(set: &StepSet, rec: &mut Record) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut kept = Vec::new();
+    for mut a in std::mem::take(&mut rec.steps) {
+        let Some(step) = set.steps.iter().find(|s| s.id == a.id) else {
+            changes.push(format!(
+                "removed {} ({}): its file is gone",
+                a.id, a.description
+            ));
+            continue;
+        };
+        match a.state {
+            AppliedState::Failed | AppliedState::Running => {
+                changes.push(format!(
+                    "cleared {} ({}): it was {}; it runs again on the next apply",
+                    a.id,
+                    step.file,
+                    if a.state == AppliedState::Failed {
+                        "failed"
+                    } else {
+                        "interrupted"
+                    }
+                ));
+                continue;
+            }
+            AppliedState::Applied => {}
+        }
+        if a.checksum.as_ref() != Some(&step.checksum) {
+            changes.push(format!(
+                "realigned the checksum of {} ({}) to the file as it is now",
+                a.id, step.file
+            ));
+            a.checksum = Some(step.checksum.clone());
+        }
+        kept.push(a);
+    }
+    rec.steps = kept;
+    changes
+}
