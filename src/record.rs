@@ -533,6 +533,35 @@ mod tests {
         assert_eq!(Record::from_json(old.as_bytes()).unwrap(), r);
     }
 
+    /// A set's step history (`initguard steps` without a target database) round-trips, and a
+    /// record without one writes no `steps` field at all (the pinned documents above).
+    #[test]
+    fn step_history_round_trips() {
+        use crate::steps::{Applied, AppliedState, Checksum, Kind, StepId, Version};
+        let mut r = rec();
+        r.steps.push(Applied {
+            id: StepId::Versioned(Version {
+                parts: vec![1, 10],
+                text: "1.10".into(),
+            }),
+            description: "load fixtures".into(),
+            kind: Kind::Script,
+            checksum: Some(Checksum("sha256:ab".into())),
+            state: AppliedState::Running,
+            started_at: Some(at("2024-01-02T03:04:05Z")),
+            finished_at: None,
+            duration_ms: None,
+            holder: "web-0_42".into(),
+            token: 3,
+            statements_done: 0,
+            error: None,
+            adopted_from: None,
+        });
+        let json = r.to_json();
+        assert!(String::from_utf8_lossy(&json).contains("\"steps\""));
+        assert_eq!(Record::from_json(&json).unwrap(), r);
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let mut v: serde_json::Value = serde_json::from_slice(&rec().to_json()).unwrap();

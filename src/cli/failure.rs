@@ -108,6 +108,24 @@ fn steps_code(e: &StepsError) -> u8 {
         StepsError::InterruptedStep { .. } => exit::TEMP_FAIL,
         StepsError::Guard(e) => guard_code(e),
         StepsError::Store(e) => store_code(e),
+        #[cfg(feature = "postgres")]
+        StepsError::Target { source, .. } => target_code(source),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn target_code(e: &crate::steps::target::TargetError) -> u8 {
+    use crate::steps::target::TargetError;
+    match e {
+        TargetError::Connect(e) => store_code(e),
+        TargetError::Db { .. } => exit::UNAVAILABLE,
+        TargetError::Fenced { .. } => exit::TEMP_FAIL,
+        TargetError::NotBegun { .. }
+        | TargetError::StepFailed { .. }
+        | TargetError::Refused { .. }
+        | TargetError::Untrusted { .. } => exit::STEPS_FAILED,
+        TargetError::AlreadyApplied { .. } => exit::TEMP_FAIL,
+        TargetError::NotAdoptable { .. } => exit::CONFIG,
     }
 }
 

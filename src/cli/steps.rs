@@ -222,9 +222,9 @@ fn lock_ttl(raw: &str) -> Result<Duration, SettingsError> {
 }
 
 fn adopt_tool(a: Option<AdoptArg>) -> Option<steps_run::Tool> {
-    #[cfg(steps_target)]
+    #[cfg(feature = "postgres")]
     {
-        use crate::steps::target::Tool;
+        use steps_run::Tool;
         a.map(|a| match a {
             AdoptArg::Flyway => Tool::Flyway,
             AdoptArg::GolangMigrate => Tool::GolangMigrate,
@@ -232,7 +232,7 @@ fn adopt_tool(a: Option<AdoptArg>) -> Option<steps_run::Tool> {
             AdoptArg::Dbmate => Tool::Dbmate,
         })
     }
-    #[cfg(not(steps_target))]
+    #[cfg(not(feature = "postgres"))]
     {
         let _ = a;
         None
@@ -301,6 +301,7 @@ async fn apply(
         },
         adopt: adopt_tool(args.adopt),
         target: set.target.clone(),
+        lease_ttl: ttl,
         script,
         dir_label: set.dir_label.clone(),
     };
@@ -319,11 +320,24 @@ async fn apply(
             Ok(done.outcome.exit_code())
         }
         Err(e) => {
-            if let StepsError::Invalid { problems, .. } = &e {
+            if let Some(problems) = problems_of(&e) {
                 let _ = write!(std::io::stderr(), "{}", validate::problem_table(problems));
             }
             Err(e.into())
         }
+    }
+}
+
+/// The problems an apply was refused for, to show as a table above the error line.
+fn problems_of(e: &StepsError) -> Option<&[Problem]> {
+    match e {
+        StepsError::Invalid { problems, .. } => Some(problems),
+        #[cfg(feature = "postgres")]
+        StepsError::Target {
+            source: crate::steps::target::TargetError::Untrusted { problems, .. },
+            ..
+        } => Some(problems),
+        _ => None,
     }
 }
 
@@ -342,9 +356,9 @@ async fn history(set: &Set, store: Option<&dyn Store>) -> Result<Vec<Applied>, F
     }
 }
 
-#[cfg(steps_target)]
+#[cfg(feature = "postgres")]
 async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
-    let target = crate::steps::target::Target::connect(t)
+    let target = crate::steps::target::Target::connect(t, &Default::default())
         .await
         .map_err(|e| steps_target_err(set, e))?;
     target
@@ -352,13 +366,13 @@ async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failur
         .await
         .map_err(|e| steps_target_err(set, e))
 }
-#[cfg(not(steps_target))]
+#[cfg(not(feature = "postgres"))]
 async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
     let _ = (set, t);
     Ok(Vec::new())
 }
 
-#[cfg(steps_target)]
+#[cfg(feature = "postgres")]
 fn steps_target_err(set: &Set, e: crate::steps::target::TargetError) -> Failure {
     StepsError::Target {
         key: set.id.to_string(),
@@ -461,12 +475,12 @@ async fn status(url: &StoreChoice<'_>, args: StepsStatusArgs) -> Result<u8, Fail
     Ok(crate::exit::OK)
 }
 
-#[cfg(steps_target)]
+#[cfg(feature = "postgres")]
 async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
     let Some(t) = &set.target else {
         return Ok(Vec::new());
     };
-    let target = crate::steps::target::Target::connect(t)
+    let target = crate::steps::target::Target::connect(t, &Default::default())
         .await
         .map_err(|e| steps_target_err(set, e))?;
     target
@@ -474,7 +488,7 @@ async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
         .await
         .map_err(|e| steps_target_err(set, e))
 }
-#[cfg(not(steps_target))]
+#[cfg(not(feature = "postgres"))]
 async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
     let _ = set;
     Ok(Vec::new())
@@ -540,18 +554,22 @@ async fn repair_under(
     lease: &crate::store::Lease,
     holder: &Holder,
 ) -> Result<Vec<String>, Failure> {
-    #[cfg(steps_target)]
+    #[cfg(feature = "postgres")]
     if let Some(t) = &set.target {
-        let target = crate::steps::target::Target::connect(t)
+        let target = crate::steps::target::Target::connect(t, &Default::default())
+            .await
+            .map_err(|e| steps_target_err(set, e))?;
+        let run = crate::steps::RunInfo {
+            token: lease.token,
+            holder: holder.identity(),
+        };
+        let name = set.id.key.as_str();
+        target
+            .begin(name, run.token, &run.holder)
             .await
             .map_err(|e| steps_target_err(set, e))?;
         return target
-            .repair(
-                set.id.key.as_str(),
-                &set.steps,
-                lease.token,
-                &holder.identity(),
-            )
+            .repair(name, &set.steps, &run)
             .await
             .map_err(|e| steps_target_err(set, e));
     }
@@ -566,4 +584,24 @@ async fn repair_under(
         store.write(lease, &rec).await?;
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_keys_are_valid_keys_made_from_the_base_name() {
+        let key = |d: &str| default_key(Path::new(d)).map(|k| k.as_str().to_string());
+        assert_eq!(key("/no/such/db/migrations").unwrap(), "steps-migrations");
+        assert_eq!(
+            key("/no/such/My Migrations!").unwrap(),
+            "steps-My-Migrations-"
+        );
+        assert_eq!(key("/no/such/a..b").unwrap(), "steps-a.-.b");
+        assert_eq!(key("/no/such/x/").unwrap(), "steps-x");
+        let long = format!("/no/such/{}", "m".repeat(300));
+        assert_eq!(key(&long).unwrap().len(), crate::task::MAX_KEY_LEN);
+        assert_eq!(key("/").unwrap(), "steps-");
+    }
 }

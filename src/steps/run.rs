@@ -17,8 +17,10 @@ use chrono::Utc;
 use std::sync::Mutex;
 use tracing::{info, warn};
 
-#[cfg(steps_target)]
-use super::target::{Target, TargetError, Tool};
+#[cfg(feature = "postgres")]
+pub use super::target::Tool;
+#[cfg(feature = "postgres")]
+use super::target::{Target, TargetError};
 
 /// Where a set's SQL steps run and its history lives, when it has a target database.
 #[cfg(feature = "postgres")]
@@ -28,7 +30,7 @@ pub type TargetUrl = crate::store::postgres::PgUrl;
 pub type TargetUrl = std::convert::Infallible;
 
 /// The tool whose history `--adopt` takes over.
-#[cfg(not(steps_target))]
+#[cfg(not(feature = "postgres"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {}
 
@@ -75,7 +77,7 @@ pub enum StepsError {
         file: String,
         dir: String,
     },
-    #[cfg(steps_target)]
+    #[cfg(feature = "postgres")]
     #[error("{key}: {source}")]
     Target { key: String, source: TargetError },
     #[error(transparent)]
@@ -144,6 +146,8 @@ pub struct ApplyOptions {
     pub on_interrupted: OnInterrupted,
     pub adopt: Option<Tool>,
     pub target: Option<TargetUrl>,
+    /// The lease's duration: the target database ends a transaction left idle longer.
+    pub lease_ttl: std::time::Duration,
     /// How script steps run: environment to remove, grace, capture, tail.
     pub script: ChildSpec,
     /// DIR as the user gave it, for messages.
@@ -234,14 +238,14 @@ impl Body for StepsBody {
 
 impl StepsBody {
     async fn apply(&self, ctx: &mut BodyCtx<'_>) -> Result<usize, Halt> {
-        #[cfg(steps_target)]
+        #[cfg(feature = "postgres")]
         let target = self.open_target(ctx).await?;
-        #[cfg(not(steps_target))]
+        #[cfg(not(feature = "postgres"))]
         let target: Option<NoTarget> = None;
         let history = match &target {
-            #[cfg(steps_target)]
+            #[cfg(feature = "postgres")]
             Some(t) => self.target_history(ctx, t).await?,
-            #[cfg(not(steps_target))]
+            #[cfg(not(feature = "postgres"))]
             Some(_) => Vec::new(),
             None => ctx.record().steps.clone(),
         };
@@ -267,9 +271,9 @@ impl StepsBody {
             match p.step.kind {
                 Kind::Script => self.script(ctx, &target, p).await?,
                 Kind::Sql => {
-                    #[cfg(steps_target)]
+                    #[cfg(feature = "postgres")]
                     self.sql(ctx, &target, p).await?;
-                    #[cfg(not(steps_target))]
+                    #[cfg(not(feature = "postgres"))]
                     return Err(Halt::Fail(StepsError::NeedsTarget {
                         key: self.key.clone(),
                         first: p.step.file.clone(),
@@ -278,7 +282,7 @@ impl StepsBody {
             }
             applied += 1;
         }
-        #[cfg(steps_target)]
+        #[cfg(feature = "postgres")]
         if let Some(t) = &target {
             // One synchronous commit: every step committed before it is durable once it returns.
             let done = ctx.guarded(t.finish()).await?;
@@ -397,12 +401,9 @@ impl StepsBody {
         ended: Option<Result<(), String>>,
     ) -> Result<(), Halt> {
         match target {
-            #[cfg(steps_target)]
+            #[cfg(feature = "postgres")]
             Some(t) => {
-                let run = super::RunInfo {
-                    token: ctx.token(),
-                    holder: ctx.holder().identity(),
-                };
+                let run = self.run_info(ctx);
                 let set = &self.opts.set_name;
                 let res = match ended {
                     None => ctx.guarded(t.script_started(set, &p.step, &run)).await?,
@@ -412,7 +413,7 @@ impl StepsBody {
                 let _ = entry;
                 res.map_err(|e| self.target_err(e))
             }
-            #[cfg(not(steps_target))]
+            #[cfg(not(feature = "postgres"))]
             Some(_) => {
                 let _ = (p, ended);
                 Ok(())
@@ -426,7 +427,103 @@ impl StepsBody {
         }
     }
 
-    #[cfg(steps_target)]
+    /// Connect to the target database and register this run's token there (the fence every
+    /// step's transaction checks).
+    #[cfg(feature = "postgres")]
+    async fn open_target(&self, ctx: &mut BodyCtx<'_>) -> Result<Option<Target>, Halt> {
+        let Some(url) = &self.opts.target else {
+            return Ok(None);
+        };
+        let opts = super::target::TargetOptions {
+            lease_ttl: Some(self.opts.lease_ttl),
+        };
+        let target = ctx
+            .guarded(Target::connect(url, &opts))
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        let (token, holder) = (ctx.token(), ctx.holder().identity());
+        ctx.guarded(target.begin(&self.opts.set_name, token, &holder))
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        Ok(Some(target))
+    }
+
+    /// The target database's history, adopted from another tool's on first use when asked, and
+    /// its INVALID indexes reported.
+    #[cfg(feature = "postgres")]
+    async fn target_history(
+        &self,
+        ctx: &mut BodyCtx<'_>,
+        target: &Target,
+    ) -> Result<Vec<Applied>, Halt> {
+        let set = &self.opts.set_name;
+        let mut history = ctx
+            .guarded(target.history(set))
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        if history.is_empty()
+            && let Some(tool) = self.opts.adopt
+        {
+            let run = self.run_info(ctx);
+            let adopted = ctx
+                .guarded(target.adopt(set, tool, &self.set, &run))
+                .await?
+                .map_err(|e| self.target_err(e))?;
+            if adopted.is_empty() {
+                info!(key = %self.key, "--adopt {tool}: no {tool} history in the target database; nothing adopted");
+            } else {
+                info!(key = %self.key, "adopted {} step{} from {tool}'s history: not applied again", adopted.len(), if adopted.len() == 1 { "" } else { "s" });
+            }
+            history = ctx
+                .guarded(target.history(set))
+                .await?
+                .map_err(|e| self.target_err(e))?;
+        }
+        let invalid = ctx
+            .guarded(target.invalid_indexes())
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        for p in &invalid {
+            warn!(key = %self.key, "{}", problem_line(p));
+        }
+        Ok(history)
+    }
+
+    /// One SQL step, in the target database, with its history row (fenced).
+    #[cfg(feature = "postgres")]
+    async fn sql(
+        &self,
+        ctx: &mut BodyCtx<'_>,
+        target: &Option<Target>,
+        p: &Planned,
+    ) -> Result<(), Halt> {
+        let Some(target) = target else {
+            return Err(Halt::Fail(StepsError::NeedsTarget {
+                key: self.key.clone(),
+                first: p.step.file.clone(),
+            }));
+        };
+        if p.resume_at > 0 {
+            info!(key = %self.key, "resuming step {} ({}) at statement {}", p.step.id, p.step.file, p.resume_at + 1);
+        }
+        let run = self.run_info(ctx);
+        let started = std::time::Instant::now();
+        ctx.guarded(target.apply(&self.opts.set_name, p, &run))
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        tracing::debug!(key = %self.key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, started.elapsed().as_millis());
+        Ok(())
+    }
+
+    #[cfg(feature = "postgres")]
+    fn run_info(&self, ctx: &BodyCtx<'_>) -> super::RunInfo {
+        super::RunInfo {
+            token: ctx.token(),
+            holder: ctx.holder().identity(),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
     fn target_err(&self, e: TargetError) -> Halt {
         match e {
             TargetError::Fenced { .. } => Halt::Stop(Stop::LeaseLost(e.to_string())),
@@ -438,11 +535,11 @@ impl StepsBody {
     }
 }
 
-#[cfg(not(steps_target))]
+#[cfg(not(feature = "postgres"))]
 type ActiveTarget = NoTarget;
-#[cfg(not(steps_target))]
+#[cfg(not(feature = "postgres"))]
 enum NoTarget {}
-#[cfg(steps_target)]
+#[cfg(feature = "postgres")]
 type ActiveTarget = Target;
 
 /// Put `entry` in place of the history entry of the same step, or add it.
@@ -505,4 +602,110 @@ pub fn repair_record(set: &StepSet, rec: &mut Record) -> Vec<String> {
     }
     rec.steps = kept;
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::{Checksum, Step, StepId, Version};
+    use crate::task::{Key, TaskId};
+    use std::path::PathBuf;
+
+    fn step(v: u64, sum: &str) -> Step {
+        Step {
+            id: StepId::Versioned(Version {
+                parts: vec![v],
+                text: v.to_string(),
+            }),
+            description: format!("s{v}"),
+            kind: Kind::Script,
+            file: format!("V{v}__s{v}.sh"),
+            path: PathBuf::from(format!("V{v}__s{v}.sh")),
+            checksum: Checksum(sum.into()),
+            no_transaction: false,
+        }
+    }
+
+    fn applied(s: &Step, state: AppliedState, sum: &str) -> Applied {
+        Applied {
+            id: s.id.clone(),
+            description: s.description.clone(),
+            kind: s.kind,
+            checksum: Some(Checksum(sum.into())),
+            state,
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            holder: "h".into(),
+            token: 1,
+            statements_done: 0,
+            error: None,
+            adopted_from: None,
+        }
+    }
+
+    fn set(steps: Vec<Step>) -> StepSet {
+        StepSet {
+            dir: PathBuf::from("m"),
+            steps,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The set's fingerprint is part of every record of every fleet: a change re-runs (and
+    /// re-validates) every set once. Never paste a new value in without meaning to.
+    #[test]
+    fn fingerprint_is_pinned() {
+        let s = set(vec![step(1, "sha256:a"), step(2, "sha256:b")]);
+        assert_eq!(
+            fingerprint(&s, None).value,
+            "sha256:f6d13be193cf61685102e900abd84375044dacd1e0eba9dec587a16920337af6"
+        );
+    }
+
+    #[test]
+    fn fingerprint_covers_checksums_kinds_and_the_target() {
+        let base = set(vec![step(1, "sha256:a")]);
+        let fp = fingerprint(&base, None).value;
+        let mut changed = base.clone();
+        changed.steps[0].checksum = Checksum("sha256:b".into());
+        assert_ne!(fingerprint(&changed, None).value, fp);
+        let mut kind = base.clone();
+        kind.steps[0].kind = Kind::Sql;
+        assert_ne!(fingerprint(&kind, None).value, fp);
+        assert_ne!(fingerprint(&base, Some("postgres://app@db/app")).value, fp);
+        assert_eq!(fingerprint(&base, None).value, fp);
+    }
+
+    #[test]
+    fn upsert_replaces_the_entry_of_the_same_step() {
+        let s = step(1, "sha256:a");
+        let mut h = vec![applied(&s, AppliedState::Running, "sha256:a")];
+        upsert(&mut h, applied(&s, AppliedState::Applied, "sha256:a"));
+        upsert(&mut h, applied(&step(2, "x"), AppliedState::Applied, "x"));
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].state, AppliedState::Applied);
+    }
+
+    #[test]
+    fn repair_of_the_record_realigns_forgets_and_clears() {
+        let (one, two, three) = (step(1, "sha256:new"), step(2, "sha256:b"), step(3, "c"));
+        let gone = step(4, "d");
+        let mut rec = Record::new(
+            &TaskId::global(Key::parse("steps-m").unwrap()),
+            "sha256:x",
+            Utc::now(),
+        );
+        rec.steps = vec![
+            applied(&one, AppliedState::Applied, "sha256:old"),
+            applied(&two, AppliedState::Failed, "sha256:b"),
+            applied(&three, AppliedState::Running, "c"),
+            applied(&gone, AppliedState::Applied, "d"),
+        ];
+        let changes = repair_record(&set(vec![one, two, three]), &mut rec);
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        assert_eq!(rec.steps.len(), 1);
+        assert_eq!(rec.steps[0].checksum, Some(Checksum("sha256:new".into())));
+        assert!(repair_record(&set(vec![step(1, "sha256:new")]), &mut rec).is_empty());
+    }
 }
