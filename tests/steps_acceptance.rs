@@ -212,7 +212,7 @@ impl From<&serde_json::Value> for Hist {
         };
         Hist {
             set: text(&["set_name", "set", "key", "set_key"]),
-            version: text(&["version", "step"]),
+            version: text(&["step", "version"]),
             state: text(&["state"]),
             token: text(&["token", "fencing_token"]).parse().unwrap_or(-1),
             holder: text(&["holder"]),
