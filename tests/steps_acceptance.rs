@@ -553,7 +553,7 @@ fn applier_killed_at_random_instants_never_applies_a_step_twice() {
         let dir = fx.dir(&key);
         slow_steps(&dir, &key, steps, 0.02);
         let p = fx.spawn(fx.steps("apply", &dir, &key, &args));
-        std::thread::sleep(Duration::from_millis(rng.below(span + span / 5)));
+        std::thread::sleep(Duration::from_millis(rng.below(span)));
         p.kill9();
         fx.wait_sessions_gone();
         cut_at.push(assert_together(&fx, &key, steps, trial));
@@ -668,8 +668,8 @@ fn index_valid(fx: &Fx, name: &str) -> Option<bool> {
 
 fn cic_running(fx: &Fx) -> Option<String> {
     let pid = fx.pg.admin(
-        "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
-         AND query ILIKE 'CREATE INDEX CONCURRENTLY%' LIMIT 1",
+        "SELECT pid FROM pg_stat_progress_create_index \
+         WHERE command = 'CREATE INDEX CONCURRENTLY' LIMIT 1",
     );
     (!pid.is_empty()).then_some(pid)
 }
@@ -687,11 +687,13 @@ fn create_index_concurrently_with_four_waiting_replicas_does_not_deadlock() {
         cic_running(&fx).is_some() || procs.iter_mut().all(|p| !p.running())
     });
     let waiting = procs.iter_mut().map(|p| p.running()).filter(|r| *r).count();
-    assert_eq!(
-        waiting, 5,
-        "while the index is built, the applier and 4 waiters are all running"
-    );
     let done: Vec<Done> = procs.into_iter().map(|p| p.finish(LIMIT)).collect();
+    assert_eq!(
+        waiting,
+        5,
+        "while the index is built, the applier and 4 waiters are all running; stderr:\n{}",
+        done.iter().map(|d| d.stderr.as_str()).collect::<Vec<_>>().join("\n---\n")
+    );
     for d in &done {
         assert_ok(d, "an applier of the CIC set");
         assert!(!d.stderr.contains("deadlock"), "{}", d.stderr);
@@ -719,7 +721,9 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
         cic = cic_running(&fx);
         cic.is_some() || !p.running()
     });
-    let cic = cic.expect("the apply reached the CIC step");
+    let Some(cic) = cic else {
+        panic!("the apply did not reach the CIC step:\n{}", p.finish(LIMIT).stderr);
+    };
     // Into the build, past its catalog entry.
     std::thread::sleep(Duration::from_millis(150));
     p.kill9();
