@@ -384,9 +384,10 @@ fn assert_all_once(fx: &Fx, db: &str, key: &str, tag: &str, count: usize) {
 // ---------------------------------------------------------------------------------------------
 
 /// 1,000 steps apply; a second apply skips after one store read: the target database sits behind
-/// a proxy that is black-holed by then, so any connection to it would hang.
+/// a proxy that is black-holed by then, so any connection to it would hang. Then the validation
+/// rules on top of those 1,000 (`validation_guards_an_applied_set`).
 #[test]
-fn thousand_steps_apply_and_reapply_skips_without_touching_the_target() {
+fn thousand_steps_apply_reapply_skips_without_the_target_and_validation_guards_them() {
     let Some(fx) = Fx::start("thousand") else { return };
     let proxy = Proxy::start(([127, 0, 0, 1], fx.pg.port).into());
     let target = format!(
@@ -435,11 +436,94 @@ fn thousand_steps_apply_and_reapply_skips_without_touching_the_target() {
     );
     assert_eq!(fx.history_of(pg::TARGET_DB, "thousand").len(), 1000);
     eprintln!(
-        "thousand: applied 1,000 in {:.2} s, re-apply (target black-holed) skipped in {} ms; test {}",
+        "thousand: applied 1,000 in {:.2} s, re-apply (target black-holed) skipped in {} ms",
         applied_in.as_secs_f64(),
         t.elapsed().as_millis(),
-        fx.elapsed()
     );
+    validation_guards_an_applied_set(&fx, &dir, &target);
+    eprintln!("thousand: test {}", fx.elapsed());
+}
+
+fn has_table(fx: &Fx, name: &str) -> bool {
+    table_exists(fx, pg::TARGET_DB, name)
+}
+
+/// Everything `steps` printed, both streams.
+fn said(d: &Done) -> String {
+    format!("{}{}", d.stdout, d.stderr)
+}
+
+/// Changed, missing, duplicate and out-of-order steps against the 1,000 applied ones: each fails
+/// `validate` and `apply` with exit 1 and a table naming the file, applies nothing, and is
+/// accepted by its `--allow-*` flag (or `repair`, or fixing the files).
+fn validation_guards_an_applied_set(fx: &Fx, dir: &Path, target: &str) {
+    let key = "thousand";
+    let apply = |extra: &[&str]| {
+        fx.run(
+            fx.steps("apply", dir, key, &[&["--target", target][..], extra].concat()),
+            LIMIT,
+        )
+    };
+    let validate = || fx.run(fx.steps("validate", dir, key, &["--target", target]), LIMIT);
+    let refused = |d: &Done, what: &str, step: &str| {
+        assert_eq!(d.code, 1, "{what}: exit 1\n{}", said(d));
+        let text = said(d).to_lowercase();
+        assert!(text.contains(what), "{what} is reported:\n{}", said(d));
+        assert!(said(d).contains(step), "{what}: names {step}:\n{}", said(d));
+        assert!(text.contains("fix:"), "{what}: says what to do:\n{}", said(d));
+    };
+    let create = |n: &str| format!("CREATE TABLE t_{n} (id int primary key);\n");
+
+    // Changed: an applied step's file edited, while a new step waits behind it.
+    write(dir, "V0500__t_0500.sql", "CREATE TABLE t_0500 (id int primary key, x int);\n");
+    write(dir, "V1001__t_1001.sql", &create("1001"));
+    refused(&validate(), "changed", "V0500__t_0500.sql");
+    refused(&apply(&[]), "changed", "V0500__t_0500.sql");
+    assert!(!has_table(fx, "t_1001"), "nothing applied past a changed step");
+    assert_ok(&apply(&["--allow-changed"]), "apply --allow-changed");
+    assert!(has_table(fx, "t_1001"));
+    // repair accepts the file as it is now: no problem left.
+    assert_ok(&fx.run(fx.steps("repair", dir, key, &["--target", target]), LIMIT), "repair");
+    assert_ok(&validate(), "validate after repair");
+
+    // Missing: an applied step's file gone.
+    std::fs::remove_file(dir.join("V0002__t_0002.sql")).expect("remove a step");
+    // (History keeps no file name for it to show: the step's version and description.)
+    refused(&validate(), "missing", "0002");
+    refused(&apply(&[]), "missing", "0002");
+    assert_ok(&apply(&["--allow-missing"]), "apply --allow-missing");
+    write(dir, "V0002__t_0002.sql", &create("0002"));
+    assert_ok(&validate(), "validate with the file back");
+
+    // Duplicate: two files claim one version; nothing of it is applied.
+    write(dir, "V1002__t_1002.sql", &create("1002"));
+    write(dir, "V1002__t_1002_again.sql", &create("1002_again"));
+    refused(&validate(), "duplicate", "V1002__t_1002");
+    refused(&apply(&[]), "duplicate", "V1002__t_1002");
+    assert!(!has_table(fx, "t_1002") && !has_table(fx, "t_1002_again"));
+    std::fs::remove_file(dir.join("V1002__t_1002_again.sql")).expect("remove the duplicate");
+    assert_ok(&apply(&[]), "apply without the duplicate");
+    assert!(has_table(fx, "t_1002") && !has_table(fx, "t_1002_again"));
+
+    // Out of order: a new step older than the newest applied one.
+    write(dir, "V999.5__late.sql", &create("late"));
+    let d = validate();
+    assert_eq!(d.code, 1, "out of order: exit 1\n{}", said(&d));
+    let text = said(&d).to_lowercase();
+    assert!(
+        text.contains("out of order") || text.contains("out-of-order") || text.contains("out_of_order"),
+        "out of order is reported:\n{}",
+        said(&d)
+    );
+    assert!(said(&d).contains("V999.5__late.sql"), "{}", said(&d));
+    assert_eq!(apply(&[]).code, 1, "apply refuses the out-of-order step");
+    assert!(!has_table(fx, "t_late"));
+    assert_ok(&apply(&["--out-of-order"]), "apply --out-of-order");
+    assert!(has_table(fx, "t_late"));
+    let hist = fx.history_of(pg::TARGET_DB, key);
+    assert_eq!(hist.len(), 1003, "1,000 + 1001, 1002 and 999.5, each once");
+    assert!(hist.values().all(|h| h.state == "applied"));
+    eprintln!("thousand: changed, missing, duplicate, out of order each refused with exit 1 and accepted by its flag");
 }
 
 /// `n` appliers started at once on one directory: one applies every step, the others exit 0
