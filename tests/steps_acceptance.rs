@@ -377,6 +377,17 @@ fn assert_all_once(fx: &Fx, db: &str, key: &str, tag: &str, count: usize) {
     }
     assert_eq!(eff.len(), count, "effects of steps that do not exist: {eff:?}");
     assert_eq!(hist.len(), count, "history rows: {hist:?}");
+    // In version order, by the effects' own timestamps.
+    let order: Vec<i64> = fx
+        .pg
+        .sql_in(
+            db,
+            &format!("SELECT step FROM effects WHERE tag = '{tag}' ORDER BY at, step"),
+        )
+        .lines()
+        .map(|l| l.parse().expect("step"))
+        .collect();
+    assert_eq!(order, (1..=count as i64).collect::<Vec<_>>(), "effects in version order");
 }
 
 // ---------------------------------------------------------------------------------------------
