@@ -317,6 +317,14 @@ fn timed(c: &mut Command, what: &str) -> Result<Duration, Error> {
     Ok(took)
 }
 
+/// The 1-minute load average, as /proc/loadavg has it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -445,7 +453,9 @@ fn main() -> Result<(), Error> {
         write_steps(&b.dir(*tool, STEPS + 1), *tool, STEPS + 1)?;
     }
     let server = b.pg.admin("SHOW server_version");
+    let load_before = loadavg();
     let figures = measure(&b, &tools)?;
+    let load_after = loadavg();
     let ours = &figures[0];
     let theirs = figures.get(1);
 
@@ -506,7 +516,8 @@ fn main() -> Result<(), Error> {
          every round; medians of {ROUNDS} rounds, the tools interleaved. initguard's store is the \
          same database (so the no-op apply is its skip path: one store read, no connection to the \
          target). \"Applier\": the process named as holder in `initguard.steps_history`, or for \
-         sqlx-cli the one that printed `Applied`.\n\n\
+         sqlx-cli the one that printed `Applied`. Load average (1 min) {load_before} before, \
+         {load_after} after: the cores are shared, so both tools' times carry the same noise.\n\n\
          | | initguard | sqlx-cli | goal (issue 10) | met |\n|---|---|---|---|---|\n{}\n\n\
          Every goal met: {}.",
         support::today(),

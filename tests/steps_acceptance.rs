@@ -664,60 +664,62 @@ fn applier_killed_at_random_instants_never_applies_a_step_twice() {
 }
 
 /// An applier stopped (SIGSTOP) past its lease while a second one takes over: the second applies
-/// the rest; the stopped one, resumed, is fenced (exit 75) and applies nothing more.
+/// the rest; the stopped one, resumed, is fenced (exit 75) and applies nothing more. Three
+/// rounds, each stopped after a random number of steps.
 #[test]
 fn applier_stopped_past_its_lease_is_fenced_and_the_successor_finishes() {
     let Some(fx) = Fx::start("pause") else { return };
     let mut rng = Rng::seeded("pause");
     let steps = 50;
-    let key = "pause";
-    let dir = fx.dir(key);
-    slow_steps(&dir, key, steps, 0.05);
-    let args = ["--target", &fx.target(), "--lock-ttl", "1s"];
-    let a = fx.spawn(fx.steps("apply", &dir, key, &args));
-    let stop_after = 3 + rng.below(30) as usize;
-    wait_for("a to apply some steps", Duration::from_secs(60), || {
-        fx.effects(pg::TARGET_DB, key).len() >= stop_after
-    });
-    a.signal(nix::sys::signal::Signal::SIGSTOP);
-    let stopped_at = Instant::now();
-    let b = fx.run(fx.steps("apply", &dir, key, &args), LIMIT);
-    let b_took = stopped_at.elapsed();
-    a.signal(nix::sys::signal::Signal::SIGCONT);
-    let a = a.finish(LIMIT);
-    assert_ok(&b, "the successor");
-    assert_eq!(a.code, 75, "the stopped applier, resumed, is fenced:\n{}", a.stderr);
-    assert_all_once(&fx, pg::TARGET_DB, key, key, steps);
-    let hist = fx.history_of(pg::TARGET_DB, key);
-    let by: BTreeMap<Option<u32>, usize> = hist.values().fold(BTreeMap::new(), |mut m, h| {
-        *m.entry(holder_pid(&h.holder)).or_default() += 1;
-        m
-    });
-    let (a_steps, b_steps) = (
-        by.get(&Some(a.pid)).copied().unwrap_or(0),
-        by.get(&Some(b.pid)).copied().unwrap_or(0),
-    );
-    assert_eq!(a_steps + b_steps, steps, "every step by a or b: {by:?}");
-    assert!(b_steps > 0, "b applied the rest: {by:?}");
-    let a_token = hist
-        .values()
-        .filter(|h| holder_pid(&h.holder) == Some(a.pid))
-        .map(|h| h.token)
-        .max();
-    let b_token = hist
-        .values()
-        .filter(|h| holder_pid(&h.holder) == Some(b.pid))
-        .map(|h| h.token)
-        .min();
-    if let (Some(at), Some(bt)) = (a_token, b_token) {
-        assert!(at < bt, "b's token is newer: a {at}, b {bt}");
+    for round in 0..3 {
+        let key = format!("pause-{round}");
+        let dir = fx.dir(&key);
+        slow_steps(&dir, &key, steps, 0.05);
+        let args = ["--target", &fx.target(), "--lock-ttl", "1s"];
+        let a = fx.spawn(fx.steps("apply", &dir, &key, &args));
+        let stop_after = 1 + rng.below(40) as usize;
+        wait_for("a to apply some steps", Duration::from_secs(60), || {
+            fx.effects(pg::TARGET_DB, &key).len() >= stop_after
+        });
+        a.signal(nix::sys::signal::Signal::SIGSTOP);
+        let stopped_at = Instant::now();
+        let b = fx.run(fx.steps("apply", &dir, &key, &args), LIMIT);
+        let b_took = stopped_at.elapsed();
+        a.signal(nix::sys::signal::Signal::SIGCONT);
+        let a = a.finish(LIMIT);
+        assert_ok(&b, &format!("round {round}: the successor"));
+        assert_eq!(
+            a.code, 75,
+            "round {round}: the stopped applier, resumed, is fenced:\n{}",
+            a.stderr
+        );
+        assert_all_once(&fx, pg::TARGET_DB, &key, &key, steps);
+        let hist = fx.history_of(pg::TARGET_DB, &key);
+        let by = |pid: u32| {
+            hist.values()
+                .filter(|h| holder_pid(&h.holder) == Some(pid))
+                .map(|h| h.token)
+                .collect::<Vec<_>>()
+        };
+        let (a_tokens, b_tokens) = (by(a.pid), by(b.pid));
+        assert_eq!(
+            a_tokens.len() + b_tokens.len(),
+            steps,
+            "round {round}: every step by a or b: {hist:?}"
+        );
+        assert!(!b_tokens.is_empty(), "round {round}: b applied the rest");
+        if let (Some(at), Some(bt)) = (a_tokens.iter().max(), b_tokens.iter().min()) {
+            assert!(at < bt, "round {round}: b's token is newer: a {at}, b {bt}");
+        }
+        eprintln!(
+            "pause round {round}: a stopped after {stop_after}+ steps ({} recorded as a's); b took \
+             over and finished {} in {} ms; a exited 75 when resumed",
+            a_tokens.len(),
+            b_tokens.len(),
+            b_took.as_millis(),
+        );
     }
-    eprintln!(
-        "pause: a stopped after {stop_after}+ steps ({a_steps} recorded as a's); b took over and \
-         finished {b_steps} in {} ms; a exited 75 when resumed; test {}",
-        b_took.as_millis(),
-        fx.elapsed()
-    );
+    eprintln!("pause: test {}", fx.elapsed());
 }
 
 /// The CIC set in the store's own database (the default target, so waiters watch the store in
