@@ -418,9 +418,10 @@ fn measure(b: &Bench, tools: &[Tool]) -> Result<Vec<Figures>, Error> {
 }
 
 fn main() -> Result<(), Error> {
-    let Some(pg) = pg::Pg::start_durable() else {
+    let Some(mut pg) = pg::Pg::start() else {
         return Ok(());
     };
+    pg.restart_durable();
     let sqlx = find_sqlx();
     let sqlx_version = match &sqlx {
         Some(p) => Command::new(p)

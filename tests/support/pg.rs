@@ -28,7 +28,7 @@ pub struct Pg {
     run_as: Option<String>,
     running: bool,
     max_connections: u32,
-    /// fsync and full-page writes on, as in production (benchmarks of commit costs).
+    /// fsync and full_page_writes on (`restart_durable`), for timings of what a commit waits for.
     durable: bool,
 }
 
@@ -128,16 +128,6 @@ impl Pg {
     /// Start a fresh server with roles `postgres` (superuser) and `app`, and databases `app`
     /// (owned by app) and `target`. None (after a SKIP line) when PostgreSQL is not installed.
     pub fn start() -> Option<Pg> {
-        Self::start_with(false)
-    }
-
-    /// Like `start`, with fsync and full-page writes on (the server's defaults), so that a commit
-    /// costs what it costs in production: for benchmarks that compare commit strategies.
-    pub fn start_durable() -> Option<Pg> {
-        Self::start_with(true)
-    }
-
-    fn start_with(durable: bool) -> Option<Pg> {
         let Some(bin) = find_bin() else {
             let msg = "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin \
                        (apt-get install postgresql)";
@@ -169,7 +159,7 @@ impl Pg {
             run_as,
             running: false,
             max_connections: 200,
-            durable,
+            durable: false,
         };
         std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n"))
             .expect("pwfile");
@@ -238,16 +228,14 @@ impl Pg {
 
     fn try_start(&mut self) -> bool {
         let sync = if self.durable {
-            "on"
+            "-c fsync=on -c full_page_writes=on"
         } else {
-            "off"
+            "-c fsync=off -c full_page_writes=off"
         };
         let opts = format!(
-            // fsync=off (unless durable) is safe for crash tests: a killed server's writes are in
-            // the page cache.
+            // fsync=off is safe for crash tests: a killed server's writes are in the page cache.
             // synchronous_commit stays on: a commit must survive `kill()` as it would in prod.
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} -c fsync={sync} \
-             -c full_page_writes={sync}",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} {sync}",
             self.port,
             self.path_str(self.dir.path()),
             self.max_connections
@@ -469,6 +457,13 @@ impl Pg {
     /// Restart it allowing only `n` connections (superusers keep 3 of them).
     pub fn restart_with_max_connections(&mut self, n: u32) {
         self.max_connections = n;
+        self.restart();
+    }
+
+    /// Restart it with fsync and full_page_writes on, as a production server runs: for timing
+    /// harnesses that measure what commits wait for.
+    pub fn restart_durable(&mut self) {
+        self.durable = true;
         self.restart();
     }
 
