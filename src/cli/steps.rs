@@ -499,21 +499,23 @@ async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, 
     let store = store_for_history(&set).await?;
     let history = history(&set, store.as_deref()).await?;
     let v = validate::check(&set.steps, &history, allow(&args.allow));
-    let mut shown = v.errors.clone();
+    // An INVALID index is a problem no --allow-* accepts: validate fails on it (for CI).
+    let mut errors = v.errors;
+    errors.extend(invalid_indexes(&set).await?);
+    let mut shown = errors.clone();
     shown.extend(v.warnings.iter().cloned());
-    shown.extend(invalid_indexes(&set).await?);
     let mut out = std::io::stdout();
     if shown.is_empty() {
         info!(key = %set.id, "{}: {} step{}, no problems", set.id, set.steps.steps.len(), if set.steps.steps.len() == 1 { "" } else { "s" });
         return Ok(crate::exit::OK);
     }
     let _ = write!(out, "{}", validate::problem_table(&shown));
-    if v.errors.is_empty() {
+    if errors.is_empty() {
         return Ok(crate::exit::OK);
     }
     Err(StepsError::Problems {
         key: set.id.to_string(),
-        problems: v.errors,
+        problems: errors,
     }
     .into())
 }
