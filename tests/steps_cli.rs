@@ -422,6 +422,7 @@ fn bad_input_is_one_line_exit_2_and_touches_nothing() {
         vec!["steps", "apply", &dir, "--wait-timeout", "never"],
         vec!["steps", "apply", &dir, "--on-interrupted", "maybe"],
         vec!["steps", "validate", &dir, "--json"],
+        vec!["steps", "apply", &dir, "--dry-run", "--adopt", "sqlx"],
         vec!["steps", "apply"],
     ];
     for args in cases {

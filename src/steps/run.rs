@@ -173,7 +173,7 @@ pub struct ApplyOptions {
 
 /// How an apply ended, when it did not fail.
 #[derive(Debug)]
-pub struct Applied_ {
+pub struct ApplyOutcome {
     pub outcome: Outcome,
     /// Steps applied by this run (0 when skipped).
     pub applied: usize,
@@ -187,7 +187,7 @@ pub async fn apply(
     set: StepSet,
     opts: ApplyOptions,
     signals: &mut Signals,
-) -> Result<Applied_, StepsError> {
+) -> Result<ApplyOutcome, StepsError> {
     let body = StepsBody {
         set,
         opts,
@@ -204,7 +204,7 @@ pub async fn apply(
         }));
     }
     let applied = body.applied.lock().map(|n| *n).unwrap_or(0);
-    Ok(Applied_ { outcome, applied })
+    Ok(ApplyOutcome { outcome, applied })
 }
 
 struct StepsBody {
