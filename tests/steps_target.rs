@@ -475,7 +475,7 @@ async fn a_no_transaction_step_resumes_after_its_completed_statements_and_rebuil
     assert_eq!(invalid[0].kind, ProblemKind::InvalidIndex);
     assert_eq!(
         invalid[0].fix,
-        "DROP INDEX CONCURRENTLY items_a; then run apply again"
+        "DROP INDEX CONCURRENTLY public.items_a; then run apply again"
     );
     // Fix the data; apply again: resumes at statement 2, drops the INVALID index, builds it.
     fx.sql("DELETE FROM items WHERE ctid NOT IN (SELECT min(ctid) FROM items GROUP BY a)");

@@ -251,8 +251,9 @@ impl Target {
             .conn
             .client
             .query_opt(
-                "SELECT i.indisvalid, c.oid::regclass::text FROM pg_index i
+                "SELECT i.indisvalid, format('%I.%I', n.nspname, c.relname) FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.oid = to_regclass($1)",
                 &[&name],
             )
