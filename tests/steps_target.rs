@@ -1022,3 +1022,44 @@ async fn create_index_concurrently_is_not_held_up_by_the_lease_or_waiting_replic
     let idle = idle_seen.lock().unwrap().clone();
     assert!(idle.is_empty(), "sessions idle in a transaction: {idle:?}");
 }
+
+/// A run that gives up in the middle of a step (its future dropped: lease lost, signal) cancels
+/// the statement: the step and its history row roll back together, nothing stays locked, and
+/// the same connection serves the next operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_abandoned_midway_rolls_back_with_its_row_and_the_connection_goes_on() {
+    let fx = fixture!();
+    fx.sql("CREATE TABLE effects (step text); GRANT ALL ON effects TO app");
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    let slow = fx.step(
+        "V1__slow.sql",
+        "INSERT INTO effects VALUES ('v1');\nSELECT pg_sleep(5);\n",
+    );
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(500),
+        t.apply(SET, &plan(&slow), &info),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the step should still have been running"
+    );
+    // The cancellation reaches the server: the fence row is free again for a newer applier.
+    let newer = fx.target().await;
+    let started = Instant::now();
+    newer.begin(SET, 2, "newer").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fx.sql("SELECT count(*) FROM effects"), "0");
+    assert!(t.history(SET).await.unwrap().is_empty());
+    // The old connection still works (and is fenced off, as it should be).
+    assert!(matches!(
+        t.apply(SET, &plan(&slow), &info).await,
+        Err(TargetError::Fenced { newer: 2, .. })
+    ));
+}
