@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 
+pub mod checksum;
+pub mod discover;
+pub mod status;
+pub mod validate;
+pub mod version;
+
 /// A step's version: numeric parts compared part by part (`1.10` > `1.9`), with the text as the
 /// file gave it kept for display. Constructed only by `version::parse`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
