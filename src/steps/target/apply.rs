@@ -54,6 +54,12 @@ impl Target {
                 .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
+            // Editors may start a file with a byte order mark; the server would read it as SQL.
+            // Positions are then counted from after it, as editors show them.
+            let text = match text.strip_prefix('\u{feff}') {
+                Some(rest) => rest.to_string(),
+                None => text,
+            };
             if step.no_transaction {
                 self.apply_statements(set, p, run, &text).await
             } else {
