@@ -32,8 +32,8 @@ use super::conn::{Target, column};
 use super::error::TargetError;
 use super::rows::{self, kind_text, literal, opt_literal, token_i64};
 use crate::steps::{
-    Applied, AppliedState, Kind, Problem, ProblemKind, RunInfo, Step, StepId, StepSet, Version,
-    version,
+    Applied, AppliedState, Checksum, Kind, Problem, ProblemKind, RunInfo, Step, StepId, StepSet,
+    Version, version,
 };
 use crate::store::postgres::quote_ident;
 use chrono::{DateTime, Utc};
@@ -506,11 +506,16 @@ fn adopted_rows(tool: Tool, seen: &[Seen], steps: &StepSet, run: &RunInfo) -> Ve
             StepId::Repeatable(_) => None,
         })
         .collect();
-    let from_step = |s: &Step, at: Option<DateTime<Utc>>, ms: Option<u64>| Applied {
-        id: s.id.clone(),
-        description: s.description.clone(),
-        kind: s.kind,
-        checksum: Some(s.checksum.clone()),
+    let row = |id: StepId,
+               description: &str,
+               kind: Kind,
+               checksum: Option<Checksum>,
+               at: Option<DateTime<Utc>>,
+               ms: Option<u64>| Applied {
+        id,
+        description: description.to_string(),
+        kind,
+        checksum,
         state: AppliedState::Applied,
         started_at: at,
         finished_at: at,
@@ -521,23 +526,22 @@ fn adopted_rows(tool: Tool, seen: &[Seen], steps: &StepSet, run: &RunInfo) -> Ve
         error: None,
         adopted_from: Some(tool.name().into()),
     };
-    let without_file = |parts: &[u64], text: &str, description: &str, at, ms| Applied {
-        id: StepId::Versioned(Version {
+    let from_step = |s: &Step, at, ms| {
+        row(
+            s.id.clone(),
+            &s.description,
+            s.kind,
+            Some(s.checksum.clone()),
+            at,
+            ms,
+        )
+    };
+    let without_file = |parts: &[u64], text: &str, description: &str, at, ms| {
+        let id = StepId::Versioned(Version {
             parts: parts.to_vec(),
             text: text.to_string(),
-        }),
-        description: description.to_string(),
-        kind: Kind::Sql,
-        checksum: None,
-        state: AppliedState::Applied,
-        started_at: at,
-        finished_at: at,
-        duration_ms: ms,
-        holder: run.holder.clone(),
-        token: run.token,
-        statements_done: 0,
-        error: None,
-        adopted_from: Some(tool.name().into()),
+        });
+        row(id, description, Kind::Sql, None, at, ms)
     };
     let mut out: BTreeMap<StepId, Applied> = BTreeMap::new();
     for s in seen {
