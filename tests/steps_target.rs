@@ -10,13 +10,10 @@ mod pg;
 
 use initguard::steps::target::{Target, TargetError, TargetOptions, Tool};
 use initguard::steps::{
-    AppliedState, Checksum, Kind, Planned, Previous, ProblemKind, RunInfo, Step, StepId, StepSet,
-    Version,
+    AppliedState, Kind, Planned, Previous, ProblemKind, RunInfo, Step, StepSet, discover,
 };
 use initguard::store::postgres::PgUrl;
 use pg::{Pg, TARGET_DB};
-use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SET: &str = "steps-app";
@@ -83,46 +80,14 @@ impl Fx {
         self.pg.sql_in(TARGET_DB, q)
     }
 
-    /// Write a step file and describe it as discovery would.
+    /// Write a step file and take it as discovery finds it.
     fn step(&self, name: &str, body: &str) -> Step {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, body).expect("write step");
-        step_of(&path, name, body)
-    }
-}
-
-fn step_of(path: &Path, name: &str, body: &str) -> Step {
-    let stem = name.strip_suffix(".sql").expect(".sql");
-    let (id, desc) = if let Some(rest) = stem.strip_prefix("R__") {
-        let d = rest.replace('_', " ");
-        (StepId::Repeatable(d.clone()), d)
-    } else {
-        let rest = stem.strip_prefix('V').expect("V…");
-        let (ver, desc) = rest.split_once("__").expect("V<ver>__<desc>");
-        let mut parts: Vec<u64> = ver.split(['.', '_']).map(|p| p.parse().unwrap()).collect();
-        while parts.last() == Some(&0) {
-            parts.pop();
-        }
-        (
-            StepId::Versioned(Version {
-                parts,
-                text: ver.to_string(),
-            }),
-            desc.replace('_', " "),
-        )
-    };
-    let normalised = body.replace("\r\n", "\n");
-    Step {
-        id,
-        description: desc,
-        kind: Kind::Sql,
-        file: name.to_string(),
-        path: path.to_path_buf(),
-        checksum: Checksum(format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(normalised.as_bytes()))
-        )),
-        no_transaction: body.lines().next() == Some("-- initguard:no-transaction"),
+        std::fs::write(self.dir.path().join(name), body).expect("write step");
+        let set = discover::discover(self.dir.path()).expect("discover");
+        set.steps
+            .into_iter()
+            .find(|s| s.file == name)
+            .unwrap_or_else(|| panic!("{name} is not a step: {:?}", set.problems))
     }
 }
 
@@ -271,6 +236,14 @@ async fn a_failed_step_rolls_back_and_is_recorded_with_its_line_and_column_in_th
         TargetError::StepFailed { failure, .. } => {
             assert_eq!(failure.code, "42601");
             assert_eq!(failure.line_col, Some((2, 1)), "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A byte order mark is not sent; positions count from after it, as editors show them.
+    let bom = fx.step("V4__bom.sql", "\u{feff}SELECT 1;\n  SELEC 2;\n");
+    match t.apply(SET, &plan(&bom), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.line_col, Some((2, 3)), "{failure}");
         }
         other => panic!("{other:?}"),
     }
@@ -475,7 +448,7 @@ async fn a_no_transaction_step_resumes_after_its_completed_statements_and_rebuil
     assert_eq!(invalid[0].kind, ProblemKind::InvalidIndex);
     assert_eq!(
         invalid[0].fix,
-        "DROP INDEX CONCURRENTLY items_a; then run apply again"
+        "DROP INDEX CONCURRENTLY public.items_a; then run apply again"
     );
     // Fix the data; apply again: resumes at statement 2, drops the INVALID index, builds it.
     fx.sql("DELETE FROM items WHERE ctid NOT IN (SELECT min(ctid) FROM items GROUP BY a)");
@@ -1021,4 +994,45 @@ async fn create_index_concurrently_is_not_held_up_by_the_lease_or_waiting_replic
     );
     let idle = idle_seen.lock().unwrap().clone();
     assert!(idle.is_empty(), "sessions idle in a transaction: {idle:?}");
+}
+
+/// A run that gives up in the middle of a step (its future dropped: lease lost, signal) cancels
+/// the statement: the step and its history row roll back together, nothing stays locked, and
+/// the same connection serves the next operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_abandoned_midway_rolls_back_with_its_row_and_the_connection_goes_on() {
+    let fx = fixture!();
+    fx.sql("CREATE TABLE effects (step text); GRANT ALL ON effects TO app");
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    let slow = fx.step(
+        "V1__slow.sql",
+        "INSERT INTO effects VALUES ('v1');\nSELECT pg_sleep(5);\n",
+    );
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(500),
+        t.apply(SET, &plan(&slow), &info),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the step should still have been running"
+    );
+    // The cancellation reaches the server: the fence row is free again for a newer applier.
+    let newer = fx.target().await;
+    let started = Instant::now();
+    newer.begin(SET, 2, "newer").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fx.sql("SELECT count(*) FROM effects"), "0");
+    assert!(t.history(SET).await.unwrap().is_empty());
+    // The old connection still works (and is fenced off, as it should be).
+    assert!(matches!(
+        t.apply(SET, &plan(&slow), &info).await,
+        Err(TargetError::Fenced { newer: 2, .. })
+    ));
 }

@@ -54,6 +54,12 @@ impl Target {
                 .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
+            // Editors may start a file with a byte order mark; the server would read it as SQL.
+            // Positions are then counted from after it, as editors show them.
+            let text = match text.strip_prefix('\u{feff}') {
+                Some(rest) => rest.to_string(),
+                None => text,
+            };
             if step.no_transaction {
                 self.apply_statements(set, p, run, &text).await
             } else {
@@ -251,8 +257,9 @@ impl Target {
             .conn
             .client
             .query_opt(
-                "SELECT i.indisvalid, c.oid::regclass::text FROM pg_index i
+                "SELECT i.indisvalid, format('%I.%I', n.nspname, c.relname) FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.oid = to_regclass($1)",
                 &[&name],
             )

@@ -16,11 +16,12 @@ use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 /// How to connect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TargetOptions {
-    /// The lease's duration, when the run holds one. A holder paused in the middle of one of
-    /// initguard's multi-message transactions (SIGSTOP, a frozen node) keeps its socket open;
-    /// the server then ends that transaction after a lease's worth of idleness, so its fence
-    /// row lock does not keep the next holder waiting longer than the lease would. (The step
-    /// transactions themselves are one message: the server runs them to the end on its own.)
+    /// The lease's duration, when the run holds one: the connection's
+    /// `idle_in_transaction_session_timeout`. Every transaction initguard opens is one message
+    /// (`BEGIN; …; COMMIT`), which the server runs to its end without waiting for the client, so
+    /// none of them can sit idle; this is the backstop should one ever span messages while its
+    /// holder is paused (SIGSTOP, a frozen node) with the fence row locked: the server ends it
+    /// after a lease's worth of idleness, not never.
     pub lease_ttl: Option<Duration>,
 }
 
