@@ -97,9 +97,7 @@ struct Contest {
 
 impl Bench {
     fn dir(&self, tool: Tool, count: usize) -> PathBuf {
-        self.work
-            .path()
-            .join(format!("{}-{count}", tool.short()))
+        self.work.path().join(format!("{}-{count}", tool.short()))
     }
 
     fn apply(&self, tool: Tool, url: &str, dir: &Path) -> Command {
@@ -197,7 +195,10 @@ impl Bench {
         let db = format!("c_{}_{round}", tool.short());
         let url = self.fresh_db(&db);
         let dir = self.dir(tool, STEPS);
-        let logs = self.work.path().join(format!("contest-{}-{round}", tool.short()));
+        let logs = self
+            .work
+            .path()
+            .join(format!("contest-{}-{round}", tool.short()));
         std::fs::create_dir_all(&logs)?;
         let t = Instant::now();
         let mut children: Vec<(Child, PathBuf, PathBuf)> = (0..APPLIERS)
@@ -236,10 +237,9 @@ impl Bench {
         // prints "Applied …" for each migration it ran.
         let applied_by: Vec<bool> = match tool {
             Tool::Initguard => {
-                let holders = self.pg.sql_in(
-                    &db,
-                    "SELECT DISTINCT holder FROM initguard.steps_history",
-                );
+                let holders = self
+                    .pg
+                    .sql_in(&db, "SELECT DISTINCT holder FROM initguard.steps_history");
                 let pids: Vec<String> = holders
                     .lines()
                     .filter_map(|h| h.rsplit('_').next())
@@ -276,13 +276,7 @@ impl Bench {
                 .unwrap_or(t);
             exits
                 .iter()
-                .map(|e| {
-                    if e.at > at {
-                        e.at - at
-                    } else {
-                        at - e.at
-                    }
-                })
+                .map(|e| if e.at > at { e.at - at } else { at - e.at })
                 .max()
                 .unwrap_or_default()
         });
@@ -341,6 +335,9 @@ fn show(d: Duration) -> String {
 fn yes_no(b: bool) -> &'static str {
     if b { "**yes**" } else { "**no**" }
 }
+
+/// Whether our time meets a goal set against sqlx-cli's.
+type Goal = fn(ours: Duration, sqlx: Duration) -> bool;
 
 /// Medians of the sequential figures and the contests of one tool.
 struct Figures {
@@ -460,8 +457,13 @@ fn main() -> Result<(), Error> {
     let ours = &figures[0];
     let theirs = figures.get(1);
 
-    let names = ["apply 1,000", "no-op apply (all applied)", "status of 1,000", "add one + apply"];
-    let goals: [(&str, fn(Duration, Duration) -> bool); 4] = [
+    let names = [
+        "apply 1,000",
+        "no-op apply (all applied)",
+        "status of 1,000",
+        "add one + apply",
+    ];
+    let goals: [(&str, Goal); 4] = [
         ("≤ ½ of sqlx-cli's", |o, s| o * 2 <= s),
         ("< ½ of sqlx-cli's", |o, s| o * 2 < s),
         ("< sqlx-cli's", |o, s| o < s),

@@ -369,13 +369,21 @@ fn assert_all_once(fx: &Fx, db: &str, key: &str, tag: &str, count: usize) {
     let eff = fx.effects(db, tag);
     let hist = fx.history_of(db, key);
     for n in 1..=count as i64 {
-        assert_eq!(eff.get(&n).copied().unwrap_or(0), 1, "effect of step {n}: {eff:?}");
+        assert_eq!(
+            eff.get(&n).copied().unwrap_or(0),
+            1,
+            "effect of step {n}: {eff:?}"
+        );
         let h = hist
             .get(&n.to_string())
             .unwrap_or_else(|| panic!("no history row for step {n}: {hist:?}"));
         assert_eq!(h.state, "applied", "step {n}: {h:?}");
     }
-    assert_eq!(eff.len(), count, "effects of steps that do not exist: {eff:?}");
+    assert_eq!(
+        eff.len(),
+        count,
+        "effects of steps that do not exist: {eff:?}"
+    );
     assert_eq!(hist.len(), count, "history rows: {hist:?}");
     // In version order, by the effects' own timestamps.
     let order: Vec<i64> = fx
@@ -387,7 +395,11 @@ fn assert_all_once(fx: &Fx, db: &str, key: &str, tag: &str, count: usize) {
         .lines()
         .map(|l| l.parse().expect("step"))
         .collect();
-    assert_eq!(order, (1..=count as i64).collect::<Vec<_>>(), "effects in version order");
+    assert_eq!(
+        order,
+        (1..=count as i64).collect::<Vec<_>>(),
+        "effects in version order"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,7 +411,9 @@ fn assert_all_once(fx: &Fx, db: &str, key: &str, tag: &str, count: usize) {
 /// rules on top of those 1,000 (`validation_guards_an_applied_set`).
 #[test]
 fn thousand_steps_apply_reapply_skips_without_the_target_and_validation_guards_them() {
-    let Some(fx) = Fx::start("thousand") else { return };
+    let Some(fx) = Fx::start("thousand") else {
+        return;
+    };
     let proxy = Proxy::start(([127, 0, 0, 1], fx.pg.port).into());
     let target = format!(
         "postgres://{}:{}@127.0.0.1:{}/{}",
@@ -417,7 +431,10 @@ fn thousand_steps_apply_reapply_skips_without_the_target_and_validation_guards_t
         );
     }
     let t = Instant::now();
-    let first = fx.run(fx.steps("apply", &dir, "thousand", &["--target", &target]), LIMIT);
+    let first = fx.run(
+        fx.steps("apply", &dir, "thousand", &["--target", &target]),
+        LIMIT,
+    );
     assert_ok(&first, "apply of 1,000 steps");
     let applied_in = t.elapsed();
     let tables = fx.pg.sql_in(
@@ -471,7 +488,12 @@ fn validation_guards_an_applied_set(fx: &Fx, dir: &Path, target: &str) {
     let key = "thousand";
     let apply = |extra: &[&str]| {
         fx.run(
-            fx.steps("apply", dir, key, &[&["--target", target][..], extra].concat()),
+            fx.steps(
+                "apply",
+                dir,
+                key,
+                &[&["--target", target][..], extra].concat(),
+            ),
             LIMIT,
         )
     };
@@ -481,20 +503,34 @@ fn validation_guards_an_applied_set(fx: &Fx, dir: &Path, target: &str) {
         let text = said(d).to_lowercase();
         assert!(text.contains(what), "{what} is reported:\n{}", said(d));
         assert!(said(d).contains(step), "{what}: names {step}:\n{}", said(d));
-        assert!(text.contains("fix:"), "{what}: says what to do:\n{}", said(d));
+        assert!(
+            text.contains("fix:"),
+            "{what}: says what to do:\n{}",
+            said(d)
+        );
     };
     let create = |n: &str| format!("CREATE TABLE t_{n} (id int primary key);\n");
 
     // Changed: an applied step's file edited, while a new step waits behind it.
-    write(dir, "V0500__t_0500.sql", "CREATE TABLE t_0500 (id int primary key, x int);\n");
+    write(
+        dir,
+        "V0500__t_0500.sql",
+        "CREATE TABLE t_0500 (id int primary key, x int);\n",
+    );
     write(dir, "V1001__t_1001.sql", &create("1001"));
     refused(&validate(), "changed", "V0500__t_0500.sql");
     refused(&apply(&[]), "changed", "V0500__t_0500.sql");
-    assert!(!has_table(fx, "t_1001"), "nothing applied past a changed step");
+    assert!(
+        !has_table(fx, "t_1001"),
+        "nothing applied past a changed step"
+    );
     assert_ok(&apply(&["--allow-changed"]), "apply --allow-changed");
     assert!(has_table(fx, "t_1001"));
     // repair accepts the file as it is now: no problem left.
-    assert_ok(&fx.run(fx.steps("repair", dir, key, &["--target", target]), LIMIT), "repair");
+    assert_ok(
+        &fx.run(fx.steps("repair", dir, key, &["--target", target]), LIMIT),
+        "repair",
+    );
     assert_ok(&validate(), "validate after repair");
 
     // Missing: an applied step's file gone.
@@ -522,7 +558,9 @@ fn validation_guards_an_applied_set(fx: &Fx, dir: &Path, target: &str) {
     assert_eq!(d.code, 1, "out of order: exit 1\n{}", said(&d));
     let text = said(&d).to_lowercase();
     assert!(
-        text.contains("out of order") || text.contains("out-of-order") || text.contains("out_of_order"),
+        text.contains("out of order")
+            || text.contains("out-of-order")
+            || text.contains("out_of_order"),
         "out of order is reported:\n{}",
         said(&d)
     );
@@ -534,7 +572,9 @@ fn validation_guards_an_applied_set(fx: &Fx, dir: &Path, target: &str) {
     let hist = fx.history_of(pg::TARGET_DB, key);
     assert_eq!(hist.len(), 1003, "1,000 + 1001, 1002 and 999.5, each once");
     assert!(hist.values().all(|h| h.state == "applied"));
-    eprintln!("thousand: changed, missing, duplicate, out of order each refused with exit 1 and accepted by its flag");
+    eprintln!(
+        "thousand: changed, missing, duplicate, out of order each refused with exit 1 and accepted by its flag"
+    );
 }
 
 /// `n` appliers started at once on one directory: one applies every step, the others exit 0
@@ -569,7 +609,11 @@ fn concurrent_appliers(fx: &Fx, n: usize) {
     let applier = holders.iter().next().and_then(|h| holder_pid(h));
     let (mine, others): (Vec<&Done>, Vec<&Done>) =
         done.iter().partition(|d| Some(d.pid) == applier);
-    assert_eq!(mine.len(), 1, "the holder {holders:?} is one of the {n} processes");
+    assert_eq!(
+        mine.len(),
+        1,
+        "the holder {holders:?} is one of the {n} processes"
+    );
     for d in &others {
         assert!(
             d.stderr.contains("skip"),
@@ -794,7 +838,10 @@ fn create_index_concurrently_with_four_waiting_replicas_does_not_deadlock() {
         waiting,
         5,
         "while the index is built, the applier and 4 waiters are all running; stderr:\n{}",
-        done.iter().map(|d| d.stderr.as_str()).collect::<Vec<_>>().join("\n---\n")
+        done.iter()
+            .map(|d| d.stderr.as_str())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     );
     for d in &done {
         assert_ok(d, "an applier of the CIC set");
@@ -806,7 +853,10 @@ fn create_index_concurrently_with_four_waiting_replicas_does_not_deadlock() {
     let hist = fx.history_of(pg::APP_DB, "cic");
     assert_eq!(hist.len(), 3, "{hist:?}");
     assert!(hist.values().all(|h| h.state == "applied"), "{hist:?}");
-    eprintln!("cic: 5 replicas, 1 applier + 4 waiting through the CIC, all exit 0, indexes valid; test {}", fx.elapsed());
+    eprintln!(
+        "cic: 5 replicas, 1 applier + 4 waiting through the CIC, all exit 0, indexes valid; test {}",
+        fx.elapsed()
+    );
 }
 
 /// The applier killed (-9) while `CREATE INDEX CONCURRENTLY` runs, in two ways: (a) the server
@@ -816,7 +866,9 @@ fn create_index_concurrently_with_four_waiting_replicas_does_not_deadlock() {
 /// both indexes end valid, and the last step is applied once.
 #[test]
 fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
-    let Some(fx) = Fx::start("cic-kill") else { return };
+    let Some(fx) = Fx::start("cic-kill") else {
+        return;
+    };
     for (name, terminate) in [("cic_kill_a", true), ("cic_kill_b", false)] {
         let dir = cic_set(&fx, name);
         let args = ["--lock-ttl", "1s"];
@@ -827,7 +879,10 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
             cic.is_some() || !p.running()
         });
         let Some(cic) = cic else {
-            panic!("{name}: the apply did not reach the CIC step:\n{}", p.finish(LIMIT).stderr);
+            panic!(
+                "{name}: the apply did not reach the CIC step:\n{}",
+                p.finish(LIMIT).stderr
+            );
         };
         // Into the build, past its catalog entry.
         std::thread::sleep(Duration::from_millis(150));
@@ -840,8 +895,17 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
             eprintln!("{name}: after the kill the first index is {left:?} (Some(false): INVALID)");
             if left == Some(false) {
                 let v = fx.run(fx.steps("validate", &dir, name, &[]), LIMIT);
-                assert_eq!(v.code, 1, "{name}: validate fails on the INVALID index:\n{}", said(&v));
-                assert!(said(&v).contains(&md5), "validate names the index:\n{}", said(&v));
+                assert_eq!(
+                    v.code,
+                    1,
+                    "{name}: validate fails on the INVALID index:\n{}",
+                    said(&v)
+                );
+                assert!(
+                    said(&v).contains(&md5),
+                    "validate names the index:\n{}",
+                    said(&v)
+                );
                 assert!(
                     said(&v).contains("DROP INDEX CONCURRENTLY"),
                     "validate gives the statement to fix it:\n{}",
@@ -861,7 +925,11 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
         assert_ok(&again, &format!("{name}: apply after the interrupted CIC"));
         assert_eq!(index_valid(&fx, &md5), Some(true), "{name}");
         assert_eq!(index_valid(&fx, &format!("{name}_v")), Some(true), "{name}");
-        assert_eq!(fx.effects(pg::APP_DB, name).get(&3).copied(), Some(1), "{name}");
+        assert_eq!(
+            fx.effects(pg::APP_DB, name).get(&3).copied(),
+            Some(1),
+            "{name}"
+        );
         let hist = fx.history_of(pg::APP_DB, name);
         assert_eq!(hist.len(), 3, "{hist:?}");
         assert!(hist.values().all(|h| h.state == "applied"), "{hist:?}");
@@ -875,7 +943,9 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
 /// `INITGUARD_PREVIOUS=interrupted`, then applies the rest; every effect once.
 #[test]
 fn interrupted_script_step_reruns_with_previous_interrupted_or_stops_with_fail() {
-    let Some(fx) = Fx::start("script") else { return };
+    let Some(fx) = Fx::start("script") else {
+        return;
+    };
     let key = "script";
     let dir = fx.dir(key);
     let log = fx.work.path().join("script.log");
@@ -908,12 +978,16 @@ fn interrupted_script_step_reruns_with_previous_interrupted_or_stops_with_fail()
     });
     assert!(started.exists(), "the script step ran");
     let mut script_pid = None;
-    wait_for("the script step to write its pid", Duration::from_secs(10), || {
-        script_pid = std::fs::read_to_string(&started)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        script_pid.is_some()
-    });
+    wait_for(
+        "the script step to write its pid",
+        Duration::from_secs(10),
+        || {
+            script_pid = std::fs::read_to_string(&started)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            script_pid.is_some()
+        },
+    );
     a.kill9();
     // No process of the killed run outlives its lease.
     wait_for("the script to be killed", Duration::from_secs(30), || {
@@ -921,15 +995,32 @@ fn interrupted_script_step_reruns_with_previous_interrupted_or_stops_with_fail()
     });
     let h = fx.history_of(pg::TARGET_DB, key);
     assert_eq!(h.get("1").map(|h| h.state.as_str()), Some("applied"));
-    assert_eq!(h.get("2").map(|h| h.state.as_str()), Some("running"), "{h:?}");
+    assert_eq!(
+        h.get("2").map(|h| h.state.as_str()),
+        Some("running"),
+        "{h:?}"
+    );
 
     let fail = fx.run(
-        fx.steps("apply", &dir, key, &[&args[..], &["--on-interrupted", "fail"]].concat()),
+        fx.steps(
+            "apply",
+            &dir,
+            key,
+            &[&args[..], &["--on-interrupted", "fail"]].concat(),
+        ),
         LIMIT,
     );
-    assert_eq!(fail.code, 75, "--on-interrupted fail stops:\n{}", fail.stderr);
+    assert_eq!(
+        fail.code, 75,
+        "--on-interrupted fail stops:\n{}",
+        fail.stderr
+    );
     assert!(fail.stderr.contains("interrupted"), "{}", fail.stderr);
-    assert_eq!(support::lines(&log).len(), 1, "the script did not run again");
+    assert_eq!(
+        support::lines(&log).len(),
+        1,
+        "the script did not run again"
+    );
     assert_eq!(fx.effects(pg::TARGET_DB, key).get(&3), None);
 
     let rerun = fx.run(fx.steps("apply", &dir, key, &args), LIMIT);
@@ -952,7 +1043,10 @@ fn interrupted_script_step_reruns_with_previous_interrupted_or_stops_with_fail()
     let h = fx.history_of(pg::TARGET_DB, key);
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h.values().all(|h| h.state == "applied"), "{h:?}");
-    eprintln!("script: killed mid-script; fail → 75; rerun saw INITGUARD_PREVIOUS=interrupted; test {}", fx.elapsed());
+    eprintln!(
+        "script: killed mid-script; fail → 75; rerun saw INITGUARD_PREVIOUS=interrupted; test {}",
+        fx.elapsed()
+    );
 }
 
 /// One tool's database: its history table, made with the tool's own layout (as its PostgreSQL
@@ -1035,7 +1129,9 @@ fn adoptions() -> Vec<Adoption> {
 fn table_exists(fx: &Fx, db: &str, name: &str) -> bool {
     fx.pg.sql_in(
         db,
-        &format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = '{name}'"),
+        &format!(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = '{name}'"
+        ),
     ) == "1"
 }
 
@@ -1050,7 +1146,8 @@ fn adoption_from_each_tool_applies_only_what_is_new_and_refuses_dirty() {
         fx.pg
             .admin(&format!("CREATE DATABASE {db} OWNER {}", pg::APP_USER));
         // As the app role, as the tool would have run: its tables are the app's.
-        fx.pg.sql_in(&db, &format!("SET ROLE {}; {}", pg::APP_USER, a.history));
+        fx.pg
+            .sql_in(&db, &format!("SET ROLE {}; {}", pg::APP_USER, a.history));
         fx.pg.sql_in(
             &db,
             &format!(
@@ -1060,27 +1157,47 @@ fn adoption_from_each_tool_applies_only_what_is_new_and_refuses_dirty() {
         );
         let dir = fx.dir(&db);
         for (i, f) in a.files.iter().enumerate() {
-            write(&dir, f, &format!("CREATE TABLE a{n} (id int PRIMARY KEY);\n", n = i + 1));
+            write(
+                &dir,
+                f,
+                &format!("CREATE TABLE a{n} (id int PRIMARY KEY);\n", n = i + 1),
+            );
         }
         let target = fx.pg.url_for(&db);
         let key = format!("adopt-{}", a.tool);
         let out = fx.run(
-            fx.steps("apply", &dir, &key, &["--target", &target, "--adopt", a.tool]),
+            fx.steps(
+                "apply",
+                &dir,
+                &key,
+                &["--target", &target, "--adopt", a.tool],
+            ),
             LIMIT,
         );
         assert_ok(&out, &format!("apply --adopt {}", a.tool));
-        assert!(table_exists(&fx, &db, "a3"), "{}: the new step applied", a.tool);
+        assert!(
+            table_exists(&fx, &db, "a3"),
+            "{}: the new step applied",
+            a.tool
+        );
         let hist = fx.history_of(&db, &key);
         assert_eq!(hist.len(), 3, "{}: {hist:?}", a.tool);
         let adopted: Vec<&Hist> = hist.values().filter(|h| h.adopted_from.is_some()).collect();
         assert_eq!(adopted.len(), 2, "{}: two adopted: {hist:?}", a.tool);
         assert!(
-            adopted.iter().all(|h| h.adopted_from.as_deref() == Some(a.tool)),
+            adopted
+                .iter()
+                .all(|h| h.adopted_from.as_deref() == Some(a.tool)),
             "{hist:?}"
         );
         assert!(hist.values().all(|h| h.state == "applied"), "{hist:?}");
         let again = fx.run(
-            fx.steps("apply", &dir, &key, &["--target", &target, "--adopt", a.tool]),
+            fx.steps(
+                "apply",
+                &dir,
+                &key,
+                &["--target", &target, "--adopt", a.tool],
+            ),
             LIMIT,
         );
         assert_ok(&again, &format!("second apply --adopt {}", a.tool));
@@ -1116,7 +1233,11 @@ fn adoption_from_each_tool_applies_only_what_is_new_and_refuses_dirty() {
         ),
         LIMIT,
     );
-    assert_ne!(out.code, 0, "a dirty version is not trusted:\n{}", out.stderr);
+    assert_ne!(
+        out.code, 0,
+        "a dirty version is not trusted:\n{}",
+        out.stderr
+    );
     assert!(
         format!("{}{}", out.stdout, out.stderr).contains("dirty"),
         "the refusal says why:\n{}{}",
