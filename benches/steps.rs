@@ -336,6 +336,9 @@ fn yes_no(b: bool) -> &'static str {
     if b { "**yes**" } else { "**no**" }
 }
 
+/// Whether our time meets a goal set against sqlx-cli's.
+type Goal = fn(ours: Duration, sqlx: Duration) -> bool;
+
 /// Medians of the sequential figures and the contests of one tool.
 struct Figures {
     seq: [Duration; 4],
@@ -460,7 +463,7 @@ fn main() -> Result<(), Error> {
         "status of 1,000",
         "add one + apply",
     ];
-    let goals: [(&str, fn(Duration, Duration) -> bool); 4] = [
+    let goals: [(&str, Goal); 4] = [
         ("≤ ½ of sqlx-cli's", |o, s| o * 2 <= s),
         ("< ½ of sqlx-cli's", |o, s| o * 2 < s),
         ("< sqlx-cli's", |o, s| o < s),
