@@ -439,3 +439,30 @@ fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_vers
         "1"
     );
 }
+
+#[test]
+fn script_steps_applied_before_the_set_had_a_target_are_not_run_again() {
+    let Some(fx) = Fx::start() else { return };
+    fx.script("V1__seed.sh", "");
+    let out = fx
+        .ig(&fx.file_store())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.sql("V2__table.sql", "CREATE TABLE t2 (id int);\n");
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&fx.log), ["1 none"], "the script ran once");
+    assert_eq!(fx.history(pg::TARGET_DB, "steps-db"), ["2 applied"]);
+    let out = fx.steps("status", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "applied"], "{json}");
+}

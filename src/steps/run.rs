@@ -266,7 +266,7 @@ impl StepsBody {
         let target: Option<NoTarget> = None;
         let history = match &target {
             #[cfg(feature = "postgres")]
-            Some(t) => self.target_history(ctx, t).await?,
+            Some(t) => merged(self.target_history(ctx, t).await?, &ctx.record().steps),
             #[cfg(not(feature = "postgres"))]
             Some(_) => Vec::new(),
             None => ctx.record().steps.clone(),
@@ -581,6 +581,18 @@ type ActiveTarget = NoTarget;
 enum NoTarget {}
 #[cfg(feature = "postgres")]
 type ActiveTarget = Target;
+
+/// The target database's history, with the steps the set's record holds that the target does
+/// not: script steps applied while the set had no target database stay applied when it gets one.
+pub fn merged(target: Vec<Applied>, record: &[Applied]) -> Vec<Applied> {
+    let mut out = target;
+    for a in record {
+        if !out.iter().any(|t| t.id == a.id) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
 
 /// Put `entry` in place of the history entry of the same step, or add it.
 pub fn upsert(history: &mut Vec<Applied>, entry: Applied) {
