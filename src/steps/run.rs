@@ -282,7 +282,11 @@ impl StepsBody {
                 problems: errors,
             }));
         }
-        for w in &warnings {
+        // An interrupted step is said once, where it is run again (`script`, `sql`).
+        for w in warnings
+            .iter()
+            .filter(|w| w.kind != super::ProblemKind::Interrupted)
+        {
             warn!(key = %self.key, "{}", problem_line(w));
         }
         if plan.is_empty() {
@@ -534,8 +538,14 @@ impl StepsBody {
                 first: p.step.file.clone(),
             }));
         };
-        if p.resume_at > 0 {
-            info!(key = %self.key, "resuming step {} ({}) at statement {}", p.step.id, p.step.file, p.resume_at + 1);
+        match (p.previous, p.resume_at) {
+            (Previous::Interrupted, 0) => {
+                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
+            }
+            (_, 0) => {}
+            (_, at) => {
+                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
+            }
         }
         let run = self.run_info(ctx);
         let started = std::time::Instant::now();
