@@ -155,6 +155,20 @@ fn script_steps_get_their_variables_and_not_the_target() {
 }
 
 #[test]
+fn script_output_passes_through_and_its_tail_is_recorded() {
+    let fx = Fx::new();
+    fx.script("V1__talk.sh", "echo hello-from-the-step; echo to-stderr >&2");
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello-from-the-step\n");
+    assert!(stderr(&out).contains("to-stderr"), "{}", stderr(&out));
+    let rec = fx.ig().args(["status", "--json"]).output().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec.stdout).unwrap();
+    let tail = rec[0]["tail"].as_str().unwrap_or_default();
+    assert!(tail.contains("hello-from-the-step"), "{rec}");
+}
+
+#[test]
 fn a_failed_script_step_exits_with_its_code_and_the_steps_before_it_stay_applied() {
     let fx = Fx::new();
     fx.script("V1__ok.sh", "");
