@@ -1053,3 +1053,32 @@ async fn a_step_abandoned_midway_rolls_back_with_its_row_and_the_connection_goes
         Err(TargetError::Fenced { newer: 2, .. })
     ));
 }
+
+/// A role that may not create the steps tables is told so as a refusal (as the store reports
+/// one), not as a database that is down; its status reads still work and create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_is_refused_as_forbidden_and_can_still_read_status() {
+    let fx = fixture!();
+    fx.pg.admin("CREATE ROLE reader LOGIN PASSWORD 'reader-pw'");
+    fx.sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC");
+    let url = PgUrl::parse(&format!(
+        "postgres://reader:reader-pw@127.0.0.1:{}/{TARGET_DB}",
+        fx.pg.port
+    ))
+    .unwrap();
+    let t = Target::connect(&url, &TargetOptions::default())
+        .await
+        .unwrap();
+    assert!(t.history(SET).await.unwrap().is_empty());
+    match t.begin(SET, 1, "h").await {
+        Err(TargetError::Connect(initguard::store::StoreError::Forbidden { reason, .. })) => {
+            assert!(reason.contains("creating the steps tables"), "{reason}");
+            assert!(!reason.contains("reader-pw"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
+        "0"
+    );
+}

@@ -8,7 +8,8 @@ use super::error::TargetError;
 use super::rows::{self, literal, token_i64};
 use super::tables::{self, ALREADY_APPLIED, FENCED};
 use crate::steps::{RunInfo, Step, StepId};
-use crate::store::postgres::{Conn, Connector, PgUrl, error_chain, is_connection_error};
+use crate::store::StoreError;
+use crate::store::postgres::{Conn, Connector, PgUrl, classify, error_chain, is_connection_error};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
@@ -100,11 +101,22 @@ impl Target {
         res
     }
 
+    /// One of initguard's own statements failed. Judged as the store judges its errors
+    /// (`classify`): a missing privilege is `Connect(Forbidden)`, not a database that is down.
     pub(crate) fn db_err(&self, what: &str, e: &tokio_postgres::Error) -> TargetError {
-        TargetError::Db {
-            target: self.connector.label.clone(),
-            what: what.to_string(),
-            reason: error_chain(e),
+        let label = &self.connector.label;
+        match classify(label, e) {
+            Err(StoreError::Forbidden { store, reason }) => {
+                TargetError::Connect(StoreError::Forbidden {
+                    store,
+                    reason: format!("{what}: {reason}"),
+                })
+            }
+            _ => TargetError::Db {
+                target: label.clone(),
+                what: what.to_string(),
+                reason: error_chain(e),
+            },
         }
     }
 
