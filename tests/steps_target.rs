@@ -173,7 +173,10 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     );
     // Applying a versioned step that history has as applied runs nothing (a stale plan).
     match t.apply(SET, &plan(&s2), &info).await {
-        Err(TargetError::AlreadyApplied { .. }) => {}
+        Err(e @ TargetError::AlreadyApplied { .. }) => assert_eq!(
+            e.to_string(),
+            "step 1_1 is already applied in the target database; nothing was run"
+        ),
         other => panic!("re-applying V1_1: {other:?}"),
     }
     assert_eq!(fx.sql("SELECT count(*) FROM users"), "1");
