@@ -818,6 +818,7 @@ async fn timing_apply_1000_trivial_steps() {
         })
         .collect();
     let (mut applies, mut statuses, mut sqlx_like) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor = Vec::new();
     for round in 0..3 {
         let set = format!("bench-{round}");
         let schema = format!("r{round}");
@@ -836,8 +837,9 @@ async fn timing_apply_1000_trivial_steps() {
         statuses.push(started.elapsed());
         assert_eq!(h.len(), 1000);
         sqlx_like.push(sqlx_sequence(&fx, &format!("s{round}"), &steps).await);
+        floor.push(bare_steps(&fx, &format!("b{round}"), &steps).await);
     }
-    for v in [&mut applies, &mut statuses, &mut sqlx_like] {
+    for v in [&mut applies, &mut statuses, &mut sqlx_like, &mut floor] {
         v.sort();
     }
     eprintln!(
@@ -853,6 +855,30 @@ async fn timing_apply_1000_trivial_steps() {
         sqlx_like[1],
         applies[1].as_secs_f64() / sqlx_like[1].as_secs_f64()
     );
+    eprintln!(
+        "TIMING the steps alone (each one message, asynchronous commit, no history, no fence): median {:?} of {floor:?}",
+        floor[1]
+    );
+}
+
+/// The server's own cost of the steps: each step's text alone, one message each, committed
+/// asynchronously, no history row, no fence: what no runner can go below.
+async fn bare_steps(fx: &Fx, schema: &str, steps: &[Step]) -> Duration {
+    fx.sql(&format!("CREATE SCHEMA {schema} AUTHORIZATION app"));
+    let client = fx
+        .client(&format!(
+            "-c search_path={schema} -c synchronous_commit=off"
+        ))
+        .await;
+    let texts: Vec<String> = steps
+        .iter()
+        .map(|s| std::fs::read_to_string(&s.path).unwrap())
+        .collect();
+    let started = Instant::now();
+    for text in &texts {
+        client.batch_execute(text).await.unwrap();
+    }
+    started.elapsed()
 }
 
 /// The statements sqlx-cli's PostgreSQL migrator sends per migration (sqlx-postgres
