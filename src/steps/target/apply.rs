@@ -35,7 +35,7 @@ use super::conn::{Target, column, rows_of};
 use super::error::TargetError;
 use super::history::RowWrite;
 use super::text::{self, Stmt};
-use crate::steps::{Planned, RunInfo, Step, StepId};
+use crate::steps::{Planned, RunInfo, Step};
 use crate::store::SqlFailure;
 use crate::store::postgres::is_connection_error;
 use std::time::Instant;
@@ -78,11 +78,9 @@ impl Target {
     ) -> Result<(), TargetError> {
         text::check_transactional(text).map_err(|r| refused(step, r))?;
         let w = RowWrite::new(self, set, step, run);
-        let key = w.key();
-        let repeatable = matches!(step.id, StepId::Repeatable(_));
         let prefix = format!(
             "BEGIN;SET LOCAL synchronous_commit = off;{};",
-            self.check_call(set, run, Some((&key, Some(&step.checksum.0), repeatable)))
+            self.check_call(set, run, Some(step))
         );
         // The newline ends a `--` comment on the step's last line.
         let sql = format!("{prefix}{text}\n;{};COMMIT", w.applied_in_transaction());
@@ -104,7 +102,7 @@ impl Target {
                     return Err(self.db_err(&format!("applying step {}", step.id), &e));
                 }
                 let _ = self.conn.client.batch_execute("ROLLBACK").await;
-                if let Some(refusal) = self.fence_refusal(set, run.token, &e) {
+                if let Some(refusal) = self.fence_refusal(set, run.token, Some(step), &e) {
                     return Err(refusal);
                 }
                 let Some(db) = e.as_db_error() else {
