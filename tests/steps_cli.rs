@@ -157,7 +157,10 @@ fn script_steps_get_their_variables_and_not_the_target() {
 #[test]
 fn script_output_passes_through_and_its_tail_is_recorded() {
     let fx = Fx::new();
-    fx.script("V1__talk.sh", "echo hello-from-the-step; echo to-stderr >&2");
+    fx.script(
+        "V1__talk.sh",
+        "echo hello-from-the-step; echo to-stderr >&2",
+    );
     let out = fx.steps("apply", &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "hello-from-the-step\n");
