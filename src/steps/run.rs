@@ -370,7 +370,8 @@ impl StepsBody {
         let spec = ChildSpec {
             argv: vec![step.path.to_string_lossy().into_owned()],
             env: vec![
-                ("INITGUARD_KEY".into(), self.key_env()),
+                // With INITGUARD_FENCING_TOKEN: a nested `initguard run` of this key is refused.
+                ("INITGUARD_KEY".into(), self.key.clone()),
                 ("INITGUARD_STEP_VERSION".into(), version),
                 (
                     "INITGUARD_STEP_DESCRIPTION".into(),
@@ -414,11 +415,6 @@ impl StepsBody {
         }))
     }
 
-    /// The key as the step's `INITGUARD_KEY`: a nested `initguard run` of the same key is refused.
-    fn key_env(&self) -> String {
-        self.key.clone()
-    }
-
     /// Record a script step's start (`ended: None`) or end, fenced: in the target database's
     /// history when there is one, else in the set's record.
     async fn record_script(
@@ -445,7 +441,8 @@ impl StepsBody {
                     // Not given up on a signal: it records an effect that already happened.
                     Some(result) => t.script_finished(set, &p.step, &run, result).await,
                 };
-                let _ = entry;
+                // The target builds its row from the step and the run; `entry` is the record's.
+                drop(entry);
                 res.map_err(|e| self.target_err(e))
             }
             #[cfg(not(feature = "postgres"))]
