@@ -4,6 +4,8 @@
 pub const OK: u8 = 0;
 /// `k8s lint` found at least one error-level finding.
 pub const LINT_ERRORS: u8 = 1;
+/// `steps`: validation problems (nothing applied), or a failed SQL step.
+pub const STEPS_FAILED: u8 = 1;
 /// Usage error: bad flags, invalid key, unknown store URL scheme.
 pub const USAGE: u8 = 2;
 /// A record in the store is corrupt or from a newer schema; nothing was overwritten.

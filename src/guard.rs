@@ -3,6 +3,7 @@
 //! (stdout belongs to the wrapped command); decisions are logged with `tracing`.
 
 use crate::acquire::{Acquired, acquire, patiently};
+use crate::body::{Body, BodyCtx, BodyEnd, Stop};
 use crate::clock::boot_now;
 use crate::heartbeat::Heartbeat;
 use crate::record::{ExitInfo, Record, State};
@@ -160,11 +161,26 @@ pub enum NotRecorded {
 pub struct Guard<'a> {
     store: &'a dyn Store,
     plan: &'a Plan,
+    /// In-process work to run under the lease instead of `plan.child` (`initguard steps`).
+    body: Option<&'a dyn Body>,
 }
 
 impl<'a> Guard<'a> {
     pub fn new(store: &'a dyn Store, plan: &'a Plan) -> Guard<'a> {
-        Guard { store, plan }
+        Guard {
+            store,
+            plan,
+            body: None,
+        }
+    }
+
+    /// A guard whose leased work is `body`, run in-process, rather than a command.
+    pub fn with_body(store: &'a dyn Store, plan: &'a Plan, body: &'a dyn Body) -> Guard<'a> {
+        Guard {
+            store,
+            plan,
+            body: Some(body),
+        }
     }
 
     fn key(&self) -> String {
@@ -212,6 +228,7 @@ impl<'a> Guard<'a> {
             }));
         }
         if plan.sql.is_none()
+            && self.body.is_none()
             && let Err(outcome) = runner::preflight(&plan.child.argv)
         {
             return Err(GuardError::Command {
@@ -441,15 +458,19 @@ impl<'a> Guard<'a> {
             if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
                 return Err(self.lease_lost(lease, reason));
             }
-            let (res, why) = match &plan.sql {
-                None => {
+            let (res, why) = match (&plan.sql, self.body) {
+                (None, Some(body)) => {
+                    self.run_body(body, lease, &mut rec, signals, &mut heartbeat, previous)
+                        .await?
+                }
+                (None, None) => {
                     let watch = self.supervision(lease, &heartbeat);
                     (
                         runner::run(&spec, signals, heartbeat.lost(store, lease), watch).await,
                         None,
                     )
                 }
-                Some(sql) => match self
+                (Some(sql), _) => match self
                     .run_sql(lease, sql, &rec, signals, &mut heartbeat)
                     .await?
                 {
@@ -573,19 +594,23 @@ impl<'a> Guard<'a> {
         heartbeat: &mut Heartbeat,
     ) -> Result<(), GuardError> {
         let plan = self.plan;
+        let next = match (&plan.done_if, plan.on_interrupted) {
+            _ if self.body.is_some() => "apply again (the steps already applied are in their \
+                                         history and are not run again)"
+                .to_string(),
+            (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
+            (None, OnInterrupted::Rerun) => {
+                "run the command again (--done-if can tell it the work is done)".into()
+            }
+            (None, OnInterrupted::Fail) => format!(
+                "stop (--on-interrupted fail); check the work, then run `initguard reset {}`",
+                plan.id.key
+            ),
+        };
         let not_recorded = |cause| GuardError::SuccessNotRecorded {
             key: self.key(),
             cause: Box::new(cause),
-            next: match (&plan.done_if, plan.on_interrupted) {
-                (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
-                (None, OnInterrupted::Rerun) => {
-                    "run the command again (--done-if can tell it the work is done)".into()
-                }
-                (None, OnInterrupted::Fail) => format!(
-                    "stop (--on-interrupted fail); check the work, then run `initguard reset {}`",
-                    plan.id.key
-                ),
-            },
+            next: next.clone(),
         };
         let mut tries = 0u32;
         loop {
@@ -621,6 +646,50 @@ impl<'a> Guard<'a> {
                 return Err(not_recorded(NotRecorded::Store(e)));
             }
         }
+    }
+
+    /// One attempt of the in-process body, in the terms the attempt loop uses for children.
+    async fn run_body(
+        &self,
+        body: &dyn Body,
+        lease: &Lease,
+        rec: &mut Record,
+        signals: &mut Signals,
+        heartbeat: &mut Heartbeat,
+        previous: &'static str,
+    ) -> Result<(runner::ChildResult, Option<String>), GuardError> {
+        let mut ctx = BodyCtx {
+            store: self.store,
+            lease,
+            heartbeat,
+            signals,
+            record: rec,
+            previous,
+            tail: Vec::new(),
+            tail_bytes: self.plan.child.tail_bytes,
+        };
+        let end = body.run(&mut ctx).await;
+        let tail = std::mem::take(&mut ctx.tail);
+        let result = |outcome, ended| runner::ChildResult {
+            outcome,
+            ended,
+            tail: tail.clone(),
+        };
+        Ok(match end {
+            BodyEnd::Done => (result(ChildOutcome::Exited(0), Ended::Normally), None),
+            BodyEnd::Failed { outcome, reason } => {
+                (result(outcome.clone(), Ended::Normally), Some(reason))
+            }
+            BodyEnd::Stopped(Stop::Signal(signal)) => (
+                result(ChildOutcome::Signaled(signal), Ended::BySignal(signal)),
+                None,
+            ),
+            BodyEnd::Stopped(Stop::LeaseLost(reason)) => (
+                result(ChildOutcome::Signaled(9), Ended::Stopped(reason)),
+                None,
+            ),
+            BodyEnd::Stopped(Stop::Store(e)) => return Err(e.into()),
+        })
     }
 
     /// One attempt of an SQL task: the store runs it in one transaction with the `succeeded`

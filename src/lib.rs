@@ -1,6 +1,7 @@
 //! initguard: run an init command once per change of its inputs, by one replica at a time.
 
 pub mod acquire;
+pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod exit;

@@ -145,6 +145,10 @@ pub struct Record {
     /// (set by that store on each write). Absent means false, so schema 1 still describes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trimmed: bool,
+    /// `initguard steps` without a target database: the set's step history (script steps), one
+    /// entry per step, kept across fingerprints. Absent means none, so schema 1 still describes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::steps::Applied>,
 }
 
 impl Record {
@@ -171,6 +175,7 @@ impl Record {
             history: Vec::new(),
             sql_target: None,
             trimmed: false,
+            steps: Vec::new(),
         }
     }
 
@@ -526,6 +531,35 @@ mod tests {
         assert_eq!(Record::from_json(text.as_bytes()).unwrap(), r);
         let old = r#"{"schema":1,"key":"k","scope":"global","state":"reset","fingerprint":"sha256:a","token":0,"attempts":0,"updated_at":"2024-01-02T03:04:05Z"}"#;
         assert_eq!(Record::from_json(old.as_bytes()).unwrap(), r);
+    }
+
+    /// A set's step history (`initguard steps` without a target database) round-trips, and a
+    /// record without one writes no `steps` field at all (the pinned documents above).
+    #[test]
+    fn step_history_round_trips() {
+        use crate::steps::{Applied, AppliedState, Checksum, Kind, StepId, Version};
+        let mut r = rec();
+        r.steps.push(Applied {
+            id: StepId::Versioned(Version {
+                parts: vec![1, 10],
+                text: "1.10".into(),
+            }),
+            description: "load fixtures".into(),
+            kind: Kind::Script,
+            checksum: Some(Checksum("sha256:ab".into())),
+            state: AppliedState::Running,
+            started_at: Some(at("2024-01-02T03:04:05Z")),
+            finished_at: None,
+            duration_ms: None,
+            holder: "web-0_42".into(),
+            token: 3,
+            statements_done: 0,
+            error: None,
+            adopted_from: None,
+        });
+        let json = r.to_json();
+        assert!(String::from_utf8_lossy(&json).contains("\"steps\""));
+        assert_eq!(Record::from_json(&json).unwrap(), r);
     }
 
     #[test]

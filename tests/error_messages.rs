@@ -156,6 +156,17 @@ const CASES: &[Case] = &[
     case(&["run", "--key", "app/nf", "--", "./no-such-command"]),
     // missing Downward API variables
     case(&["run", "--key", "app/k", "--scope", "pod", "--", "true"]),
+    // steps
+    case(&["steps"]),
+    case(&["steps", "apply"]),
+    case(&["steps", "apply", "no-such-dir"]),
+    case(&["steps", "status", "no-such-dir"]),
+    case(&["steps", "apply", ".", "--key", "a/../b"]),
+    case(&["steps", "apply", ".", "--target", "mysql://db/app"]),
+    case(&["steps", "apply", ".", "--target", "postgres:app:PW@db"]),
+    case(&["steps", "apply", ".", "--adopt", "liquibase"]),
+    case(&["steps", "apply", ".", "--adopt", "flyway"]),
+    case(&["steps", "validate", ".", "--json"]),
 ];
 
 /// Measured durations (" in 1.6s") vary from run to run; the words around them are what is pinned.

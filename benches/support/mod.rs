@@ -1,5 +1,6 @@
 //! Shared by the benchmarks: summary statistics, and writing one bench's section of BENCHMARKS.md
-//! between its markers (so that each bench replaces only its own figures).
+//! between its markers (so that each bench replaces only its own figures). Each bench uses a part.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,18 +25,34 @@ pub fn row(what: &str, xs: Vec<Duration>) -> String {
 /// Print the section and put it into BENCHMARKS.md between `<!-- bench:NAME:begin/end -->`.
 /// `how` finishes the sentence "Measured DATE on N cores; …".
 pub fn publish(name: &str, title: &str, how: &str, rows: &[String]) -> std::io::Result<()> {
+    let body = format!(
+        "## {title}\n\nMeasured {} on {} cores; {how}\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}",
+        today(),
+        cores(),
+        rows.join("\n")
+    );
+    publish_section(name, &body)
+}
+
+/// The date figures are measured on, as BENCHMARKS.md shows it.
+pub fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Print `body` and put it into BENCHMARKS.md between `<!-- bench:NAME:begin/end -->`, replacing
+/// what was there (or appending it).
+pub fn publish_section(name: &str, body: &str) -> std::io::Result<()> {
     let (begin, end) = (
         format!("<!-- bench:{name}:begin -->"),
         format!("<!-- bench:{name}:end -->"),
     );
-    let section = format!(
-        "{begin}\n## {title}\n\nMeasured {} on {} cores; {how}\n\n| what | min | median | p95 |\n|---|---|---|---|\n{}\n{end}",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        rows.join("\n")
-    );
+    let section = format!("{begin}\n{body}\n{end}");
     println!("{section}");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| {
@@ -50,7 +67,6 @@ pub fn publish(name: &str, title: &str, how: &str, rows: &[String]) -> std::io::
 
 /// `initguard wait` started before a 300 ms task: from the task's exit to the waiter's, over
 /// `rounds` keys. `base` makes an `initguard` command for the store under test.
-#[allow(dead_code)] // the store benches use it; the fingerprint bench has no store
 pub fn wait_lags(
     base: &dyn Fn() -> std::process::Command,
     prefix: &str,

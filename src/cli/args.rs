@@ -95,12 +95,193 @@ pub enum Command {
     /// Test COMMAND for idempotence: run it twice, as copies at once, and cut short then re-run,
     /// and compare the state each leaves with one clean run's
     Verify(Box<VerifyArgs>),
+    /// Versioned steps: apply a directory of SQL migrations and scripts, each exactly once, in
+    /// version order, under one lease
+    #[command(subcommand)]
+    Steps(StepsCommand),
     /// Copy this binary to DIR/initguard (mode 0755), e.g. into an emptyDir from a scratch image
     Install(InstallArgs),
     /// Kubernetes manifest tooling
     #[cfg(feature = "kubernetes")]
     #[command(subcommand)]
     K8s(K8sCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StepsCommand {
+    /// Apply the steps of DIR not applied yet, in version order, under one lease; skip at once
+    /// when nothing changed since the last apply
+    Apply(Box<StepsApplyArgs>),
+    /// Show every step of DIR and its state (applied, pending, changed, missing, failed, running)
+    Status(StepsStatusArgs),
+    /// Check DIR against the history without applying anything; exit 1 on any problem
+    Validate(StepsValidateArgs),
+    /// Accept the files of DIR as they are now: realign checksums, forget missing and failed steps
+    Repair(StepsRepairArgs),
+}
+
+/// Which set, and where its history is: shared by every `steps` subcommand.
+#[derive(Debug, Args)]
+pub struct StepsSetArgs {
+    /// Directory of step files: V<version>__<description>.sql|<script>, R__<description>.<ext>,
+    /// or golang-migrate's NNN_<description>.up.sql
+    pub dir: PathBuf,
+
+    /// Task name of the set (its lease and record): 1–200 chars of [A-Za-z0-9._/-]. Default:
+    /// steps-<DIR's base name>
+    #[arg(long)]
+    pub key: Option<String>,
+
+    /// PostgreSQL database the SQL steps run in and their history is kept in
+    /// (initguard.steps_history). Default: the store's database when the store is postgres://;
+    /// required for SQL steps otherwise (password: PGPASSWORD/PGPASSFILE or
+    /// --target-password-file, not the URL)
+    #[arg(long, env = "INITGUARD_STEPS_TARGET", hide_env_values = true)]
+    pub target: Option<String>,
+
+    /// File holding the target database's password (first line)
+    #[arg(long, env = "INITGUARD_STEPS_TARGET_PASSWORD_FILE")]
+    pub target_password_file: Option<PathBuf>,
+
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The validation errors a run accepts.
+#[derive(Debug, Args)]
+pub struct StepsAllowArgs {
+    /// Accept applied steps whose file changed since (a warning instead of an error)
+    #[arg(long, env = "INITGUARD_STEPS_ALLOW_CHANGED")]
+    pub allow_changed: bool,
+
+    /// Accept applied steps whose file is gone (a warning instead of an error)
+    #[arg(long, env = "INITGUARD_STEPS_ALLOW_MISSING")]
+    pub allow_missing: bool,
+
+    /// Apply pending steps older than the newest applied one, instead of refusing them
+    #[arg(long, env = "INITGUARD_STEPS_OUT_OF_ORDER")]
+    pub out_of_order: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StepsApplyArgs {
+    #[command(flatten)]
+    pub set: StepsSetArgs,
+
+    #[command(flatten)]
+    pub allow: StepsAllowArgs,
+
+    /// On first use, take over this tool's history table, so that what it applied is not applied
+    /// again: flyway, golang-migrate, sqlx, dbmate
+    #[arg(long, env = "INITGUARD_STEPS_ADOPT", value_enum)]
+    pub adopt: Option<AdoptArg>,
+
+    /// What to do with a script step whose previous run was interrupted: run it again (with
+    /// INITGUARD_PREVIOUS=interrupted), or stop (exit 75)
+    #[arg(
+        long,
+        env = "INITGUARD_ON_INTERRUPTED",
+        value_enum,
+        default_value = "rerun"
+    )]
+    pub on_interrupted: OnInterruptedArg,
+
+    /// Print the plan (what would run, in order), take no lease, change nothing (not with
+    /// --adopt, which writes the adopted history)
+    #[arg(long, conflicts_with = "adopt")]
+    pub dry_run: bool,
+
+    /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
+    #[arg(
+        long,
+        env = "INITGUARD_LOCK_TTL",
+        default_value = "30s",
+        allow_hyphen_values = true
+    )]
+    pub lock_ttl: String,
+
+    /// How long to wait for another holder's lease, up to 365d; 0: do not wait; "forever": no
+    /// limit
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1h",
+        allow_hyphen_values = true
+    )]
+    pub wait_timeout: String,
+
+    /// Time between forwarding SIGTERM to a script step and sending SIGKILL, up to 365d
+    #[arg(
+        long,
+        env = "INITGUARD_GRACE",
+        default_value = "10s",
+        allow_hyphen_values = true
+    )]
+    pub grace: String,
+
+    /// Bytes of script output kept in the record, 0 to 1048576; 0: keep none
+    #[arg(
+        long,
+        env = "INITGUARD_TAIL_BYTES",
+        default_value_t = 4096,
+        allow_hyphen_values = true,
+        value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_TAIL_BYTES)
+    )]
+    pub tail_bytes: usize,
+
+    /// Runs kept in the record's history, 1 to 1000
+    #[arg(
+        long,
+        env = "INITGUARD_HISTORY",
+        default_value_t = crate::record::DEFAULT_HISTORY,
+        allow_hyphen_values = true,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_HISTORY)
+    )]
+    pub history: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdoptArg {
+    Flyway,
+    GolangMigrate,
+    Sqlx,
+    Dbmate,
+}
+
+#[derive(Debug, Args)]
+pub struct StepsStatusArgs {
+    #[command(flatten)]
+    pub set: StepsSetArgs,
+
+    /// JSON (steps and problems) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StepsValidateArgs {
+    #[command(flatten)]
+    pub set: StepsSetArgs,
+
+    #[command(flatten)]
+    pub allow: StepsAllowArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StepsRepairArgs {
+    #[command(flatten)]
+    pub set: StepsSetArgs,
+
+    /// How long to wait for a running apply's lease, up to 365d; 0: do not wait; "forever": no
+    /// limit
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1m",
+        allow_hyphen_values = true
+    )]
+    pub wait_timeout: String,
 }
 
 #[cfg(feature = "kubernetes")]

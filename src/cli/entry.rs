@@ -70,7 +70,7 @@ pub fn main() -> ExitCode {
 /// `work`, unless one of the signals comes first: then `Failure::Signal` at once (exit 128+N),
 /// dropping `work` wherever it was. Only for work that may stop anywhere (reads, or writes that
 /// leave nothing a lapse does not clean up).
-async fn interruptible<T, E: Into<Failure>>(
+pub(super) async fn interruptible<T, E: Into<Failure>>(
     signals: &mut Signals,
     during: impl Into<String>,
     work: impl std::future::Future<Output = Result<T, E>>,
@@ -88,7 +88,10 @@ async fn interruptible<T, E: Into<Failure>>(
 /// The command's own arguments (after `--`) are not initguard's to judge.
 fn secrets() -> Vec<String> {
     let args = std::env::args_os().skip(1).take_while(|a| a != "--");
-    let vars = settings::STORE_ENV.iter().filter_map(std::env::var_os);
+    let vars = settings::STORE_ENV
+        .iter()
+        .chain(super::steps::STEPS_ENV)
+        .filter_map(std::env::var_os);
     let out = args
         .chain(vars)
         .flat_map(|a| store::secret_parts(&a.to_string_lossy()));
@@ -160,6 +163,7 @@ async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
             let during = format!("releasing the lease on {}; nothing was released", args.key);
             interruptible(signals, during, release(url, args)).await
         }
+        Command::Steps(cmd) => super::steps::steps(url, cmd, signals).await,
         // verify stops its commands on a signal itself, and says so in its report.
         Command::Verify(args) => super::verify::verify(*args).await,
         #[cfg(feature = "kubernetes")]

@@ -4,6 +4,7 @@ use super::settings::SettingsError;
 use crate::exit;
 use crate::guard::{GuardError, NotRecorded};
 use crate::reset::ResetError;
+use crate::steps::run::StepsError;
 use crate::store::StoreError;
 
 /// Anything a subcommand can fail with.
@@ -13,6 +14,8 @@ pub enum Failure {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Guard(#[from] GuardError),
+    #[error(transparent)]
+    Steps(#[from] StepsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -52,8 +55,9 @@ pub fn exit_code(f: &Failure) -> u8 {
             ..
         })) => exit::CONFIG,
         Failure::Settings(_) => exit::USAGE,
-        Failure::Guard(GuardError::Store(e))
-        | Failure::Store(e)
+        Failure::Guard(g) | Failure::Steps(StepsError::Guard(g)) => guard_code(g),
+        Failure::Steps(e) => steps_code(e),
+        Failure::Store(e)
         | Failure::Reset(ResetError::Store(e))
         | Failure::Wait(crate::wait::WaitError::Store(e)) => store_code(e),
         Failure::Wait(
@@ -62,19 +66,6 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::Reset(ResetError::NeedsSqlTarget { .. } | ResetError::SqlTargetUnsupported) => {
             exit::USAGE
         }
-        Failure::Guard(GuardError::GaveUp { .. } | GuardError::InterruptedPredecessor { .. }) => {
-            exit::TEMP_FAIL
-        }
-        Failure::Guard(GuardError::Command { outcome, .. }) => outcome.exit_code(),
-        Failure::Guard(
-            GuardError::SignalWhileWaiting { signal, .. }
-            | GuardError::SignalBeforeStart { signal, .. },
-        ) => exit::for_signal(*signal),
-        Failure::Guard(GuardError::DoneIfCannotStart { outcome, .. }) => outcome.exit_code(),
-        Failure::Guard(GuardError::SuccessNotRecorded { cause, .. }) => match cause.as_ref() {
-            NotRecorded::Store(e) => store_code(e),
-            NotRecorded::Signal(s) => exit::for_signal(*s),
-        },
         Failure::Signal { signal, .. } => exit::for_signal(*signal),
         Failure::Runtime(_) => exit::CONFIG,
         Failure::Verify(e) => verify_code(e),
@@ -88,6 +79,55 @@ pub fn exit_code(f: &Failure) -> u8 {
         }
         #[cfg(feature = "kubernetes")]
         Failure::Inject(_) => exit::USAGE,
+    }
+}
+
+fn guard_code(e: &GuardError) -> u8 {
+    match e {
+        GuardError::Store(e) => store_code(e),
+        GuardError::GaveUp { .. } | GuardError::InterruptedPredecessor { .. } => exit::TEMP_FAIL,
+        GuardError::Command { outcome, .. } => outcome.exit_code(),
+        GuardError::SignalWhileWaiting { signal, .. }
+        | GuardError::SignalBeforeStart { signal, .. } => exit::for_signal(*signal),
+        GuardError::DoneIfCannotStart { outcome, .. } => outcome.exit_code(),
+        GuardError::SuccessNotRecorded { cause, .. } => match cause.as_ref() {
+            NotRecorded::Store(e) => store_code(e),
+            NotRecorded::Signal(s) => exit::for_signal(*s),
+        },
+    }
+}
+
+fn steps_code(e: &StepsError) -> u8 {
+    use crate::steps::discover::DiscoverError;
+    match e {
+        StepsError::Discover(DiscoverError::ReadDir { .. }) => exit::IO_ERR,
+        StepsError::Discover(_) => exit::USAGE,
+        StepsError::Invalid { .. } | StepsError::Problems { .. } | StepsError::Other { .. } => {
+            exit::STEPS_FAILED
+        }
+        StepsError::NeedsTarget { .. } => exit::CONFIG,
+        StepsError::ScriptFailed { outcome, .. } => outcome.exit_code(),
+        StepsError::InterruptedStep { .. } => exit::TEMP_FAIL,
+        StepsError::Guard(e) => guard_code(e),
+        StepsError::Store(e) => store_code(e),
+        #[cfg(feature = "postgres")]
+        StepsError::Target { source, .. } => target_code(source),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn target_code(e: &crate::steps::target::TargetError) -> u8 {
+    use crate::steps::target::TargetError;
+    match e {
+        TargetError::Connect(e) => store_code(e),
+        TargetError::Db { .. } => exit::UNAVAILABLE,
+        TargetError::Fenced { .. } => exit::TEMP_FAIL,
+        TargetError::NotBegun { .. }
+        | TargetError::StepFailed { .. }
+        | TargetError::Refused { .. }
+        | TargetError::Untrusted { .. } => exit::STEPS_FAILED,
+        TargetError::AlreadyApplied { .. } => exit::TEMP_FAIL,
+        TargetError::NotAdoptable { .. } => exit::CONFIG,
     }
 }
 

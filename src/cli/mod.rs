@@ -10,6 +10,7 @@ mod parse;
 mod render;
 mod report;
 mod settings;
+mod steps;
 mod usage;
 mod verify;
 

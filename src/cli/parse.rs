@@ -2,7 +2,7 @@
 //! before the subcommand and after it (they are not `global`, so that subcommands without a store
 //! neither list nor accept them); here the two places become one `Cli::store`. No I/O.
 
-use super::args::{Cli, Command, STORE_ARG_IDS, StoreArgs};
+use super::args::{Cli, Command, STORE_ARG_IDS, StepsCommand, StoreArgs};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use std::ffi::OsString;
@@ -16,10 +16,12 @@ pub fn parse(
     let mut matches = Cli::command().try_get_matches_from(args)?;
     // Read where the values came from before `from_arg_matches_mut` takes them out.
     let before: Vec<&str> = given(&matches);
-    let after: Vec<&str> = matches
-        .subcommand()
-        .map(|(_, sub)| given(sub))
-        .unwrap_or_default();
+    // The subcommand that takes the store options is the innermost one (`steps apply`).
+    let mut leaf = matches.subcommand().map(|(_, sub)| sub);
+    while let Some(inner) = leaf.and_then(|m| m.subcommand()).map(|(_, sub)| sub) {
+        leaf = Some(inner);
+    }
+    let after: Vec<&str> = leaf.map(given).unwrap_or_default();
     let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
     match store_args_of(&mut cli.command) {
         Some(sub) => {
@@ -33,8 +35,8 @@ pub fn parse(
                 return Err(clap::Error::raw(
                     clap::error::ErrorKind::ArgumentConflict,
                     format!(
-                        "--{} only applies to subcommands that use a store (run, status, history, \
-                         reset, release)\n",
+                        "--{} only applies to subcommands that use a store (run, wait, status, \
+                         history, reset, release, steps)\n",
                         id.replace('_', "-")
                     ),
                 ));
@@ -64,6 +66,10 @@ fn store_args_of(command: &mut Command) -> Option<&mut StoreArgs> {
         Command::History(a) => Some(&mut a.store),
         Command::Reset(a) => Some(&mut a.store),
         Command::Release(a) => Some(&mut a.store),
+        Command::Steps(StepsCommand::Apply(a)) => Some(&mut a.set.store),
+        Command::Steps(StepsCommand::Status(a)) => Some(&mut a.set.store),
+        Command::Steps(StepsCommand::Validate(a)) => Some(&mut a.set.store),
+        Command::Steps(StepsCommand::Repair(a)) => Some(&mut a.set.store),
         Command::Verify(_) | Command::Install(_) => None,
         #[cfg(feature = "kubernetes")]
         Command::K8s(_) => None,
@@ -216,7 +222,18 @@ mod tests {
     fn store_options_belong_to_the_subcommands_that_use_a_store() {
         let mut cli = Cli::command();
         cli.build();
-        let with_store = ["run", "wait", "status", "history", "reset", "release"];
+        let with_store = [
+            "run",
+            "wait",
+            "status",
+            "history",
+            "reset",
+            "release",
+            "steps apply",
+            "steps status",
+            "steps validate",
+            "steps repair",
+        ];
         let mut seen = Vec::new();
         fn each<'a>(
             cmd: &'a clap::Command,

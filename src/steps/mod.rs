@@ -9,6 +9,10 @@
 //! - the target database (PostgreSQL): the history table, fencing, running SQL steps, adoption;
 //! - the run: the lease, the fingerprint, script steps, the record-backed history.
 
+pub mod run;
+#[cfg(feature = "postgres")]
+pub mod target;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -227,4 +231,12 @@ pub struct Planned {
     pub previous: Previous,
     /// A no-transaction step resumes at this statement (0-based): the ones before it completed.
     pub resume_at: u32,
+}
+
+/// Who applies: the lease's fencing token and the holder's identity (`Holder::identity()`),
+/// written into every history row and checked against the target's fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    pub token: u64,
+    pub holder: String,
 }

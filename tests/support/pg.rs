@@ -28,6 +28,8 @@ pub struct Pg {
     run_as: Option<String>,
     running: bool,
     max_connections: u32,
+    /// fsync and full_page_writes on (`restart_durable`), for timings of what a commit waits for.
+    durable: bool,
 }
 
 fn find_bin() -> Option<PathBuf> {
@@ -157,6 +159,7 @@ impl Pg {
             run_as,
             running: false,
             max_connections: 200,
+            durable: false,
         };
         std::fs::write(pg.dir.path().join("pwfile"), format!("{ADMIN_PASSWORD}\n"))
             .expect("pwfile");
@@ -224,11 +227,15 @@ impl Pg {
     }
 
     fn try_start(&mut self) -> bool {
+        let sync = if self.durable {
+            "-c fsync=on -c full_page_writes=on"
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let opts = format!(
             // fsync=off is safe for crash tests: a killed server's writes are in the page cache.
             // synchronous_commit stays on: a commit must survive `kill()` as it would in prod.
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} -c fsync=off \
-             -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections={} {sync}",
             self.port,
             self.path_str(self.dir.path()),
             self.max_connections
@@ -450,6 +457,13 @@ impl Pg {
     /// Restart it allowing only `n` connections (superusers keep 3 of them).
     pub fn restart_with_max_connections(&mut self, n: u32) {
         self.max_connections = n;
+        self.restart();
+    }
+
+    /// Restart it with fsync and full_page_writes on, as a production server runs: for timing
+    /// harnesses that measure what commits wait for.
+    pub fn restart_durable(&mut self) {
+        self.durable = true;
         self.restart();
     }
 

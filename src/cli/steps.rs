@@ -1,0 +1,599 @@
+//! `initguard steps apply|status|validate|repair DIR`: flags into settings, then the library
+//! (`steps::run`, `steps::validate`, `steps::status`, the target database). Tables go to stdout
+//! for `status`, `validate`, `repair` and `--dry-run`; `apply` leaves stdout to its script steps.
+
+use super::args::{
+    AdoptArg, OnInterruptedArg, StepsAllowArgs, StepsApplyArgs, StepsCommand, StepsRepairArgs,
+    StepsSetArgs, StepsStatusArgs, StepsValidateArgs,
+};
+use super::failure::Failure;
+use super::limits::{MAX_DURATION_TEXT, MIN_LOCK_TTL};
+use super::settings::{self, SettingsError, StoreChoice};
+use crate::acquire::{Acquired, acquire};
+use crate::guard::{OnInterrupted, Plan};
+use crate::runner::{ChildSpec, Signals};
+use crate::steps::run::{self as steps_run, ApplyOptions, StepsError, TargetUrl};
+use crate::steps::{Allow, Applied, Problem, StepSet, discover, status, validate};
+use crate::store::{self, AcquireOpts, Store, StoreUrl};
+use crate::task::{Holder, Key, Scope, TaskId};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+use tracing::info;
+
+/// Variables of initguard's own environment a script step must not inherit: the store's and the
+/// target database's settings, which may carry credentials.
+pub const STEPS_ENV: &[&str] = &[
+    "INITGUARD_STEPS_TARGET",
+    "INITGUARD_STEPS_TARGET_PASSWORD_FILE",
+];
+
+pub async fn steps(
+    url: &StoreChoice<'_>,
+    cmd: StepsCommand,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
+    match cmd {
+        StepsCommand::Apply(args) => apply(url, *args, signals).await,
+        StepsCommand::Status(args) => {
+            super::entry::interruptible(signals, "reading the history", status(url, args)).await
+        }
+        StepsCommand::Validate(args) => {
+            super::entry::interruptible(signals, "reading the history", validate(url, args)).await
+        }
+        StepsCommand::Repair(args) => {
+            let during = "repairing the history; a lease it held lapses on its own".to_string();
+            super::entry::interruptible(signals, during, repair(url, args)).await
+        }
+    }
+}
+
+/// The set, validated: its directory read, its key and target resolved. Nothing contacted.
+struct Set {
+    id: TaskId,
+    steps: StepSet,
+    target: Option<TargetUrl>,
+    store: StoreUrl,
+    dir_label: String,
+}
+
+fn usage(flag: &'static str, why: impl Into<String>) -> SettingsError {
+    SettingsError::Usage {
+        flag,
+        why: why.into(),
+    }
+}
+
+fn resolve(url: &StoreChoice<'_>, args: &StepsSetArgs) -> Result<Set, Failure> {
+    let key = match &args.key {
+        Some(k) => Key::parse(k).map_err(SettingsError::from)?,
+        None => default_key(&args.dir)?,
+    };
+    let id = TaskId {
+        key,
+        scope: Scope::Global,
+        instance: None,
+    };
+    settings::check_not_nested(&id)?;
+    let store = settings::store_url(url)?;
+    let target = target_url(args, &store)?;
+    let steps = discover::discover(&args.dir).map_err(StepsError::from)?;
+    Ok(Set {
+        id,
+        steps,
+        target,
+        store,
+        dir_label: args.dir.display().to_string(),
+    })
+}
+
+/// `steps-<DIR's base name>`, with every character a key does not allow replaced by `-`.
+fn default_key(dir: &Path) -> Result<Key, SettingsError> {
+    let named = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let base = named
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut key = String::from("steps-");
+    for c in base.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            c
+        } else {
+            '-'
+        };
+        // No "..": a key must not hold one.
+        if c == '.' && key.ends_with('.') {
+            key.push('-');
+        }
+        key.push(c);
+    }
+    let key: String = key.chars().take(crate::task::MAX_KEY_LEN).collect();
+    Key::parse(key.trim_end_matches('/')).map_err(|e| {
+        usage(
+            "--key",
+            format!("no default key can be made from DIR ({e}); give --key"),
+        )
+    })
+}
+
+/// `--target`, else the store's database when the store is postgres://.
+fn target_url(args: &StepsSetArgs, store: &StoreUrl) -> Result<Option<TargetUrl>, SettingsError> {
+    let raw = args.target.as_deref().filter(|t| !t.trim().is_empty());
+    #[cfg(feature = "postgres")]
+    {
+        let mut pg = match raw {
+            Some(t) => match StoreUrl::parse(t) {
+                Ok(StoreUrl::Postgres(pg)) => pg,
+                // Never quoted: a URL that did not parse may hold a password anywhere.
+                Err(crate::store::StoreUrlError::Invalid { url, why }) => {
+                    return Err(usage("--target", format!("{url} is invalid: {why}")));
+                }
+                Ok(_) | Err(_) => {
+                    return Err(usage(
+                        "--target",
+                        "expected a postgres://[USER@]HOST[:PORT]/DATABASE URL: SQL steps run \
+                         in PostgreSQL",
+                    ));
+                }
+            },
+            None => match store {
+                StoreUrl::Postgres(pg) => pg.clone(),
+                _ => {
+                    if args.target_password_file.is_some() {
+                        return Err(usage(
+                            "--target-password-file",
+                            "needs a target database (--target, or a postgres:// store)",
+                        ));
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        if let Some(file) = &args.target_password_file {
+            pg.password_file = Some(file.clone());
+        }
+        Ok(Some(pg))
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = store;
+        match raw {
+            Some(_) => Err(usage(
+                "--target",
+                "needs the postgres backend, which this build leaves out",
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn target_label(t: &TargetUrl) -> String {
+    t.redacted()
+}
+#[cfg(not(feature = "postgres"))]
+fn target_label(t: &TargetUrl) -> String {
+    match *t {}
+}
+
+fn allow(a: &StepsAllowArgs) -> Allow {
+    Allow {
+        changed: a.allow_changed,
+        missing: a.allow_missing,
+        out_of_order: a.out_of_order,
+    }
+}
+
+/// Refuse a set with SQL steps and nowhere to run them, before anything is contacted.
+fn check_target(set: &Set) -> Result<(), StepsError> {
+    if set.target.is_none()
+        && let Some(first) = set
+            .steps
+            .steps
+            .iter()
+            .find(|s| s.kind == crate::steps::Kind::Sql)
+    {
+        return Err(StepsError::NeedsTarget {
+            key: set.id.to_string(),
+            first: first.file.clone(),
+        });
+    }
+    Ok(())
+}
+
+async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, Failure> {
+    let store = store::open(url).await?;
+    info!(store = %url.redacted(), "store {}", store.describe());
+    Ok(store)
+}
+
+fn lock_ttl(raw: &str) -> Result<Duration, SettingsError> {
+    let ttl = settings::duration("--lock-ttl", raw)?;
+    if ttl < MIN_LOCK_TTL {
+        return Err(usage(
+            "--lock-ttl",
+            format!(
+                "{:?} is out of range: expected at least 1s and at most {MAX_DURATION_TEXT}",
+                raw.trim()
+            ),
+        ));
+    }
+    Ok(ttl)
+}
+
+fn adopt_tool(a: Option<AdoptArg>) -> Option<steps_run::Tool> {
+    #[cfg(feature = "postgres")]
+    {
+        use steps_run::Tool;
+        a.map(|a| match a {
+            AdoptArg::Flyway => Tool::Flyway,
+            AdoptArg::GolangMigrate => Tool::GolangMigrate,
+            AdoptArg::Sqlx => Tool::Sqlx,
+            AdoptArg::Dbmate => Tool::Dbmate,
+        })
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        let _ = a;
+        None
+    }
+}
+
+async fn apply(
+    url: &StoreChoice<'_>,
+    args: StepsApplyArgs,
+    signals: &mut Signals,
+) -> Result<u8, Failure> {
+    let set = resolve(url, &args.set)?;
+    if args.adopt.is_some() && set.target.is_none() {
+        return Err(usage(
+            "--adopt",
+            "needs a target database (--target URL, or a postgres:// store): adoption reads \
+             the tool's history table there",
+        )
+        .into());
+    }
+    check_target(&set)?;
+    let ttl = lock_ttl(&args.lock_ttl)?;
+    let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
+    let grace = settings::duration("--grace", &args.grace)?;
+    let label = set.target.as_ref().map(target_label);
+    let fp = steps_run::fingerprint(&set.steps, label.as_deref());
+    if args.dry_run {
+        return dry_run(&set, allow(&args.allow)).await;
+    }
+    let env_remove: Vec<String> = settings::STORE_ENV
+        .iter()
+        .chain(STEPS_ENV)
+        .map(|v| v.to_string())
+        .collect();
+    let script = ChildSpec {
+        argv: Vec::new(),
+        env: Vec::new(),
+        env_remove,
+        timeout: None,
+        grace,
+        capture: args.tail_bytes > 0,
+        tail_bytes: args.tail_bytes,
+    };
+    let plan = Plan {
+        id: set.id.clone(),
+        fingerprint: fp.value.clone(),
+        holder: Holder::from_env(),
+        acquire: AcquireOpts { ttl, wait_timeout },
+        // A failed step is fixed by a person, not by trying again at once.
+        retries: 0,
+        backoff: Duration::ZERO,
+        max_attempts: 0,
+        // An interrupted apply is resumed step by step; `--on-interrupted` judges script steps.
+        on_interrupted: OnInterrupted::Rerun,
+        done_if: None,
+        child: script.clone(),
+        history: args.history,
+        sql: None,
+    };
+    let opts = ApplyOptions {
+        set_name: set.id.key.to_string(),
+        allow: allow(&args.allow),
+        on_interrupted: match args.on_interrupted {
+            OnInterruptedArg::Rerun => OnInterrupted::Rerun,
+            OnInterruptedArg::Fail => OnInterrupted::Fail,
+        },
+        adopt: adopt_tool(args.adopt),
+        target: set.target.clone(),
+        lease_ttl: ttl,
+        script,
+        dir_label: set.dir_label.clone(),
+    };
+    let store = super::entry::interruptible(
+        signals,
+        "opening the store; nothing was applied",
+        open(&set.store),
+    )
+    .await?;
+    info!(key = %plan.id, fingerprint = %plan.fingerprint, "steps {} ({} step{}), fingerprint {}", plan.id, set.steps.steps.len(), if set.steps.steps.len() == 1 { "" } else { "s" }, plan.fingerprint);
+    match steps_run::apply(store.as_ref(), &plan, set.steps, opts, signals).await {
+        Ok(done) => {
+            if let crate::guard::Outcome::Succeeded { .. } = done.outcome {
+                info!(key = %plan.id, "applied {} step{} of {}", done.applied, if done.applied == 1 { "" } else { "s" }, plan.id);
+            }
+            Ok(done.outcome.exit_code())
+        }
+        Err(e) => {
+            if let Some(problems) = problems_of(&e) {
+                let _ = write!(std::io::stderr(), "{}", validate::problem_table(problems));
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The problems an apply was refused for, to show as a table above the error line.
+fn problems_of(e: &StepsError) -> Option<&[Problem]> {
+    match e {
+        StepsError::Invalid { problems, .. } => Some(problems),
+        #[cfg(feature = "postgres")]
+        StepsError::Target {
+            source: crate::steps::target::TargetError::Untrusted { problems, .. },
+            ..
+        } => Some(problems),
+        _ => None,
+    }
+}
+
+/// The set's history, read only: the target database's when there is one, else the record's
+/// (script steps applied before the set had a target count too, see `run::merged`).
+async fn history(set: &Set, store: &dyn Store) -> Result<Vec<Applied>, Failure> {
+    let recorded = store
+        .read(&set.id)
+        .await?
+        .map(|r| r.steps)
+        .unwrap_or_default();
+    match &set.target {
+        Some(t) => Ok(steps_run::merged(target_history(set, t).await?, &recorded)),
+        None => Ok(recorded),
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
+    let target = crate::steps::target::Target::connect(t, &Default::default())
+        .await
+        .map_err(|e| steps_target_err(set, e))?;
+    target
+        .history(set.id.key.as_str())
+        .await
+        .map_err(|e| steps_target_err(set, e))
+}
+#[cfg(not(feature = "postgres"))]
+async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
+    let _ = set;
+    match *t {}
+}
+
+#[cfg(feature = "postgres")]
+fn steps_target_err(set: &Set, e: crate::steps::target::TargetError) -> Failure {
+    StepsError::Target {
+        key: set.id.to_string(),
+        source: e,
+    }
+    .into()
+}
+
+async fn dry_run(set: &Set, allow: Allow) -> Result<u8, Failure> {
+    let store = open(&set.store).await?;
+    let history = history(set, store.as_ref()).await?;
+    let v = validate::check(&set.steps, &history, allow);
+    let mut out = std::io::stdout();
+    if !v.errors.is_empty() {
+        let _ = write!(out, "{}", validate::problem_table(&v.errors));
+        return Err(StepsError::Problems {
+            key: set.id.to_string(),
+            problems: v.errors,
+        }
+        .into());
+    }
+    if !v.warnings.is_empty() {
+        let _ = write!(out, "{}", validate::problem_table(&v.warnings));
+    }
+    let _ = write!(out, "{}", plan_table(&v.plan));
+    Ok(crate::exit::OK)
+}
+
+/// What `--dry-run` prints: the steps that would run, in order, and why each is in the plan.
+fn plan_table(plan: &[crate::steps::Planned]) -> String {
+    if plan.is_empty() {
+        return "nothing to apply: every step is applied\n".into();
+    }
+    let mut rows = vec![vec![
+        "#".to_string(),
+        "Version".into(),
+        "Description".into(),
+        "Kind".into(),
+        "File".into(),
+        "Previous".into(),
+    ]];
+    for (i, p) in plan.iter().enumerate() {
+        let previous = match p.previous {
+            crate::steps::Previous::None => "none".to_string(),
+            crate::steps::Previous::Failed => "failed".into(),
+            crate::steps::Previous::Interrupted if p.resume_at > 0 => {
+                format!("interrupted (resumes at statement {})", p.resume_at + 1)
+            }
+            crate::steps::Previous::Interrupted => "interrupted".into(),
+            crate::steps::Previous::Changed => "changed".into(),
+        };
+        let version = match &p.step.id {
+            crate::steps::StepId::Versioned(v) => v.text.clone(),
+            crate::steps::StepId::Repeatable(_) => "R".into(),
+        };
+        rows.push(vec![
+            (i + 1).to_string(),
+            version,
+            p.step.description.clone(),
+            p.step.kind.to_string(),
+            p.step.file.clone(),
+            previous,
+        ]);
+    }
+    super::report::table(rows)
+}
+
+async fn status(url: &StoreChoice<'_>, args: StepsStatusArgs) -> Result<u8, Failure> {
+    let set = resolve(url, &args.set)?;
+    let store = open(&set.store).await?;
+    let history = history(&set, store.as_ref()).await?;
+    let v = validate::check(&set.steps, &history, Allow::default());
+    let mut problems: Vec<Problem> = v.errors;
+    problems.extend(v.warnings);
+    problems.extend(invalid_indexes(&set).await?);
+    let rows = status::rows(&set.steps, &history);
+    let mut out = std::io::stdout();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&status::json(&rows, &problems)).unwrap_or_default()
+        );
+    } else {
+        let _ = write!(out, "{}", status::table(&rows));
+        if !problems.is_empty() {
+            let _ = writeln!(out);
+            let _ = write!(out, "{}", validate::problem_table(&problems));
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+#[cfg(feature = "postgres")]
+async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
+    let Some(t) = &set.target else {
+        return Ok(Vec::new());
+    };
+    let target = crate::steps::target::Target::connect(t, &Default::default())
+        .await
+        .map_err(|e| steps_target_err(set, e))?;
+    target
+        .invalid_indexes()
+        .await
+        .map_err(|e| steps_target_err(set, e))
+}
+#[cfg(not(feature = "postgres"))]
+async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
+    let _ = set;
+    Ok(Vec::new())
+}
+
+async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, Failure> {
+    let set = resolve(url, &args.set)?;
+    let store = open(&set.store).await?;
+    let history = history(&set, store.as_ref()).await?;
+    let v = validate::check(&set.steps, &history, allow(&args.allow));
+    // An INVALID index is a problem no --allow-* accepts: validate fails on it (for CI).
+    let mut errors = v.errors;
+    errors.extend(invalid_indexes(&set).await?);
+    let mut shown = errors.clone();
+    shown.extend(v.warnings.iter().cloned());
+    let mut out = std::io::stdout();
+    if shown.is_empty() {
+        info!(key = %set.id, "{}: {} step{}, no problems", set.id, set.steps.steps.len(), if set.steps.steps.len() == 1 { "" } else { "s" });
+        return Ok(crate::exit::OK);
+    }
+    let _ = write!(out, "{}", validate::problem_table(&shown));
+    if errors.is_empty() {
+        return Ok(crate::exit::OK);
+    }
+    Err(StepsError::Problems {
+        key: set.id.to_string(),
+        problems: errors,
+    }
+    .into())
+}
+
+async fn repair(url: &StoreChoice<'_>, args: StepsRepairArgs) -> Result<u8, Failure> {
+    let set = resolve(url, &args.set)?;
+    let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
+    let store = open(&set.store).await?;
+    let holder = Holder::from_env();
+    let opts = AcquireOpts {
+        ttl: Duration::from_secs(30),
+        wait_timeout,
+    };
+    let lease = match acquire(store.as_ref(), &set.id, &holder, opts, None).await? {
+        Acquired::Lease(lease) => lease,
+        // Not asked for (no fingerprint to wait for).
+        Acquired::DoneMeanwhile(_) => return Ok(crate::exit::OK),
+    };
+    let changes = repair_under(&set, store.as_ref(), &lease, &holder).await;
+    let released = store.release(lease).await;
+    let changes = changes?;
+    if let Err(e) = released {
+        tracing::warn!(key = %set.id, "could not release the lease (it lapses on its own): {e}");
+    }
+    let mut out = std::io::stdout();
+    if changes.is_empty() {
+        let _ = writeln!(out, "nothing to repair: the history matches the files");
+    }
+    for c in &changes {
+        let _ = writeln!(out, "{c}");
+    }
+    Ok(crate::exit::OK)
+}
+
+async fn repair_under(
+    set: &Set,
+    store: &dyn Store,
+    lease: &crate::store::Lease,
+    holder: &Holder,
+) -> Result<Vec<String>, Failure> {
+    #[cfg(feature = "postgres")]
+    if let Some(t) = &set.target {
+        let target = crate::steps::target::Target::connect(t, &Default::default())
+            .await
+            .map_err(|e| steps_target_err(set, e))?;
+        let run = crate::steps::RunInfo {
+            token: lease.token,
+            holder: holder.identity(),
+        };
+        let name = set.id.key.as_str();
+        target
+            .begin(name, run.token, &run.holder)
+            .await
+            .map_err(|e| steps_target_err(set, e))?;
+        return target
+            .repair(name, &set.steps, &run)
+            .await
+            .map_err(|e| steps_target_err(set, e));
+    }
+    let _ = holder;
+    let Some(mut rec) = store.read(&set.id).await? else {
+        return Ok(Vec::new());
+    };
+    let changes = steps_run::repair_record(&set.steps, &mut rec);
+    if !changes.is_empty() {
+        rec.token = lease.token;
+        rec.updated_at = chrono::Utc::now();
+        store.write(lease, &rec).await?;
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_keys_are_valid_keys_made_from_the_base_name() {
+        let key = |d: &str| default_key(Path::new(d)).map(|k| k.as_str().to_string());
+        assert_eq!(key("/no/such/db/migrations").unwrap(), "steps-migrations");
+        assert_eq!(
+            key("/no/such/My Migrations!").unwrap(),
+            "steps-My-Migrations-"
+        );
+        assert_eq!(key("/no/such/a..b").unwrap(), "steps-a.-.b");
+        assert_eq!(key("/no/such/x/").unwrap(), "steps-x");
+        let long = format!("/no/such/{}", "m".repeat(300));
+        assert_eq!(key(&long).unwrap().len(), crate::task::MAX_KEY_LEN);
+        assert_eq!(key("/").unwrap(), "steps-");
+    }
+}

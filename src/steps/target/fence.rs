@@ -1,0 +1,109 @@
+//! Fencing and durability of a steps run in the target database.
+//!
+//! `begin` registers the run's fencing token for the set in `steps_fence`, refusing a lower one.
+//! Every step transaction starts by locking that row and checking the token (`steps_check_v1`),
+//! then runs the step, then writes its history row, then commits: exactly once, even when an
+//! older applier was killed or paused mid-step. Its transaction holds the fence row lock, so a
+//! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
+//! has committed or rolled back, and the history read after it includes whatever it committed;
+//! a step transaction of the older applier arriving afterwards finds the newer token and rolls
+//! back. A killed applier's step transaction is one message, already wholly with the server,
+//! which ends it without the client: committed, or rolled back should it notice the client gone
+//! first; either way the step and its row together.
+//!
+//! `finish` makes the run durable. Step transactions commit with `synchronous_commit = off`:
+//! "the server returns success as soon as the transaction is logically completed, before the
+//! WAL records it generated have actually made their way to disk" (PostgreSQL documentation,
+//! "Asynchronous Commit", <https://www.postgresql.org/docs/current/wal-async-commit.html>),
+//! skipping the flush that dominates a small transaction; unlike `fsync = off` it cannot
+//! corrupt anything, only lose the latest commits in a crash. The WAL is one sequential log, and
+//! a synchronous commit waits until it is flushed up to its own commit record (`XLogFlush(upto)`
+//! in `src/backend/access/transam/xlog.c` writes and flushes everything before `upto`), which
+//! lies after the commit records of every earlier asynchronous commit: once one synchronous
+//! commit returns, all of them are on disk. An effect and its history row commit together, so a
+//! crash before the flush loses both, never one: the next run applies the step again, once.
+//! `finish` commits one transaction that has a transaction id (so it writes a commit record)
+//! synchronously; when it returns, every step of the run is on disk (and on synchronous standbys, as the server's
+//! `synchronous_commit` says). A failed step's `failed` row is committed synchronously too, so
+//! the steps before a failure are durable without `finish`.
+
+use super::conn::Target;
+use super::error::TargetError;
+use super::rows::token_i64;
+use super::tables;
+use crate::store::postgres::quote_ident;
+
+impl Target {
+    /// Create the steps tables when missing, and register `token` as the set's newest fencing
+    /// token (waiting for an older applier's step transaction in flight to end). A lower token
+    /// than the registered one is refused (`Fenced`); the same one is accepted again.
+    pub async fn begin(&self, set: &str, token: u64, holder: &str) -> Result<(), TargetError> {
+        self.exclusive(async {
+        tables::ensure(&self.conn, &self.schema)
+            .await
+            .map_err(|e| self.db_err("creating the steps tables", &e))?;
+        let t = format!("{}.steps_fence", quote_ident(&self.schema));
+        let ours = token_i64(token);
+        let row = self
+            .conn
+            .client
+            .query_opt(
+                &format!(
+                    "INSERT INTO {t} AS f (set_name, token, holder) VALUES ($1, $2, $3)
+                     ON CONFLICT (set_name) DO UPDATE
+                     SET token = EXCLUDED.token, holder = EXCLUDED.holder, updated_at = clock_timestamp()
+                     WHERE f.token <= EXCLUDED.token
+                     RETURNING token"
+                ),
+                &[&set, &ours, &holder],
+            )
+            .await
+            .map_err(|e| self.db_err("registering the fencing token", &e))?;
+        if row.is_none() {
+            let newer: i64 = self
+                .conn
+                .client
+                .query_one(
+                    &format!("SELECT token FROM {t} WHERE set_name = $1"),
+                    &[&set],
+                )
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| self.db_err("reading the fencing token", &e))?;
+            return Err(TargetError::Fenced {
+                set: set.to_string(),
+                token,
+                newer: u64::try_from(newer).unwrap_or_default(),
+            });
+        }
+        tracing::debug!(set, token, "steps fence registered in the target database");
+        Ok(())
+    })
+        .await
+    }
+
+    /// One synchronous commit (see the module comment): every step committed before it is
+    /// durable once it returns. A server whose own default is `synchronous_commit = off` is
+    /// asked for `on` for this one transaction.
+    pub async fn finish(&self) -> Result<(), TargetError> {
+        self.exclusive(async {
+            let res = self
+                .conn
+                .client
+                .batch_execute(
+                    "BEGIN;\
+                 SELECT set_config('synchronous_commit', 'on', true) \
+                  WHERE current_setting('synchronous_commit') = 'off';\
+                 SELECT txid_current();\
+                 COMMIT",
+                )
+                .await;
+            if let Err(e) = res {
+                let _ = self.conn.client.batch_execute("ROLLBACK").await;
+                return Err(self.db_err("making the applied steps durable", &e));
+            }
+            Ok(())
+        })
+        .await
+    }
+}

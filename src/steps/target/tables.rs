@@ -1,0 +1,132 @@
+//! The steps tables in the target database: `steps_fence` (the newest token per set),
+//! `steps_history` (one row per step) and the check function every step transaction calls.
+//! Created on the first `begin`, never by a status read; must never drop or rewrite rows.
+//!
+//! Created under the same transaction-scoped advisory lock as the store's own tables
+//! (`schema_lock_key`): `CREATE … IF NOT EXISTS` alone races (two creators both pass the check
+//! and one fails with a unique violation on `pg_type` or `pg_namespace`), and the lock also
+//! orders them against a PG store creating its tables in the same schema at the same moment.
+//! Under the lock every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so the
+//! second creator just finds everything there.
+//!
+//! Layout changes are made by a new `steps_check_vN` function created in the same transaction as
+//! the `ALTER TABLE … ADD COLUMN IF NOT EXISTS` they need: the function's presence is the layout
+//! marker, found in one cheap query (`ready`), and older builds keep calling the function they
+//! know.
+
+use crate::store::postgres::{Conn, quote_ident, schema_lock_key};
+
+/// The check function of this layout, with its argument types (for `to_regprocedure`).
+const CHECK_FN: &str = "steps_check_v1";
+const CHECK_ARGS: &str = "(text,bigint,text,text,boolean)";
+
+/// SQLSTATE raised by the check function when the set's fence holds another token.
+pub(crate) const FENCED: &str = "IGF01";
+/// SQLSTATE raised when the step is already applied (as it is now).
+pub(crate) const ALREADY_APPLIED: &str = "IGA01";
+
+/// The DDL; `{s}` is the quoted schema.
+const DDL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS {s};
+-- The newest fencing token per set: every step transaction locks its row and checks it, so a
+-- newer applier's `begin` waits for an older one's transaction in flight, and an older applier
+-- arriving later is refused.
+CREATE TABLE IF NOT EXISTS {s}.steps_fence (
+    set_name    text PRIMARY KEY,
+    token       bigint NOT NULL,
+    holder      text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- One row per step of a set, updated in place.
+CREATE TABLE IF NOT EXISTS {s}.steps_history (
+    set_name        text NOT NULL,
+    step            text NOT NULL,    -- versioned: the version's parts joined by '.'; repeatable: 'R:' || description
+    version         text,             -- as the file name writes it; NULL for a repeatable step
+    description     text NOT NULL,
+    kind            text NOT NULL,    -- 'sql' or 'script'
+    file            text,
+    checksum        text,             -- 'sha256:…'
+    state           text NOT NULL CHECK (state IN ('applied', 'failed', 'running')),
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    duration_ms     bigint,
+    holder          text NOT NULL,
+    token           bigint NOT NULL,
+    statements_done integer NOT NULL DEFAULT 0,
+    error           text,
+    adopted_from    text,
+    PRIMARY KEY (set_name, step)
+);
+-- Called first in every step transaction: locks the set's fence row (held until the
+-- transaction ends), refuses another token, and refuses a step that history already has as
+-- applied (for a repeatable step: with this checksum).
+CREATE OR REPLACE FUNCTION {s}.steps_check_v1(
+    p_set text, p_token bigint, p_step text, p_checksum text, p_repeatable boolean
+) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    t  bigint;
+    st text;
+    ck text;
+BEGIN
+    SELECT token INTO t FROM {s}.steps_fence WHERE set_name = p_set FOR UPDATE;
+    IF t IS DISTINCT FROM p_token THEN
+        RAISE EXCEPTION 'initguard: steps of % are fenced by token %', p_set, coalesce(t::text, 'none')
+            USING ERRCODE = 'IGF01', DETAIL = coalesce(t::text, '0');
+    END IF;
+    IF p_step IS NOT NULL THEN
+        SELECT state, checksum INTO st, ck FROM {s}.steps_history
+         WHERE set_name = p_set AND step = p_step;
+        IF st = 'applied' AND (NOT p_repeatable OR ck IS NOT DISTINCT FROM p_checksum) THEN
+            RAISE EXCEPTION 'initguard: step % of % is already applied', p_step, p_set
+                USING ERRCODE = 'IGA01';
+        END IF;
+    END IF;
+END
+$fn$;
+"#;
+
+/// `schema.steps_check_v1`, quoted, for calls.
+pub(crate) fn check_fn(schema: &str) -> String {
+    format!("{}.{CHECK_FN}", quote_ident(schema))
+}
+
+/// Whether this layout is in place (one query; creates nothing).
+pub(crate) async fn ready(conn: &Conn, schema: &str) -> Result<bool, tokio_postgres::Error> {
+    let name = format!("{}.{CHECK_FN}{CHECK_ARGS}", quote_ident(schema));
+    conn.client
+        .query_one("SELECT to_regprocedure($1) IS NOT NULL", &[&name])
+        .await?
+        .try_get(0)
+}
+
+/// Create the tables and the function when missing. Safe when several appliers (and a PG store)
+/// do it at once: serialised by the schema's advisory lock, every statement idempotent. One
+/// message (lock, DDL, commit), so that the transaction is never left idle between messages.
+pub(crate) async fn ensure(conn: &Conn, schema: &str) -> Result<(), tokio_postgres::Error> {
+    if ready(conn, schema).await? {
+        return Ok(());
+    }
+    let sql = format!(
+        "BEGIN;SELECT pg_advisory_xact_lock({});{};COMMIT",
+        schema_lock_key(schema),
+        DDL.replace("{s}", &quote_ident(schema))
+    );
+    if let Err(e) = conn.client.batch_execute(&sql).await {
+        let _ = conn.client.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
+    tracing::info!(schema, "initguard's steps tables are in schema {schema}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_function_raises_the_codes_the_client_matches() {
+        assert!(DDL.contains(&format!("ERRCODE = '{FENCED}'")));
+        assert!(DDL.contains(&format!("ERRCODE = '{ALREADY_APPLIED}'")));
+        assert!(DDL.contains(&format!("{{s}}.{CHECK_FN}(")));
+    }
+}

@@ -1,0 +1,514 @@
+//! `initguard steps` against a real PostgreSQL target (tests/support/pg.rs), through the built
+//! binary: SQL steps applied once, the skip that never connects to the target, the store's
+//! database as the default target, a failed step's message and what stays applied, status and
+//! validation from the target's history, repair there, script steps' history in the target,
+//! concurrent appliers. Side effects are counted and asserted exactly.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use support::pg::{self, Pg};
+use support::{bin, code, lines, stderr, wait_for};
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+    pg: Pg,
+}
+
+impl Fx {
+    fn start() -> Option<Fx> {
+        let pg = Pg::start()?;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let dir = root.join("db");
+        fs::create_dir(&dir).unwrap();
+        Some(Fx {
+            log: root.join("log"),
+            dir,
+            root,
+            pg,
+            _tmp: tmp,
+        })
+    }
+
+    /// `initguard` with `store`; no password anywhere but in PGPASSWORD.
+    fn ig(&self, store: &str) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(&self.root)
+            .env("INITGUARD_STORE", store)
+            .env("INITGUARD_LOG", "info")
+            .env("PGPASSWORD", pg::APP_PASSWORD)
+            .env("LOG", &self.log)
+            .env_remove("PGPASSFILE")
+            .env_remove("INITGUARD_STEPS_TARGET")
+            .env_remove("INITGUARD_KEY")
+            .env_remove("INITGUARD_FENCING_TOKEN")
+            .env_remove("POD_UID")
+            .env_remove("NODE_NAME")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn file_store(&self) -> String {
+        format!("file:{}", self.root.join("state").display())
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            pg::APP_USER,
+            self.pg.port,
+            pg::TARGET_DB
+        )
+    }
+
+    /// `steps SUB DIR` on the file store with `--target` the target database.
+    fn steps(&self, sub: &str, extra: &[&str]) -> Output {
+        self.ig(&self.file_store())
+            .args(["steps", sub])
+            .arg(&self.dir)
+            .args(["--target", &self.target()])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn sql(&self, name: &str, text: &str) {
+        fs::write(self.dir.join(name), text).unwrap();
+    }
+
+    fn script(&self, name: &str, body: &str) {
+        let path = self.dir.join(name);
+        fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"$INITGUARD_STEP_VERSION $INITGUARD_PREVIOUS\" >> \"$LOG\"\n{body}\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn query(&self, db: &str, sql: &str) -> String {
+        self.pg.sql_in(db, sql)
+    }
+
+    /// `state` of every history row of the set, in step order.
+    fn history(&self, db: &str, set: &str) -> Vec<String> {
+        self.query(
+            db,
+            &format!(
+                "SELECT step || ' ' || state FROM initguard.steps_history WHERE set_name = '{set}' ORDER BY started_at, step"
+            ),
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn last_line(o: &Output) -> String {
+    stderr(o).lines().last().unwrap_or_default().to_string()
+}
+
+fn three_tables(fx: &Fx) {
+    fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
+    fx.sql(
+        "V2__two.sql",
+        "CREATE TABLE t2 (id int primary key);\nINSERT INTO t2 VALUES (1), (2);\n",
+    );
+    fx.sql("V3__three.sql", "CREATE TABLE t3 (id int primary key);\n");
+}
+
+#[test]
+fn sql_steps_apply_once_and_a_second_start_skips_without_the_target() {
+    let Some(mut fx) = Fx::start() else { return };
+    three_tables(&fx);
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("applied 3 steps of steps-db"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fx.query(pg::TARGET_DB, "SELECT count(*) FROM t2"), "2");
+    let rows = fx.query(
+        pg::TARGET_DB,
+        "SELECT count(*) FROM initguard.steps_history WHERE set_name = 'steps-db' AND state = 'applied'",
+    );
+    assert_eq!(rows, "3");
+    // The password never reaches the record or the output.
+    let state = fs::read_to_string(fx.root.join("state/steps-db.json")).unwrap_or_default();
+    assert!(!state.contains(pg::APP_PASSWORD));
+    assert!(!stderr(&out).contains(pg::APP_PASSWORD));
+
+    // Nothing new: skipped from the record alone, with the database gone.
+    fx.pg.kill();
+    let again = fx.steps("apply", &[]);
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stderr(&again).contains("skipped"), "{}", stderr(&again));
+}
+
+#[test]
+fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_before_it() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
+    fx.sql(
+        "V2__bad.sql",
+        "CREATE TABLE t2 (id int primary key);\n\nINSERT INTO t2 VALUES ('not a number');\n",
+    );
+    fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
+    let store = fx.pg.url_without_password();
+    let apply = || {
+        fx.ig(&store)
+            .args(["steps", "apply"])
+            .arg(&fx.dir)
+            .output()
+            .unwrap()
+    };
+    let out = apply();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(line.contains("(V2__bad.sql) failed"), "{line}");
+    assert!(
+        line.contains("line 3, column 24"),
+        "where in the file: {line}"
+    );
+    assert!(
+        line.contains("not a number") || line.contains("invalid input"),
+        "{line}"
+    );
+    let tables = fx.query(
+        pg::APP_DB,
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables, "t1", "V1 applied, V2 rolled back, V3 not run");
+    assert_eq!(
+        fx.history(pg::APP_DB, "steps-db"),
+        ["1 applied", "2 failed"]
+    );
+
+    // Fixed: the failed step runs, then the next one.
+    fx.sql("V2__bad.sql", "CREATE TABLE t2 (id int primary key);\n");
+    let out = apply();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let tables = fx.query(
+        pg::APP_DB,
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables, "t1,t2,t3");
+}
+
+#[test]
+fn status_validate_and_repair_read_and_fix_the_target_history() {
+    let Some(fx) = Fx::start() else { return };
+    three_tables(&fx);
+    assert_eq!(code(&fx.steps("apply", &[])), 0);
+    fx.sql("V4__four.sql", "CREATE TABLE t4 (id int);\n");
+    fx.sql(
+        "V1__one.sql",
+        "CREATE TABLE t1 (id int primary key); -- edited\n",
+    );
+
+    let out = fx.steps("status", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("one") && l.contains("changed")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("four") && l.contains("pending")),
+        "{table}"
+    );
+    let out = fx.steps("status", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(4), "{json}");
+    assert_eq!(json["problems"][0]["kind"], "changed", "{json}");
+
+    let out = fx.steps("validate", &[]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stdout(&out).contains("V1__one.sql"), "{}", stdout(&out));
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't4'"
+        ),
+        "0",
+        "refused before anything was applied"
+    );
+    let out = fx.steps("repair", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !stdout(&out).trim().is_empty(),
+        "repair says what it changed"
+    );
+    assert_eq!(code(&fx.steps("validate", &[])), 0);
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't4'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn dry_run_reads_the_target_and_changes_nothing() {
+    let Some(fx) = Fx::start() else { return };
+    three_tables(&fx);
+    let out = fx.steps("apply", &["--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let plan = stdout(&out);
+    assert_eq!(
+        plan.lines().filter(|l| l.contains(".sql")).count(),
+        3,
+        "{plan}"
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"
+        ),
+        "0",
+        "not even the history table"
+    );
+    assert!(!fx.root.join("state").exists(), "no record, no lease");
+}
+
+#[test]
+fn script_steps_keep_their_history_in_the_target_and_an_interrupted_one_reruns() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql("V1__table.sql", "CREATE TABLE t1 (id int);\n");
+    fx.script(
+        "V2__load.sh",
+        "[ -e \"$LOG.slow\" ] && sleep 60\necho done >> \"$LOG\"",
+    );
+    fs::write(fx.log.with_extension("slow"), "").unwrap();
+    let store = fx.pg.url_without_password();
+    let spawn = |extra: &[&str]| -> Child {
+        fx.ig(&store)
+            .args(["steps", "apply"])
+            .arg(&fx.dir)
+            .args(["--lock-ttl", "2s"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&[]);
+    wait_for("the script step to start", Duration::from_secs(30), || {
+        lines(&fx.log).len() == 1
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fs::remove_file(fx.log.with_extension("slow")).unwrap();
+    assert_eq!(
+        fx.history(pg::APP_DB, "steps-db"),
+        ["1 applied", "2 running"]
+    );
+
+    let out = spawn(&["--on-interrupted", "fail"])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        last_line(&out).contains("initguard steps repair"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = spawn(&[]).wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&fx.log), ["2 none", "2 interrupted", "done"]);
+    assert_eq!(
+        fx.history(pg::APP_DB, "steps-db"),
+        ["1 applied", "2 applied"]
+    );
+}
+
+#[test]
+fn concurrent_appliers_apply_each_step_once_and_the_rest_skip() {
+    let Some(fx) = Fx::start() else { return };
+    for v in 1..=20 {
+        fx.sql(
+            &format!("V{v}__t{v}.sql"),
+            &format!("CREATE TABLE t{v} (id int primary key);\n"),
+        );
+    }
+    let store = fx.pg.url_without_password();
+    let children: Vec<Child> = (0..6)
+        .map(|_| {
+            fx.ig(&store)
+                .args(["steps", "apply"])
+                .arg(&fx.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut appliers = 0;
+    for o in &outs {
+        assert_eq!(code(o), 0, "{}", stderr(o));
+        if stderr(o).contains("applied 20 steps") {
+            appliers += 1;
+        } else {
+            assert!(stderr(o).contains("skipped"), "{}", stderr(o));
+        }
+    }
+    assert_eq!(appliers, 1);
+    assert_eq!(
+        fx.query(
+            pg::APP_DB,
+            "SELECT count(*) || ' ' || count(DISTINCT step) FROM initguard.steps_history WHERE set_name = 'steps-db'"
+        ),
+        "20 20"
+    );
+}
+
+#[test]
+fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_version() {
+    let Some(fx) = Fx::start() else { return };
+    // golang-migrate's own layout: one row, the current version, and its dirty flag.
+    for v in 1..=3 {
+        fx.sql(
+            &format!("{v:06}_t{v}.up.sql"),
+            &format!("CREATE TABLE t{v} (id int);\n"),
+        );
+        fx.sql(
+            &format!("{v:06}_t{v}.down.sql"),
+            &format!("DROP TABLE t{v};\n"),
+        );
+    }
+    fx.query(
+        pg::TARGET_DB,
+        "CREATE TABLE t1 (id int); CREATE TABLE t2 (id int); \
+         CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL); \
+         INSERT INTO schema_migrations VALUES (2, true); \
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO app",
+    );
+    let out = fx.steps("apply", &["--adopt", "golang-migrate"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("dirty"), "{}", stderr(&out));
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
+        ),
+        "0",
+        "nothing applied"
+    );
+
+    fx.query(pg::TARGET_DB, "UPDATE schema_migrations SET dirty = false");
+    let out = fx.steps("apply", &["--adopt", "golang-migrate"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("adopted 2 steps"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("applied 1 step of"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn script_steps_applied_before_the_set_had_a_target_are_not_run_again() {
+    let Some(fx) = Fx::start() else { return };
+    fx.script("V1__seed.sh", "");
+    let out = fx
+        .ig(&fx.file_store())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.sql("V2__table.sql", "CREATE TABLE t2 (id int);\n");
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&fx.log), ["1 none"], "the script ran once");
+    assert_eq!(fx.history(pg::TARGET_DB, "steps-db"), ["2 applied"]);
+    let out = fx.steps("status", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "applied"], "{json}");
+}
+
+/// An apply longer than its lease, of many short steps: the lease is renewed as it goes.
+#[test]
+fn a_long_apply_of_short_steps_keeps_its_lease() {
+    let Some(fx) = Fx::start() else { return };
+    for v in 1..=1000 {
+        fx.sql(
+            &format!("V{v}__t{v}.sql"),
+            &format!("CREATE TABLE t{v} (id int);\n"),
+        );
+    }
+    let store = fx.pg.url_without_password();
+    let started = std::time::Instant::now();
+    let out = fx
+        .ig(&store)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .args(["--lock-ttl", "1s"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("applied 1000 steps"),
+        "{}",
+        stderr(&out)
+    );
+    // Printed, never asserted (debug build, shared machine).
+    let timed = |sub: &str| {
+        let t = std::time::Instant::now();
+        let out = fx
+            .ig(&store)
+            .args(["steps", sub])
+            .arg(&fx.dir)
+            .env("INITGUARD_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        t.elapsed()
+    };
+    let noop = timed("apply");
+    let status = timed("status");
+    eprintln!(
+        "1000 steps: apply under a 1s lease {took:?}, no-op apply {noop:?}, status {status:?}"
+    );
+}
