@@ -128,6 +128,13 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     let t = fx.target().await;
     // A status read on a database that never saw initguard: empty, and nothing created.
     assert!(t.history(SET).await.unwrap().is_empty());
+    assert!(t.invalid_indexes().await.unwrap().is_empty());
+    let early = fx.step("V0_9__early.sql", "SELECT 1;");
+    assert!(matches!(
+        t.apply(SET, &plan(&early), &run(7)).await,
+        Err(TargetError::NotBegun { .. })
+    ));
+    std::fs::remove_file(&early.path).unwrap();
     assert_eq!(
         fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
         "0"
