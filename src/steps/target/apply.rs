@@ -22,11 +22,11 @@
 //! interrupted or failed step resumes at the first statement not recorded done, as history (read
 //! under the fence, so newer than any plan) says; the count is by position, so a file edited
 //! after a partial run resumes at the same index (its checksum change is validation's to report
-//! first). When that
-//! statement is a `CREATE [UNIQUE] INDEX CONCURRENTLY name`, the index an interruption or
-//! failure left INVALID is dropped first (`DROP INDEX CONCURRENTLY`) so that re-running the
-//! statement builds a valid one; and when an interrupted run left a *valid* index of that name,
-//! the statement completed before its progress was recorded, and counts as done. Between the
+//! first). When that statement is a `CREATE [UNIQUE] INDEX CONCURRENTLY name`, the index an
+//! interruption or failure left INVALID is dropped first (`DROP INDEX CONCURRENTLY`) so that
+//! running the statement again builds a valid one; and when an interrupted run left a *valid*
+//! index of that name, the statement completed before its progress was recorded, and counts as
+//! done. Between the
 //! fence check and a statement a newer applier may take over (the lease lapsed): it would run
 //! that one statement too. No lock can prevent that without making the newer applier wait
 //! inside a transaction, which is exactly what deadlocks `CREATE INDEX CONCURRENTLY`; the lease
