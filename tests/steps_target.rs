@@ -128,6 +128,13 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     let t = fx.target().await;
     // A status read on a database that never saw initguard: empty, and nothing created.
     assert!(t.history(SET).await.unwrap().is_empty());
+    assert!(t.invalid_indexes().await.unwrap().is_empty());
+    let early = fx.step("V0_9__early.sql", "SELECT 1;");
+    assert!(matches!(
+        t.apply(SET, &plan(&early), &run(7)).await,
+        Err(TargetError::NotBegun { .. })
+    ));
+    std::fs::remove_file(&early.path).unwrap();
     assert_eq!(
         fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
         "0"
@@ -259,7 +266,7 @@ async fn a_failed_step_rolls_back_and_is_recorded_with_its_line_and_column_in_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transaction_control_and_unterminated_text_are_refused_before_anything_is_sent() {
+async fn transaction_control_is_refused_before_anything_is_sent() {
     let fx = fixture!();
     let t = fx.target().await;
     let info = run(1);
@@ -276,14 +283,20 @@ async fn transaction_control_and_unterminated_text_are_refused_before_anything_i
         "{text}"
     );
     assert!(text.contains("-- initguard:no-transaction"), "{text}");
+    // Text that ends inside a literal is its own message: the server rejects it, located.
     let open = fx.step("V2__open.sql", "CREATE TABLE z (id int);\nSELECT 'oops");
-    let err = t.apply(SET, &plan(&open), &info).await.unwrap_err();
-    assert!(err.to_string().contains("line 2, column 8"), "{err}");
+    match t.apply(SET, &plan(&open), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.line_col, Some((2, 8)), "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         fx.sql("SELECT count(*) FROM pg_class WHERE relname IN ('x', 'y', 'z')"),
         "0"
     );
-    assert!(t.history(SET).await.unwrap().is_empty());
+    let h = t.history(SET).await.unwrap();
+    assert_eq!(h.len(), 1, "only the failed V2 has a row: {h:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1110,4 +1123,23 @@ async fn a_role_without_create_is_refused_as_forbidden_and_can_still_read_status
         fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
         "0"
     );
+}
+
+/// The URL's `schema=` holds the steps tables, as it holds the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_urls_schema_parameter_holds_the_steps_tables() {
+    let fx = fixture!();
+    let url = PgUrl::parse(&format!("{}?schema=ops", fx.pg.url_for(TARGET_DB))).unwrap();
+    let t = Target::connect(&url, &TargetOptions::default())
+        .await
+        .unwrap();
+    t.begin(SET, 1, "h").await.unwrap();
+    let s = fx.step("V1__a.sql", "CREATE TABLE a (id int);");
+    t.apply(SET, &plan(&s), &run(1)).await.unwrap();
+    assert_eq!(fx.sql("SELECT count(*) FROM ops.steps_history"), "1");
+    assert_eq!(
+        fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
+        "0"
+    );
+    assert_eq!(t.history(SET).await.unwrap().len(), 1);
 }
