@@ -458,19 +458,19 @@ impl<'a> Guard<'a> {
             if let Err(reason) = heartbeat.ensure_fresh(store, lease).await {
                 return Err(self.lease_lost(lease, reason));
             }
-            let (res, why) = match &plan.sql {
-                None if self.body.is_some() => {
-                    self.run_body(lease, &mut rec, signals, &mut heartbeat, previous)
+            let (res, why) = match (&plan.sql, self.body) {
+                (None, Some(body)) => {
+                    self.run_body(body, lease, &mut rec, signals, &mut heartbeat, previous)
                         .await?
                 }
-                None => {
+                (None, None) => {
                     let watch = self.supervision(lease, &heartbeat);
                     (
                         runner::run(&spec, signals, heartbeat.lost(store, lease), watch).await,
                         None,
                     )
                 }
-                Some(sql) => match self
+                (Some(sql), _) => match self
                     .run_sql(lease, sql, &rec, signals, &mut heartbeat)
                     .await?
                 {
@@ -594,24 +594,23 @@ impl<'a> Guard<'a> {
         heartbeat: &mut Heartbeat,
     ) -> Result<(), GuardError> {
         let plan = self.plan;
-        let not_recorded = |cause| {
-            GuardError::SuccessNotRecorded {
+        let next = match (&plan.done_if, plan.on_interrupted) {
+            _ if self.body.is_some() => "apply again (the steps already applied are in their \
+                                         history and are not run again)"
+                .to_string(),
+            (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
+            (None, OnInterrupted::Rerun) => {
+                "run the command again (--done-if can tell it the work is done)".into()
+            }
+            (None, OnInterrupted::Fail) => format!(
+                "stop (--on-interrupted fail); check the work, then run `initguard reset {}`",
+                plan.id.key
+            ),
+        };
+        let not_recorded = |cause| GuardError::SuccessNotRecorded {
             key: self.key(),
             cause: Box::new(cause),
-            next: match (&plan.done_if, plan.on_interrupted) {
-                _ if self.body.is_some() => {
-                    "apply again (the steps already applied are in their history and are not run again)".into()
-                }
-                (Some(_), _) => "ask --done-if whether the work is done before running it".into(),
-                (None, OnInterrupted::Rerun) => {
-                    "run the command again (--done-if can tell it the work is done)".into()
-                }
-                (None, OnInterrupted::Fail) => format!(
-                    "stop (--on-interrupted fail); check the work, then run `initguard reset {}`",
-                    plan.id.key
-                ),
-            },
-        }
+            next: next.clone(),
         };
         let mut tries = 0u32;
         loop {
@@ -652,22 +651,13 @@ impl<'a> Guard<'a> {
     /// One attempt of the in-process body, in the terms the attempt loop uses for children.
     async fn run_body(
         &self,
+        body: &dyn Body,
         lease: &Lease,
         rec: &mut Record,
         signals: &mut Signals,
         heartbeat: &mut Heartbeat,
         previous: &'static str,
     ) -> Result<(runner::ChildResult, Option<String>), GuardError> {
-        let Some(body) = self.body else {
-            return Ok((
-                runner::ChildResult {
-                    outcome: ChildOutcome::Exited(0),
-                    ended: Ended::Normally,
-                    tail: Vec::new(),
-                },
-                None,
-            ));
-        };
         let mut ctx = BodyCtx {
             store: self.store,
             lease,

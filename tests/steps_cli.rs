@@ -155,6 +155,23 @@ fn script_steps_get_their_variables_and_not_the_target() {
 }
 
 #[test]
+fn script_output_passes_through_and_its_tail_is_recorded() {
+    let fx = Fx::new();
+    fx.script(
+        "V1__talk.sh",
+        "echo hello-from-the-step; echo to-stderr >&2",
+    );
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello-from-the-step\n");
+    assert!(stderr(&out).contains("to-stderr"), "{}", stderr(&out));
+    let rec = fx.ig().args(["status", "--json"]).output().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec.stdout).unwrap();
+    let tail = rec[0]["tail"].as_str().unwrap_or_default();
+    assert!(tail.contains("hello-from-the-step"), "{rec}");
+}
+
+#[test]
 fn a_failed_script_step_exits_with_its_code_and_the_steps_before_it_stay_applied() {
     let fx = Fx::new();
     fx.script("V1__ok.sh", "");
@@ -422,6 +439,7 @@ fn bad_input_is_one_line_exit_2_and_touches_nothing() {
         vec!["steps", "apply", &dir, "--wait-timeout", "never"],
         vec!["steps", "apply", &dir, "--on-interrupted", "maybe"],
         vec!["steps", "validate", &dir, "--json"],
+        vec!["steps", "apply", &dir, "--dry-run", "--adopt", "sqlx"],
         vec!["steps", "apply"],
     ];
     for args in cases {
@@ -450,4 +468,52 @@ fn the_default_key_is_steps_and_the_directory_name() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["key"], "steps-my-migrations.-.v2", "{v}");
     assert_eq!(v[0]["state"], "succeeded", "{v}");
+}
+
+#[test]
+fn sigterm_reaches_the_script_step_and_the_next_apply_finds_it_interrupted() {
+    let fx = Fx::new();
+    fx.script(
+        "V1__slow.sh",
+        "trap 'echo term >> \"$LOG\"; exit 1' TERM\n[ -e \"$LOG.slow\" ] || exit 0\nsleep 60 & wait",
+    );
+    fs::write(fx.log.with_extension("slow"), "").unwrap();
+    let child = fx.spawn(&[]);
+    wait_for("the step to start", Duration::from_secs(20), || {
+        fx.log().len() == 1
+    });
+    support::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "128 + SIGTERM: {}", stderr(&out));
+    assert_eq!(fx.log(), ["1 slow none", "term"]);
+    let rec = fx.ig().args(["status", "--json"]).output().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(rec[0]["state"], "interrupted", "{rec}");
+    fs::remove_file(fx.log.with_extension("slow")).unwrap();
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(fx.log(), ["1 slow none", "term", "1 slow interrupted"]);
+}
+
+#[test]
+fn an_unreachable_target_exits_69_without_showing_its_password() {
+    let fx = Fx::new();
+    fs::write(fx.dir.join("V1__t.sql"), "CREATE TABLE t (id int);\n").unwrap();
+    let out = fx
+        .ig()
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .env(
+            "INITGUARD_STEPS_TARGET",
+            "postgres://app:s3cr3t-Pw@127.0.0.1:1/app",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(
+        line.contains("target database postgres://app:***@127.0.0.1:1/app is unreachable"),
+        "{line}"
+    );
+    assert!(!stderr(&out).contains("s3cr3t"), "{}", stderr(&out));
 }

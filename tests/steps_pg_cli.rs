@@ -439,3 +439,76 @@ fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_vers
         "1"
     );
 }
+
+#[test]
+fn script_steps_applied_before_the_set_had_a_target_are_not_run_again() {
+    let Some(fx) = Fx::start() else { return };
+    fx.script("V1__seed.sh", "");
+    let out = fx
+        .ig(&fx.file_store())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.sql("V2__table.sql", "CREATE TABLE t2 (id int);\n");
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&fx.log), ["1 none"], "the script ran once");
+    assert_eq!(fx.history(pg::TARGET_DB, "steps-db"), ["2 applied"]);
+    let out = fx.steps("status", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "applied"], "{json}");
+}
+
+/// An apply longer than its lease, of many short steps: the lease is renewed as it goes.
+#[test]
+fn a_long_apply_of_short_steps_keeps_its_lease() {
+    let Some(fx) = Fx::start() else { return };
+    for v in 1..=1000 {
+        fx.sql(
+            &format!("V{v}__t{v}.sql"),
+            &format!("CREATE TABLE t{v} (id int);\n"),
+        );
+    }
+    let store = fx.pg.url_without_password();
+    let started = std::time::Instant::now();
+    let out = fx
+        .ig(&store)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .args(["--lock-ttl", "1s"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("applied 1000 steps"),
+        "{}",
+        stderr(&out)
+    );
+    // Printed, never asserted (debug build, shared machine).
+    let timed = |sub: &str| {
+        let t = std::time::Instant::now();
+        let out = fx
+            .ig(&store)
+            .args(["steps", sub])
+            .arg(&fx.dir)
+            .env("INITGUARD_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        t.elapsed()
+    };
+    let noop = timed("apply");
+    let status = timed("status");
+    eprintln!(
+        "1000 steps: apply under a 1s lease {took:?}, no-op apply {noop:?}, status {status:?}"
+    );
+}

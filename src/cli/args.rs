@@ -185,8 +185,9 @@ pub struct StepsApplyArgs {
     )]
     pub on_interrupted: OnInterruptedArg,
 
-    /// Print the plan (what would run, in order), take no lease, change nothing
-    #[arg(long)]
+    /// Print the plan (what would run, in order), take no lease, change nothing (not with
+    /// --adopt, which writes the adopted history)
+    #[arg(long, conflicts_with = "adopt")]
     pub dry_run: bool,
 
     /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it

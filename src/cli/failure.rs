@@ -102,7 +102,9 @@ fn steps_code(e: &StepsError) -> u8 {
     match e {
         StepsError::Discover(DiscoverError::ReadDir { .. }) => exit::IO_ERR,
         StepsError::Discover(_) => exit::USAGE,
-        StepsError::Invalid { .. } | StepsError::Other { .. } => exit::STEPS_FAILED,
+        StepsError::Invalid { .. } | StepsError::Problems { .. } | StepsError::Other { .. } => {
+            exit::STEPS_FAILED
+        }
         StepsError::NeedsTarget { .. } => exit::CONFIG,
         StepsError::ScriptFailed { outcome, .. } => outcome.exit_code(),
         StepsError::InterruptedStep { .. } => exit::TEMP_FAIL,

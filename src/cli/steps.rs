@@ -341,18 +341,17 @@ fn problems_of(e: &StepsError) -> Option<&[Problem]> {
     }
 }
 
-/// The set's history, read only: the target database's when there is one, else the record's.
-async fn history(set: &Set, store: Option<&dyn Store>) -> Result<Vec<Applied>, Failure> {
-    if let Some(t) = &set.target {
-        return target_history(set, t).await;
-    }
-    match store {
-        Some(store) => Ok(store
-            .read(&set.id)
-            .await?
-            .map(|r| r.steps)
-            .unwrap_or_default()),
-        None => Ok(Vec::new()),
+/// The set's history, read only: the target database's when there is one, else the record's
+/// (script steps applied before the set had a target count too, see `run::merged`).
+async fn history(set: &Set, store: &dyn Store) -> Result<Vec<Applied>, Failure> {
+    let recorded = store
+        .read(&set.id)
+        .await?
+        .map(|r| r.steps)
+        .unwrap_or_default();
+    match &set.target {
+        Some(t) => Ok(steps_run::merged(target_history(set, t).await?, &recorded)),
+        None => Ok(recorded),
     }
 }
 
@@ -368,8 +367,8 @@ async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failur
 }
 #[cfg(not(feature = "postgres"))]
 async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
-    let _ = (set, t);
-    Ok(Vec::new())
+    let _ = set;
+    match *t {}
 }
 
 #[cfg(feature = "postgres")]
@@ -381,23 +380,14 @@ fn steps_target_err(set: &Set, e: crate::steps::target::TargetError) -> Failure 
     .into()
 }
 
-/// Only a set whose history is in the record needs the store; a target database's history is
-/// read there.
-async fn store_for_history(set: &Set) -> Result<Option<Box<dyn Store>>, Failure> {
-    if set.target.is_some() {
-        return Ok(None);
-    }
-    Ok(Some(open(&set.store).await?))
-}
-
 async fn dry_run(set: &Set, allow: Allow) -> Result<u8, Failure> {
-    let store = store_for_history(set).await?;
-    let history = history(set, store.as_deref()).await?;
+    let store = open(&set.store).await?;
+    let history = history(set, store.as_ref()).await?;
     let v = validate::check(&set.steps, &history, allow);
     let mut out = std::io::stdout();
     if !v.errors.is_empty() {
         let _ = write!(out, "{}", validate::problem_table(&v.errors));
-        return Err(StepsError::Invalid {
+        return Err(StepsError::Problems {
             key: set.id.to_string(),
             problems: v.errors,
         }
@@ -451,8 +441,8 @@ fn plan_table(plan: &[crate::steps::Planned]) -> String {
 
 async fn status(url: &StoreChoice<'_>, args: StepsStatusArgs) -> Result<u8, Failure> {
     let set = resolve(url, &args.set)?;
-    let store = store_for_history(&set).await?;
-    let history = history(&set, store.as_deref()).await?;
+    let store = open(&set.store).await?;
+    let history = history(&set, store.as_ref()).await?;
     let v = validate::check(&set.steps, &history, Allow::default());
     let mut problems: Vec<Problem> = v.errors;
     problems.extend(v.warnings);
@@ -496,8 +486,8 @@ async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
 
 async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, Failure> {
     let set = resolve(url, &args.set)?;
-    let store = store_for_history(&set).await?;
-    let history = history(&set, store.as_deref()).await?;
+    let store = open(&set.store).await?;
+    let history = history(&set, store.as_ref()).await?;
     let v = validate::check(&set.steps, &history, allow(&args.allow));
     // An INVALID index is a problem no --allow-* accepts: validate fails on it (for CI).
     let mut errors = v.errors;
@@ -513,7 +503,7 @@ async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, 
     if errors.is_empty() {
         return Ok(crate::exit::OK);
     }
-    Err(StepsError::Invalid {
+    Err(StepsError::Problems {
         key: set.id.to_string(),
         problems: errors,
     }

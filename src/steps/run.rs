@@ -44,12 +44,18 @@ pub enum StepsError {
     #[error(transparent)]
     Discover(#[from] super::discover::DiscoverError),
     #[error(
-        "{key}: {} problem{} with the steps (listed above); nothing was applied. Fix them, or \
-         accept them (--allow-changed, --allow-missing, --out-of-order, `initguard steps repair`)",
+        "{key}: {} problem{} with the steps (listed above, each with its fix); nothing was applied",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     )]
     Invalid { key: String, problems: Vec<Problem> },
+    /// `steps validate` (and `--dry-run`) found problems; nothing was to be applied anyway.
+    #[error(
+        "{key}: {} problem{} with the steps (listed above, each with its fix)",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )]
+    Problems { key: String, problems: Vec<Problem> },
     #[error(
         "{key}: the set has SQL steps ({first} …) and no target database: give --target URL \
          (or INITGUARD_STEPS_TARGET), or use a postgres:// store; nothing was done"
@@ -78,7 +84,7 @@ pub enum StepsError {
         dir: String,
     },
     #[cfg(feature = "postgres")]
-    #[error("{key}: {source}")]
+    #[error("{key}: {}", target_text(source))]
     Target { key: String, source: TargetError },
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -99,6 +105,17 @@ impl StepsError {
             }
             _ => ChildOutcome::Exited(1),
         }
+    }
+}
+
+/// A target error as users read it: connecting is done by the store's connector, whose errors
+/// say "store …"; here it is the target database.
+#[cfg(feature = "postgres")]
+fn target_text(e: &TargetError) -> String {
+    let text = e.to_string();
+    match (e, text.strip_prefix("store ")) {
+        (TargetError::Connect(_), Some(rest)) => format!("target database {rest}"),
+        _ => text,
     }
 }
 
@@ -156,7 +173,7 @@ pub struct ApplyOptions {
 
 /// How an apply ended, when it did not fail.
 #[derive(Debug)]
-pub struct Applied_ {
+pub struct ApplyOutcome {
     pub outcome: Outcome,
     /// Steps applied by this run (0 when skipped).
     pub applied: usize,
@@ -170,7 +187,7 @@ pub async fn apply(
     set: StepSet,
     opts: ApplyOptions,
     signals: &mut Signals,
-) -> Result<Applied_, StepsError> {
+) -> Result<ApplyOutcome, StepsError> {
     let body = StepsBody {
         set,
         opts,
@@ -187,7 +204,7 @@ pub async fn apply(
         }));
     }
     let applied = body.applied.lock().map(|n| *n).unwrap_or(0);
-    Ok(Applied_ { outcome, applied })
+    Ok(ApplyOutcome { outcome, applied })
 }
 
 struct StepsBody {
@@ -202,6 +219,9 @@ struct StepsBody {
 enum Halt {
     Stop(Stop),
     Fail(StepsError),
+    /// The step turned out applied already (a stale plan): skip it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    AlreadyApplied,
 }
 
 impl From<Stop> for Halt {
@@ -221,6 +241,8 @@ impl Body for StepsBody {
                 BodyEnd::Done
             }
             Err(Halt::Stop(stop)) => BodyEnd::Stopped(stop),
+            // Only `script` returns it, and `apply` handles it there.
+            Err(Halt::AlreadyApplied) => BodyEnd::Done,
             Err(Halt::Fail(e)) => {
                 let outcome = e.outcome();
                 // The guard's log line names the key already.
@@ -244,7 +266,7 @@ impl StepsBody {
         let target: Option<NoTarget> = None;
         let history = match &target {
             #[cfg(feature = "postgres")]
-            Some(t) => self.target_history(ctx, t).await?,
+            Some(t) => merged(self.target_history(ctx, t).await?, &ctx.record().steps),
             #[cfg(not(feature = "postgres"))]
             Some(_) => Vec::new(),
             None => ctx.record().steps.clone(),
@@ -260,7 +282,11 @@ impl StepsBody {
                 problems: errors,
             }));
         }
-        for w in &warnings {
+        // An interrupted step is said once, where it is run again (`script`, `sql`).
+        for w in warnings
+            .iter()
+            .filter(|w| w.kind != super::ProblemKind::Interrupted)
+        {
             warn!(key = %self.key, "{}", problem_line(w));
         }
         if plan.is_empty() {
@@ -269,7 +295,10 @@ impl StepsBody {
         let mut applied = 0;
         for p in &plan {
             match p.step.kind {
-                Kind::Script => self.script(ctx, &target, p).await?,
+                Kind::Script => match self.script(ctx, &target, p).await {
+                    Err(Halt::AlreadyApplied) => continue,
+                    other => other?,
+                },
                 Kind::Sql => {
                     #[cfg(feature = "postgres")]
                     self.sql(ctx, &target, p).await?;
@@ -341,7 +370,8 @@ impl StepsBody {
         let spec = ChildSpec {
             argv: vec![step.path.to_string_lossy().into_owned()],
             env: vec![
-                ("INITGUARD_KEY".into(), self.key_env()),
+                // With INITGUARD_FENCING_TOKEN: a nested `initguard run` of this key is refused.
+                ("INITGUARD_KEY".into(), self.key.clone()),
                 ("INITGUARD_STEP_VERSION".into(), version),
                 (
                     "INITGUARD_STEP_DESCRIPTION".into(),
@@ -385,11 +415,6 @@ impl StepsBody {
         }))
     }
 
-    /// The key as the step's `INITGUARD_KEY`: a nested `initguard run` of the same key is refused.
-    fn key_env(&self) -> String {
-        self.key.clone()
-    }
-
     /// Record a script step's start (`ended: None`) or end, fenced: in the target database's
     /// history when there is one, else in the set's record.
     async fn record_script(
@@ -406,11 +431,18 @@ impl StepsBody {
                 let run = self.run_info(ctx);
                 let set = &self.opts.set_name;
                 let res = match ended {
-                    None => ctx.guarded(t.script_started(set, &p.step, &run)).await?,
+                    None => match ctx.guarded(t.script_started(set, &p.step, &run)).await? {
+                        Err(TargetError::AlreadyApplied { step }) => {
+                            info!(key = %self.key, "step {step} is already applied in the target database; not run again");
+                            return Err(Halt::AlreadyApplied);
+                        }
+                        other => other,
+                    },
                     // Not given up on a signal: it records an effect that already happened.
                     Some(result) => t.script_finished(set, &p.step, &run, result).await,
                 };
-                let _ = entry;
+                // The target builds its row from the step and the run; `entry` is the record's.
+                drop(entry);
                 res.map_err(|e| self.target_err(e))
             }
             #[cfg(not(feature = "postgres"))]
@@ -503,14 +535,29 @@ impl StepsBody {
                 first: p.step.file.clone(),
             }));
         };
-        if p.resume_at > 0 {
-            info!(key = %self.key, "resuming step {} ({}) at statement {}", p.step.id, p.step.file, p.resume_at + 1);
+        match (p.previous, p.resume_at) {
+            (Previous::Interrupted, 0) => {
+                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
+            }
+            (_, 0) => {}
+            (_, at) => {
+                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
+            }
         }
         let run = self.run_info(ctx);
         let started = std::time::Instant::now();
-        ctx.guarded(target.apply(&self.opts.set_name, p, &run))
+        match ctx
+            .guarded(target.apply(&self.opts.set_name, p, &run))
             .await?
-            .map_err(|e| self.target_err(e))?;
+        {
+            Ok(()) => {}
+            // Applied meanwhile (a plan older than the history): done, not done twice.
+            Err(TargetError::AlreadyApplied { step }) => {
+                info!(key = %self.key, "step {step} is already applied in the target database; not run again");
+                return Ok(());
+            }
+            Err(e) => return Err(self.target_err(e)),
+        }
         tracing::debug!(key = %self.key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, started.elapsed().as_millis());
         Ok(())
     }
@@ -541,6 +588,18 @@ type ActiveTarget = NoTarget;
 enum NoTarget {}
 #[cfg(feature = "postgres")]
 type ActiveTarget = Target;
+
+/// The target database's history, with the steps the set's record holds that the target does
+/// not: script steps applied while the set had no target database stay applied when it gets one.
+pub fn merged(target: Vec<Applied>, record: &[Applied]) -> Vec<Applied> {
+    let mut out = target;
+    for a in record {
+        if !out.iter().any(|t| t.id == a.id) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
 
 /// Put `entry` in place of the history entry of the same step, or add it.
 pub fn upsert(history: &mut Vec<Applied>, entry: Applied) {

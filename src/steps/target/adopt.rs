@@ -30,9 +30,10 @@
 
 use super::conn::{Target, column};
 use super::error::TargetError;
-use super::rows::{self, kind_text, literal, opt_literal, token_i64, trim_zeros};
+use super::rows::{self, kind_text, literal, opt_literal, token_i64};
 use crate::steps::{
-    Applied, AppliedState, Kind, Problem, ProblemKind, RunInfo, Step, StepId, StepSet, Version,
+    Applied, AppliedState, Checksum, Kind, Problem, ProblemKind, RunInfo, Step, StepId, StepSet,
+    Version, version,
 };
 use crate::store::postgres::quote_ident;
 use chrono::{DateTime, Utc};
@@ -118,15 +119,10 @@ enum Seen {
     },
 }
 
-/// A tool's version text as numeric parts (`1.2.3`, `1_2`, `20240101120000`), trailing zero
-/// parts dropped as `Version` compares them.
+/// A tool's version text as numeric parts (`1.2.3`, `20240101120000`), read as a step file's
+/// version is (`version::parse`), so that both compare alike.
 fn tool_version(text: &str) -> Option<Vec<u64>> {
-    let parts = text
-        .trim()
-        .split(['.', '_'])
-        .map(|p| p.parse::<u64>().ok())
-        .collect::<Option<Vec<u64>>>()?;
-    Some(trim_zeros(parts))
+    version::parse(text.trim()).ok().map(|v| v.parts)
 }
 
 impl Target {
@@ -278,10 +274,10 @@ impl Target {
                                 "check what version {version} changed and complete or undo it by hand, then `migrate force {version}` (completed) or `migrate force <the version before>` (undone), and run apply again"
                             ),
                         });
-                    } else if let Ok(v) = u64::try_from(version) {
+                    } else if let Some(parts) = tool_version(&version.to_string()) {
                         seen.push(Seen::UpTo {
-                            parts: trim_zeros(vec![v]),
-                            text: v.to_string(),
+                            parts,
+                            text: version.to_string(),
                         });
                     }
                 }
@@ -315,12 +311,12 @@ impl Target {
                         });
                         continue;
                     }
-                    let Ok(v) = u64::try_from(version) else {
+                    let Some(parts) = tool_version(&version.to_string()) else {
                         continue;
                     };
                     seen.push(Seen::Version {
-                        parts: trim_zeros(vec![v]),
-                        text: v.to_string(),
+                        parts,
+                        text: version.to_string(),
                         description: r.try_get(1).map_err(err)?,
                         at: r.try_get(3).map_err(err)?,
                         // sqlx records nanoseconds.
@@ -510,11 +506,16 @@ fn adopted_rows(tool: Tool, seen: &[Seen], steps: &StepSet, run: &RunInfo) -> Ve
             StepId::Repeatable(_) => None,
         })
         .collect();
-    let from_step = |s: &Step, at: Option<DateTime<Utc>>, ms: Option<u64>| Applied {
-        id: s.id.clone(),
-        description: s.description.clone(),
-        kind: s.kind,
-        checksum: Some(s.checksum.clone()),
+    let row = |id: StepId,
+               description: &str,
+               kind: Kind,
+               checksum: Option<Checksum>,
+               at: Option<DateTime<Utc>>,
+               ms: Option<u64>| Applied {
+        id,
+        description: description.to_string(),
+        kind,
+        checksum,
         state: AppliedState::Applied,
         started_at: at,
         finished_at: at,
@@ -525,23 +526,22 @@ fn adopted_rows(tool: Tool, seen: &[Seen], steps: &StepSet, run: &RunInfo) -> Ve
         error: None,
         adopted_from: Some(tool.name().into()),
     };
-    let without_file = |parts: &[u64], text: &str, description: &str, at, ms| Applied {
-        id: StepId::Versioned(Version {
+    let from_step = |s: &Step, at, ms| {
+        row(
+            s.id.clone(),
+            &s.description,
+            s.kind,
+            Some(s.checksum.clone()),
+            at,
+            ms,
+        )
+    };
+    let without_file = |parts: &[u64], text: &str, description: &str, at, ms| {
+        let id = StepId::Versioned(Version {
             parts: parts.to_vec(),
             text: text.to_string(),
-        }),
-        description: description.to_string(),
-        kind: Kind::Sql,
-        checksum: None,
-        state: AppliedState::Applied,
-        started_at: at,
-        finished_at: at,
-        duration_ms: ms,
-        holder: run.holder.clone(),
-        token: run.token,
-        statements_done: 0,
-        error: None,
-        adopted_from: Some(tool.name().into()),
+        });
+        row(id, description, Kind::Sql, None, at, ms)
     };
     let mut out: BTreeMap<StepId, Applied> = BTreeMap::new();
     for s in seen {
@@ -658,6 +658,7 @@ mod tests {
         assert_eq!(tool_version("20240101120000"), Some(vec![20240101120000]));
         assert_eq!(tool_version("1_10"), Some(vec![1, 10]));
         assert_eq!(tool_version("v1"), None);
+        assert_eq!(tool_version("-1"), None);
         assert_eq!(Tool::parse("golang-migrate"), Some(Tool::GolangMigrate));
         assert_eq!(Tool::parse("liquibase"), None);
     }

@@ -35,7 +35,7 @@ use super::conn::{Target, column, rows_of};
 use super::error::TargetError;
 use super::history::RowWrite;
 use super::text::{self, Stmt};
-use crate::steps::{Planned, RunInfo, Step, StepId};
+use crate::steps::{Planned, RunInfo, Step};
 use crate::store::SqlFailure;
 use crate::store::postgres::is_connection_error;
 use std::time::Instant;
@@ -54,6 +54,12 @@ impl Target {
                 .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
+            // Editors may start a file with a byte order mark; the server would read it as SQL.
+            // Positions are then counted from after it, as editors show them.
+            let text = match text.strip_prefix('\u{feff}') {
+                Some(rest) => rest.to_string(),
+                None => text,
+            };
             if step.no_transaction {
                 self.apply_statements(set, p, run, &text).await
             } else {
@@ -72,11 +78,9 @@ impl Target {
     ) -> Result<(), TargetError> {
         text::check_transactional(text).map_err(|r| refused(step, r))?;
         let w = RowWrite::new(self, set, step, run);
-        let key = w.key();
-        let repeatable = matches!(step.id, StepId::Repeatable(_));
         let prefix = format!(
             "BEGIN;SET LOCAL synchronous_commit = off;{};",
-            self.check_call(set, run, Some((&key, Some(&step.checksum.0), repeatable)))
+            self.check_call(set, run, Some(step))
         );
         // The newline ends a `--` comment on the step's last line.
         let sql = format!("{prefix}{text}\n;{};COMMIT", w.applied_in_transaction());
@@ -98,7 +102,7 @@ impl Target {
                     return Err(self.db_err(&format!("applying step {}", step.id), &e));
                 }
                 let _ = self.conn.client.batch_execute("ROLLBACK").await;
-                if let Some(refusal) = self.fence_refusal(set, run.token, &e) {
+                if let Some(refusal) = self.fence_refusal(set, run.token, Some(step), &e) {
                     return Err(refusal);
                 }
                 let Some(db) = e.as_db_error() else {
@@ -251,8 +255,9 @@ impl Target {
             .conn
             .client
             .query_opt(
-                "SELECT i.indisvalid, c.oid::regclass::text FROM pg_index i
+                "SELECT i.indisvalid, format('%I.%I', n.nspname, c.relname) FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.oid = to_regclass($1)",
                 &[&name],
             )

@@ -8,7 +8,8 @@ use super::error::TargetError;
 use super::rows::{self, literal, token_i64};
 use super::tables::{self, ALREADY_APPLIED, FENCED};
 use crate::steps::{RunInfo, Step, StepId};
-use crate::store::postgres::{Conn, Connector, PgUrl, error_chain, is_connection_error};
+use crate::store::StoreError;
+use crate::store::postgres::{Conn, Connector, PgUrl, classify, error_chain, is_connection_error};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
@@ -16,11 +17,12 @@ use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 /// How to connect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TargetOptions {
-    /// The lease's duration, when the run holds one. A holder paused in the middle of one of
-    /// initguard's multi-message transactions (SIGSTOP, a frozen node) keeps its socket open;
-    /// the server then ends that transaction after a lease's worth of idleness, so its fence
-    /// row lock does not keep the next holder waiting longer than the lease would. (The step
-    /// transactions themselves are one message: the server runs them to the end on its own.)
+    /// The lease's duration, when the run holds one: the connection's
+    /// `idle_in_transaction_session_timeout`. Every transaction initguard opens is one message
+    /// (`BEGIN; …; COMMIT`), which the server runs to its end without waiting for the client, so
+    /// none of them can sit idle; this is the backstop should one ever span messages while its
+    /// holder is paused (SIGSTOP, a frozen node) with the fence row locked: the server ends it
+    /// after a lease's worth of idleness, not never.
     pub lease_ttl: Option<Duration>,
 }
 
@@ -99,19 +101,32 @@ impl Target {
         res
     }
 
+    /// One of initguard's own statements failed. Judged as the store judges its errors
+    /// (`classify`): a missing privilege is `Connect(Forbidden)`, not a database that is down.
     pub(crate) fn db_err(&self, what: &str, e: &tokio_postgres::Error) -> TargetError {
-        TargetError::Db {
-            target: self.connector.label.clone(),
-            what: what.to_string(),
-            reason: error_chain(e),
+        let label = &self.connector.label;
+        match classify(label, e) {
+            Err(StoreError::Forbidden { store, reason }) => {
+                TargetError::Connect(StoreError::Forbidden {
+                    store,
+                    reason: format!("{what}: {reason}"),
+                })
+            }
+            _ => TargetError::Db {
+                target: label.clone(),
+                what: what.to_string(),
+                reason: error_chain(e),
+            },
         }
     }
 
-    /// `e` as a fencing refusal, when it is one; None otherwise.
+    /// `e` as a fencing refusal (of the check for `step`, when there was one), when it is one;
+    /// None otherwise.
     pub(crate) fn fence_refusal(
         &self,
         set: &str,
         token: u64,
+        step: Option<&Step>,
         e: &tokio_postgres::Error,
     ) -> Option<TargetError> {
         let db = e.as_db_error()?;
@@ -129,25 +144,22 @@ impl Target {
                 }),
             },
             ALREADY_APPLIED => Some(TargetError::AlreadyApplied {
-                step: db.message().to_string(),
+                step: step
+                    .map(|s| s.id.to_string())
+                    .unwrap_or_else(|| db.message().to_string()),
             }),
             _ => None,
         }
     }
 
     /// `SELECT steps_check_v1(…)`: lock the set's fence row for the rest of the transaction and
-    /// check the token (and, given a step, that it is not applied yet).
-    pub(crate) fn check_call(
-        &self,
-        set: &str,
-        run: &RunInfo,
-        step: Option<(&str, Option<&str>, bool)>,
-    ) -> String {
+    /// check the token (and, given a step, that it is not applied yet, as it is now).
+    pub(crate) fn check_call(&self, set: &str, run: &RunInfo, step: Option<&Step>) -> String {
         let (key, checksum, repeatable) = match step {
-            Some((k, c, r)) => (
-                literal(k),
-                c.map(literal).unwrap_or_else(|| "NULL".into()),
-                r,
+            Some(s) => (
+                literal(&rows::key(&s.id)),
+                literal(&s.checksum.0),
+                matches!(s.id, StepId::Repeatable(_)),
             ),
             None => ("NULL".into(), "NULL".into(), false),
         };
@@ -169,8 +181,7 @@ impl Target {
         what: &str,
         body: &str,
     ) -> Result<Vec<SimpleQueryRow>, TargetError> {
-        self.checked_tx(set, run, &self.check_call(set, run, None), what, body)
-            .await
+        self.checked_tx(set, run, None, what, body).await
     }
 
     /// `fenced_tx` that also refuses to start `step` when history already has it applied (as
@@ -183,20 +194,18 @@ impl Target {
         what: &str,
         body: &str,
     ) -> Result<Vec<SimpleQueryRow>, TargetError> {
-        let key = rows::key(&step.id);
-        let repeatable = matches!(step.id, StepId::Repeatable(_));
-        let check = self.check_call(set, run, Some((&key, Some(&step.checksum.0), repeatable)));
-        self.checked_tx(set, run, &check, what, body).await
+        self.checked_tx(set, run, Some(step), what, body).await
     }
 
     async fn checked_tx(
         &self,
         set: &str,
         run: &RunInfo,
-        check: &str,
+        step: Option<&Step>,
         what: &str,
         body: &str,
     ) -> Result<Vec<SimpleQueryRow>, TargetError> {
+        let check = self.check_call(set, run, step);
         let sql = format!("BEGIN;{check};{body};COMMIT");
         match self.conn.client.simple_query(&sql).await {
             Ok(msgs) => Ok(rows_of(msgs)),
@@ -205,7 +214,7 @@ impl Target {
                     let _ = self.conn.client.batch_execute("ROLLBACK").await;
                 }
                 Err(self
-                    .fence_refusal(set, run.token, &e)
+                    .fence_refusal(set, run.token, step, &e)
                     .unwrap_or_else(|| self.db_err(what, &e)))
             }
         }

@@ -6,7 +6,8 @@ use crate::store::{SqlFailure, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    /// Connecting failed: misconfigured, unreachable, refused, overloaded (as the store says it).
+    /// Connecting failed (misconfigured, unreachable, refused, overloaded), or the target refused
+    /// one of initguard's statements for want of a privilege (`Forbidden`): as the store says it.
     #[error(transparent)]
     Connect(#[from] StoreError),
     /// One of initguard's own statements in the target failed (the connection broke, a

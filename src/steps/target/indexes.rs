@@ -16,11 +16,13 @@ impl Target {
                 .conn
                 .client
                 .query(
-                    "SELECT c.oid::regclass::text, t.oid::regclass::text
+                    "SELECT format('%I.%I', n.nspname, c.relname),
+                        format('%I.%I', tn.nspname, t.relname)
                  FROM pg_index i
                  JOIN pg_class c ON c.oid = i.indexrelid
                  JOIN pg_class t ON t.oid = i.indrelid
                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_namespace tn ON tn.oid = t.relnamespace
                  WHERE NOT i.indisvalid
                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                    AND n.nspname NOT LIKE 'pg\\_toast%'
@@ -47,7 +49,8 @@ impl Target {
     }
 }
 
-/// The problem for index `index` (as `regclass` prints it: qualified and quoted as needed).
+/// The problem for index `index` (schema-qualified, quoted as needed: the fix works whatever the
+/// reader's `search_path`).
 fn invalid_index(index: &str, table: &str) -> Problem {
     Problem {
         kind: ProblemKind::InvalidIndex,

@@ -11,7 +11,7 @@
 use super::conn::Target;
 use super::error::TargetError;
 use super::rows::{self, literal};
-use crate::steps::{Applied, AppliedState, Kind, RunInfo, Step, StepSet};
+use crate::steps::{Applied, AppliedState, Checksum, Kind, RunInfo, Step, StepSet, checksum};
 use crate::store::postgres::quote_ident;
 
 /// What repair does to one row.
@@ -60,13 +60,7 @@ fn line(a: &Applied, step: Option<&Step>, change: &Change) -> String {
         .map(|s| s.file.clone())
         .unwrap_or_else(|| a.description.clone());
     let id = &a.id;
-    let short = |c: &str| {
-        c.strip_prefix("sha256:")
-            .unwrap_or(c)
-            .chars()
-            .take(12)
-            .collect::<String>()
-    };
+    let short = |c: &str| checksum::short(&Checksum(c.to_string())).to_string();
     match change {
         Change::Realign { from, to } => format!(
             "{id} ({file}): checksum realigned to the file: {} -> {}",
@@ -140,7 +134,7 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::{Checksum, StepId, Version};
+    use crate::steps::{StepId, Version};
     use std::path::PathBuf;
 
     fn step(v: u64, sum: &str, no_tx: bool) -> Step {

@@ -2,7 +2,7 @@
 //! `Applied`, and SQL literals for the one-message step transaction. Pure, but for decoding a
 //! `tokio_postgres::Row`.
 
-use crate::steps::{Applied, AppliedState, Checksum, Kind, StepId, Version};
+use crate::steps::{Applied, AppliedState, Checksum, Kind, StepId, Version, version};
 use chrono::{DateTime, Utc};
 
 /// The columns `history` reads, in `decode`'s order.
@@ -35,25 +35,13 @@ pub(crate) fn id_of(key: &str, version: Option<&str>) -> Option<StepId> {
     if let Some(desc) = key.strip_prefix("R:") {
         return Some(StepId::Repeatable(desc.to_string()));
     }
-    let parts = key
-        .split('.')
-        .map(|p| p.parse::<u64>().ok())
-        .collect::<Option<Vec<u64>>>()?;
-    let parts = trim_zeros(parts);
+    let parts = version::parse(key).ok()?.parts;
     Some(StepId::Versioned(Version {
         text: version
             .map(str::to_string)
             .unwrap_or_else(|| key.to_string()),
         parts,
     }))
-}
-
-/// Parts with trailing zero parts dropped (`1.0` is `1`), as `Version` compares them.
-pub(crate) fn trim_zeros(mut parts: Vec<u64>) -> Vec<u64> {
-    while parts.last() == Some(&0) {
-        parts.pop();
-    }
-    parts
 }
 
 pub(crate) fn kind_text(k: Kind) -> &'static str {

@@ -1,0 +1,97 @@
+//! `initguard steps` on the `kubernetes:` store (the API double of tests/support/kube_api.rs):
+//! script steps with their history in the set's record, kept in the Lease's annotation; a second
+//! apply skips; a step cut off by `kill -9` runs again, told it was interrupted, once the lease
+//! has lapsed.
+#![cfg(feature = "kubernetes")]
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+mod support;
+
+use kube_api::KubeApi;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::{bin, code, lines, stderr, wait_for};
+
+const NS: &str = "initguard-test";
+
+#[test]
+fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = KubeApi::start();
+    let kubeconfig = api.kubeconfig(tmp.path(), NS);
+    let dir = tmp.path().join("steps");
+    fs::create_dir(&dir).unwrap();
+    let log = tmp.path().join("log");
+    for (name, body) in [
+        ("V1__first.sh", ""),
+        ("V2__slow.sh", "[ -e \"$LOG.slow\" ] && sleep 60; true"),
+    ] {
+        let path = dir.join(name);
+        fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"$INITGUARD_STEP_VERSION $INITGUARD_PREVIOUS\" >> \"$LOG\"\n{body}\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ig = || {
+        let mut c = Command::new(bin());
+        c.args(["steps", "apply"])
+            .arg(&dir)
+            .args(["--store", &format!("kubernetes:{NS}"), "--lock-ttl", "2s"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("LOG", &log)
+            .env("INITGUARD_LOG", "info")
+            .env_remove("INITGUARD_STEPS_TARGET")
+            .env_remove("INITGUARD_KEY")
+            .env_remove("INITGUARD_FENCING_TOKEN")
+            .env_remove("POD_UID")
+            .stdin(Stdio::null());
+        c
+    };
+    fs::write(log.with_extension("slow"), "").unwrap();
+    let mut child = ig()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the slow step to start", Duration::from_secs(30), || {
+        lines(&log).len() == 2
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fs::remove_file(log.with_extension("slow")).unwrap();
+
+    let out = ig().output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&log), ["1 none", "2 none", "2 interrupted"]);
+    let again = ig().output().unwrap();
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stderr(&again).contains("skipped"), "{}", stderr(&again));
+    assert_eq!(lines(&log).len(), 3, "nothing ran again");
+
+    // The step history is in the record, in the Lease's annotation.
+    let lease = api
+        .leases(NS)
+        .into_iter()
+        .find(|l| l["metadata"]["annotations"]["initguard.io/record"].is_string())
+        .expect("a Lease with a record");
+    let record: serde_json::Value = serde_json::from_str(
+        lease["metadata"]["annotations"]["initguard.io/record"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["key"], "steps-steps");
+    assert_eq!(record["state"], "succeeded");
+    let states: Vec<&str> = record["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "applied"], "{record}");
+}
