@@ -1,15 +1,16 @@
 //! Running an SQL step against the target database, exactly once.
 //!
-//! A transactional step is one message of the simple query protocol, so one round trip:
-//! `BEGIN; SET LOCAL synchronous_commit = off; SELECT steps_check_v1(…); <the step>;
-//! INSERT … history row …; COMMIT`. The server parses the whole message before running any of
-//! it, so a syntax error anywhere runs nothing; an error while it runs skips the rest of the
-//! message (the COMMIT included) and leaves the transaction aborted, which is then rolled back.
-//! The server's error position counts characters of the whole message: the prefix's length is
-//! subtracted to place it in the step's file. The step's text is checked first: no transaction
-//! control (`crate::sql`), and no literal or comment left open at its end (which would swallow
-//! the statements after it); the history insert returns a row, the proof that it ran as a
-//! statement of its own.
+//! A transactional step is five requests sent together, one round trip, which the server runs
+//! in order: `BEGIN; SET LOCAL synchronous_commit = off`, the prepared fence check
+//! (`steps_check_v1`: locks the set's fence row, checks the token, refuses a step already
+//! applied), the step's text as a simple query of its own, the prepared upsert of its history
+//! row, `COMMIT`. The first error aborts the transaction: every request after it fails, and the
+//! COMMIT rolls back; so the step and its row commit together or not at all, and nothing is
+//! held open between round trips. The step's text, being a message of its own, keeps the
+//! server's error position relative to itself (located in the file by line and column), and a
+//! literal or comment left open at its end cannot swallow initguard's statements. Transaction
+//! control in it is refused before anything is sent (`crate::sql`). The prepared statements are
+//! parsed and planned once per connection.
 //!
 //! A no-transaction step (`-- initguard:no-transaction`) runs statement by statement, each in
 //! autocommit, never inside a transaction of initguard's: `CREATE INDEX CONCURRENTLY` waits for
@@ -31,14 +32,20 @@
 //! inside a transaction, which is exactly what deadlocks `CREATE INDEX CONCURRENTLY`; the lease
 //! is what keeps two appliers apart, and the fence bounds the overlap to one statement.
 
-use super::conn::{Target, column, rows_of};
+use super::conn::{Target, column};
 use super::error::TargetError;
-use super::history::RowWrite;
+use super::history::{self, RowWrite};
+use super::rows::{self, kind_text, token_i64};
+use super::tables;
 use super::text::{self, Stmt};
-use crate::steps::{Planned, RunInfo, Step};
+use crate::steps::{Planned, RunInfo, Step, StepId};
 use crate::store::SqlFailure;
 use crate::store::postgres::is_connection_error;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio_postgres::Statement;
 use tokio_postgres::error::{DbError, ErrorPosition};
 
 impl Target {
@@ -77,56 +84,98 @@ impl Target {
         text: &str,
     ) -> Result<(), TargetError> {
         text::check_transactional(text).map_err(|r| refused(step, r))?;
-        let w = RowWrite::new(self, set, step, run);
-        let prefix = format!(
-            "BEGIN;SET LOCAL synchronous_commit = off;{};",
-            self.check_call(set, run, Some(step))
-        );
-        // The newline ends a `--` comment on the step's last line.
-        let sql = format!("{prefix}{text}\n;{};COMMIT", w.applied_in_transaction());
+        let (check, record) = self.step_statements().await?;
+        let key = rows::key(&step.id);
+        let token = token_i64(run.token);
+        let repeatable = matches!(step.id, StepId::Repeatable(_));
+        let kind = kind_text(step.kind);
+        let version = rows::version_text(&step.id);
+        let client = &self.conn.client;
         let started = Instant::now();
-        match self.conn.client.simple_query(&sql).await {
-            Ok(msgs) => {
-                if column(&rows_of(msgs), "initguard_recorded").is_none() {
-                    // Cannot happen after `check_transactional`; said loudly should it ever.
-                    return Err(TargetError::Db {
-                        target: self.label().to_string(),
-                        what: format!("applying step {}", step.id),
-                        reason: "the history row was not written with the step".into(),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if is_connection_error(&e) {
-                    return Err(self.db_err(&format!("applying step {}", step.id), &e));
-                }
-                let _ = self.conn.client.batch_execute("ROLLBACK").await;
-                if let Some(refusal) = self.fence_refusal(set, run.token, Some(step), &e) {
-                    return Err(refusal);
-                }
-                let Some(db) = e.as_db_error() else {
-                    return Err(self.db_err(&format!("applying step {}", step.id), &e));
-                };
-                let shift = prefix.chars().count();
-                let failure = failure_in_file(db, text, 0, text.chars().count(), shift);
-                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let res = self
-                    .fenced_tx(
-                        set,
-                        run,
-                        "recording the failed step",
-                        &w.failed(&failure.to_string(), Some(ms)),
-                    )
-                    .await;
-                res?;
-                Err(TargetError::StepFailed {
-                    step: step.id.to_string(),
-                    file: step.file.clone(),
-                    failure: Box::new(failure),
-                })
-            }
+        // Five requests, sent together (one round trip), run by the server in this order.
+        let (begun, checked, ran, recorded, committed) = in_order(
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+            client.execute(check, &[&set, &token, &key, &step.checksum.0, &repeatable]),
+            client.batch_execute(text),
+            client.execute(
+                record,
+                &[
+                    &set,
+                    &key,
+                    &version,
+                    &step.description,
+                    &kind,
+                    &step.file,
+                    &step.checksum.0,
+                    &run.holder,
+                    &token,
+                ],
+            ),
+            client.batch_execute("COMMIT"),
+        )
+        .await;
+        let what = format!("applying step {}", step.id);
+        // The first error is the one that aborted the transaction: the requests after it fail
+        // with "current transaction is aborted", and the COMMIT rolls back. Only when every
+        // request before it succeeded did the COMMIT commit.
+        let own = |e: tokio_postgres::Error| {
+            self.fence_refusal(set, run.token, Some(step), &e)
+                .unwrap_or_else(|| self.db_err(&what, &e))
+        };
+        begun.map_err(own)?;
+        checked.map_err(own)?;
+        if let Err(e) = ran {
+            let Some(db) = e.as_db_error().filter(|_| !is_connection_error(&e)) else {
+                return Err(self.db_err(&what, &e));
+            };
+            let failure = failure_in_file(db, text, 0, text.chars().count());
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let w = RowWrite::new(self, set, step, run);
+            self.fenced_tx(
+                set,
+                run,
+                "recording the failed step",
+                &w.failed(&failure.to_string(), Some(ms)),
+            )
+            .await?;
+            return Err(TargetError::StepFailed {
+                step: step.id.to_string(),
+                file: step.file.clone(),
+                failure: Box::new(failure),
+            });
         }
+        let rows = recorded.map_err(own)?;
+        committed.map_err(own)?;
+        if rows != 1 {
+            return Err(TargetError::Db {
+                target: self.label().to_string(),
+                what,
+                reason: format!("the history row was not written with the step ({rows} rows)"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The prepared statements of a transactional step: the fence check, and its history row.
+    async fn step_statements(&self) -> Result<(&Statement, &Statement), TargetError> {
+        let (check, record) = self
+            .prepared
+            .get_or_try_init(|| async {
+                let client = &self.conn.client;
+                let check = client
+                    .prepare(&format!(
+                        "SELECT {}($1, $2, $3, $4, $5)",
+                        tables::check_fn(&self.schema)
+                    ))
+                    .await?;
+                let record = client
+                    .prepare(&history::applied_in_transaction(&self.schema))
+                    .await?;
+                Ok((check, record))
+            })
+            .await
+            .map_err(|e: tokio_postgres::Error| self.db_err("preparing the step statements", &e))?;
+        Ok((check, record))
     }
 
     async fn apply_statements(
@@ -198,7 +247,7 @@ impl Target {
                 let Some(db) = e.as_db_error() else {
                     return Err(self.db_err(&what, &e));
                 };
-                let failure = failure_in_file(db, text, stmt.offset, stmt.text.chars().count(), 0);
+                let failure = failure_in_file(db, text, stmt.offset, stmt.text.chars().count());
                 let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 tracing::debug!(set, step = %step.id, "statement {} failed after {ms}ms", i + 1);
                 let message = format!("statement {}: {failure}", i + 1);
@@ -297,22 +346,12 @@ fn refused(step: &Step, reason: String) -> TargetError {
     }
 }
 
-/// The server's error, with its position moved from the text sent (`shift` characters of
-/// initguard's own before the piece of the file that starts at byte `offset` and is `len`
-/// characters long) to the step's file, and located there by line and column.
-fn failure_in_file(
-    db: &DbError,
-    file: &str,
-    offset: usize,
-    len: usize,
-    shift: usize,
-) -> SqlFailure {
+/// The server's error, with its position moved from the text sent (the piece of the file that
+/// starts at byte `offset` and is `len` characters long) to the step's file, and located there
+/// by line and column.
+fn failure_in_file(db: &DbError, file: &str, offset: usize, len: usize) -> SqlFailure {
     let position = match db.position() {
-        Some(ErrorPosition::Original(p)) => usize::try_from(*p)
-            .ok()
-            .and_then(|p| p.checked_sub(shift))
-            .and_then(|p| u32::try_from(p).ok())
-            .and_then(|p| text::file_position(file, offset, len, p)),
+        Some(ErrorPosition::Original(p)) => text::file_position(file, offset, len, *p),
         _ => None,
     };
     SqlFailure {
@@ -324,4 +363,54 @@ fn failure_in_file(
         line_col: None,
     }
     .locate(file)
+}
+
+/// Await five futures, first polling each in the order given: tokio-postgres sends a request
+/// when its future is first polled, and the server runs requests in the order they arrive, so
+/// this pipelines them in that order (tokio's `join!` does not promise an order).
+async fn in_order<A, B, C, D, E>(
+    a: A,
+    b: B,
+    c: C,
+    d: D,
+    e: E,
+) -> (A::Output, B::Output, C::Output, D::Output, E::Output)
+where
+    A: Future,
+    B: Future,
+    C: Future,
+    D: Future,
+    E: Future,
+{
+    let (mut a, mut b, mut c, mut d, mut e) = (pin!(a), pin!(b), pin!(c), pin!(d), pin!(e));
+    let (mut ra, mut rb, mut rc, mut rd, mut re) = (None, None, None, None, None);
+    std::future::poll_fn(|cx| {
+        fn step<F: Future>(f: Pin<&mut F>, out: &mut Option<F::Output>, cx: &mut Context<'_>) {
+            if out.is_none()
+                && let Poll::Ready(v) = f.poll(cx)
+            {
+                *out = Some(v);
+            }
+        }
+        step(a.as_mut(), &mut ra, cx);
+        step(b.as_mut(), &mut rb, cx);
+        step(c.as_mut(), &mut rc, cx);
+        step(d.as_mut(), &mut rd, cx);
+        step(e.as_mut(), &mut re, cx);
+        match (
+            ra.is_some(),
+            rb.is_some(),
+            rc.is_some(),
+            rd.is_some(),
+            re.is_some(),
+        ) {
+            (true, true, true, true, true) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    match (ra, rb, rc, rd, re) {
+        (Some(a), Some(b), Some(c), Some(d), Some(e)) => (a, b, c, d, e),
+        _ => unreachable!("poll_fn returned Ready with every output taken"),
+    }
 }

@@ -18,10 +18,10 @@ use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TargetOptions {
     /// The lease's duration, when the run holds one: the connection's
-    /// `idle_in_transaction_session_timeout`. Every transaction initguard opens is one message
-    /// (`BEGIN; …; COMMIT`), which the server runs to its end without waiting for the client, so
-    /// none of them can sit idle; this is the backstop should one ever span messages while its
-    /// holder is paused (SIGSTOP, a frozen node) with the fence row locked: the server ends it
+    /// `idle_in_transaction_session_timeout`. Every transaction initguard opens is sent whole
+    /// (`BEGIN … COMMIT` in one go), which the server runs to its end without waiting for the
+    /// client; this is the backstop for a holder paused (SIGSTOP, a frozen node) in the instant
+    /// between the requests of one, with the fence row locked: the server ends that transaction
     /// after a lease's worth of idleness, not never.
     pub lease_ttl: Option<Duration>,
 }
@@ -35,6 +35,9 @@ pub struct Target {
     /// Held for the length of each operation. `true` when an operation was dropped midway (its
     /// future cancelled): the next one rolls back whatever that left open first.
     op: tokio::sync::Mutex<bool>,
+    /// A transactional step's fence check and history row, prepared on first use.
+    pub(crate) prepared:
+        tokio::sync::OnceCell<(tokio_postgres::Statement, tokio_postgres::Statement)>,
 }
 
 /// Marks an operation under way on the connection. Dropped before the operation ended (its
@@ -72,6 +75,7 @@ impl Target {
             connector,
             schema: url.schema.clone(),
             op: tokio::sync::Mutex::new(false),
+            prepared: tokio::sync::OnceCell::new(),
         })
     }
 

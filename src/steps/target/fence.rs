@@ -7,9 +7,9 @@
 //! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
 //! has committed or rolled back, and the history read after it includes whatever it committed;
 //! a step transaction of the older applier arriving afterwards finds the newer token and rolls
-//! back. A killed applier's step transaction is one message, already wholly with the server,
-//! which ends it without the client: committed, or rolled back should it notice the client gone
-//! first; either way the step and its row together.
+//! back. A killed applier's step transaction was sent whole, in one go (`apply`): the server
+//! ends it without the client, committed, or rolled back should it notice the client gone
+//! first (or find the rest of it missing); either way the step and its row together.
 //!
 //! `finish` makes the run durable. Step transactions commit with `synchronous_commit = off`:
 //! "the server returns success as soon as the transaction is logically completed, before the

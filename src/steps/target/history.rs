@@ -14,6 +14,22 @@ use tokio_postgres::error::SqlState;
 const WRITE_COLUMNS: &str = "set_name, step, version, description, kind, file, checksum, state, \
      started_at, finished_at, duration_ms, holder, token, statements_done, error, adopted_from";
 
+/// A transactional step's row, inside the step's own transaction: started when the transaction
+/// started, finished now. Parameters: set, step key, version, description, kind, file,
+/// checksum, holder, token.
+pub(crate) fn applied_in_transaction(schema: &str) -> String {
+    format!(
+        "INSERT INTO {}.steps_history AS h ({WRITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+         'applied', now(), clock_timestamp(), \
+         (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, $8, $9, 0, NULL, NULL) \
+         ON CONFLICT (set_name, step) DO UPDATE SET {}, state = 'applied', \
+         started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
+         duration_ms = EXCLUDED.duration_ms, statements_done = 0, error = NULL",
+        quote_ident(schema),
+        RowWrite::IDENTITY
+    )
+}
+
 /// The statements that write one step's row.
 pub(crate) struct RowWrite<'a> {
     pub table: String,
@@ -70,27 +86,6 @@ impl<'a> RowWrite<'a> {
     const IDENTITY: &'static str = "version = EXCLUDED.version, description = EXCLUDED.description, \
          kind = EXCLUDED.kind, file = EXCLUDED.file, checksum = EXCLUDED.checksum, \
          holder = EXCLUDED.holder, token = EXCLUDED.token, adopted_from = NULL";
-
-    /// A transactional step's row, inside its own transaction: started when the transaction
-    /// started, finished now. Returns a row with column `initguard_recorded`, the proof that it
-    /// ran as a statement of its own.
-    pub fn applied_in_transaction(&self) -> String {
-        format!(
-            "{} ON CONFLICT (set_name, step) DO UPDATE SET {}, state = 'applied', \
-             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
-             duration_ms = EXCLUDED.duration_ms, statements_done = 0, error = NULL \
-             RETURNING 1 AS initguard_recorded",
-            self.insert(
-                "applied",
-                "now()",
-                "clock_timestamp()",
-                "(extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint",
-                "0",
-                None
-            ),
-            Self::IDENTITY
-        )
-    }
 
     /// Running from now: the previous state (column `initguard_prev`, no row for a new step)
     /// and the statements already done (`initguard_done`: kept from an interrupted or failed

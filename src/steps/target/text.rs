@@ -1,11 +1,13 @@
-//! A step's SQL text before it is sent: what refuses it (transaction control in a transactional
-//! step, text ending inside a literal or comment), how a no-transaction step splits into
-//! statements, and where a server's error position falls in the step's file. Pure; no I/O.
+//! A step's SQL text before it is sent: what refuses it (transaction control), how a
+//! no-transaction step splits into statements, and where a server's error position falls in the
+//! step's file. Pure; no I/O.
 
 use crate::sql::{self, LexOptions, TokenKind};
 
 /// Why a transactional step cannot be sent, or Ok. Checked both ways of reading backslashes in
 /// `'…'` strings (the server's `standard_conforming_strings` is not known before connecting).
+/// The text is sent as a message of its own, so a literal or comment left open at its end
+/// swallows nothing of initguard's: the server rejects it, with its position.
 pub(crate) fn check_transactional(text: &str) -> Result<(), String> {
     if let Err(tc) = sql::check_no_transaction_control(text) {
         return Err(format!(
@@ -17,7 +19,7 @@ pub(crate) fn check_transactional(text: &str) -> Result<(), String> {
             tc.index, tc.at.line, tc.at.column, tc.what
         ));
     }
-    check_terminated(text)
+    Ok(())
 }
 
 /// Why a no-transaction step cannot be run statement by statement, or Ok: a statement that
@@ -33,37 +35,6 @@ pub(crate) fn check_statement_by_statement(text: &str) -> Result<(), String> {
             tc.index, tc.at.line, tc.at.column, tc.what
         )
     })
-}
-
-/// The step is sent inside one query string with initguard's own statements after it: text
-/// that ends inside a literal, quoted identifier or comment would swallow them. The server would
-/// reject most such texts as a whole anyway; this names the place instead.
-pub(crate) fn check_terminated(text: &str) -> Result<(), String> {
-    for standard in [true, false] {
-        let options = LexOptions {
-            standard_conforming_strings: standard,
-        };
-        let Some(last) = sql::tokens(text, options).last() else {
-            return Ok(());
-        };
-        let what = match last.kind {
-            TokenKind::BlockComment { terminated: false } => "a /* comment",
-            TokenKind::String { terminated: false } => "a '…' string",
-            TokenKind::DollarString { terminated: false } => "a $…$ string",
-            TokenKind::QuotedIdent { terminated: false } => "a \"…\" identifier",
-            _ => continue,
-        };
-        let (line, column) = line_col_of_offset(text, last.start);
-        let how = if standard {
-            ""
-        } else {
-            " (reading backslashes in '…' strings as escapes, as the server does with standard_conforming_strings off)"
-        };
-        return Err(format!(
-            "the text ends inside {what} that starts at line {line}, column {column}{how}; close it"
-        ));
-    }
-    Ok(())
 }
 
 /// A statement of a no-transaction step: its text as sent, and its byte offset in the file.
@@ -134,14 +105,6 @@ pub(crate) fn file_position(file: &str, offset: usize, len: usize, pos: u32) -> 
     u32::try_from(before + pos).ok()
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-pub(crate) fn line_col_of_offset(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line, column)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,23 +126,6 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("statement 1 (line 2, column 1) is BEGIN"), "{e}");
         assert!(check_statement_by_statement("CREATE INDEX CONCURRENTLY i ON t (a);").is_ok());
-    }
-
-    #[test]
-    fn text_ending_inside_a_literal_or_comment_is_refused() {
-        let e = check_terminated("SELECT 1;\nSELECT 'abc").unwrap_err();
-        assert!(
-            e.contains("'…' string that starts at line 2, column 8"),
-            "{e}"
-        );
-        assert!(check_terminated("SELECT 1; /* x").is_err());
-        assert!(check_terminated("SELECT $$ x").is_err());
-        assert!(check_terminated("SELECT \"x").is_err());
-        // A trailing line comment is fine: initguard's statements start on a new line.
-        assert!(check_terminated("SELECT 1 -- done").is_ok());
-        let e = check_terminated(r"SELECT 'a\'").unwrap_err();
-        assert!(e.contains("standard_conforming_strings off"), "{e}");
-        assert!(check_terminated("").is_ok());
     }
 
     #[test]
@@ -222,7 +168,5 @@ mod tests {
         assert_eq!(file.chars().nth(p as usize - 1), Some('S'));
         assert_eq!(file_position(file, offset, 9, 10), None);
         assert_eq!(file_position(file, offset, 9, 0), None);
-        assert_eq!(line_col_of_offset("ab\ncd", 4), (2, 2));
-        assert_eq!(line_col_of_offset("é\nxé", 5), (2, 3));
     }
 }
