@@ -170,6 +170,30 @@ impl Bench {
             .admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     }
 
+    /// The server's own share of "apply 1,000": the 1,000 statements alone, each in its own
+    /// transaction, sent by psql in one message on one connection (fresh database; psql's start
+    /// and connection included), with asynchronous or synchronous commits.
+    fn floor(&self, round: usize, synchronous: bool) -> Result<Duration, Error> {
+        let db = format!("f_{round}_{synchronous}");
+        self.fresh_db(&db);
+        let mut sql = format!(
+            "SET synchronous_commit = {};",
+            if synchronous { "on" } else { "off" }
+        );
+        for n in 1..=STEPS {
+            sql.push_str(&format!(
+                "BEGIN; CREATE TABLE t_{n:04} (id int primary key); COMMIT;"
+            ));
+        }
+        let t = Instant::now();
+        self.pg
+            .try_sql_in(&db, &sql)
+            .map_err(|e| format!("floor: {e}"))?;
+        let took = t.elapsed();
+        self.drop_db(&db);
+        Ok(took)
+    }
+
     fn tables(&self, db: &str) -> usize {
         self.pg
             .sql_in(
@@ -462,7 +486,8 @@ impl Figures {
     }
 }
 
-fn measure(b: &Bench, tools: &[Tool]) -> Result<Vec<Figures>, Error> {
+/// Each tool's figures, and the server's floor for apply 1,000 (asynchronous, synchronous commits).
+fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, (Duration, Duration)), Error> {
     let mut seq: Vec<[Vec<Sample>; 4]> = tools.iter().map(|_| Default::default()).collect();
     // Interleaved, so that both tools see the same machine load.
     for round in 0..ROUNDS {
@@ -472,13 +497,19 @@ fn measure(b: &Bench, tools: &[Tool]) -> Result<Vec<Figures>, Error> {
             }
         }
     }
+    let mut floors = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        floors.0.push(b.floor(round, false)?);
+        floors.1.push(b.floor(round, true)?);
+    }
+    let floors = (median(floors.0), median(floors.1));
     let mut contests: Vec<Vec<Contest>> = tools.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         for (i, tool) in tools.iter().enumerate() {
             contests[i].push(b.contest(*tool, round)?);
         }
     }
-    Ok(seq
+    let figures = seq
         .into_iter()
         .zip(contests)
         .map(|(samples, contests)| Figures {
@@ -487,7 +518,8 @@ fn measure(b: &Bench, tools: &[Tool]) -> Result<Vec<Figures>, Error> {
             runs: std::array::from_fn(|k| samples[k].len()),
             contests,
         })
-        .collect())
+        .collect();
+    Ok((figures, floors))
 }
 
 fn main() -> Result<(), Error> {
@@ -528,7 +560,7 @@ fn main() -> Result<(), Error> {
     }
     let server = b.pg.admin("SHOW server_version");
     let load_before = loadavg();
-    let figures = measure(&b, &tools)?;
+    let (figures, (floor_async, floor_sync)) = measure(&b, &tools)?;
     let load_after = loadavg();
     let ours = &figures[0];
     let theirs = figures.get(1);
@@ -573,6 +605,16 @@ fn main() -> Result<(), Error> {
             cell(ours, k)
         ));
     }
+    rows.insert(
+        1,
+        format!(
+            "| … the server's floor: the 1,000 statements alone, each its own transaction, one \
+             psql message ({ROUNDS} runs) | {} with asynchronous commits | {} with synchronous \
+             commits | – | – |",
+            show(floor_async),
+            show(floor_sync)
+        ),
+    );
     let contest_met = ours.contest_goal_met();
     met_all &= contest_met;
     rows.push(format!(
