@@ -128,6 +128,13 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     let t = fx.target().await;
     // A status read on a database that never saw initguard: empty, and nothing created.
     assert!(t.history(SET).await.unwrap().is_empty());
+    assert!(t.invalid_indexes().await.unwrap().is_empty());
+    let early = fx.step("V0_9__early.sql", "SELECT 1;");
+    assert!(matches!(
+        t.apply(SET, &plan(&early), &run(7)).await,
+        Err(TargetError::NotBegun { .. })
+    ));
+    std::fs::remove_file(&early.path).unwrap();
     assert_eq!(
         fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
         "0"
@@ -1116,4 +1123,23 @@ async fn a_role_without_create_is_refused_as_forbidden_and_can_still_read_status
         fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
         "0"
     );
+}
+
+/// The URL's `schema=` holds the steps tables, as it holds the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_urls_schema_parameter_holds_the_steps_tables() {
+    let fx = fixture!();
+    let url = PgUrl::parse(&format!("{}?schema=ops", fx.pg.url_for(TARGET_DB))).unwrap();
+    let t = Target::connect(&url, &TargetOptions::default())
+        .await
+        .unwrap();
+    t.begin(SET, 1, "h").await.unwrap();
+    let s = fx.step("V1__a.sql", "CREATE TABLE a (id int);");
+    t.apply(SET, &plan(&s), &run(1)).await.unwrap();
+    assert_eq!(fx.sql("SELECT count(*) FROM ops.steps_history"), "1");
+    assert_eq!(
+        fx.sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'"),
+        "0"
+    );
+    assert_eq!(t.history(SET).await.unwrap().len(), 1);
 }

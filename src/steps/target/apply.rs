@@ -22,11 +22,11 @@
 //! interrupted or failed step resumes at the first statement not recorded done, as history (read
 //! under the fence, so newer than any plan) says; the count is by position, so a file edited
 //! after a partial run resumes at the same index (its checksum change is validation's to report
-//! first). When that
-//! statement is a `CREATE [UNIQUE] INDEX CONCURRENTLY name`, the index an interruption or
-//! failure left INVALID is dropped first (`DROP INDEX CONCURRENTLY`) so that re-running the
-//! statement builds a valid one; and when an interrupted run left a *valid* index of that name,
-//! the statement completed before its progress was recorded, and counts as done. Between the
+//! first). When that statement is a `CREATE [UNIQUE] INDEX CONCURRENTLY name`, the index an
+//! interruption or failure left INVALID is dropped first (`DROP INDEX CONCURRENTLY`) so that
+//! running the statement again builds a valid one; and when an interrupted run left a *valid*
+//! index of that name, the statement completed before its progress was recorded, and counts as
+//! done. Between the
 //! fence check and a statement a newer applier may take over (the lease lapsed): it would run
 //! that one statement too. No lock can prevent that without making the newer applier wait
 //! inside a transaction, which is exactly what deadlocks `CREATE INDEX CONCURRENTLY`; the lease
@@ -46,7 +46,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio_postgres::Statement;
-use tokio_postgres::error::{DbError, ErrorPosition};
+use tokio_postgres::error::{DbError, ErrorPosition, SqlState};
 
 impl Target {
     /// Apply one planned SQL step (see the module comment). A failure is rolled back (for a
@@ -84,7 +84,7 @@ impl Target {
         text: &str,
     ) -> Result<(), TargetError> {
         text::check_transactional(text).map_err(|r| refused(step, r))?;
-        let (check, record) = self.step_statements().await?;
+        let (check, record) = self.step_statements(set, run).await?;
         let key = rows::key(&step.id);
         let token = token_i64(run.token);
         let repeatable = matches!(step.id, StepId::Repeatable(_));
@@ -157,7 +157,11 @@ impl Target {
     }
 
     /// The prepared statements of a transactional step: the fence check, and its history row.
-    async fn step_statements(&self) -> Result<(&Statement, &Statement), TargetError> {
+    async fn step_statements(
+        &self,
+        set: &str,
+        run: &RunInfo,
+    ) -> Result<(&Statement, &Statement), TargetError> {
         let (check, record) = self
             .prepared
             .get_or_try_init(|| async {
@@ -174,7 +178,20 @@ impl Target {
                 Ok((check, record))
             })
             .await
-            .map_err(|e: tokio_postgres::Error| self.db_err("preparing the step statements", &e))?;
+            .map_err(|e: tokio_postgres::Error| {
+                // No steps tables yet: `begin` was never called.
+                if e.code() == Some(&SqlState::UNDEFINED_FUNCTION)
+                    || e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME)
+                {
+                    TargetError::NotBegun {
+                        set: set.to_string(),
+                        token: run.token,
+                    }
+                } else {
+                    self.db_err("preparing the step statements", &e)
+                }
+            })?;
         Ok((check, record))
     }
 
