@@ -923,6 +923,9 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
         }
         let again = again.finish(LIMIT);
         assert_ok(&again, &format!("{name}: apply after the interrupted CIC"));
+        if let Some(l) = again.stderr.lines().find(|l| l.contains("still building")) {
+            eprintln!("{name}: the next apply found the dead applier's build: {l}");
+        }
         assert_eq!(index_valid(&fx, &md5), Some(true), "{name}");
         assert_eq!(index_valid(&fx, &format!("{name}_v")), Some(true), "{name}");
         assert_eq!(

@@ -317,6 +317,7 @@ impl Target {
         let Some(name) = text::concurrent_index_name(stmt) else {
             return Ok(false);
         };
+        self.end_former_builds(&name).await?;
         let found = self
             .conn
             .client
@@ -352,6 +353,47 @@ impl Target {
             .await
             .map_err(|e| self.db_err(&format!("dropping the INVALID index {shown}"), &e))?;
         Ok(false)
+    }
+}
+
+impl Target {
+    /// A former applier's session may still be building index `name`: the server goes on with
+    /// a `CREATE INDEX CONCURRENTLY` whose client was killed until it next writes to the socket,
+    /// and a paused applier's goes on too. `DROP INDEX CONCURRENTLY` of that INVALID index then
+    /// deadlocks with the build (each waits for the other's transaction), and running the
+    /// statement again would fail on the name. The lease is ours, so such a session is a former
+    /// holder's, fenced already: end it (same role: `pg_terminate_backend` is allowed) and wait
+    /// until it is gone; what it left is judged afterwards (valid: done; INVALID: dropped).
+    async fn end_former_builds(&self, name: &str) -> Result<(), TargetError> {
+        let what = format!("ending a former applier's build of index {name}");
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let rows = self
+                .conn
+                .client
+                .query(
+                    "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_progress_create_index
+                     WHERE index_relid = to_regclass($1) AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| self.db_err(&what, &e))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            tracing::info!(
+                index = name,
+                "a former applier's session is still building index {name}: ending it before the step resumes"
+            );
+            if Instant::now() > deadline {
+                return Err(TargetError::Db {
+                    target: self.label().to_string(),
+                    what,
+                    reason: "its session was still there after 30s".into(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
