@@ -103,25 +103,29 @@ impl Listing {
             dir: dir.to_path_buf(),
             ..StepSet::default()
         };
-        for os_name in self.entries {
-            if os_name.as_encoded_bytes().first() == Some(&b'.') {
-                continue;
-            }
-            let path = dir.join(&os_name);
-            let Some(name) = os_name.to_str() else {
-                let shown = os_name.to_string_lossy().into_owned();
-                set.problems.push(unreadable(
-                    &shown,
-                    "the file name is not valid UTF-8".into(),
-                    format!(
-                        "rename {} to a step name, or move it out of {}",
-                        path.display(),
-                        dir.display()
-                    ),
-                ));
-                continue;
-            };
-            match inspect(dir, &path, name) {
+        let entries: Vec<_> = self
+            .entries
+            .into_iter()
+            .filter(|n| n.as_encoded_bytes().first() != Some(&b'.'))
+            .collect();
+        // Opening and hashing the files is most of discovery: with many files, two threads share
+        // it (in order: the halves' results are joined as they were listed).
+        let found: Vec<Found> = if entries.len() >= PARALLEL_FROM {
+            let (first, second) = entries.split_at(entries.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| look_at_all(dir, second));
+                let mut found = look_at_all(dir, first);
+                match other.join() {
+                    Ok(rest) => found.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                found
+            })
+        } else {
+            look_at_all(dir, &entries)
+        };
+        for f in found {
+            match f {
                 Found::Step(step) => set.steps.push(*step),
                 Found::Problem(p) => set.problems.push(p),
                 Found::Ignored => {}
@@ -132,6 +136,31 @@ impl Listing {
         set.problems.extend(duplicates(dir, &set.steps));
         set
     }
+}
+
+/// From how many entries `Listing::inspect` shares the work between two threads.
+const PARALLEL_FROM: usize = 64;
+
+/// Each entry's finding, in order (dotfiles already left out).
+fn look_at_all(dir: &Path, entries: &[std::ffi::OsString]) -> Vec<Found> {
+    entries
+        .iter()
+        .map(|os_name| {
+            let path = dir.join(os_name);
+            match os_name.to_str() {
+                Some(name) => inspect(dir, &path, name),
+                None => Found::Problem(unreadable(
+                    &os_name.to_string_lossy(),
+                    "the file name is not valid UTF-8".into(),
+                    format!(
+                        "rename {} to a step name, or move it out of {}",
+                        path.display(),
+                        dir.display()
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 enum Found {
