@@ -64,7 +64,33 @@ fn usage(flag: &'static str, why: impl Into<String>) -> SettingsError {
     }
 }
 
+/// A set's settings: its key and target resolved, its directory not read yet. Nothing contacted.
+struct Settings {
+    id: TaskId,
+    target: Option<TargetUrl>,
+    store: StoreUrl,
+    dir_label: String,
+}
+
+impl Settings {
+    fn with(self, steps: StepSet) -> Set {
+        Set {
+            id: self.id,
+            steps,
+            target: self.target,
+            store: self.store,
+            dir_label: self.dir_label,
+        }
+    }
+}
+
 fn resolve(url: &StoreChoice<'_>, args: &StepsSetArgs) -> Result<Set, Failure> {
+    let settings = resolve_settings(url, args)?;
+    let steps = discover::discover(&args.dir).map_err(StepsError::from)?;
+    Ok(settings.with(steps))
+}
+
+fn resolve_settings(url: &StoreChoice<'_>, args: &StepsSetArgs) -> Result<Settings, Failure> {
     let key = match &args.key {
         Some(k) => Key::parse(k).map_err(SettingsError::from)?,
         None => default_key(&args.dir)?,
@@ -77,14 +103,42 @@ fn resolve(url: &StoreChoice<'_>, args: &StepsSetArgs) -> Result<Set, Failure> {
     settings::check_not_nested(&id)?;
     let store = settings::store_url(url)?;
     let target = target_url(args, &store)?;
-    let steps = discover::discover(&args.dir).map_err(StepsError::from)?;
-    Ok(Set {
+    Ok(Settings {
         id,
-        steps,
         target,
         store,
         dir_label: args.dir.display().to_string(),
     })
+}
+
+/// Lists DIR here (so that a bad DIR is reported before anything is contacted), then reads and
+/// hashes its files on a blocking thread and runs `then` on the set there too, so that the
+/// caller can connect to the store and the target meanwhile.
+fn start_discovery<R: Send + 'static>(
+    dir: &Path,
+    then: impl FnOnce(StepSet) -> R + Send + 'static,
+) -> Result<tokio::task::JoinHandle<R>, Failure> {
+    let listing = discover::list(dir).map_err(StepsError::from)?;
+    Ok(tokio::task::spawn_blocking(move || then(listing.inspect())))
+}
+
+async fn joined<R>(discovery: tokio::task::JoinHandle<R>) -> Result<R, Failure> {
+    match discovery.await {
+        Ok(found) => Ok(found),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(Failure::Runtime(std::io::Error::other(e))),
+        },
+    }
+}
+
+/// Discovery (started) and `other` (which contacts the store or the target) at once.
+async fn with_discovery<R, T>(
+    discovery: tokio::task::JoinHandle<R>,
+    other: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<(R, T), Failure> {
+    let (found, got) = tokio::join!(joined(discovery), other);
+    Ok((found?, got?))
 }
 
 /// `steps-<DIR's base name>`, with every character a key does not allow replaced by `-`.
@@ -185,10 +239,9 @@ fn allow(a: &StepsAllowArgs) -> Allow {
 }
 
 /// Refuse a set with SQL steps and nowhere to run them, before anything is contacted.
-fn check_target(set: &Set) -> Result<(), StepsError> {
+fn check_target(set: &Settings, steps: &StepSet) -> Result<(), StepsError> {
     if set.target.is_none()
-        && let Some(first) = set
-            .steps
+        && let Some(first) = steps
             .steps
             .iter()
             .find(|s| s.kind == crate::steps::Kind::Sql)
@@ -244,8 +297,15 @@ async fn apply(
     args: StepsApplyArgs,
     signals: &mut Signals,
 ) -> Result<u8, Failure> {
-    let set = resolve(url, &args.set)?;
-    if args.adopt.is_some() && set.target.is_none() {
+    let resolved = resolve_settings(url, &args.set)?;
+    // DIR is listed here; its files are read and hashed (and the fingerprint made) on another
+    // thread while the rest is checked and the store opened.
+    let label = resolved.target.as_ref().map(target_label);
+    let discovery = start_discovery(&args.set.dir, move |steps| {
+        let fp = steps_run::fingerprint(&steps, label.as_deref());
+        (steps, fp)
+    })?;
+    if args.adopt.is_some() && resolved.target.is_none() {
         return Err(usage(
             "--adopt",
             "needs a target database (--target URL, or a postgres:// store): adoption reads \
@@ -253,15 +313,29 @@ async fn apply(
         )
         .into());
     }
-    check_target(&set)?;
     let ttl = lock_ttl(&args.lock_ttl)?;
     let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
     let grace = settings::duration("--grace", &args.grace)?;
-    let label = set.target.as_ref().map(target_label);
-    let fp = steps_run::fingerprint(&set.steps, label.as_deref());
-    if args.dry_run {
-        return dry_run(&set, allow(&args.allow)).await;
-    }
+    let opening = "opening the store; nothing was applied";
+    let ((steps, fp), store) = if args.dry_run || resolved.target.is_none() {
+        // Without a target an SQL step is refused before the store is opened (so discovery
+        // comes first); a dry run opens no store of its own here.
+        let (steps, fp) = joined(discovery).await?;
+        check_target(&resolved, &steps)?;
+        if args.dry_run {
+            return dry_run(&resolved.with(steps), allow(&args.allow)).await;
+        }
+        let store = super::entry::interruptible(signals, opening, open(&resolved.store)).await?;
+        ((steps, fp), store)
+    } else {
+        super::entry::interruptible(
+            signals,
+            opening,
+            with_discovery(discovery, open(&resolved.store)),
+        )
+        .await?
+    };
+    let set = resolved.with(steps);
     let env_remove: Vec<String> = settings::STORE_ENV
         .iter()
         .chain(STEPS_ENV)
@@ -305,12 +379,6 @@ async fn apply(
         script,
         dir_label: set.dir_label.clone(),
     };
-    let store = super::entry::interruptible(
-        signals,
-        "opening the store; nothing was applied",
-        open(&set.store),
-    )
-    .await?;
     info!(key = %plan.id, fingerprint = %plan.fingerprint, "steps {} ({} step{}), fingerprint {}", plan.id, set.steps.steps.len(), if set.steps.steps.len() == 1 { "" } else { "s" }, plan.fingerprint);
     match steps_run::apply(store.as_ref(), &plan, set.steps, opts, signals).await {
         Ok(done) => {
@@ -341,48 +409,93 @@ fn problems_of(e: &StepsError) -> Option<&[Problem]> {
     }
 }
 
-/// The set's history, read only: the target database's when there is one, else the record's
-/// (script steps applied before the set had a target count too, see `run::merged`).
-async fn history(set: &Set, store: &dyn Store) -> Result<Vec<Applied>, Failure> {
-    let recorded = store
-        .read(&set.id)
-        .await?
-        .map(|r| r.steps)
-        .unwrap_or_default();
-    match &set.target {
-        Some(t) => Ok(steps_run::merged(target_history(set, t).await?, &recorded)),
-        None => Ok(recorded),
+/// What `status`, `validate` and `--dry-run` read, read only: the set's history (the target
+/// database's when there is one, else the record's; script steps applied before the set had a
+/// target count too, see `run::merged`) and, when asked, the target's INVALID indexes.
+struct Read {
+    history: Vec<Applied>,
+    invalid_indexes: Vec<Problem>,
+}
+
+/// Reads the record and the target at once, the target over one connection. The store's error
+/// is reported before the target's.
+async fn read(
+    id: &TaskId,
+    store: &StoreUrl,
+    target: Option<&TargetUrl>,
+    indexes: bool,
+) -> Result<Read, Failure> {
+    let recorded = async {
+        let store = open(store).await?;
+        Ok::<_, Failure>(store.read(id).await?.map(|r| r.steps).unwrap_or_default())
+    };
+    let (recorded, target) = tokio::join!(recorded, read_target(id, target, indexes));
+    let recorded = recorded?;
+    Ok(match target? {
+        Some((history, invalid_indexes)) => Read {
+            history: steps_run::merged(history, &recorded),
+            invalid_indexes,
+        },
+        None => Read {
+            history: recorded,
+            invalid_indexes: Vec::new(),
+        },
+    })
+}
+
+/// The target's history and (when asked) its INVALID indexes, over one connection; `None`
+/// without a target.
+#[cfg(feature = "postgres")]
+async fn read_target(
+    id: &TaskId,
+    target: Option<&TargetUrl>,
+    indexes: bool,
+) -> Result<Option<(Vec<Applied>, Vec<Problem>)>, Failure> {
+    let Some(t) = target else {
+        return Ok(None);
+    };
+    let db = crate::steps::target::Target::connect(t, &Default::default())
+        .await
+        .map_err(|e| steps_target_err(id, e))?;
+    let history = db
+        .history(id.key.as_str())
+        .await
+        .map_err(|e| steps_target_err(id, e))?;
+    let invalid = if indexes {
+        db.invalid_indexes()
+            .await
+            .map_err(|e| steps_target_err(id, e))?
+    } else {
+        Vec::new()
+    };
+    Ok(Some((history, invalid)))
+}
+#[cfg(not(feature = "postgres"))]
+async fn read_target(
+    id: &TaskId,
+    target: Option<&TargetUrl>,
+    indexes: bool,
+) -> Result<Option<(Vec<Applied>, Vec<Problem>)>, Failure> {
+    let _ = (id, indexes);
+    match target {
+        Some(t) => match *t {},
+        None => Ok(None),
     }
 }
 
 #[cfg(feature = "postgres")]
-async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
-    let target = crate::steps::target::Target::connect(t, &Default::default())
-        .await
-        .map_err(|e| steps_target_err(set, e))?;
-    target
-        .history(set.id.key.as_str())
-        .await
-        .map_err(|e| steps_target_err(set, e))
-}
-#[cfg(not(feature = "postgres"))]
-async fn target_history(set: &Set, t: &TargetUrl) -> Result<Vec<Applied>, Failure> {
-    let _ = set;
-    match *t {}
-}
-
-#[cfg(feature = "postgres")]
-fn steps_target_err(set: &Set, e: crate::steps::target::TargetError) -> Failure {
+fn steps_target_err(id: &TaskId, e: crate::steps::target::TargetError) -> Failure {
     StepsError::Target {
-        key: set.id.to_string(),
+        key: id.to_string(),
         source: e,
     }
     .into()
 }
 
 async fn dry_run(set: &Set, allow: Allow) -> Result<u8, Failure> {
-    let store = open(&set.store).await?;
-    let history = history(set, store.as_ref()).await?;
+    let history = read(&set.id, &set.store, set.target.as_ref(), false)
+        .await?
+        .history;
     let v = validate::check(&set.steps, &history, allow);
     let mut out = std::io::stdout();
     if !v.errors.is_empty() {
@@ -440,13 +553,12 @@ fn plan_table(plan: &[crate::steps::Planned]) -> String {
 }
 
 async fn status(url: &StoreChoice<'_>, args: StepsStatusArgs) -> Result<u8, Failure> {
-    let set = resolve(url, &args.set)?;
-    let store = open(&set.store).await?;
-    let history = history(&set, store.as_ref()).await?;
+    let (set, read) = read_with_discovery(url, &args.set).await?;
+    let history = read.history;
     let v = validate::check(&set.steps, &history, Allow::default());
     let mut problems: Vec<Problem> = v.errors;
     problems.extend(v.warnings);
-    problems.extend(invalid_indexes(&set).await?);
+    problems.extend(read.invalid_indexes);
     let rows = status::rows(&set.steps, &history);
     let mut out = std::io::stdout();
     if args.json {
@@ -465,33 +577,33 @@ async fn status(url: &StoreChoice<'_>, args: StepsStatusArgs) -> Result<u8, Fail
     Ok(crate::exit::OK)
 }
 
-#[cfg(feature = "postgres")]
-async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
-    let Some(t) = &set.target else {
-        return Ok(Vec::new());
-    };
-    let target = crate::steps::target::Target::connect(t, &Default::default())
-        .await
-        .map_err(|e| steps_target_err(set, e))?;
-    target
-        .invalid_indexes()
-        .await
-        .map_err(|e| steps_target_err(set, e))
-}
-#[cfg(not(feature = "postgres"))]
-async fn invalid_indexes(set: &Set) -> Result<Vec<Problem>, Failure> {
-    let _ = set;
-    Ok(Vec::new())
+/// `status`'s and `validate`'s reading: DIR read and hashed while the store and the target are
+/// contacted (all three at once); DIR's errors first, then the store's, then the target's.
+async fn read_with_discovery(
+    url: &StoreChoice<'_>,
+    args: &StepsSetArgs,
+) -> Result<(Set, Read), Failure> {
+    let resolved = resolve_settings(url, args)?;
+    let discovery = start_discovery(&args.dir, |steps| steps)?;
+    let (steps, read) = with_discovery(
+        discovery,
+        read(
+            &resolved.id,
+            &resolved.store,
+            resolved.target.as_ref(),
+            true,
+        ),
+    )
+    .await?;
+    Ok((resolved.with(steps), read))
 }
 
 async fn validate(url: &StoreChoice<'_>, args: StepsValidateArgs) -> Result<u8, Failure> {
-    let set = resolve(url, &args.set)?;
-    let store = open(&set.store).await?;
-    let history = history(&set, store.as_ref()).await?;
-    let v = validate::check(&set.steps, &history, allow(&args.allow));
+    let (set, read) = read_with_discovery(url, &args.set).await?;
+    let v = validate::check(&set.steps, &read.history, allow(&args.allow));
     // An INVALID index is a problem no --allow-* accepts: validate fails on it (for CI).
     let mut errors = v.errors;
-    errors.extend(invalid_indexes(&set).await?);
+    errors.extend(read.invalid_indexes);
     let mut shown = errors.clone();
     shown.extend(v.warnings.iter().cloned());
     let mut out = std::io::stdout();
@@ -550,7 +662,7 @@ async fn repair_under(
     if let Some(t) = &set.target {
         let target = crate::steps::target::Target::connect(t, &Default::default())
             .await
-            .map_err(|e| steps_target_err(set, e))?;
+            .map_err(|e| steps_target_err(&set.id, e))?;
         let run = crate::steps::RunInfo {
             token: lease.token,
             holder: holder.identity(),
@@ -559,11 +671,11 @@ async fn repair_under(
         target
             .begin(name, run.token, &run.holder)
             .await
-            .map_err(|e| steps_target_err(set, e))?;
+            .map_err(|e| steps_target_err(&set.id, e))?;
         return target
             .repair(name, &set.steps, &run)
             .await
-            .map_err(|e| steps_target_err(set, e));
+            .map_err(|e| steps_target_err(&set.id, e));
     }
     let _ = holder;
     let Some(mut rec) = store.read(&set.id).await? else {

@@ -61,27 +61,45 @@ pub fn of_file(path: &Path) -> io::Result<Checksum> {
 }
 
 /// Hashes everything `r` yields; returns with the checksum the first `keep` bytes read (for the
-/// first-line marker).
+/// first-line marker). Reads through one buffer per thread, reused from call to call (discovery
+/// hashes every file of DIR: a fresh 64 KiB buffer each time cost more than hashing a small file).
 pub(crate) fn of_reader(mut r: impl Read, keep: usize) -> io::Result<(Checksum, Vec<u8>)> {
-    let mut head = Vec::with_capacity(keep);
-    let mut n = Normalising::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let got = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let chunk = &buf[..got];
-        if head.len() < keep {
-            let take = (keep - head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..take]);
-        }
-        n.update(chunk);
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    Ok((n.finish(), head))
+    BUF.with(|cell| {
+        // A re-entrant call (there is none) would get a buffer of its own.
+        let mut own = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf = match borrowed.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        if buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
+        let mut head = Vec::with_capacity(keep);
+        let mut n = Normalising::default();
+        loop {
+            let got = match r.read(&mut buf[..]) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let chunk = &buf[..got];
+            if head.len() < keep {
+                let take = (keep - head.len()).min(chunk.len());
+                head.extend_from_slice(&chunk[..take]);
+            }
+            n.update(chunk);
+        }
+        Ok((n.finish(), head))
+    })
 }
+
+/// How much `of_reader` reads at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// A short form for tables: the first 8 hex digits, without the label.
 pub fn short(c: &Checksum) -> &str {

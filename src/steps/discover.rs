@@ -52,6 +52,19 @@ impl DiscoverError {
 
 /// Reads DIR's steps (see the module comment for the rules).
 pub fn discover(dir: &Path) -> Result<StepSet, DiscoverError> {
+    list(dir).map(Listing::inspect)
+}
+
+/// DIR's entries, listed and sorted, not looked at yet: every error `discover` can return is
+/// found here, before any step file is opened.
+#[derive(Debug)]
+pub struct Listing {
+    dir: PathBuf,
+    entries: Vec<std::ffi::OsString>,
+}
+
+/// Lists DIR: the cheap first half of `discover` (no file is opened or hashed).
+pub fn list(dir: &Path) -> Result<Listing, DiscoverError> {
     let meta = fs::metadata(dir).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => DiscoverError::Missing {
             dir: dir.to_path_buf(),
@@ -75,39 +88,79 @@ pub fn discover(dir: &Path) -> Result<StepSet, DiscoverError> {
         entries.push(entry.map_err(read_err)?.file_name());
     }
     entries.sort();
-
-    let mut set = StepSet {
+    Ok(Listing {
         dir: dir.to_path_buf(),
-        ..StepSet::default()
-    };
-    for os_name in entries {
-        if os_name.as_encoded_bytes().first() == Some(&b'.') {
-            continue;
-        }
-        let path = dir.join(&os_name);
-        let Some(name) = os_name.to_str() else {
-            let shown = os_name.to_string_lossy().into_owned();
-            set.problems.push(unreadable(
-                &shown,
-                "the file name is not valid UTF-8".into(),
-                format!(
-                    "rename {} to a step name, or move it out of {}",
-                    path.display(),
-                    dir.display()
-                ),
-            ));
-            continue;
+        entries,
+    })
+}
+
+impl Listing {
+    /// The second half of `discover`: looks at and hashes every entry. Cannot fail (a file that
+    /// cannot be read is a problem of the set).
+    pub fn inspect(self) -> StepSet {
+        let dir = self.dir.as_path();
+        let mut set = StepSet {
+            dir: dir.to_path_buf(),
+            ..StepSet::default()
         };
-        match inspect(dir, &path, name) {
-            Found::Step(step) => set.steps.push(*step),
-            Found::Problem(p) => set.problems.push(p),
-            Found::Ignored => {}
+        let entries: Vec<_> = self
+            .entries
+            .into_iter()
+            .filter(|n| n.as_encoded_bytes().first() != Some(&b'.'))
+            .collect();
+        // Opening and hashing the files is most of discovery: with many files, two threads share
+        // it (in order: the halves' results are joined as they were listed).
+        let found: Vec<Found> = if entries.len() >= PARALLEL_FROM {
+            let (first, second) = entries.split_at(entries.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| look_at_all(dir, second));
+                let mut found = look_at_all(dir, first);
+                match other.join() {
+                    Ok(rest) => found.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                found
+            })
+        } else {
+            look_at_all(dir, &entries)
+        };
+        for f in found {
+            match f {
+                Found::Step(step) => set.steps.push(*step),
+                Found::Problem(p) => set.problems.push(p),
+                Found::Ignored => {}
+            }
         }
+        set.steps
+            .sort_by(|a, b| a.id.cmp(&b.id).then_with(|| a.file.cmp(&b.file)));
+        set.problems.extend(duplicates(dir, &set.steps));
+        set
     }
-    set.steps
-        .sort_by(|a, b| a.id.cmp(&b.id).then_with(|| a.file.cmp(&b.file)));
-    set.problems.extend(duplicates(dir, &set.steps));
-    Ok(set)
+}
+
+/// From how many entries `Listing::inspect` shares the work between two threads.
+const PARALLEL_FROM: usize = 64;
+
+/// Each entry's finding, in order (dotfiles already left out).
+fn look_at_all(dir: &Path, entries: &[std::ffi::OsString]) -> Vec<Found> {
+    entries
+        .iter()
+        .map(|os_name| {
+            let path = dir.join(os_name);
+            match os_name.to_str() {
+                Some(name) => inspect(dir, &path, name),
+                None => Found::Problem(unreadable(
+                    &os_name.to_string_lossy(),
+                    "the file name is not valid UTF-8".into(),
+                    format!(
+                        "rename {} to a step name, or move it out of {}",
+                        path.display(),
+                        dir.display()
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 enum Found {
