@@ -512,3 +512,35 @@ fn a_long_apply_of_short_steps_keeps_its_lease() {
         "1000 steps: apply under a 1s lease {took:?}, no-op apply {noop:?}, status {status:?}"
     );
 }
+
+/// Step commits do not wait for the disk; `finish` makes them durable before apply exits 0. The
+/// server is crashed (`pg_ctl stop -m immediate`: WAL still in its shared buffers is lost) the
+/// moment apply exits: every step and its history row must still be there after the restart.
+#[test]
+fn every_step_is_durable_when_apply_exits_0_even_if_the_server_crashes_at_once() {
+    let Some(mut fx) = Fx::start() else { return };
+    for n in 1..=300 {
+        fx.sql(
+            &format!("V{n}__t{n}.sql"),
+            &format!("CREATE TABLE d_{n} (id int primary key);\n"),
+        );
+    }
+    let out = fx.steps("apply", &[]);
+    fx.pg.kill();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.pg.restart();
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'd\\_%' AND relkind = 'r'"
+        ),
+        "300"
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM initguard.steps_history WHERE set_name = 'steps-db' AND state = 'applied'",
+        ),
+        "300"
+    );
+}

@@ -156,7 +156,7 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     for s in [&s1, &s2, &r] {
         t.apply(SET, &plan(s), &info).await.unwrap();
     }
-    t.finish().await.unwrap();
+    t.finish(SET, 7).await.unwrap();
     assert_eq!(fx.sql("SELECT name FROM user_names"), "it's me");
     let h = t.history(SET).await.unwrap();
     assert_eq!(h.len(), 3);
@@ -843,7 +843,7 @@ async fn timing_apply_1000_trivial_steps() {
         for s in &steps {
             t.apply(&set, &plan(s), &info).await.unwrap();
         }
-        t.finish().await.unwrap();
+        t.finish(&set, 1).await.unwrap();
         applies.push(started.elapsed());
         let started = Instant::now();
         let h = t.history(&set).await.unwrap();

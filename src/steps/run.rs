@@ -314,7 +314,9 @@ impl StepsBody {
         #[cfg(feature = "postgres")]
         if let Some(t) = &target {
             // One synchronous commit: every step committed before it is durable once it returns.
-            let done = ctx.guarded(t.finish()).await?;
+            let done = ctx
+                .guarded(t.finish(&self.opts.set_name, ctx.token()))
+                .await?;
             done.map_err(|e| self.target_err(e))?;
         }
         Ok(applied)

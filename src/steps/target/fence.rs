@@ -22,8 +22,8 @@
 //! lies after the commit records of every earlier asynchronous commit: once one synchronous
 //! commit returns, all of them are on disk. An effect and its history row commit together, so a
 //! crash before the flush loses both, never one: the next run applies the step again, once.
-//! `finish` commits one transaction that has a transaction id (so it writes a commit record)
-//! synchronously; when it returns, every step of the run is on disk (and on synchronous standbys, as the server's
+//! `finish` commits one transaction that rewrites the set's fence row (so it writes WAL of its
+//! own, which is what makes PostgreSQL flush at its commit) synchronously; when it returns, every step of the run is on disk (and on synchronous standbys, as the server's
 //! `synchronous_commit` says). A failed step's `failed` row is committed synchronously too, so
 //! the steps before a failure are durable without `finish`.
 
@@ -83,26 +83,74 @@ impl Target {
     }
 
     /// One synchronous commit (see the module comment): every step committed before it is
-    /// durable once it returns. A server whose own default is `synchronous_commit = off` is
+    /// durable once it returns. The transaction rewrites the set's fence row (still holding our
+    /// token, else `Fenced`): PostgreSQL flushes at commit only for a transaction that wrote WAL
+    /// of its own (`wrote_xlog` in `RecordTransactionCommit`, src/backend/access/transam/xact.c),
+    /// so a transaction that merely took an xid would commit asynchronously and flush nothing;
+    /// the test `every_step_is_durable_when_apply_exits_0_even_if_the_server_crashes_at_once`
+    /// lost the last step that way. A server whose own default is `synchronous_commit = off` is
     /// asked for `on` for this one transaction.
-    pub async fn finish(&self) -> Result<(), TargetError> {
+    pub async fn finish(&self, set: &str, token: u64) -> Result<(), TargetError> {
         self.exclusive(async {
-            let res = self
-                .conn
-                .client
-                .batch_execute(
-                    "BEGIN;\
-                 SELECT set_config('synchronous_commit', 'on', true) \
-                  WHERE current_setting('synchronous_commit') = 'off';\
-                 SELECT txid_current();\
-                 COMMIT",
-                )
-                .await;
-            if let Err(e) = res {
-                let _ = self.conn.client.batch_execute("ROLLBACK").await;
-                return Err(self.db_err("making the applied steps durable", &e));
+            let t = format!("{}.steps_fence", quote_ident(&self.schema));
+            let res = async {
+                self.conn
+                    .client
+                    .batch_execute(
+                        "BEGIN;\
+                         SELECT set_config('synchronous_commit', 'on', true) \
+                          WHERE current_setting('synchronous_commit') = 'off'",
+                    )
+                    .await?;
+                let n = self
+                    .conn
+                    .client
+                    .execute(
+                        &format!(
+                            "UPDATE {t} SET updated_at = clock_timestamp() \
+                             WHERE set_name = $1 AND token = $2"
+                        ),
+                        &[&set, &token_i64(token)],
+                    )
+                    .await?;
+                if n == 1 {
+                    self.conn.client.batch_execute("COMMIT").await?;
+                }
+                Ok::<u64, tokio_postgres::Error>(n)
             }
-            Ok(())
+            .await;
+            match res {
+                Ok(1) => Ok(()),
+                Ok(_) => {
+                    let _ = self.conn.client.batch_execute("ROLLBACK").await;
+                    let newer: Option<i64> = self
+                        .conn
+                        .client
+                        .query_opt(
+                            &format!("SELECT token FROM {t} WHERE set_name = $1"),
+                            &[&set],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.try_get(0).ok());
+                    Err(match newer {
+                        Some(n) => TargetError::Fenced {
+                            set: set.to_string(),
+                            token,
+                            newer: u64::try_from(n).unwrap_or_default(),
+                        },
+                        None => TargetError::NotBegun {
+                            set: set.to_string(),
+                            token,
+                        },
+                    })
+                }
+                Err(e) => {
+                    let _ = self.conn.client.batch_execute("ROLLBACK").await;
+                    Err(self.db_err("making the applied steps durable", &e))
+                }
+            }
         })
         .await
     }
