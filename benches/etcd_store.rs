@@ -13,7 +13,6 @@ mod etcd;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn initguard(url: &str, work: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
@@ -44,19 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
 
     // 1. A skip: the path every replica takes on every restart once the task is done.
-    let ok = initguard(&url, work.path())
-        .args(["run", "--key", "bench/skip", "--", "true"])
-        .status()?;
-    assert!(ok.success(), "first run failed");
-    let skips = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = initguard(&url, work.path())
-                .args(["run", "--key", "bench/skip", "--", "true"])
-                .status();
-            t.elapsed()
-        })
-        .collect();
+    let skips = support::skips(&|| initguard(&url, work.path()), "bench/skip", 50)?;
     rows.push(row("skip of a done task (50 runs)", skips));
 
     // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited,
@@ -65,29 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..5 {
         let key = format!("bench/contend-{round}");
         let before = revision(&etcd);
-        let t = Instant::now();
-        let mut children: Vec<_> = (0..30)
-            .map(|_| {
-                initguard(&url, work.path())
-                    .args(["run", "--key", &key, "--", "sleep", "0.2"])
-                    .spawn()
-            })
-            .collect::<Result<_, _>>()?;
-        let mut exits = Vec::new();
-        while !children.is_empty() {
-            children.retain_mut(|c| match c.try_wait() {
-                Ok(Some(_)) => {
-                    exits.push(Instant::now());
-                    false
-                }
-                _ => true,
-            });
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        walls.push(t.elapsed());
-        let first = exits.iter().min().copied().unwrap_or(t);
-        let last = exits.iter().max().copied().unwrap_or(t);
-        follows.push(last - first);
+        let (wall, follow) = support::contest(&|| initguard(&url, work.path()), &key, 30)?;
+        walls.push(wall);
+        follows.push(follow);
         writes.push(revision(&etcd).saturating_sub(before));
     }
     rows.push(row(
@@ -111,21 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut takeovers = Vec::new();
     for round in 0..3 {
         let key = format!("bench/takeover-{round}");
-        let started = work.path().join(format!("started-{round}"));
-        let mut holder = initguard(&url, work.path())
-            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "sh", "-c"])
-            .arg(format!("touch {}; sleep 60", started.display()))
-            .spawn()?;
-        while !started.exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        holder.kill()?;
-        holder.wait()?;
-        let t = Instant::now();
-        initguard(&url, work.path())
-            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "true"])
-            .status()?;
-        takeovers.push(t.elapsed());
+        takeovers.push(support::takeover(
+            &|| initguard(&url, work.path()),
+            work.path(),
+            &key,
+        )?);
     }
     rows.push(row(
         "takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs)",

@@ -26,19 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
 
     // 1. A skip: the path every replica takes on every restart once the task is done.
-    let ok = initguard(&store)
-        .args(["run", "--key", "bench/skip", "--", "true"])
-        .status()?;
-    assert!(ok.success(), "first run failed");
-    let skips: Vec<Duration> = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = initguard(&store)
-                .args(["run", "--key", "bench/skip", "--", "true"])
-                .status();
-            t.elapsed()
-        })
-        .collect();
+    let skips = support::skips(&|| initguard(&store), "bench/skip", 50)?;
     rows.push(row("skip of a done task (50 runs)", skips));
 
     // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited.

@@ -12,7 +12,7 @@ mod kube_api;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const NS: &str = "bench";
 
@@ -43,19 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
 
     // 1. A skip: one GET of the Lease, the path every replica takes on every restart.
-    let ok = initguard(&kubeconfig)
-        .args(["run", "--key", "bench/skip", "--", "true"])
-        .status()?;
-    assert!(ok.success(), "first run failed");
-    let skips: Vec<Duration> = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = initguard(&kubeconfig)
-                .args(["run", "--key", "bench/skip", "--", "true"])
-                .status();
-            t.elapsed()
-        })
-        .collect();
+    let skips = support::skips(&|| initguard(&kubeconfig), "bench/skip", 50)?;
     rows.push(row("skip of a done task (50 runs)", skips));
 
     // 2. 30 contenders on one key, command takes 200 ms: wall time until all 30 have exited,
@@ -116,21 +104,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut takeovers = Vec::new();
     for round in 0..3 {
         let key = format!("bench/takeover-{round}");
-        let started = tmp.path().join(format!("started-{round}"));
-        let mut holder = initguard(&kubeconfig)
-            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "sh", "-c"])
-            .arg(format!("touch {}; sleep 60", started.display()))
-            .spawn()?;
-        while !started.exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        holder.kill()?;
-        holder.wait()?;
-        let t = Instant::now();
-        initguard(&kubeconfig)
-            .args(["run", "--key", &key, "--lock-ttl", "2s", "--", "true"])
-            .status()?;
-        takeovers.push(t.elapsed());
+        takeovers.push(support::takeover(
+            &|| initguard(&kubeconfig),
+            tmp.path(),
+            &key,
+        )?);
     }
     rows.push(row(
         "takeover after kill -9, --lock-ttl 2s, until the successor exited (3 runs)",

@@ -91,3 +91,82 @@ pub fn wait_lags(
     }
     Ok(lags)
 }
+
+/// The skip path: `key` is run once to succeed, then `n` more runs are timed (each a skip).
+/// `base` makes an `initguard` command for the store under test.
+pub fn skips(
+    base: &dyn Fn() -> std::process::Command,
+    key: &str,
+    n: usize,
+) -> std::io::Result<Vec<Duration>> {
+    let run = || {
+        let mut c = base();
+        c.args(["run", "--key", key, "--", "true"]);
+        c
+    };
+    assert!(run().status()?.success(), "first run failed");
+    (0..n)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            run().status()?;
+            Ok(t.elapsed())
+        })
+        .collect()
+}
+
+/// `n` contenders on `key` at once, the command taking 200 ms: the wall time until all have
+/// exited, and the time from the first exit (the holder's) to the last (the slowest waiter's).
+pub fn contest(
+    base: &dyn Fn() -> std::process::Command,
+    key: &str,
+    n: usize,
+) -> std::io::Result<(Duration, Duration)> {
+    let t = std::time::Instant::now();
+    let mut children: Vec<_> = (0..n)
+        .map(|_| {
+            base()
+                .args(["run", "--key", key, "--", "sleep", "0.2"])
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut exits = Vec::new();
+    while !children.is_empty() {
+        children.retain_mut(|c| match c.try_wait() {
+            Ok(Some(_)) => {
+                exits.push(std::time::Instant::now());
+                false
+            }
+            _ => true,
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let wall = t.elapsed();
+    let first = exits.iter().min().copied().unwrap_or(t);
+    let last = exits.iter().max().copied().unwrap_or(t);
+    Ok((wall, last - first))
+}
+
+/// Takeover: a holder of `key` (`--lock-ttl 2s`) is killed with SIGKILL once its command runs;
+/// the time from then until a successor started right after has run and exited. `dir` holds
+/// the holder's start marker.
+pub fn takeover(
+    base: &dyn Fn() -> std::process::Command,
+    dir: &Path,
+    key: &str,
+) -> std::io::Result<Duration> {
+    let started = dir.join(format!("started-{}", key.replace('/', "-")));
+    let mut holder = base()
+        .args(["run", "--key", key, "--lock-ttl", "2s", "--", "sh", "-c"])
+        .arg(format!("touch {}; sleep 60", started.display()))
+        .spawn()?;
+    while !started.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    holder.kill()?;
+    holder.wait()?;
+    let t = std::time::Instant::now();
+    base()
+        .args(["run", "--key", key, "--lock-ttl", "2s", "--", "true"])
+        .status()?;
+    Ok(t.elapsed())
+}
