@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 pub mod checksum;
 pub mod discover;
+pub(crate) mod repair;
 pub mod status;
 pub mod validate;
 pub mod version;

@@ -4,6 +4,7 @@
 //! The protocol (skip, wait, running/succeeded/failed, signals, lost lease) is the guard's; this
 //! module never writes the record except through `BodyCtx`, and prints nothing.
 
+use super::repair::{self, Change};
 use super::validate::{self, Validation};
 use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepSet};
 use crate::body::{Body, BodyCtx, BodyEnd, Stop};
@@ -626,40 +627,44 @@ pub fn problem_line(p: &Problem) -> String {
 /// history (checksums realigned, missing steps forgotten, failed and interrupted ones cleared so
 /// that they run again). Returns what changed, one line each.
 pub fn repair_record(set: &StepSet, rec: &mut Record) -> Vec<String> {
+    let history = std::mem::take(&mut rec.steps);
+    let planned = repair::plan(&history, set);
     let mut changes = Vec::new();
     let mut kept = Vec::new();
-    for mut a in std::mem::take(&mut rec.steps) {
-        let Some(step) = set.steps.iter().find(|s| s.id == a.id) else {
-            changes.push(format!(
-                "removed {} ({}): its file is gone",
-                a.id, a.description
-            ));
+    for a in &history {
+        let Some((_, step, change)) = planned.iter().find(|(p, _, _)| p.id == a.id) else {
+            kept.push(a.clone());
             continue;
         };
-        match a.state {
-            AppliedState::Failed | AppliedState::Running => {
+        let file = step
+            .as_ref()
+            .map_or(a.description.as_str(), |s| s.file.as_str());
+        match change {
+            Change::RemoveMissing => changes.push(format!(
+                "removed {} ({}): its file is gone",
+                a.id, a.description
+            )),
+            Change::ClearFailed | Change::ClearInterrupted => changes.push(format!(
+                "cleared {} ({file}): it was {}; it runs again on the next apply",
+                a.id,
+                if a.state == AppliedState::Failed {
+                    "failed"
+                } else {
+                    "interrupted"
+                }
+            )),
+            Change::Realign { .. } => {
                 changes.push(format!(
-                    "cleared {} ({}): it was {}; it runs again on the next apply",
-                    a.id,
-                    step.file,
-                    if a.state == AppliedState::Failed {
-                        "failed"
-                    } else {
-                        "interrupted"
-                    }
+                    "realigned the checksum of {} ({file}) to the file as it is now",
+                    a.id
                 ));
-                continue;
+                let mut a = a.clone();
+                a.checksum = step.as_ref().map(|s| s.checksum.clone());
+                kept.push(a);
             }
-            AppliedState::Applied => {}
+            // Only SQL steps resume; the record holds script steps alone.
+            Change::KeepPartial { .. } | Change::KeepRunning => kept.push(a.clone()),
         }
-        if a.checksum.as_ref() != Some(&step.checksum) {
-            changes.push(format!(
-                "realigned the checksum of {} ({}) to the file as it is now",
-                a.id, step.file
-            ));
-            a.checksum = Some(step.checksum.clone());
-        }
-        kept.push(a);
     }
     rec.steps = kept;
     changes

@@ -11,49 +11,9 @@
 use super::conn::Target;
 use super::error::TargetError;
 use super::rows::{self, literal};
-use crate::steps::{Applied, AppliedState, Checksum, Kind, RunInfo, Step, StepSet, checksum};
+use crate::steps::repair::{Change, plan};
+use crate::steps::{Applied, Checksum, RunInfo, Step, StepSet, checksum};
 use crate::store::postgres::quote_ident;
-
-/// What repair does to one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Change {
-    Realign { from: Option<String>, to: String },
-    RemoveMissing,
-    ClearFailed,
-    ClearInterrupted,
-    KeepPartial { done: u32 },
-    KeepRunning,
-}
-
-/// The changes for the set's history against its files, in history order.
-fn plan<'a>(history: &'a [Applied], steps: &StepSet) -> Vec<(&'a Applied, Option<Step>, Change)> {
-    let mut out = Vec::new();
-    for a in history {
-        let step = steps.steps.iter().find(|s| s.id == a.id).cloned();
-        let change = match (&step, a.state) {
-            (None, _) => Change::RemoveMissing,
-            (Some(s), AppliedState::Applied) => {
-                if a.checksum.as_ref() == Some(&s.checksum) {
-                    continue;
-                }
-                Change::Realign {
-                    from: a.checksum.as_ref().map(|c| c.0.clone()),
-                    to: s.checksum.0.clone(),
-                }
-            }
-            (Some(s), AppliedState::Failed) if s.no_transaction && a.statements_done > 0 => {
-                Change::KeepPartial {
-                    done: a.statements_done,
-                }
-            }
-            (Some(_), AppliedState::Failed) => Change::ClearFailed,
-            (Some(s), AppliedState::Running) if s.kind == Kind::Script => Change::ClearInterrupted,
-            (Some(_), AppliedState::Running) => Change::KeepRunning,
-        };
-        out.push((a, step, change));
-    }
-    out
-}
 
 fn line(a: &Applied, step: Option<&Step>, change: &Change) -> String {
     let file = step
@@ -134,7 +94,7 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::steps::{StepId, Version};
+    use crate::steps::{AppliedState, Kind, StepId, Version};
     use std::path::PathBuf;
 
     fn step(v: u64, sum: &str, no_tx: bool) -> Step {
