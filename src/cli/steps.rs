@@ -425,6 +425,21 @@ async fn read(
     target: Option<&TargetUrl>,
     indexes: bool,
 ) -> Result<Read, Failure> {
+    // With a PostgreSQL store a set always has a target (the store's database unless --target
+    // names another), and a record holds step history only for a set without one (`run`'s
+    // script steps): when the target is the store's database, the target is all there is to
+    // read, over one connection instead of two.
+    #[cfg(feature = "postgres")]
+    if let (StoreUrl::Postgres(pg), Some(t)) = (store, target)
+        && pg == t
+    {
+        let (history, invalid_indexes) =
+            read_target(id, target, indexes).await?.unwrap_or_default();
+        return Ok(Read {
+            history,
+            invalid_indexes,
+        });
+    }
     let recorded = async {
         let store = open(store).await?;
         Ok::<_, Failure>(store.read(id).await?.map(|r| r.steps).unwrap_or_default())
@@ -457,18 +472,12 @@ async fn read_target(
     let db = crate::steps::target::Target::connect(t, &Default::default())
         .await
         .map_err(|e| steps_target_err(id, e))?;
-    let history = db
-        .history(id.key.as_str())
-        .await
-        .map_err(|e| steps_target_err(id, e))?;
-    let invalid = if indexes {
-        db.invalid_indexes()
-            .await
-            .map_err(|e| steps_target_err(id, e))?
+    let found = if indexes {
+        db.history_and_invalid_indexes(id.key.as_str()).await
     } else {
-        Vec::new()
+        db.history(id.key.as_str()).await.map(|h| (h, Vec::new()))
     };
-    Ok(Some((history, invalid)))
+    Ok(Some(found.map_err(|e| steps_target_err(id, e))?))
 }
 #[cfg(not(feature = "postgres"))]
 async fn read_target(

@@ -40,6 +40,7 @@
 use super::{Applied, AppliedState, Checksum, Kind, Problem, StepId, StepSet, checksum, validate};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -203,29 +204,32 @@ pub fn table(rows: &[StatusRow]) -> String {
         "Duration",
         "Checksum",
     ];
-    let cells: Vec<[String; 7]> = rows
+    // Borrowed where a cell is already text: a status of 1,000 steps is mostly this loop.
+    let cells: Vec<[Cow<'_, str>; 7]> = rows
         .iter()
         .map(|r| {
             let version = match &r.id {
-                StepId::Versioned(v) => v.text.clone(),
-                StepId::Repeatable(_) => "R".to_string(),
+                StepId::Versioned(v) => validate::printable(&v.text),
+                StepId::Repeatable(_) => Cow::Borrowed("R"),
             };
             let when = match r.state {
                 RowState::Running => r.started_at,
                 _ => r.applied_at.or(r.started_at),
             };
             [
-                validate::printable(&version).into_owned(),
-                validate::printable(&r.description).into_owned(),
-                r.kind.to_string(),
-                r.state.as_str().to_string(),
-                when.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                version,
+                validate::printable(&r.description),
+                Cow::Borrowed(r.kind.as_str()),
+                Cow::Borrowed(r.state.as_str()),
+                when.map(minute).map(Cow::Owned).unwrap_or_default(),
+                r.duration_ms
+                    .map(duration)
+                    .map(Cow::Owned)
                     .unwrap_or_default(),
-                r.duration_ms.map(duration).unwrap_or_default(),
                 r.checksum
                     .as_ref()
                     .or(r.applied_checksum.as_ref())
-                    .map(|c| checksum::short(c).to_string())
+                    .map(|c| Cow::Borrowed(checksum::short(c)))
                     .unwrap_or_default(),
             ]
         })
@@ -251,28 +255,42 @@ pub fn table(rows: &[StatusRow]) -> String {
         .max(MIN_DESCRIPTION);
     widths[1] = widths[1].min(room);
 
-    let line = |c: [&str; 7]| {
-        let mut s = String::new();
+    let line = |out: &mut String, c: [&str; 7]| {
+        let start = out.len();
         for (i, cell) in c.iter().enumerate() {
             if i > 0 {
-                s.push_str("  ");
+                out.push_str("  ");
             }
             let cell = cut(cell, widths[i]);
-            s.push_str(&cell);
-            s.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+            out.push_str(&cell);
+            out.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
         }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
+        let end = start + out[start..].trim_end().len();
+        out.truncate(end);
+        out.push('\n');
     };
-    let mut out = line(HEADER);
+    let mut out = String::with_capacity((cells.len() + 3) * (TARGET_WIDTH + 1));
+    line(&mut out, HEADER);
     for c in &cells {
-        out.push_str(&line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6]]));
+        line(&mut out, [&c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6]]);
     }
     out.push('\n');
     out.push_str(&summary(rows));
     out.push('\n');
     out
+}
+
+/// `2026-12-01 13:21`: what `%Y-%m-%d %H:%M` gives, without parsing that format for each row.
+fn minute(t: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 /// `7 steps: 3 applied, 2 pending, 1 outdated, 1 changed` (states with no step left out).
@@ -302,13 +320,13 @@ fn count(rows: &[StatusRow]) -> HashMap<RowState, usize> {
     counts
 }
 
-fn cut(text: &str, width: usize) -> String {
+fn cut(text: &str, width: usize) -> Cow<'_, str> {
     if text.chars().count() <= width {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
     s.push('…');
-    s
+    Cow::Owned(s)
 }
 
 /// `850ms`, `1.2s`, `3m05s`, `1h02m`.

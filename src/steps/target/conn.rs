@@ -64,7 +64,7 @@ impl Drop for InFlight<'_> {
 impl Target {
     /// Connect to the target database. Creates nothing (status reads must not).
     pub async fn connect(url: &PgUrl, opts: &TargetOptions) -> Result<Target, TargetError> {
-        let mut connector = Connector::new(url, None)?;
+        let mut connector = Connector::new(url)?;
         if let Some(ttl) = opts.lease_ttl {
             let ms = ttl.as_millis().clamp(1000, i32::MAX as u128);
             connector.set_option("idle_in_transaction_session_timeout", &ms.to_string());

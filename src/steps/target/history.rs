@@ -9,6 +9,7 @@ use super::rows::{self, COLUMNS, kind_text, literal, opt_literal, token_i64};
 use crate::steps::{Applied, RunInfo, Step};
 use crate::store::postgres::quote_ident;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 /// Every column an upsert writes, in `RowWrite`'s order.
 const WRITE_COLUMNS: &str = "set_name, step, version, description, kind, file, checksum, state, \
@@ -180,7 +181,13 @@ impl Target {
             "SELECT {COLUMNS} FROM {}.steps_history WHERE set_name = $1",
             quote_ident(&self.schema)
         );
-        let found = match self.conn.client.query(&sql, &[&set]).await {
+        // Typed: parsed, bound and run in one round trip (no prepare first).
+        let found = match self
+            .conn
+            .client
+            .query_typed(&sql, &[(&set, Type::TEXT)])
+            .await
+        {
             Ok(rows) => rows,
             Err(e)
                 if e.code() == Some(&SqlState::UNDEFINED_TABLE)

@@ -11,11 +11,38 @@ impl Target {
     /// fixes it. (`apply` itself drops one its interrupted statement left before running that
     /// statement again.)
     pub async fn invalid_indexes(&self) -> Result<Vec<Problem>, TargetError> {
+        self.exclusive(self.read_invalid_indexes()).await
+    }
+
+    /// The set's history and the INVALID indexes, both asked at once (one round trip).
+    pub async fn history_and_invalid_indexes(
+        &self,
+        set: &str,
+    ) -> Result<(Vec<crate::steps::Applied>, Vec<Problem>), TargetError> {
         self.exclusive(async {
+            tokio::try_join!(self.read_history(set), self.read_invalid_indexes())
+        })
+        .await
+    }
+
+    /// `invalid_indexes`, inside an operation that holds the connection already.
+    async fn read_invalid_indexes(&self) -> Result<Vec<Problem>, TargetError> {
+        // Asked of pg_index alone first: the whole question (five catalogs and a view) costs a
+        // fresh connection a few milliseconds of catalog loading, for the usual answer "none".
+        let any = self
+            .conn
+            .client
+            .query_typed("SELECT 1 FROM pg_index WHERE NOT indisvalid LIMIT 1", &[])
+            .await
+            .map_err(|e| self.db_err("looking for INVALID indexes", &e))?;
+        if any.is_empty() {
+            return Ok(Vec::new());
+        }
+        {
             let rows = self
                 .conn
                 .client
-                .query(
+                .query_typed(
                     "SELECT format('%I.%I', n.nspname, c.relname),
                         format('%I.%I', tn.nspname, t.relname)
                  FROM pg_index i
@@ -44,8 +71,7 @@ impl Target {
                 out.push(invalid_index(&index, &table));
             }
             Ok(out)
-        })
-        .await
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 const CONNECT_ATTEMPTS: u32 = 3;
 const CONNECT_BACKOFF: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
 /// Per attempt, for everything a connection needs before it is usable: TCP connect, TLS, the
-/// startup and authentication exchange, LISTEN. tokio-postgres' `connect_timeout` covers the TCP
+/// startup and authentication exchange. tokio-postgres' `connect_timeout` covers the TCP
 /// connect only; a server that accepts the connection and then says nothing (a stopped
 /// postmaster, a black-holed proxy) would otherwise hang the startup forever.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,6 +42,15 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// LISTEN on `channel`. Callers join it with their first statement: tokio-postgres sends both
+    /// before waiting, and the server runs them in order, so the LISTEN is in effect before that
+    /// statement looks at anything, for no round trip of its own.
+    pub async fn listen(&self, channel: &str) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+            .await
+    }
+
     /// Still worth sending statements to.
     pub fn usable(&self) -> bool {
         !self.client.is_closed() && !self.hung.load(std::sync::atomic::Ordering::Relaxed)
@@ -61,12 +70,10 @@ pub(crate) struct Connector {
     tls: Tls,
     /// The URL as logged (password removed).
     pub label: String,
-    /// LISTEN channel, or None for connections that only run SQL tasks.
-    pub channel: Option<String>,
 }
 
 impl Connector {
-    pub fn new(url: &PgUrl, channel: Option<String>) -> Result<Connector, StoreError> {
+    pub fn new(url: &PgUrl) -> Result<Connector, StoreError> {
         let label = url.redacted();
         let config_err = |reason: String| StoreError::Config {
             store: label.clone(),
@@ -126,12 +133,7 @@ impl Connector {
                 ))
             }
         };
-        Ok(Connector {
-            config,
-            tls,
-            label,
-            channel,
-        })
+        Ok(Connector { config, tls, label })
     }
 
     /// Add a server setting for every session (`-c name=value` in the startup options).
@@ -218,11 +220,6 @@ impl Connector {
                 (client, drive(conn))
             }
         };
-        if let Some(channel) = &self.channel {
-            client
-                .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
-                .await?;
-        }
         Ok(Arc::new(Conn {
             client,
             notes,
@@ -684,7 +681,7 @@ xNPA1Gq5wb/PJJ3bbxj+qHDdkTwaOH4gVesr0ueqoKyRH+bmySHltr0C
             }
         });
         let url = PgUrl::parse(&format!("postgres://u:pw@127.0.0.1:{port}/db")).unwrap();
-        let connector = Connector::new(&url, None).unwrap();
+        let connector = Connector::new(&url).unwrap();
         let started = Instant::now();
         let res = connector
             .connect_until(started + Duration::from_millis(1500))

@@ -76,10 +76,12 @@ pub(crate) fn lock_key(name: &str) -> i64 {
 /// that a role without CREATE can use tables an administrator created.
 pub(crate) async fn ensure(conn: &Conn, schema: &str) -> Result<(), SchemaError> {
     let s = quote_ident(schema);
+    // Typed (no prepare first): the one query of every start, in one round trip.
     match conn
         .client
-        .query_opt(&format!("SELECT version FROM {s}.layout WHERE id = 1"), &[])
+        .query_typed(&format!("SELECT version FROM {s}.layout WHERE id = 1"), &[])
         .await
+        .map(|rows| rows.into_iter().next())
     {
         Ok(Some(row)) => {
             let found: i32 = row.try_get(0)?;

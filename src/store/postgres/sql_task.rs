@@ -35,7 +35,6 @@ impl Drop for Session {
 
 impl Session {
     async fn open(mut connector: Connector, lease: &Lease) -> Result<Session, StoreError> {
-        connector.channel = None;
         // A holder paused mid-transaction (SIGSTOP, frozen node) keeps its socket open; the server
         // ends its transaction after a lease's worth of silence, so its locks do not block the
         // next holder for longer than the lease itself would.
@@ -221,7 +220,7 @@ async fn in_target_db(
         store: "--sql-target".into(),
         reason: e.to_string(),
     })?;
-    let connector = Connector::new(&url, None)?;
+    let connector = Connector::new(&url)?;
     // The record remembers the target (without its password), so that `initguard reset` knows
     // this task's completion lives there too.
     let mut marked = done.clone();
@@ -326,7 +325,7 @@ pub async fn clear_sql_completions(
         store: "--sql-target".into(),
         reason: e.to_string(),
     })?;
-    let connector = Connector::new(&url, None)?;
+    let connector = Connector::new(&url)?;
     let conn = connector.connect().await?;
     let fail = |what: &str, e: tokio_postgres::Error| {
         let reason = format!("{what}: {}", error_chain(&e));

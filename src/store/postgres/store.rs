@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 /// Longest any one store query may take before the connection is given up as hung.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -207,7 +208,7 @@ impl PgStore {
             .chars()
             .take(63)
             .collect();
-        let mut connector = Connector::new(url, Some(channel.clone()))?;
+        let mut connector = Connector::new(url)?;
         connector.set_option("lock_timeout", &LOCK_TIMEOUT_MS.to_string());
         let conn = match connector.connect().await {
             Ok(conn) => Some(conn),
@@ -231,10 +232,38 @@ impl PgStore {
             subscriptions: Mutex::new(HashMap::new()),
         };
         if let Some(conn) = conn {
-            store.ensure_schema(&conn).await?;
-            store.schema_ready.store(true, Ordering::Relaxed);
+            store.ready(&conn).await?;
         }
         Ok(store)
+    }
+
+    /// Make a new connection ready: LISTEN on initguard's channel and, until some connection has
+    /// done it, make sure of the tables, both in one round trip (`Conn::listen`).
+    async fn ready(&self, conn: &Conn) -> Result<(), StoreError> {
+        let first = !self.schema_ready.load(Ordering::Relaxed);
+        let listen = async {
+            match tokio::time::timeout(QUERY_TIMEOUT, conn.listen(&self.channel)).await {
+                Err(_) => Err(self.unreachable("listening for releases timed out")),
+                Ok(Err(e)) => Err(self.pg_error("listening for releases", &e)),
+                Ok(Ok(())) => Ok(()),
+            }
+        };
+        let schema = async {
+            if first {
+                self.ensure_schema(conn).await
+            } else {
+                Ok(())
+            }
+        };
+        let (listened, schema) = tokio::join!(listen, schema);
+        listened?;
+        schema?;
+        if first {
+            self.schema_ready.store(true, Ordering::Relaxed);
+        } else {
+            tracing::info!(store = %self.connector.label, "reconnected to the store");
+        }
+        Ok(())
     }
 
     pub(crate) async fn ensure_schema(&self, conn: &Conn) -> Result<(), StoreError> {
@@ -292,12 +321,7 @@ impl PgStore {
         }
         *slot = None;
         let c = self.connector.connect_until(deadline).await?;
-        if !self.schema_ready.load(Ordering::Relaxed) {
-            self.ensure_schema(&c).await?;
-            self.schema_ready.store(true, Ordering::Relaxed);
-        } else {
-            tracing::info!(store = %self.connector.label, "reconnected to the store");
-        }
+        self.ready(&c).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -666,8 +690,9 @@ impl Store for PgStore {
             .call("reading the record", QUERY_TIMEOUT, move |c| {
                 let (sql, n) = (sql.clone(), n.clone());
                 Box::pin(async move {
-                    let row = c.client.query_opt(&sql.read, &[&n]).await?;
-                    Ok(row.map(|r| r.try_get(0)).transpose()?.flatten())
+                    // Typed: parsed, bound and run in one round trip (no prepare first).
+                    let rows = c.client.query_typed(&sql.read, &[(&n, Type::TEXT)]).await?;
+                    Ok(rows.first().map(|r| r.try_get(0)).transpose()?.flatten())
                 })
             })
             .await?;
