@@ -229,6 +229,20 @@ impl Bench {
         Ok([apply, noop, status, add])
     }
 
+    /// initguard's own floor for the no-op apply: the same skip with a set of one step (process
+    /// start, one store connection, one record read, next to nothing to hash), `REPEAT` times.
+    fn skip_floor(&self, round: usize) -> Result<Vec<Sample>, Error> {
+        let db = format!("s_{round}");
+        let url = self.fresh_db(&db);
+        let dir = self.dir(Tool::Initguard, 1);
+        timed(&mut self.apply(Tool::Initguard, &url, &dir), "apply 1")?;
+        let skips = (0..REPEAT)
+            .map(|_| timed(&mut self.apply(Tool::Initguard, &url, &dir), "no-op apply of 1"))
+            .collect::<Result<_, _>>()?;
+        self.drop_db(&db);
+        Ok(skips)
+    }
+
     fn contest(&self, tool: Tool, round: usize) -> Result<Contest, Error> {
         let db = format!("c_{}_{round}", tool.short());
         let url = self.fresh_db(&db);
@@ -486,8 +500,15 @@ impl Figures {
     }
 }
 
-/// Each tool's figures, and the server's floor for apply 1,000 (asynchronous, synchronous commits).
-fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, (Duration, Duration)), Error> {
+/// What no tool can go below: the server's work for apply 1,000 (with asynchronous and with
+/// synchronous commits), and initguard's skip of a one-step set (median, runs).
+struct Floors {
+    apply: (Duration, Duration),
+    skip: (Duration, usize),
+}
+
+/// Each tool's figures, and the floors.
+fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, Floors), Error> {
     let mut seq: Vec<[Vec<Sample>; 4]> = tools.iter().map(|_| Default::default()).collect();
     // Interleaved, so that both tools see the same machine load.
     for round in 0..ROUNDS {
@@ -498,11 +519,19 @@ fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, (Duration, Durati
         }
     }
     let mut floors = (Vec::new(), Vec::new());
+    let mut skip_floor = Vec::new();
     for round in 0..ROUNDS {
         floors.0.push(b.floor(round, false)?);
         floors.1.push(b.floor(round, true)?);
+        skip_floor.extend(b.skip_floor(round)?);
     }
-    let floors = (median(floors.0), median(floors.1));
+    let floors = Floors {
+        apply: (median(floors.0), median(floors.1)),
+        skip: (
+            median(skip_floor.iter().map(|s| s.wall).collect()),
+            skip_floor.len(),
+        ),
+    };
     let mut contests: Vec<Vec<Contest>> = tools.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         for (i, tool) in tools.iter().enumerate() {
@@ -554,13 +583,15 @@ fn main() -> Result<(), Error> {
     } else {
         vec![Tool::Initguard]
     };
+    write_steps(&b.dir(Tool::Initguard, 1), Tool::Initguard, 1)?;
     for tool in &tools {
         write_steps(&b.dir(*tool, STEPS), *tool, STEPS)?;
         write_steps(&b.dir(*tool, STEPS + 1), *tool, STEPS + 1)?;
     }
     let server = b.pg.admin("SHOW server_version");
     let load_before = loadavg();
-    let (figures, (floor_async, floor_sync)) = measure(&b, &tools)?;
+    let (figures, floors) = measure(&b, &tools)?;
+    let (floor_async, floor_sync) = floors.apply;
     let load_after = loadavg();
     let ours = &figures[0];
     let theirs = figures.get(1);
@@ -613,6 +644,15 @@ fn main() -> Result<(), Error> {
              commits | – | – |",
             show(floor_async),
             show(floor_sync)
+        ),
+    );
+    rows.insert(
+        3,
+        format!(
+            "| … initguard's own floor: the same skip with a set of one step (process start, one \
+             store connection, one read; {} runs) | {} | – | – | – |",
+            floors.skip.1,
+            show(floors.skip.0)
         ),
     );
     let contest_met = ours.contest_goal_met();

@@ -691,6 +691,42 @@ mod tests {
         assert_eq!(set.steps[0].description, "first");
     }
 
+    /// A ConfigMap volume: every step a symlink into `..data/`. The listing says "symlink", so
+    /// each is followed: found with its content's checksum, a script judged by its target's
+    /// mode; a symlink to a directory is ignored, a FIFO is a problem and never opened.
+    #[test]
+    fn symlinked_steps_are_followed_and_special_files_are_not_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs::create_dir(d.join("..data")).unwrap();
+        write(&d.join("..data"), "V1__a.sql", "select 1;\r\n", 0o644);
+        write(&d.join("..data"), "V2__run.sh", "#!/bin/sh\n", 0o755);
+        write(&d.join("..data"), "V3__plain.sh", "#!/bin/sh\n", 0o644);
+        fs::create_dir(d.join("..data/V4__dir.sql")).unwrap();
+        for name in ["V1__a.sql", "V2__run.sh", "V3__plain.sh", "V4__dir.sql"] {
+            symlink(d.join("..data").join(name), d.join(name)).unwrap();
+        }
+        nix::unistd::mkfifo(&d.join("V5__pipe.sql"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+        let set = discover(d).unwrap();
+        assert_eq!(ids(&set), ["1", "2"]);
+        assert_eq!(set.steps[0].checksum, checksum::of_bytes(b"select 1;\n"));
+        assert_eq!(set.steps[1].kind, Kind::Script);
+        let problems: Vec<(ProblemKind, Option<&str>)> = set
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.file.as_deref()))
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                (ProblemKind::NotExecutable, Some("V3__plain.sh")),
+                (ProblemKind::UnreadableName, Some("V5__pipe.sql")),
+            ]
+        );
+        assert!(set.problems[1].detail.contains("not a regular file"));
+    }
+
     #[test]
     fn file_problems_are_reported_not_fatal() {
         let tmp = tempfile::tempdir().unwrap();
