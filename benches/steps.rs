@@ -237,7 +237,12 @@ impl Bench {
         let dir = self.dir(Tool::Initguard, 1);
         timed(&mut self.apply(Tool::Initguard, &url, &dir), "apply 1")?;
         let skips = (0..REPEAT)
-            .map(|_| timed(&mut self.apply(Tool::Initguard, &url, &dir), "no-op apply of 1"))
+            .map(|_| {
+                timed(
+                    &mut self.apply(Tool::Initguard, &url, &dir),
+                    "no-op apply of 1",
+                )
+            })
             .collect::<Result<_, _>>()?;
         self.drop_db(&db);
         Ok(skips)
