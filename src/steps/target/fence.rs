@@ -32,6 +32,7 @@ use super::error::TargetError;
 use super::rows::token_i64;
 use super::tables;
 use crate::store::postgres::quote_ident;
+use tokio_postgres::types::Type;
 
 impl Target {
     /// Create the steps tables when missing, and register `token` as the set's newest fencing
@@ -47,7 +48,7 @@ impl Target {
         let row = self
             .conn
             .client
-            .query_opt(
+            .query_typed_opt(
                 &format!(
                     "INSERT INTO {t} AS f (set_name, token, holder) VALUES ($1, $2, $3)
                      ON CONFLICT (set_name) DO UPDATE
@@ -55,7 +56,7 @@ impl Target {
                      WHERE f.token <= EXCLUDED.token
                      RETURNING token"
                 ),
-                &[&set, &ours, &holder],
+                &[(&set, Type::TEXT), (&ours, Type::INT8), (&holder, Type::TEXT)],
             )
             .await
             .map_err(|e| self.db_err("registering the fencing token", &e))?;

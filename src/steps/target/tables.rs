@@ -94,7 +94,10 @@ pub(crate) fn check_fn(schema: &str) -> String {
 pub(crate) async fn ready(conn: &Conn, schema: &str) -> Result<bool, tokio_postgres::Error> {
     let name = format!("{}.{CHECK_FN}{CHECK_ARGS}", quote_ident(schema));
     conn.client
-        .query_one("SELECT to_regprocedure($1) IS NOT NULL", &[&name])
+        .query_typed_one(
+            "SELECT to_regprocedure($1) IS NOT NULL",
+            &[(&name, tokio_postgres::types::Type::TEXT)],
+        )
         .await?
         .try_get(0)
 }

@@ -56,6 +56,9 @@ struct Statements {
     release_watched: String,
 }
 
+// Every statement runs typed (`query_typed*`, `execute_typed`: parsed, bound and run in one
+// round trip, its parameters' types given here) rather than prepared first (two round trips):
+// each process runs most of them once.
 impl Statements {
     fn new(schema: &str) -> Statements {
         let t = format!("{}.tasks", quote_ident(schema));
@@ -466,7 +469,16 @@ impl PgStore {
                 Box::pin(async move {
                     let row = match c
                         .client
-                        .query_opt(&sql.take, &[&n, &h, &nc, &ttl_ms, &lock_ms])
+                        .query_typed_opt(
+                            &sql.take,
+                            &[
+                                (&n, Type::TEXT),
+                                (&h, Type::JSONB),
+                                (&nc, Type::TEXT),
+                                (&ttl_ms, Type::INT8),
+                                (&lock_ms, Type::TEXT),
+                            ],
+                        )
                         .await
                     {
                         Ok(row) => row,
@@ -512,7 +524,20 @@ impl PgStore {
                     scope.clone(),
                     inst.clone(),
                 );
-                Box::pin(async move { c.client.execute(&sql.insert, &[&n, &k, &s, &i]).await })
+                Box::pin(async move {
+                    let text = Type::TEXT;
+                    c.client
+                        .execute_typed(
+                            &sql.insert,
+                            &[
+                                (&n, text.clone()),
+                                (&k, text.clone()),
+                                (&s, text.clone()),
+                                (&i, text),
+                            ],
+                        )
+                        .await
+                })
             })
             .await?;
             return Ok(Take::Again);
@@ -549,7 +574,11 @@ impl PgStore {
         let row = self
             .call("reading the lease", QUERY_TIMEOUT, move |c| {
                 let (sql, n) = (sql.clone(), n.clone());
-                Box::pin(async move { c.client.query_opt(&sql.holder_of, &[&n]).await })
+                Box::pin(async move {
+                    c.client
+                        .query_typed_opt(&sql.holder_of, &[(&n, Type::TEXT)])
+                        .await
+                })
             })
             .await?;
         Ok(row
@@ -574,7 +603,10 @@ impl PgStore {
             .call("reading the lease", QUERY_TIMEOUT, move |c| {
                 let (sql, n) = (sql.clone(), n.clone());
                 Box::pin(async move {
-                    let row = c.client.query_opt(&sql.lease_row, &[&n]).await?;
+                    let row = c
+                        .client
+                        .query_typed_opt(&sql.lease_row, &[(&n, Type::TEXT)])
+                        .await?;
                     row.map(|r| {
                         Ok((
                             r.try_get(0)?,
@@ -618,9 +650,16 @@ impl PgStore {
                 let (sql, n, ch, nonce) = (sql.clone(), n.clone(), ch.clone(), nonce.clone());
                 Box::pin(async move {
                     c.client
-                        .query(
+                        .query_typed(
                             &sql.release_watched,
-                            &[&n, &token, &ch, &nonce, &expires_at, &updated_at],
+                            &[
+                                (&n, Type::TEXT),
+                                (&token, Type::INT8),
+                                (&ch, Type::TEXT),
+                                (&nonce, Type::TEXT),
+                                (&expires_at, Type::TIMESTAMPTZ),
+                                (&updated_at, Type::TIMESTAMPTZ),
+                            ],
                         )
                         .await
                 })
@@ -643,7 +682,7 @@ impl PgStore {
 
     /// Whether the server's connections are scarce enough that a waiter should not sit on one.
     async fn crowded(&self, conn: &Arc<Conn>) -> Result<bool, StoreError> {
-        let query = conn.client.query_one(
+        let query = conn.client.query_typed_one(
             "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
                     current_setting('max_connections')::bigint",
             &[],
@@ -830,7 +869,14 @@ impl Store for PgStore {
         let rows = self
             .call("renewing the lease", limit, move |c| {
                 let (sql, n) = (sql.clone(), n.clone());
-                Box::pin(async move { c.client.execute(&sql.renew, &[&n, &token, &ttl]).await })
+                Box::pin(async move {
+                    c.client
+                        .execute_typed(
+                            &sql.renew,
+                            &[(&n, Type::TEXT), (&token, Type::INT8), (&ttl, Type::INT8)],
+                        )
+                        .await
+                })
             })
             .await?;
         Self::fenced(
@@ -863,7 +909,16 @@ impl Store for PgStore {
                 );
                 Box::pin(async move {
                     c.client
-                        .execute(&sql.write, &[&n, &token, &v, &s, &f])
+                        .execute_typed(
+                            &sql.write,
+                            &[
+                                (&n, Type::TEXT),
+                                (&token, Type::INT8),
+                                (&v, Type::JSONB),
+                                (&s, Type::TEXT),
+                                (&f, Type::TEXT),
+                            ],
+                        )
                         .await
                 })
             })
@@ -884,7 +939,14 @@ impl Store for PgStore {
         );
         self.call("releasing the lease", QUERY_TIMEOUT, move |c| {
             let (sql, n, ch) = (sql.clone(), n.clone(), ch.clone());
-            Box::pin(async move { c.client.query(&sql.release, &[&n, &token, &ch]).await })
+            Box::pin(async move {
+                c.client
+                    .query_typed(
+                        &sql.release,
+                        &[(&n, Type::TEXT), (&token, Type::INT8), (&ch, Type::TEXT)],
+                    )
+                    .await
+            })
         })
         .await?;
         Ok(())
