@@ -42,6 +42,7 @@ pub enum Failure {
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Manifest(#[from] crate::k8s::yaml_docs::YamlError),
+    #[cfg(feature = "kubernetes")]
     #[error("cannot read or write {}: {source}", path.display())]
     Input {
         path: std::path::PathBuf,
@@ -72,7 +73,9 @@ pub fn exit_code(f: &Failure) -> u8 {
         Failure::VerifySave(_) => exit::IO_ERR,
         #[cfg(feature = "kubernetes")]
         Failure::Rbac(_) => exit::USAGE,
-        Failure::Install(_) | Failure::Input { .. } => exit::IO_ERR,
+        Failure::Install(_) => exit::IO_ERR,
+        #[cfg(feature = "kubernetes")]
+        Failure::Input { .. } => exit::IO_ERR,
         #[cfg(feature = "kubernetes")]
         Failure::Inject(crate::k8s::inject::InjectError::Yaml(_)) | Failure::Manifest(_) => {
             exit::DATA_ERR

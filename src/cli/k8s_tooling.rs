@@ -2,8 +2,11 @@
 //! options, print. No logic of their own: that lives in `install.rs` and `k8s/`.
 
 use super::failure::Failure;
+#[cfg(feature = "kubernetes")]
 use super::settings::SettingsError;
+#[cfg(feature = "kubernetes")]
 use std::io::{Read, Write};
+#[cfg(feature = "kubernetes")]
 use std::path::Path;
 use tracing::info;
 
