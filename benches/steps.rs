@@ -107,30 +107,19 @@ impl Bench {
     }
 
     fn apply(&self, tool: Tool, url: &str, dir: &Path) -> Command {
-        match tool {
-            Tool::Initguard => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
-                c.args(["steps", "apply"])
-                    .arg(dir)
-                    .args(["--key", KEY])
-                    .env("INITGUARD_STORE", url);
-                self.quiet(c)
-            }
-            Tool::Sqlx => {
-                let mut c = Command::new(self.sqlx.as_deref().unwrap_or(Path::new("sqlx")));
-                c.args(["migrate", "run", "--source"])
-                    .arg(dir)
-                    .args(["--database-url", url]);
-                self.quiet(c)
-            }
-        }
+        self.command(tool, url, dir, "apply", "run")
     }
 
     fn status(&self, tool: Tool, url: &str, dir: &Path) -> Command {
+        self.command(tool, url, dir, "status", "info")
+    }
+
+    /// `initguard steps <ours> DIR` or `sqlx migrate <theirs> --source DIR`, on `url`.
+    fn command(&self, tool: Tool, url: &str, dir: &Path, ours: &str, theirs: &str) -> Command {
         match tool {
             Tool::Initguard => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_initguard"));
-                c.args(["steps", "status"])
+                c.args(["steps", ours])
                     .arg(dir)
                     .args(["--key", KEY])
                     .env("INITGUARD_STORE", url);
@@ -138,7 +127,7 @@ impl Bench {
             }
             Tool::Sqlx => {
                 let mut c = Command::new(self.sqlx.as_deref().unwrap_or(Path::new("sqlx")));
-                c.args(["migrate", "info", "--source"])
+                c.args(["migrate", theirs, "--source"])
                     .arg(dir)
                     .args(["--database-url", url]);
                 self.quiet(c)

@@ -164,6 +164,29 @@ pub struct StepsAllowArgs {
     pub out_of_order: bool,
 }
 
+/// The lease `run` and `steps apply` take: how long it lasts, how long to wait for it.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
+    #[arg(
+        long,
+        env = "INITGUARD_LOCK_TTL",
+        default_value = "30s",
+        allow_hyphen_values = true
+    )]
+    pub lock_ttl: String,
+
+    /// How long to wait for another holder's lease, up to 365d; 0: do not wait; "forever": no
+    /// limit
+    #[arg(
+        long,
+        env = "INITGUARD_WAIT_TIMEOUT",
+        default_value = "1h",
+        allow_hyphen_values = true
+    )]
+    pub wait_timeout: String,
+}
+
 #[derive(Debug, Args)]
 pub struct StepsApplyArgs {
     #[command(flatten)]
@@ -192,24 +215,8 @@ pub struct StepsApplyArgs {
     #[arg(long, conflicts_with = "adopt")]
     pub dry_run: bool,
 
-    /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
-    #[arg(
-        long,
-        env = "INITGUARD_LOCK_TTL",
-        default_value = "30s",
-        allow_hyphen_values = true
-    )]
-    pub lock_ttl: String,
-
-    /// How long to wait for another holder's lease, up to 365d; 0: do not wait; "forever": no
-    /// limit
-    #[arg(
-        long,
-        env = "INITGUARD_WAIT_TIMEOUT",
-        default_value = "1h",
-        allow_hyphen_values = true
-    )]
-    pub wait_timeout: String,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 
     /// Time between forwarding SIGTERM to a script step and sending SIGKILL, up to 365d
     #[arg(
@@ -426,24 +433,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub fingerprint: FingerprintArgs,
 
-    /// Lease duration, 1s to 365d; a dead holder's lease is taken over after it
-    #[arg(
-        long,
-        env = "INITGUARD_LOCK_TTL",
-        default_value = "30s",
-        allow_hyphen_values = true
-    )]
-    pub lock_ttl: String,
-
-    /// How long to wait for another holder's lease, up to 365d; 0: do not wait; "forever": no
-    /// limit
-    #[arg(
-        long,
-        env = "INITGUARD_WAIT_TIMEOUT",
-        default_value = "1h",
-        allow_hyphen_values = true
-    )]
-    pub wait_timeout: String,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 
     /// In-process retries after a failed attempt, 0 to 1000
     #[arg(

@@ -1,7 +1,7 @@
 //! Validation of parsed flags into library values: durations, key, scope, store URL. Errors here
 //! are usage (exit 2) or configuration (exit 78) problems, found before anything is touched.
 
-use super::args::{OnInterruptedArg, RunArgs, TaskArgs};
+use super::args::{LeaseArgs, OnInterruptedArg, RunArgs, TaskArgs};
 use super::limits::{MAX_DURATION, MAX_DURATION_TEXT, MIN_LOCK_TTL};
 use crate::fingerprint::{self, Fingerprint, FingerprintError, Sources};
 use crate::guard::{OnInterrupted, Plan};
@@ -300,23 +300,36 @@ fn target_label(raw: &str) -> String {
         .unwrap_or_else(|_| "the URL".to_string())
 }
 
+/// `--lock-ttl` and `--wait-timeout`, checked (for `run` and `steps apply`).
+pub fn acquire_opts(args: &LeaseArgs) -> Result<AcquireOpts, SettingsError> {
+    Ok(AcquireOpts {
+        ttl: lock_ttl(&args.lock_ttl)?,
+        wait_timeout: wait_timeout(&args.wait_timeout)?,
+    })
+}
+
+/// `--lock-ttl`: a duration of at least `MIN_LOCK_TTL`.
+fn lock_ttl(raw: &str) -> Result<Duration, SettingsError> {
+    let ttl = duration("--lock-ttl", raw)?;
+    if ttl < MIN_LOCK_TTL {
+        return Err(SettingsError::Usage {
+            flag: "--lock-ttl",
+            why: format!(
+                "{:?} is out of range: expected at least 1s and at most {MAX_DURATION_TEXT}",
+                raw.trim()
+            ),
+        });
+    }
+    Ok(ttl)
+}
+
 pub fn plan(
     args: &RunArgs,
     id: TaskId,
     fingerprint: String,
     sql: Option<SqlTask>,
 ) -> Result<Plan, SettingsError> {
-    let ttl = duration("--lock-ttl", &args.lock_ttl)?;
-    if ttl < MIN_LOCK_TTL {
-        return Err(SettingsError::Usage {
-            flag: "--lock-ttl",
-            why: format!(
-                "{:?} is out of range: expected at least 1s and at most {MAX_DURATION_TEXT}",
-                args.lock_ttl.trim()
-            ),
-        });
-    }
-    let wait_timeout = wait_timeout(&args.wait_timeout)?;
+    let acquire = acquire_opts(&args.lease)?;
     let timeout = args
         .timeout
         .as_deref()
@@ -340,7 +353,7 @@ pub fn plan(
         id,
         fingerprint,
         holder: Holder::from_env(),
-        acquire: AcquireOpts { ttl, wait_timeout },
+        acquire,
         retries: args.retries,
         backoff: duration("--backoff", &args.backoff)?,
         max_attempts: args.max_attempts,

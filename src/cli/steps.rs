@@ -7,7 +7,6 @@ use super::args::{
     StepsSetArgs, StepsStatusArgs, StepsValidateArgs,
 };
 use super::failure::Failure;
-use super::limits::{MAX_DURATION_TEXT, MIN_LOCK_TTL};
 use super::settings::{self, SettingsError, StoreChoice};
 use crate::acquire::{Acquired, acquire};
 use crate::guard::{OnInterrupted, Plan};
@@ -260,20 +259,6 @@ async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, Failure> {
     Ok(store)
 }
 
-fn lock_ttl(raw: &str) -> Result<Duration, SettingsError> {
-    let ttl = settings::duration("--lock-ttl", raw)?;
-    if ttl < MIN_LOCK_TTL {
-        return Err(usage(
-            "--lock-ttl",
-            format!(
-                "{:?} is out of range: expected at least 1s and at most {MAX_DURATION_TEXT}",
-                raw.trim()
-            ),
-        ));
-    }
-    Ok(ttl)
-}
-
 fn adopt_tool(a: Option<AdoptArg>) -> Option<steps_run::Tool> {
     #[cfg(feature = "postgres")]
     {
@@ -313,8 +298,8 @@ async fn apply(
         )
         .into());
     }
-    let ttl = lock_ttl(&args.lock_ttl)?;
-    let wait_timeout = settings::wait_timeout(&args.wait_timeout)?;
+    let acquire = settings::acquire_opts(&args.lease)?;
+    let ttl = acquire.ttl;
     let grace = settings::duration("--grace", &args.grace)?;
     let opening = "opening the store; nothing was applied";
     let ((steps, fp), store) = if args.dry_run || resolved.target.is_none() {
@@ -354,7 +339,7 @@ async fn apply(
         id: set.id.clone(),
         fingerprint: fp.value.clone(),
         holder: Holder::from_env(),
-        acquire: AcquireOpts { ttl, wait_timeout },
+        acquire,
         // A failed step is fixed by a person, not by trying again at once.
         retries: 0,
         backoff: Duration::ZERO,

@@ -38,40 +38,38 @@ impl Target {
         if any.is_empty() {
             return Ok(Vec::new());
         }
-        {
-            let rows = self
-                .conn
-                .client
-                .query_typed(
-                    "SELECT format('%I.%I', n.nspname, c.relname),
-                        format('%I.%I', tn.nspname, t.relname)
-                 FROM pg_index i
-                 JOIN pg_class c ON c.oid = i.indexrelid
-                 JOIN pg_class t ON t.oid = i.indrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_namespace tn ON tn.oid = t.relnamespace
-                 WHERE NOT i.indisvalid
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                   AND n.nspname NOT LIKE 'pg\\_toast%'
-                   AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
-                                   WHERE p.index_relid = i.indexrelid)
-                 ORDER BY 1",
-                    &[],
-                )
-                .await
-                .map_err(|e| self.db_err("looking for INVALID indexes", &e))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let (index, table): (String, String) = (
-                    row.try_get(0)
-                        .map_err(|e| self.db_err("looking for INVALID indexes", &e))?,
-                    row.try_get(1)
-                        .map_err(|e| self.db_err("looking for INVALID indexes", &e))?,
-                );
-                out.push(invalid_index(&index, &table));
-            }
-            Ok(out)
+        let rows = self
+            .conn
+            .client
+            .query_typed(
+                "SELECT format('%I.%I', n.nspname, c.relname),
+                    format('%I.%I', tn.nspname, t.relname)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_class t ON t.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_namespace tn ON tn.oid = t.relnamespace
+             WHERE NOT i.indisvalid
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_toast%'
+               AND NOT EXISTS (SELECT 1 FROM pg_stat_progress_create_index p
+                               WHERE p.index_relid = i.indexrelid)
+             ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| self.db_err("looking for INVALID indexes", &e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (index, table): (String, String) = (
+                row.try_get(0)
+                    .map_err(|e| self.db_err("looking for INVALID indexes", &e))?,
+                row.try_get(1)
+                    .map_err(|e| self.db_err("looking for INVALID indexes", &e))?,
+            );
+            out.push(invalid_index(&index, &table));
         }
+        Ok(out)
     }
 }
 
