@@ -243,6 +243,24 @@ impl fmt::Display for Holder {
     }
 }
 
+/// Tasks for tests, made from keys known to be valid.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Key, Scope, TaskId};
+
+    pub(crate) fn global(key: &str) -> TaskId {
+        TaskId::global(Key::parse(key).expect("a valid test key"))
+    }
+
+    pub(crate) fn scoped(key: &str, scope: Scope, instance: &str) -> TaskId {
+        TaskId {
+            key: Key::parse(key).expect("a valid test key"),
+            scope,
+            instance: Some(instance.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,15 +135,31 @@ fn script_steps_apply_once_in_order_and_a_second_apply_skips() {
 #[test]
 fn script_steps_get_their_variables_and_not_the_target() {
     let fx = Fx::new();
+    // The store's settings and the (empty) target, each given to initguard (INITGUARD_STORE by
+    // `ig`). The target's password file, which needs a target, is steps_pg_cli.rs's.
+    let settings = [
+        "INITGUARD_STORE",
+        "INITGUARD_STORE_PASSWORD_FILE",
+        "INITGUARD_STEPS_TARGET",
+    ];
+    let seen: String = settings
+        .iter()
+        .map(|v| format!(" {v}=${{{v}+set}}"))
+        .collect();
     fx.script(
         "V1__env.sh",
-        "echo \"token=$INITGUARD_FENCING_TOKEN key=$INITGUARD_KEY target=${INITGUARD_STEPS_TARGET-unset}\" >> \"$LOG\"",
+        &format!(
+            "echo \"token=$INITGUARD_FENCING_TOKEN key=$INITGUARD_KEY{seen}\" >> \"$LOG\""
+        ),
     );
+    let password = fx.root.join("password");
+    fs::write(&password, "secret\n").unwrap();
     let out = fx
         .ig()
         .args(["steps", "apply"])
         .arg(&fx.dir)
         .env("INITGUARD_STEPS_TARGET", "")
+        .env("INITGUARD_STORE_PASSWORD_FILE", &password)
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -151,7 +167,8 @@ fn script_steps_get_their_variables_and_not_the_target() {
     assert_eq!(log[0], "1 env none");
     assert!(log[1].starts_with("token="), "{log:?}");
     assert!(log[1].contains(" key=steps-migrations "), "{log:?}");
-    assert!(log[1].ends_with("target=unset"), "{log:?}");
+    let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
+    assert!(log[1].ends_with(&unset), "none of {settings:?} reached the step: {log:?}");
 }
 
 #[test]
@@ -227,20 +244,27 @@ fn sql_steps_without_a_target_database_exit_78_and_touch_nothing() {
 fn an_interrupted_script_step_runs_again_told_it_was_interrupted() {
     let fx = Fx::new();
     fx.script("V1__first.sh", "");
-    // Slow while the marker exists: killed there, then quick.
+    // Slow while the marker exists (its pid in $LOG.pid): killed there, then quick.
     fx.script(
         "V2__slow.sh",
-        "[ -e \"$LOG.slow\" ] && sleep 60\necho done >> \"$LOG\"",
+        "[ -e \"$LOG.slow\" ] && { echo $$ > \"$LOG.pid\"; exec sleep 60; }\necho done >> \"$LOG\"",
     );
     fs::write(fx.log.with_extension("slow"), "").unwrap();
     let mut child = fx.spawn(&[]);
+    let mut step = None;
     wait_for("the slow step to start", Duration::from_secs(20), || {
-        fx.log().len() == 2
+        step = fs::read_to_string(fx.log.with_extension("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        step.is_some()
     });
     child.kill().unwrap(); // SIGKILL: no chance to record anything
     child.wait().unwrap();
     fs::remove_file(fx.log.with_extension("slow")).unwrap();
-    // The supervisor killed the step with initguard; the lock is free once it has.
+    // The supervisor kills the step with initguard.
+    wait_for("the step to die with initguard", Duration::from_secs(10), || {
+        !step.is_some_and(support::pid_alive)
+    });
     let st = fx.status_json();
     assert_eq!(st["steps"][1]["state"], "running", "{st}");
 

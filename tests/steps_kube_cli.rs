@@ -27,7 +27,10 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
     let log = tmp.path().join("log");
     for (name, body) in [
         ("V1__first.sh", ""),
-        ("V2__slow.sh", "[ -e \"$LOG.slow\" ] && sleep 60; true"),
+        (
+            "V2__slow.sh",
+            "[ -e \"$LOG.slow\" ] && { echo $$ > \"$LOG.pid\"; exec sleep 60; }; true",
+        ),
     ] {
         let path = dir.join(name);
         fs::write(
@@ -58,12 +61,20 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut step = None;
     wait_for("the slow step to start", Duration::from_secs(30), || {
-        lines(&log).len() == 2
+        step = fs::read_to_string(log.with_extension("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        step.is_some()
     });
     child.kill().unwrap();
     child.wait().unwrap();
     fs::remove_file(log.with_extension("slow")).unwrap();
+    // The supervisor kills the step with initguard.
+    wait_for("the step to die with initguard", Duration::from_secs(10), || {
+        !step.is_some_and(support::pid_alive)
+    });
 
     let out = ig().output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -293,6 +293,41 @@ fn dry_run_reads_the_target_and_changes_nothing() {
     assert!(!fx.root.join("state").exists(), "no record, no lease");
 }
 
+/// The target given by INITGUARD_STEPS_TARGET with its password in a file, the store's password
+/// in a file too: a script step sees none of them.
+#[test]
+fn script_steps_get_none_of_the_target_and_store_settings() {
+    let Some(fx) = Fx::start() else { return };
+    let settings = [
+        "INITGUARD_STORE",
+        "INITGUARD_STORE_PASSWORD_FILE",
+        "INITGUARD_STEPS_TARGET",
+        "INITGUARD_STEPS_TARGET_PASSWORD_FILE",
+    ];
+    let seen: String = settings
+        .iter()
+        .map(|v| format!(" {v}=${{{v}+set}}"))
+        .collect();
+    fx.script("V1__env.sh", &format!("echo \"env{seen}\" >> \"$LOG\""));
+    let password = fx.root.join("password");
+    fs::write(&password, format!("{}\n", pg::APP_PASSWORD)).unwrap();
+    let out = fx
+        .ig(&fx.file_store())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .env("INITGUARD_STEPS_TARGET", fx.target())
+        .env("INITGUARD_STEPS_TARGET_PASSWORD_FILE", &password)
+        .env("INITGUARD_STORE_PASSWORD_FILE", &password)
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
+    assert_eq!(lines(&fx.log), ["1 none".to_string(), format!("env{unset}")]);
+    // The history went to the target, reached with the password from its file.
+    assert_eq!(fx.history(pg::TARGET_DB, "steps-db"), ["1 applied"]);
+}
+
 #[test]
 fn script_steps_keep_their_history_in_the_target_and_an_interrupted_one_reruns() {
     let Some(fx) = Fx::start() else { return };

@@ -92,19 +92,8 @@ pub fn task_of_key(prefix: &str, key: &str) -> Option<TaskId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Key, Scope};
-
-    fn id(key: &str) -> TaskId {
-        TaskId::global(Key::parse(key).unwrap())
-    }
-
-    fn scoped(key: &str, scope: Scope, inst: &str) -> TaskId {
-        TaskId {
-            key: Key::parse(key).unwrap(),
-            scope,
-            instance: Some(inst.into()),
-        }
-    }
+    use crate::task::Scope;
+    use crate::task::fixtures::{global as id, scoped};
 
     /// Pins the keys of each task. If this fails, an upgrade would look for every record under a
     /// new key. Never paste new values in.

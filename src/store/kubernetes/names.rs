@@ -53,7 +53,8 @@ pub fn lease_name(id: &TaskId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Key, Scope};
+    use crate::task::Scope;
+    use crate::task::fixtures::{global as id, scoped};
 
     fn dns1123_label(s: &str) -> bool {
         !s.is_empty()
@@ -64,9 +65,6 @@ mod tests {
             && !s.ends_with('-')
     }
 
-    fn id(key: &str) -> TaskId {
-        TaskId::global(Key::parse(key).unwrap())
-    }
 
     /// Stability is `lease_names_are_pinned`'s job (comparing a call with itself proved nothing).
     #[test]
@@ -105,11 +103,6 @@ mod tests {
     /// Never paste new values in; a new derivation needs a migration from the old names.
     #[test]
     fn lease_names_are_pinned() {
-        let scoped = |key: &str, scope, inst: &str| TaskId {
-            key: Key::parse(key).unwrap(),
-            scope,
-            instance: Some(inst.into()),
-        };
         let long_key = format!("team/{}", "x".repeat(195));
         // The slug is cut right after a separator, which must then be trimmed.
         let cut_at_separator = format!("{}/tail", "a".repeat(41));
@@ -176,11 +169,7 @@ mod tests {
 
     #[test]
     fn scope_instances_get_their_own_lease() {
-        let pod = TaskId {
-            key: Key::parse("app/init").unwrap(),
-            scope: Scope::Pod,
-            instance: Some("0b7e-11".into()),
-        };
+        let pod = scoped("app/init", Scope::Pod, "0b7e-11");
         let name = lease_name(&pod);
         assert_ne!(name, lease_name(&id("app/init")));
         assert!(dns1123_label(&name), "{name}");

@@ -78,19 +78,8 @@ pub(crate) fn sequence(lock_node: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Key, Scope};
-
-    fn id(key: &str) -> TaskId {
-        TaskId::global(Key::parse(key).unwrap())
-    }
-
-    fn scoped(key: &str, scope: Scope, inst: &str) -> TaskId {
-        TaskId {
-            key: Key::parse(key).unwrap(),
-            scope,
-            instance: Some(inst.into()),
-        }
-    }
+    use crate::task::Scope;
+    use crate::task::fixtures::{global as id, scoped};
 
     /// Pins the node name of each task. If this fails, an upgrade would look for every task under
     /// a new node: records orphaned, every task re-run. Never paste new values in.
