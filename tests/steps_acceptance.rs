@@ -944,16 +944,20 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
         }
         let again = fx.spawn(fx.steps("apply", &dir, name, &args));
         if !terminate {
-            wait_for("the next apply to end the dead applier's build", LIMIT, || {
-                sigterm_pending(build)
-            });
+            wait_for(
+                "the next apply to end the dead applier's build",
+                LIMIT,
+                || sigterm_pending(build),
+            );
             process_signal(build, Signal::SIGCONT);
         }
         let again = again.finish(LIMIT);
         assert_ok(&again, &format!("{name}: apply after the interrupted CIC"));
         if !terminate {
             assert!(
-                again.stderr.contains(&format!("still building index {md5}")),
+                again
+                    .stderr
+                    .contains(&format!("still building index {md5}")),
                 "{name}: the next apply says it ends the dead applier's build:\n{}",
                 again.stderr
             );

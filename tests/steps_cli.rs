@@ -148,9 +148,7 @@ fn script_steps_get_their_variables_and_not_the_target() {
         .collect();
     fx.script(
         "V1__env.sh",
-        &format!(
-            "echo \"token=$INITGUARD_FENCING_TOKEN key=$INITGUARD_KEY{seen}\" >> \"$LOG\""
-        ),
+        &format!("echo \"token=$INITGUARD_FENCING_TOKEN key=$INITGUARD_KEY{seen}\" >> \"$LOG\""),
     );
     let password = fx.root.join("password");
     fs::write(&password, "secret\n").unwrap();
@@ -168,7 +166,10 @@ fn script_steps_get_their_variables_and_not_the_target() {
     assert!(log[1].starts_with("token="), "{log:?}");
     assert!(log[1].contains(" key=steps-migrations "), "{log:?}");
     let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
-    assert!(log[1].ends_with(&unset), "none of {settings:?} reached the step: {log:?}");
+    assert!(
+        log[1].ends_with(&unset),
+        "none of {settings:?} reached the step: {log:?}"
+    );
 }
 
 #[test]
@@ -262,9 +263,11 @@ fn an_interrupted_script_step_runs_again_told_it_was_interrupted() {
     child.wait().unwrap();
     fs::remove_file(fx.log.with_extension("slow")).unwrap();
     // The supervisor kills the step with initguard.
-    wait_for("the step to die with initguard", Duration::from_secs(10), || {
-        !step.is_some_and(support::pid_alive)
-    });
+    wait_for(
+        "the step to die with initguard",
+        Duration::from_secs(10),
+        || !step.is_some_and(support::pid_alive),
+    );
     let st = fx.status_json();
     assert_eq!(st["steps"][1]["state"], "running", "{st}");
 

@@ -72,9 +72,11 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
     child.wait().unwrap();
     fs::remove_file(log.with_extension("slow")).unwrap();
     // The supervisor kills the step with initguard.
-    wait_for("the step to die with initguard", Duration::from_secs(10), || {
-        !step.is_some_and(support::pid_alive)
-    });
+    wait_for(
+        "the step to die with initguard",
+        Duration::from_secs(10),
+        || !step.is_some_and(support::pid_alive),
+    );
 
     let out = ig().output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));

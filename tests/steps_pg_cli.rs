@@ -323,7 +323,10 @@ fn script_steps_get_none_of_the_target_and_store_settings() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
-    assert_eq!(lines(&fx.log), ["1 none".to_string(), format!("env{unset}")]);
+    assert_eq!(
+        lines(&fx.log),
+        ["1 none".to_string(), format!("env{unset}")]
+    );
     // The history went to the target, reached with the password from its file.
     assert_eq!(fx.history(pg::TARGET_DB, "steps-db"), ["1 applied"]);
 }

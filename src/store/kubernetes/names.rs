@@ -65,7 +65,6 @@ mod tests {
             && !s.ends_with('-')
     }
 
-
     /// Stability is `lease_names_are_pinned`'s job (comparing a call with itself proved nothing).
     #[test]
     fn names_are_readable() {
