@@ -158,6 +158,9 @@ pub enum NotRecorded {
     Signal(i32),
 }
 
+/// What a store that is no database does not support (`StoreError::Unsupported`).
+pub const SQL_TASKS: &str = "SQL tasks (--sql, --sql-inline); use a postgres:// store";
+
 pub struct Guard<'a> {
     store: &'a dyn Store,
     plan: &'a Plan,
@@ -224,7 +227,7 @@ impl<'a> Guard<'a> {
             // Refused before anything is written, like a missing command.
             return Err(GuardError::Store(StoreError::Unsupported {
                 store: self.store.describe(),
-                what: "SQL tasks (--sql, --sql-inline); use a postgres:// store".into(),
+                what: SQL_TASKS.into(),
             }));
         }
         if plan.sql.is_none()

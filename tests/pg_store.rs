@@ -992,15 +992,38 @@ fn schema_parameter_keeps_tables_apart() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
 
+/// Refused before anything is done: not even a corrupt record is read, no unsafe state directory
+/// judged, no server contacted.
 #[test]
 fn sql_tasks_need_a_postgres_store() {
     let work = tempfile::tempdir().unwrap();
-    let out = ig("file:.initguard", work.path())
-        .args(["run", "--key", "k", "--sql-inline", "SELECT 1"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("SQL tasks"), "{}", stderr(&out));
+    let state = work.path().join(".initguard");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("k.json"), "{ not a record").unwrap();
+    std::os::unix::fs::symlink(&state, work.path().join("linked")).unwrap();
+    // A port nothing listens on: a store that would be contacted would fail otherwise.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    drop(silent);
+    let zk = format!("zookeeper://127.0.0.1:{port}");
+    for store in ["file:.initguard", "file:linked", &zk] {
+        let out = ig(store, work.path())
+            .args(["run", "--key", "k", "--sql-inline", "SELECT 1"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2, "{store}: {}", stderr(&out));
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("does not support SQL tasks") && last.contains("postgres://"),
+            "{store}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(state.join("k.json")).unwrap(),
+        "{ not a record",
+        "the record is left as it was"
+    );
 }
 
 #[test]

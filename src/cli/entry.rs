@@ -208,6 +208,13 @@ async fn run(
         return Ok(crate::exit::OK);
     }
     let plan = settings::plan(&args, id, fp.value.clone(), sql)?;
+    if plan.sql.is_some() && !url.runs_sql() {
+        return Err(StoreError::Unsupported {
+            store: url.redacted(),
+            what: crate::guard::SQL_TASKS.into(),
+        }
+        .into());
+    }
     let store = interruptible(
         signals,
         "opening the store; nothing was run",

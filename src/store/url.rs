@@ -124,6 +124,16 @@ impl StoreUrl {
     }
 
     /// The URL as logged: credentials removed.
+    /// Whether the store is a database that can run SQL tasks (`Store::supports_sql`), known from
+    /// the URL alone so that such a task is refused before any store is contacted.
+    pub fn runs_sql(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if let StoreUrl::Postgres(_) = self {
+            return true;
+        }
+        false
+    }
+
     pub fn redacted(&self) -> String {
         match self {
             StoreUrl::File(dir) => format!("file:{}", dir.display()),
