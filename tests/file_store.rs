@@ -318,24 +318,73 @@ fn ten_mib_of_output_passes_through_intact_while_the_tail_is_bounded() {
         bytes.push((x >> 16) as u8);
     }
     fs::write(&data, &bytes).unwrap();
-    let out = run_task(
+    // initguard's own log lines off, so that its stderr is the command's alone.
+    let out = task_cmd(
         &fx,
         work.path(),
         "big",
         &["--tail-bytes", "1000"],
-        &format!("cat {}", data.display()),
-    );
+        &format!("cat {0}; cat {0} >&2", data.display()),
+    )
+    .env("INITGUARD_LOG", "off")
+    .output()
+    .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(out.stdout.len(), bytes.len());
     assert_eq!(
         Sha256::digest(&out.stdout),
         Sha256::digest(&bytes),
-        "output intact"
+        "stdout intact"
+    );
+    assert_eq!(out.stderr.len(), bytes.len());
+    assert_eq!(
+        Sha256::digest(&out.stderr),
+        Sha256::digest(&bytes),
+        "stderr intact"
     );
     let rec = record(&fx, work.path(), "big");
     let tail = rec["tail"].as_str().unwrap();
     assert!(tail.len() <= 1000, "tail bounded: {}", tail.len());
     assert!(!tail.is_empty());
+}
+
+/// `--no-capture`: the command writes to initguard's own stdout and stderr (the same open files,
+/// not a pipe through initguard), and the record keeps no tail.
+#[test]
+fn no_capture_hands_the_command_initguards_own_output() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (work.path().join("out"), work.path().join("err"));
+    let out = fs::File::create(&out_path).unwrap();
+    let err = fs::File::create(&err_path).unwrap();
+    let status = task_cmd(
+        &fx,
+        work.path(),
+        "direct",
+        &["--no-capture"],
+        "echo \"stdout is $(readlink /proc/$$/fd/1)\"; echo \"stderr is $(readlink /proc/$$/fd/2)\" >&2",
+    )
+    .stdout(out)
+    .stderr(err)
+    .status()
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let said_out = fs::read_to_string(&out_path).unwrap();
+    let said_err = fs::read_to_string(&err_path).unwrap();
+    assert!(
+        said_out.contains(&format!("stdout is {}", out_path.display())),
+        "{said_out}"
+    );
+    assert!(
+        said_err.contains(&format!("stderr is {}", err_path.display())),
+        "{said_err}"
+    );
+    let rec = record(&fx, work.path(), "direct");
+    assert_eq!(rec["state"], "succeeded");
+    assert!(
+        rec["tail"].as_str().unwrap_or_default().is_empty(),
+        "no tail kept: {rec}"
+    );
 }
 
 #[test]

@@ -652,6 +652,47 @@ fn sql_target_keeps_the_completion_row_in_the_target_database() {
     );
 }
 
+/// An SQL task's `--done-if` check is the one command it runs: given the store and the
+/// `--sql-target` by the environment (`INITGUARD_STORE`, `INITGUARD_SQL_TARGET`), it inherits
+/// neither (nor a password file), unless `--pass-store-env`.
+#[test]
+fn the_done_if_check_of_an_sql_task_inherits_no_store_settings() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let password = work.path().join("password");
+    std::fs::write(&password, format!("{}\n", pg::APP_PASSWORD)).unwrap();
+    let settings = [
+        "INITGUARD_STORE",
+        "INITGUARD_STORE_PASSWORD_FILE",
+        "INITGUARD_SQL_TARGET",
+    ];
+    for (key, pass) in [("env-plain", false), ("env-passed", true)] {
+        let seen = work.path().join(key);
+        let check = format!("env > {}; exit 1", seen.display());
+        let mut c = ig(&pg.url_without_password(), work.path());
+        c.env("INITGUARD_STORE_PASSWORD_FILE", &password)
+            .env("INITGUARD_SQL_TARGET", pg.url_for(pg::TARGET_DB))
+            .args(["run", "--key", key, "--done-if", &check])
+            .args(["--sql-inline", "INSERT INTO effect VALUES ('e')"]);
+        if pass {
+            c.arg("--pass-store-env");
+        }
+        let out = c.output().unwrap();
+        assert_eq!(code(&out), 0, "{key}: {}", stderr(&out));
+        let env = std::fs::read_to_string(&seen).expect("the check ran");
+        for var in settings {
+            assert_eq!(
+                env.lines().any(|l| l.starts_with(&format!("{var}="))),
+                pass,
+                "{key}: {var} in the check's environment:\n{env}"
+            );
+        }
+        assert!(env.contains(&format!("INITGUARD_KEY={key}")), "{env}");
+    }
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "e"), 2);
+}
+
 /// `reset` of a `--sql-target` task deletes its completion rows in the target, so that the next
 /// run runs the SQL again (instead of finding the completion and skipping it); without the
 /// target, reset refuses and changes nothing.

@@ -228,21 +228,32 @@ pub fn release_of_a_paused_holder_never_overlaps(fx: &dyn StoreFixture) {
     let _ = holder.wait();
 }
 
-/// SIGHUP and SIGQUIT stop a run as SIGTERM does: forwarded to the command, the record says
-/// `interrupted` (not `running`), and the exit code is 128+N.
+/// SIGHUP, SIGQUIT and SIGINT stop a run as SIGTERM does: forwarded to the command's process
+/// group (a grandchild in it runs its trap too), the record says `interrupted` (not `running`),
+/// and the exit code is 128+N.
 pub fn hangup_and_quit_end_a_run_as_interrupted(fx: &dyn StoreFixture) {
-    for sig in [Signal::SIGHUP, Signal::SIGQUIT] {
+    for sig in [Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGINT] {
         let work = tempfile::tempdir().unwrap();
         let key = unique_key("supervise/hupquit");
         let started = work.path().join("started");
+        let log = work.path().join("log");
+        let name = &sig.as_str()[3..];
+        // The grandchild runs in the foreground: a shell's background jobs ignore SIGINT and
+        // SIGQUIT, and a signal ignored on entry cannot be trapped.
         let script = format!(
-            "touch {}; while true; do sleep 0.05; done",
-            started.display()
+            "trap 'echo command >> {log}; exit {code}' {name}\n\
+             touch {started}\n\
+             sh -c \"trap 'echo grandchild >> {log}; exit 7' {name}; while true; do sleep 0.05; done\"\n",
+            log = log.display(),
+            started = started.display(),
+            code = 128 + sig as i32,
         );
         let child = spawn_task(fx, work.path(), &key, &["--grace", "5s"], &script);
         wait_for("the command to start", Duration::from_secs(20), || {
             started.exists()
         });
+        // The grandchild is up once the command has a child of its own.
+        std::thread::sleep(Duration::from_millis(300));
         signal(&child, sig);
         let out = child.wait_with_output().unwrap();
         assert_eq!(code(&out), 128 + sig as i32, "{sig}: {}", stderr(&out));
@@ -250,6 +261,11 @@ pub fn hangup_and_quit_end_a_run_as_interrupted(fx: &dyn StoreFixture) {
             record(fx, work.path(), &key)["state"],
             "interrupted",
             "{sig}"
+        );
+        assert_eq!(
+            lines(&log),
+            ["grandchild", "command"],
+            "{sig} reached the command's process group"
         );
     }
 }
