@@ -140,6 +140,8 @@ fn corrupt_record_exits_65_and_is_left_byte_identical() {
     assert!(one_line_error(&out).contains("corrupt"));
     assert_eq!(snapshot(&fx.dir), before, "nothing written");
     assert!(!work.path().join("ran").exists());
+    unreadable_for_status_and_history(&fx, work.path(), "app/corrupt", "corrupt");
+    assert_eq!(snapshot(&fx.dir), before, "nothing written");
     // The message's advice works: reset replaces the corrupt record, the next run runs.
     let reset = cmd(&fx, work.path())
         .args(["reset", "app/corrupt"])
@@ -171,6 +173,44 @@ fn newer_schema_exits_65_and_is_left_byte_identical() {
     assert!(one_line_error(&out).contains("newer than this initguard"));
     assert_eq!(snapshot(&fx.dir), before);
     assert!(!work.path().join("ran").exists());
+    unreadable_for_status_and_history(&fx, work.path(), "app/newer", "newer");
+    // Never overwritten, not even by reset (which takes the lease to look: its lock file moves on).
+    let rec_before = fs::read(&path).unwrap();
+    let reset = cmd(&fx, work.path())
+        .args(["reset", "app/newer"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&reset), 65, "{}", stderr(&reset));
+    assert!(
+        one_line_error(&reset).contains("newer"),
+        "{}",
+        stderr(&reset)
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        rec_before,
+        "reset left it as it was"
+    );
+}
+
+/// `status` (all records, and KEY's) and `history KEY` exit 65 over a record they cannot read,
+/// with one line on stderr saying why.
+fn unreadable_for_status_and_history(fx: &FileFixture, work: &Path, key: &str, why: &str) {
+    for args in [
+        &["status"][..],
+        &["status", key],
+        &["status", "--json"],
+        &["history", key],
+        &["history", key, "--json"],
+    ] {
+        let out = cmd(fx, work).args(args).output().unwrap();
+        assert_eq!(code(&out), 65, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).lines().any(|l| l.contains(why)),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -385,6 +425,21 @@ fn no_capture_hands_the_command_initguards_own_output() {
         rec["tail"].as_str().unwrap_or_default().is_empty(),
         "no tail kept: {rec}"
     );
+}
+
+/// A command killed by signal N (here by itself, SIGSEGV and SIGKILL) makes initguard exit
+/// 128+N, and the record says which signal ended it.
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_its_number() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    for (key, sig) in [("segv", 11), ("killed", 9)] {
+        let out = run_task(&fx, work.path(), key, &[], &format!("kill -{sig} $$"));
+        assert_eq!(code(&out), 128 + sig, "{key}: {}", stderr(&out));
+        let rec = record(&fx, work.path(), key);
+        assert_eq!(rec["state"], "failed", "{rec}");
+        assert_eq!(rec["exit"], serde_json::json!({ "signal": sig }), "{rec}");
+    }
 }
 
 #[test]
@@ -767,34 +822,47 @@ fn done_if_without_a_shell_fails_closed() {
     if !support::require("root and unshare (to hide /bin/sh)", root && unshare) {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let marker = work.path().join("ran");
-    // A mount namespace of its own where /bin/sh is not a program, as in a distroless image.
-    let script = format!(
-        "mount --bind /dev/null /bin/sh && exec {bin} run --store file:{dir} --key noshell/k \
-         --done-if true -- /usr/bin/touch {marker}",
-        bin = support::bin().display(),
-        dir = work.path().join("state").display(),
-        marker = marker.display()
-    );
-    let out = std::process::Command::new("/usr/bin/unshare")
-        .args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
-        .env_remove("INITGUARD_STORE")
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert_eq!(code(&out), 126, "{err}");
-    assert!(
-        err.lines()
-            .last()
-            .unwrap_or("")
-            .contains("--done-if could not be checked"),
-        "{err}"
-    );
-    assert!(
-        !marker.exists(),
-        "the command must not run when the check cannot"
-    );
+    // In a mount namespace of its own, as in a distroless image: /bin/sh not a program (126), or
+    // not there at all, its directory an empty tmpfs (127).
+    for (hide, exit) in [
+        ("mount --bind /dev/null /bin/sh", 126),
+        (
+            "mount -t tmpfs none \"$(dirname \"$(readlink -f /bin/sh)\")\"",
+            127,
+        ),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let marker = work.path().join("ran");
+        // The command itself stays reachable, outside the hidden directory.
+        let touch = work.path().join("touch");
+        fs::copy("/usr/bin/touch", &touch).unwrap();
+        let script = format!(
+            "{hide} && exec {bin} run --store file:{dir} --key noshell/k \
+             --done-if true -- {touch} {marker}",
+            bin = support::bin().display(),
+            dir = work.path().join("state").display(),
+            touch = touch.display(),
+            marker = marker.display()
+        );
+        let out = std::process::Command::new("/usr/bin/unshare")
+            .args(["-m", "--propagation", "private", "/bin/sh", "-c", &script])
+            .env_remove("INITGUARD_STORE")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(code(&out), exit, "{hide}: {err}");
+        assert!(
+            err.lines()
+                .last()
+                .unwrap_or("")
+                .contains("--done-if could not be checked"),
+            "{hide}: {err}"
+        );
+        assert!(
+            !marker.exists(),
+            "{hide}: the command must not run when the check cannot"
+        );
+    }
 }
 
 /// The golden tree of `fingerprint::tests` (src/fingerprint.rs), built again here because the

@@ -540,6 +540,61 @@ fn a_full_disk_exits_74_and_leaves_the_record_and_no_temp_file() {
     assert!(temps.is_empty(), "temp files left: {temps:?}");
 }
 
+#[test]
+fn a_read_only_file_system_exits_74_and_leaves_the_record() {
+    if !is_root() {
+        return;
+    }
+    let area = Area::new();
+    let mnt = area.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount a tmpfs");
+    let _mounted = Tmpfs(mnt.clone());
+    let state = mnt.join("state");
+    let out = area.run(&state, &["run", "--key", "ro", "--", "true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let before = fs::read(state.join("ro.json")).unwrap();
+    let ok = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount it read-only");
+    let ran = area.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    for args in [
+        vec![
+            "run",
+            "--key",
+            "ro",
+            "--version",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        vec!["run", "--key", "other", "--", "sh", "-c", &touch],
+    ] {
+        let out = area.run(&state, &args);
+        assert_eq!(code(&out), 74, "{args:?}: {}", stderr(&out));
+        assert!(
+            last_line(&out).contains("Read-only file system"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!ran.exists(), "nothing ran");
+    assert_eq!(fs::read(state.join("ro.json")).unwrap(), before);
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
