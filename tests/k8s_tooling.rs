@@ -295,6 +295,27 @@ fn inject_selects_containers_and_annotated_workloads() {
 }
 
 #[test]
+fn lint_exits_2_on_usage_65_on_bad_yaml_and_74_on_an_unreadable_file() {
+    let out = initguard(&["k8s", "lint", "-f", "-"], b"a: 1\n---\nkind: [\n");
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("initguard: document 2 is not valid YAML at line 4: "),
+        "{}",
+        stderr(&out)
+    );
+    let out = initguard(&["k8s", "lint", "-f", "-", "--format", "yaml"], b"");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = initguard(&["k8s", "lint", "-f", "/nonexistent/x.yaml"], b"");
+    assert_eq!(code(&out), 74, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/x.yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "no findings printed");
+}
+
+#[test]
 fn inject_refuses_bad_input_with_a_clear_message() {
     let out = inject("a: 1\n---\nkind: [\n", &[]);
     assert_eq!(code(&out), 65);
