@@ -1556,22 +1556,45 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
     let work = tempfile::tempdir().unwrap();
     let count = work.path().join("count");
     let script = format!("echo run >> {}; sleep 2", count.display());
-    let children: Vec<Child> = (0..100)
-        .map(|_| {
-            run_task(
-                &pg.url(),
-                work.path(),
-                "fleet/big",
-                &["--lock-ttl", "10s", "--wait-timeout", "120s"],
-                &script,
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn")
-        })
-        .collect();
-    let outs: Vec<Output> = children.into_iter().map(wait_output).collect();
+    // The application's connections (initguard's, all as the app role), sampled while they run.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (outs, held) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut held = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let n = pg.try_sql_in(
+                    "postgres",
+                    &format!(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
+                        pg::APP_USER
+                    ),
+                );
+                if let Some(n) = n.ok().and_then(|n| n.trim().parse::<usize>().ok()) {
+                    held.push(n);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            held
+        });
+        let children: Vec<Child> = (0..100)
+            .map(|_| {
+                run_task(
+                    &pg.url(),
+                    work.path(),
+                    "fleet/big",
+                    &["--lock-ttl", "10s", "--wait-timeout", "120s"],
+                    &script,
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+            })
+            .collect();
+        let outs: Vec<Output> = children.into_iter().map(wait_output).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (outs, sampler.join().unwrap())
+    });
     let failed: Vec<String> = outs
         .iter()
         .filter(|o| !o.status.success())
@@ -1583,6 +1606,17 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
         failed.len()
     );
     assert_eq!(count_lines(&count), 1, "exactly one execution");
+    // Waiters that kept their connections would hold all the server has (40) for the holder's
+    // 2 s; giving them up at a fifth (8), the waiting fleet holds about that many.
+    let mut sorted = held.clone();
+    sorted.sort_unstable();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+    eprintln!("app connections while 100 contend: median {median}, samples {held:?}");
+    assert!(sorted.len() >= 10, "sampled while they ran: {held:?}");
+    assert!(
+        median <= 16,
+        "the waiters gave their connections up: median {median} of 40, samples {held:?}"
+    );
     let rec = record_of(&pg.url(), work.path(), "fleet/big");
     assert_eq!(
         rec["token"], 1,
