@@ -270,7 +270,25 @@ pub fn hangup_and_quit_end_a_run_as_interrupted(fx: &dyn StoreFixture) {
     }
 }
 
-/// Every waiter wakes when the holder finishes (watch, notification, freed flock), not at its
+/// How many times process `pid`'s threads have been switched to so far (voluntary and not).
+fn wakeups(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Every waiter sleeps while the holder works (no polling: at most 8 wakeups in 2 s, a store's
+/// keepalive) and wakes when the holder finishes (watch, notification, freed flock), not at its
 /// next periodic look (every 5 s) nor at the lease's lapse (60 s here): all 10 exit 0 within
 /// 4 s of the holder's end, having skipped.
 pub fn every_waiter_wakes_promptly(fx: &dyn StoreFixture) {
@@ -290,8 +308,26 @@ pub fn every_waiter_wakes_promptly(fx: &dyn StoreFixture) {
     wait_for("the holder to start", Duration::from_secs(30), || {
         !lines(&marker).is_empty()
     });
-    // Let every waiter get past its first look and into its wait.
+    // Let every waiter get past its first look and into its wait; then, for 2 s, count how often
+    // each initguard process (all its threads, not the holder's command) is woken.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let before: Vec<u64> = pids.iter().map(|&p| wakeups(p)).collect();
     std::thread::sleep(Duration::from_secs(2));
+    let woken: Vec<u64> = pids
+        .iter()
+        .zip(&before)
+        .map(|(&p, b)| wakeups(p).saturating_sub(*b))
+        .collect();
+    eprintln!("wakeups in 2 s of waiting, per process: {woken:?}");
+    // Waiting is sleeping: a waiter is woken only by its store's keepalive (ZooKeeper's session
+    // pings, about 2 a second; none elsewhere). A poll every 100 ms would be 20 wakeups. The one
+    // busier process may be the holder, which supervises its command.
+    let busy = woken.iter().filter(|&&w| w > 8).count();
+    assert!(
+        busy <= 1,
+        "waiters were woken while nothing changed (per process, in 2 s): {woken:?}"
+    );
     fs::write(&go, "").unwrap();
     let released = Instant::now();
     for c in children {
