@@ -675,6 +675,56 @@ fn foreign_edit_mid_run_is_a_conflict_the_holder_survives(fx: &KubeFixture) {
     fx.delete_lease(&key);
 }
 
+/// A live holder's Lease with a `renewTime` far in the past (a node's skewed clock, a foreign
+/// edit) does not look dead: a waiter judges the Lease by how long it has seen it unchanged, by
+/// its own clock, never by `renewTime`. Here it gives up waiting (1.5 s, under the 4 s lease)
+/// and runs nothing; the holder finishes under its one token.
+fn an_old_renew_time_on_a_live_lease_is_not_taken_over(fx: &KubeFixture) {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/skew");
+    let started = work.path().join("started");
+    let holder = spawn_task(
+        fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "4s"],
+        &format!("touch {}; sleep 3", started.display()),
+    );
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let long_ago: k8s_openapi::jiff::Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+    fx.edit_lease(&key, |l| {
+        let spec = l.spec.as_mut().unwrap();
+        spec.renew_time = Some(MicroTime(long_ago));
+        spec.acquire_time = Some(MicroTime(long_ago));
+    });
+    let marker = work.path().join("ran");
+    let out = run_task(
+        fx,
+        work.path(),
+        &key,
+        &["--wait-timeout", "1500ms"],
+        &format!("touch {}", marker.display()),
+    );
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        last_line(&out).contains("gave up waiting"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "the waiter took a live holder's lease");
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        token_of(&fx.lease(&key).unwrap()),
+        1,
+        "no second acquisition"
+    );
+    fx.delete_lease(&key);
+}
+
 /// `--scope pod`: one Lease and record per Pod UID, listed with their instance.
 #[test]
 fn kube_pod_scope_runs_once_per_pod_uid() {
@@ -1226,6 +1276,8 @@ real_cluster_scenarios! {
     kube_foreign_edit_mid_run_is_a_conflict_the_holder_survives =>
         foreign_edit_mid_run_is_a_conflict_the_holder_survives;
     kube_unreachable_api_server_exits_69 => unreachable_api_server_exits_69;
+    kube_an_old_renew_time_on_a_live_lease_is_not_taken_over =>
+        an_old_renew_time_on_a_live_lease_is_not_taken_over;
     contract_exactly_once_under_contention =>
         |fx: &KubeFixture| support::contract::exactly_once_under_contention(fx, 30);
     contract_skips_after_success_and_reruns_on_change =>

@@ -1033,6 +1033,70 @@ fn schema_parameter_keeps_tables_apart() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
 
+/// libfaketime, preloaded: the process's wall clock runs `offset` (e.g. "+1h") off the real one.
+fn with_clock_off(mut c: Command, offset: &str) -> Option<Command> {
+    // The multi-threaded variant: initguard's runtime has threads of its own.
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    if !support::require(
+        "libfaketime (Debian package faketime)",
+        Path::new(lib).exists(),
+    ) {
+        return None;
+    }
+    c.env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("DONT_FAKE_MONOTONIC", "1");
+    Some(c)
+}
+
+/// Leases are judged by the database's clock, never a client's: a holder whose clock is an hour
+/// slow (its lease would look lapsed by a true clock) and a waiter whose clock is an hour fast
+/// change nothing. Each waiter gives up at its --wait-timeout (the two within the holder's 5 s
+/// run, under its 8 s lease) and runs nothing; the holder finishes under its one token.
+#[test]
+fn leases_are_judged_by_the_database_clock_not_the_clients() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let marker = work.path().join("ran");
+    let holder = run_task(
+        &pg.url(),
+        work.path(),
+        "skew/k",
+        &["--lock-ttl", "8s"],
+        &format!("touch {}; sleep 5", started.display()),
+    );
+    let Some(mut holder) = with_clock_off(holder, "-1h") else {
+        return;
+    };
+    let holder = holder
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    for offset in ["+1h", "-1h"] {
+        let waiter = run_task(
+            &pg.url(),
+            work.path(),
+            "skew/k",
+            &["--wait-timeout", "1500ms"],
+            &format!("touch {}", marker.display()),
+        );
+        let out = with_clock_off(waiter, offset).unwrap().output().unwrap();
+        assert_eq!(code(&out), 75, "waiter {offset}: {}", stderr(&out));
+        assert!(
+            !marker.exists(),
+            "a waiter {offset} took a live holder's lease"
+        );
+    }
+    let out = wait_output(holder);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(record_of(&pg.url(), work.path(), "skew/k")["token"], 1);
+}
+
 /// Refused before anything is done: not even a corrupt record is read, no unsafe state directory
 /// judged, no server contacted.
 #[test]
