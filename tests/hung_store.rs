@@ -62,6 +62,15 @@ impl Target {
         }
     }
 
+    /// ZooKeeper behind `proxy`.
+    #[cfg(feature = "zookeeper")]
+    fn zk_via(proxy: &Proxy) -> Target {
+        Target {
+            url: format!("zookeeper://127.0.0.1:{}", proxy.port),
+            env: Vec::new(),
+        }
+    }
+
     fn ig(&self, work: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(support::bin());
         c.current_dir(work)
@@ -669,6 +678,61 @@ fn waiter_whose_etcd_goes_silent_exits_69_within_the_bound() {
         "black-holed etcd",
         &direct,
         &Target::etcd_via(&proxy),
+        "hang/w",
+        || proxy.blackholed(),
+    );
+}
+
+// ---- ZooKeeper behind a black-holed proxy ----------------------------------------------------
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn blackholed_zookeeper_run_status_reset_release_exit_69_within_the_bound() {
+    let Some(zk) = support::zk::Zk::start() else {
+        return;
+    };
+    let proxy = Proxy::start(zk.addr());
+    let t = Target::zk_via(&proxy);
+    let _hole = proxy.blackholed();
+    four_exit_69("black-holed ZooKeeper", &t, "hang/hole");
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn blackholed_zookeeper_commands_exit_143_soon_after_sigterm() {
+    let Some(zk) = support::zk::Zk::start() else {
+        return;
+    };
+    let proxy = Proxy::start(zk.addr());
+    let t = Target::zk_via(&proxy);
+    {
+        let _hole = proxy.blackholed();
+        four_exit_143_while_connecting("black-holed ZooKeeper", &t, "hang/hole-term");
+    }
+    let p = &proxy;
+    waiters_exit_143_when_the_store_goes_silent(
+        "black-holed ZooKeeper",
+        &t,
+        "hang/hole-wait",
+        || p.blackholed(),
+    );
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn waiter_whose_zookeeper_goes_silent_exits_69_within_the_bound() {
+    let Some(zk) = support::zk::Zk::start() else {
+        return;
+    };
+    let proxy = Proxy::start(zk.addr());
+    let direct = Target {
+        url: zk.url(""),
+        env: Vec::new(),
+    };
+    waiter_exits_69_when_the_store_goes_silent(
+        "black-holed ZooKeeper",
+        &direct,
+        &Target::zk_via(&proxy),
         "hang/w",
         || proxy.blackholed(),
     );

@@ -160,9 +160,15 @@ impl ZkStore {
                 reason: format!("{what}: {e}"),
             },
             zk::Error::Timeout => self.unreachable(format!(
-                "{what}: no answer within {}s",
+                "{what}: the server did not answer within {}s",
                 CALL_TIMEOUT.as_secs()
             )),
+            // The client's own silence detector (no answer, not even to its pings, for the
+            // connection's timeout) comes as a custom error; its wording is the only mark.
+            other if other.to_string().starts_with("no response from connection") => self
+                .unreachable(format!(
+                    "{what}: the server did not answer within the connection's timeout ({other})"
+                )),
             other => self.unreachable(format!("{what}: {other}")),
         }
     }
@@ -246,6 +252,12 @@ impl ZkStore {
                     return Ok(Session { client, asked });
                 }
                 Err(e @ zk::Error::AuthFailed) => return Err(self.err("connecting", &e)),
+                Err(zk::Error::Timeout) => {
+                    last = format!(
+                        "the servers did not answer within {:.1}s",
+                        CONNECT_BUDGET.as_secs_f64()
+                    )
+                }
                 Err(e) => last = e.to_string(),
             }
             let pause = jittered(Duration::from_millis(200 << attempt));
