@@ -346,6 +346,59 @@ fn a_child_ignoring_sigterm_is_killed_after_grace() {
     );
 }
 
+/// `--grace 0`: SIGKILL at once, not after the default 10 s.
+#[test]
+fn grace_0_kills_a_child_ignoring_sigterm_at_once() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let child = spawn_task(
+        &fx,
+        work.path(),
+        "stubborn0",
+        &["--grace", "0"],
+        &format!("trap '' TERM; touch {}; sleep 30", started.display()),
+    );
+    wait_for("start", std::time::Duration::from_secs(10), || {
+        started.exists()
+    });
+    let begun = std::time::Instant::now();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    // Half the default grace (10 s): a loaded machine has room, a grace that was not 0 does not.
+    assert!(begun.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+    assert_eq!(
+        record(&fx, work.path(), "stubborn0")["exit"],
+        serde_json::json!({"signal": 9})
+    );
+}
+
+/// `--backoff 0`: a failed attempt is retried at once (the default 1 s backoff would pause at
+/// least 0.5 s, then 1 s, before the third attempt).
+#[test]
+fn backoff_0_retries_at_once() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let count = work.path().join("count");
+    let script = format!(
+        "echo try >> {c}; [ $(wc -l < {c}) -ge 3 ]",
+        c = count.display()
+    );
+    let begun = std::time::Instant::now();
+    let out = run_task(
+        &fx,
+        work.path(),
+        "quick",
+        &["--retries", "2", "--backoff", "0"],
+        &script,
+    );
+    let took = begun.elapsed();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&count).len(), 3, "three attempts");
+    assert!(took < std::time::Duration::from_millis(1200), "{took:?}");
+}
+
 #[test]
 fn ten_mib_of_output_passes_through_intact_while_the_tail_is_bounded() {
     let fx = FileFixture::new();
