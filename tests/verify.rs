@@ -233,6 +233,50 @@ fn two_step_write_passes_rerun_but_fails_interrupted_between_the_halves() {
     assert_eq!(r["verdict"]["on_interrupted"], "fail");
 }
 
+/// The interrupted scenario kills the command's whole process tree: a grandchild that outlived
+/// the cut would still write its line. Every run that ended writes "late" (its grandchild's)
+/// before "end"; a cut run writes neither.
+#[test]
+fn interrupted_kills_the_commands_whole_process_tree() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("log");
+    let script = format!(
+        "sh -c 'sleep 0.6; echo late >> {log}' & wait; echo end >> {log}",
+        log = log.display()
+    );
+    let out = verify(
+        work.path(),
+        &[
+            "--probe",
+            "true",
+            "--reset",
+            "true",
+            "--kill-points",
+            "2",
+            "--grace",
+            "1s",
+            "--json",
+        ],
+        &script,
+    );
+    let r = json(&out);
+    let cuts = scenario(&r, "interrupted")["trials"]
+        .as_array()
+        .map(|t| t.len())
+        .unwrap_or(0);
+    assert_eq!(cuts, 2, "{r:#}");
+    // Past every grandchild's 0.6 s.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let said = lines(&log);
+    let late = said.iter().filter(|l| *l == "late").count();
+    let end = said.iter().filter(|l| *l == "end").count();
+    assert!(end > 0, "{said:?}");
+    assert_eq!(
+        late, end,
+        "a cut run's grandchild lived on and wrote its line: {said:?}"
+    );
+}
+
 #[test]
 fn sigterm_trap_that_cleans_up_passes_sigterm() {
     let work = tempfile::tempdir().unwrap();
