@@ -263,6 +263,31 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
             ),
         )
         .unwrap();
+        // The same kubeconfig without its certificate-authority: 78, saying why, nothing run.
+        let kubeconfig = std::fs::read_to_string(root.path().join("kubeconfig")).unwrap();
+        let no_ca: String = kubeconfig
+            .lines()
+            .filter(|l| !l.contains("certificate-authority"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(root.path().join("kubeconfig-no-ca"), no_ca).unwrap();
+        let mut env = base("kubernetes:".into());
+        env.push(("KUBECONFIG", "/kubeconfig-no-ca".into()));
+        env.push(("POD_NAMESPACE", "initguard-test".into()));
+        let cmd = marking("kube-no-ca");
+        let out = root.initguard(&run_args("chroot/kube-no-ca", &cmd), &env);
+        assert_eq!(code(&out), 78, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No CA certificates were loaded from the system"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(api.leases("initguard-test").is_empty(), "nothing was taken");
+        assert!(
+            !root.path().join("marks/kube-no-ca").exists(),
+            "nothing ran"
+        );
+
         let mut env = base("kubernetes:".into());
         env.push(("KUBECONFIG", "/kubeconfig".into()));
         env.push(("POD_NAMESPACE", "initguard-test".into()));
