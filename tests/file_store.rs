@@ -610,20 +610,52 @@ fn waiter_logs_who_it_waits_for_and_wait_timeout_exits_75() {
         std::time::Duration::from_secs(10),
         || started.exists(),
     );
-    let out = run_task(
+    // Past 5 s, so that the waiter says it again; `wait` beside it does the same.
+    let waiter = spawn_task(
         &fx,
         work.path(),
         "busy",
-        &["--wait-timeout", "1s"],
+        &["--wait-timeout", "6s"],
         "touch ran",
     );
+    let watcher = cmd(&fx, work.path())
+        .args([
+            "wait",
+            "--key",
+            "busy",
+            "--wait-timeout",
+            "6s",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("touch ran")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = waiter.wait_with_output().unwrap();
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("waiting for busy held by host"),
-        "{}",
+        stderr(&out)
+            .matches("waiting for busy held by host")
+            .count()
+            >= 2,
+        "said at once and again 5 s later: {}",
         stderr(&out)
     );
     assert!(one_line_error(&out).contains("gave up waiting"));
+    let out = watcher.wait_with_output().unwrap();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    let told = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("running") && l.contains("by host") && l.contains("since"))
+        .count();
+    assert!(
+        told >= 2,
+        "wait says who runs it since when, at once and 5 s later: {}",
+        stderr(&out)
+    );
     assert!(!work.path().join("ran").exists());
     signal(&holder, nix::sys::signal::Signal::SIGKILL);
     let _ = holder.wait();
