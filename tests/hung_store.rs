@@ -40,33 +40,10 @@ impl Target {
         }
     }
 
+    /// PostgreSQL behind `proxy`.
     fn via(proxy: &Proxy) -> Target {
         Target {
-            url: format!(
-                "postgres://{}:{}@127.0.0.1:{}/{}",
-                support::pg::APP_USER,
-                support::pg::APP_PASSWORD,
-                proxy.port,
-                support::pg::APP_DB
-            ),
-            env: Vec::new(),
-        }
-    }
-
-    /// etcd (issue 11) behind `proxy`.
-    #[cfg(feature = "etcd")]
-    fn etcd_via(proxy: &Proxy) -> Target {
-        Target {
-            url: format!("etcd://127.0.0.1:{}", proxy.port),
-            env: Vec::new(),
-        }
-    }
-
-    /// ZooKeeper behind `proxy`.
-    #[cfg(feature = "zookeeper")]
-    fn zk_via(proxy: &Proxy) -> Target {
-        Target {
-            url: format!("zookeeper://127.0.0.1:{}", proxy.port),
+            url: pg_url_at(proxy.port),
             env: Vec::new(),
         }
     }
@@ -93,6 +70,16 @@ impl Target {
     fn spawn(&self, work: &Path, args: &[&str]) -> Child {
         self.ig(work, args).spawn().expect("spawn initguard")
     }
+}
+
+/// The app's PostgreSQL URL on loopback port `port` (a proxy's).
+fn pg_url_at(port: u16) -> String {
+    format!(
+        "postgres://{}:{}@127.0.0.1:{port}/{}",
+        support::pg::APP_USER,
+        support::pg::APP_PASSWORD,
+        support::pg::APP_DB
+    )
 }
 
 fn pg_addr(pg: &Pg) -> SocketAddr {
@@ -380,47 +367,180 @@ fn stopped_postgres_commands_exit_143_soon_after_sigterm() {
     other_signals_exit_128_plus_n("stopped postgres", &t);
 }
 
-// ---- PostgreSQL behind a black-holed proxy -----------------------------------------------------
+// ---- Behind a black-holed proxy: PostgreSQL, etcd, ZooKeeper ----------------------------------
+
+/// A store's server, reached directly and through a proxy that can stop forwarding.
+struct Proxied {
+    label: &'static str,
+    direct: Target,
+    via: Target,
+    proxy: Proxy,
+    /// The server, kept alive for the test.
+    _server: Box<dyn std::any::Any>,
+}
+
+impl Proxied {
+    fn new(
+        label: &'static str,
+        server: impl std::any::Any,
+        addr: SocketAddr,
+        direct: String,
+        url: impl Fn(u16) -> String,
+    ) -> Proxied {
+        let proxy = Proxy::start(addr);
+        Proxied {
+            label,
+            direct: Target {
+                url: direct,
+                env: Vec::new(),
+            },
+            via: Target {
+                url: url(proxy.port),
+                env: Vec::new(),
+            },
+            proxy,
+            _server: Box::new(server),
+        }
+    }
+
+    /// `run`, `status`, `history`, `reset` and `release` with the proxy black-holed: exit 69.
+    fn four_exit_69(&self) {
+        let _hole = self.proxy.blackholed();
+        four_exit_69(self.label, &self.via, "hang/hole");
+    }
+
+    /// The same, and waiters whose store goes silent, stopped by SIGTERM: exit 143.
+    fn commands_exit_143_soon_after_sigterm(&self) {
+        {
+            let _hole = self.proxy.blackholed();
+            four_exit_143_while_connecting(self.label, &self.via, "hang/hole-term");
+        }
+        waiters_exit_143_when_the_store_goes_silent(
+            self.label,
+            &self.via,
+            "hang/hole-wait",
+            || self.proxy.blackholed(),
+        );
+    }
+
+    /// A waiter whose store goes silent exits 69 (the holder talks to the server directly).
+    fn waiter_exits_69(&self) {
+        waiter_exits_69_when_the_store_goes_silent(
+            self.label,
+            &self.direct,
+            &self.via,
+            "hang/w",
+            || self.proxy.blackholed(),
+        );
+    }
+}
+
+fn proxied_pg() -> Option<Proxied> {
+    let pg = Pg::start()?;
+    let (addr, direct) = (pg_addr(&pg), pg.url());
+    Some(Proxied::new(
+        "black-holed postgres",
+        pg,
+        addr,
+        direct,
+        pg_url_at,
+    ))
+}
 
 #[test]
 fn blackholed_postgres_run_status_reset_release_exit_69_within_the_bound() {
-    let Some(pg) = Pg::start() else { return };
-    let proxy = Proxy::start(pg_addr(&pg));
-    let t = Target::via(&proxy);
-    let _hole = proxy.blackholed();
-    four_exit_69("black-holed postgres", &t, "hang/hole");
+    if let Some(p) = proxied_pg() {
+        p.four_exit_69();
+    }
 }
 
 #[test]
 fn blackholed_postgres_commands_exit_143_soon_after_sigterm() {
-    let Some(pg) = Pg::start() else { return };
-    let proxy = Proxy::start(pg_addr(&pg));
-    let t = Target::via(&proxy);
-    {
-        let _hole = proxy.blackholed();
-        four_exit_143_while_connecting("black-holed postgres", &t, "hang/hole-term");
+    if let Some(p) = proxied_pg() {
+        p.commands_exit_143_soon_after_sigterm();
     }
-    let p = &proxy;
-    waiters_exit_143_when_the_store_goes_silent(
-        "black-holed postgres",
-        &t,
-        "hang/hole-wait",
-        || p.blackholed(),
-    );
 }
 
 #[test]
 fn waiter_whose_postgres_goes_silent_exits_69_within_the_bound() {
-    let Some(pg) = Pg::start() else { return };
-    let proxy = Proxy::start(pg_addr(&pg));
-    // The holder talks to the server directly: only the waiter loses it.
-    waiter_exits_69_when_the_store_goes_silent(
-        "black-holed postgres",
-        &Target::pg(&pg),
-        &Target::via(&proxy),
-        "hang/w",
-        || proxy.blackholed(),
-    );
+    if let Some(p) = proxied_pg() {
+        p.waiter_exits_69();
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn proxied_etcd() -> Option<Proxied> {
+    let etcd = support::etcd::Etcd::start()?;
+    let addr: SocketAddr = etcd.endpoint().parse().expect("etcd endpoint");
+    let direct = etcd.url();
+    Some(Proxied::new(
+        "black-holed etcd",
+        etcd,
+        addr,
+        direct,
+        |port| format!("etcd://127.0.0.1:{port}"),
+    ))
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn blackholed_etcd_run_status_reset_release_exit_69_within_the_bound() {
+    if let Some(p) = proxied_etcd() {
+        p.four_exit_69();
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn blackholed_etcd_commands_exit_143_soon_after_sigterm() {
+    if let Some(p) = proxied_etcd() {
+        p.commands_exit_143_soon_after_sigterm();
+    }
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn waiter_whose_etcd_goes_silent_exits_69_within_the_bound() {
+    if let Some(p) = proxied_etcd() {
+        p.waiter_exits_69();
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+fn proxied_zk() -> Option<Proxied> {
+    let zk = support::zk::Zk::start()?;
+    let (addr, direct) = (zk.addr(), zk.url(""));
+    Some(Proxied::new(
+        "black-holed ZooKeeper",
+        zk,
+        addr,
+        direct,
+        |port| format!("zookeeper://127.0.0.1:{port}"),
+    ))
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn blackholed_zookeeper_run_status_reset_release_exit_69_within_the_bound() {
+    if let Some(p) = proxied_zk() {
+        p.four_exit_69();
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn blackholed_zookeeper_commands_exit_143_soon_after_sigterm() {
+    if let Some(p) = proxied_zk() {
+        p.commands_exit_143_soon_after_sigterm();
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+#[test]
+fn waiter_whose_zookeeper_goes_silent_exits_69_within_the_bound() {
+    if let Some(p) = proxied_zk() {
+        p.waiter_exits_69();
+    }
 }
 
 /// The store goes black-hole while the command runs: the heartbeat cannot renew, the command is
@@ -624,116 +744,4 @@ mod kube {
             stall(&api)
         });
     }
-}
-
-// ---- etcd behind a black-holed proxy (issue 11) -----------------------------------------------
-
-#[cfg(feature = "etcd")]
-fn etcd_addr(etcd: &support::etcd::Etcd) -> SocketAddr {
-    etcd.endpoint().parse().expect("etcd endpoint")
-}
-
-#[cfg(feature = "etcd")]
-#[test]
-fn blackholed_etcd_run_status_reset_release_exit_69_within_the_bound() {
-    let Some(etcd) = support::etcd::Etcd::start() else {
-        return;
-    };
-    let proxy = Proxy::start(etcd_addr(&etcd));
-    let t = Target::etcd_via(&proxy);
-    let _hole = proxy.blackholed();
-    four_exit_69("black-holed etcd", &t, "hang/hole");
-}
-
-#[cfg(feature = "etcd")]
-#[test]
-fn blackholed_etcd_commands_exit_143_soon_after_sigterm() {
-    let Some(etcd) = support::etcd::Etcd::start() else {
-        return;
-    };
-    let proxy = Proxy::start(etcd_addr(&etcd));
-    let t = Target::etcd_via(&proxy);
-    {
-        let _hole = proxy.blackholed();
-        four_exit_143_while_connecting("black-holed etcd", &t, "hang/hole-term");
-    }
-    let p = &proxy;
-    waiters_exit_143_when_the_store_goes_silent("black-holed etcd", &t, "hang/hole-wait", || {
-        p.blackholed()
-    });
-}
-
-#[cfg(feature = "etcd")]
-#[test]
-fn waiter_whose_etcd_goes_silent_exits_69_within_the_bound() {
-    let Some(etcd) = support::etcd::Etcd::start() else {
-        return;
-    };
-    let proxy = Proxy::start(etcd_addr(&etcd));
-    let direct = Target {
-        url: etcd.url(),
-        env: Vec::new(),
-    };
-    waiter_exits_69_when_the_store_goes_silent(
-        "black-holed etcd",
-        &direct,
-        &Target::etcd_via(&proxy),
-        "hang/w",
-        || proxy.blackholed(),
-    );
-}
-
-// ---- ZooKeeper behind a black-holed proxy ----------------------------------------------------
-
-#[cfg(feature = "zookeeper")]
-#[test]
-fn blackholed_zookeeper_run_status_reset_release_exit_69_within_the_bound() {
-    let Some(zk) = support::zk::Zk::start() else {
-        return;
-    };
-    let proxy = Proxy::start(zk.addr());
-    let t = Target::zk_via(&proxy);
-    let _hole = proxy.blackholed();
-    four_exit_69("black-holed ZooKeeper", &t, "hang/hole");
-}
-
-#[cfg(feature = "zookeeper")]
-#[test]
-fn blackholed_zookeeper_commands_exit_143_soon_after_sigterm() {
-    let Some(zk) = support::zk::Zk::start() else {
-        return;
-    };
-    let proxy = Proxy::start(zk.addr());
-    let t = Target::zk_via(&proxy);
-    {
-        let _hole = proxy.blackholed();
-        four_exit_143_while_connecting("black-holed ZooKeeper", &t, "hang/hole-term");
-    }
-    let p = &proxy;
-    waiters_exit_143_when_the_store_goes_silent(
-        "black-holed ZooKeeper",
-        &t,
-        "hang/hole-wait",
-        || p.blackholed(),
-    );
-}
-
-#[cfg(feature = "zookeeper")]
-#[test]
-fn waiter_whose_zookeeper_goes_silent_exits_69_within_the_bound() {
-    let Some(zk) = support::zk::Zk::start() else {
-        return;
-    };
-    let proxy = Proxy::start(zk.addr());
-    let direct = Target {
-        url: zk.url(""),
-        env: Vec::new(),
-    };
-    waiter_exits_69_when_the_store_goes_silent(
-        "black-holed ZooKeeper",
-        &direct,
-        &Target::zk_via(&proxy),
-        "hang/w",
-        || proxy.blackholed(),
-    );
 }
