@@ -488,6 +488,28 @@ fn records_of_the_previous_layout_are_still_read() {
 /// A tmpfs mounted for one test and unmounted when it ends.
 struct Tmpfs(PathBuf);
 
+impl Tmpfs {
+    /// A tmpfs of `size` at `mnt` in `area`, owner-only.
+    fn mount(area: &Area, size: &str) -> (PathBuf, Tmpfs) {
+        let mnt = area.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs");
+        (mnt.clone(), Tmpfs(mnt))
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -500,16 +522,7 @@ fn a_full_disk_exits_74_and_leaves_the_record_and_no_temp_file() {
         return;
     }
     let area = Area::new();
-    let mnt = area.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount a tmpfs");
-    let _mounted = Tmpfs(mnt.clone());
+    let (mnt, _mounted) = Tmpfs::mount(&area, "64k");
     let state = mnt.join("state");
     let out = area.run(&state, &["run", "--key", "full", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -546,16 +559,7 @@ fn a_read_only_file_system_exits_74_and_leaves_the_record() {
         return;
     }
     let area = Area::new();
-    let mnt = area.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mount a tmpfs");
-    let _mounted = Tmpfs(mnt.clone());
+    let (mnt, _mounted) = Tmpfs::mount(&area, "1m");
     let state = mnt.join("state");
     let out = area.run(&state, &["run", "--key", "ro", "--", "true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
