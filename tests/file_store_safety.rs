@@ -101,7 +101,9 @@ fn a_planted_temp_file_symlink_is_never_written_through() {
     let area = Area::new();
     let state = area.state();
     fs::create_dir_all(&state).unwrap();
-    // Today's initguard writes `.k.json.tmp.<its pid>`: plant that name for the next pids.
+    // The previous layout's temp names (`.k.json.tmp.<pid>`, which older initguards wrote and
+    // this one still clears) for the next pids. Links at today's random `+tmp.` names are
+    // `safe_fs::tests::a_link_planted_at_the_temp_name_is_passed_over`'s.
     let me = std::process::id();
     for pid in me..me + 3000 {
         symlink(area.victim(), state.join(format!(".k.json.tmp.{pid}"))).unwrap();

@@ -57,6 +57,7 @@ pub fn wait_returns_once_the_task_succeeded(fx: &dyn StoreFixture) {
     fs::write(&go, "").unwrap();
     let out = runner.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let done = record(fx, work.path(), &key);
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(
         code(&out),
@@ -75,6 +76,10 @@ pub fn wait_returns_once_the_task_succeeded(fx: &dyn StoreFixture) {
     );
     assert_eq!(lines(&marker).len(), 1, "nobody but the runner ran it");
     let rec = record(fx, work.path(), &key);
+    assert_eq!(
+        rec, done,
+        "the waiters wrote nothing once the runner was done"
+    );
     // Waiting took no lease.
     assert_acquisitions(fx, &key, &rec, 1);
     assert_eq!(rec["history"].as_array().map(Vec::len), Some(1), "{rec}");

@@ -209,12 +209,21 @@ impl SafeDir {
     }
 
     fn create_temp(&self) -> Result<(String, File), StoreError> {
+        self.create_temp_named(super::layout::temp_name)
+    }
+
+    /// A new temp file under a name from `next`: never an existing entry, and never through a
+    /// link (`O_EXCL | O_NOFOLLOW`), so a file or link planted at the name is passed over.
+    fn create_temp_named(
+        &self,
+        mut next: impl FnMut() -> String,
+    ) -> Result<(String, File), StoreError> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         // 128 random bits: a clash means a planted file; three tries then give up loudly.
         let mut last = Errno::EEXIST;
         for _ in 0..3 {
-            let tmp = super::layout::temp_name();
+            let tmp = next();
             match openat(&self.fd, tmp.as_str(), flags, self.file_mode()) {
                 Ok(fd) => {
                     fchmod(&fd, self.file_mode()).map_err(|e| {
@@ -425,5 +434,51 @@ fn file_error(dir: &SafeDir, op: &'static str, path: &Path, e: Errno) -> StoreEr
     match e {
         Errno::EACCES | Errno::EPERM => state_dir(&dir.path, e.into()),
         e => StoreError::io(op, path)(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link planted at the temp name initguard picks is never written through: the next name
+    /// is used, and with every name taken the write fails loudly; the link's target is untouched.
+    #[test]
+    fn a_link_planted_at_the_temp_name_is_passed_over() {
+        let area = tempfile::tempdir().unwrap();
+        let state = area.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let victim = area.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        for planted in ["+tmp.a", "+tmp.b", "+tmp.c"] {
+            std::os::unix::fs::symlink(&victim, state.join(planted)).unwrap();
+        }
+        let dir = SafeDir::open(&state, false)
+            .unwrap()
+            .expect("the state dir");
+        let mut names = ["+tmp.a", "+tmp.b", "+tmp.d"].into_iter().map(String::from);
+        let (name, mut file) = dir
+            .create_temp_named(|| names.next().unwrap_or_default())
+            .unwrap();
+        assert_eq!(name, "+tmp.d");
+        std::io::Write::write_all(&mut file, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let mut planted = ["+tmp.a", "+tmp.b", "+tmp.c"].into_iter().map(String::from);
+        let err = dir
+            .create_temp_named(|| planted.next().unwrap_or_default())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot create a temp file"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        for link in ["+tmp.a", "+tmp.b", "+tmp.c"] {
+            assert!(
+                std::fs::symlink_metadata(state.join(link))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        }
     }
 }
