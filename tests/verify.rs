@@ -397,6 +397,67 @@ fn without_timings(text: &str) -> String {
     re.replace_all(text, "Ns").into_owned()
 }
 
+/// `concurrent` wants the same state and every copy to exit 0: copies that refuse to run beside
+/// each other (exit 3) leave the clean run's state, and still fail it.
+#[test]
+fn a_copy_that_exits_non_zero_fails_concurrent_even_with_the_same_state() {
+    let work = tempfile::tempdir().unwrap();
+    let script = "mkdir -p out; if mkdir lock 2>/dev/null; then sleep 0.5; echo x > out/f; \
+                  rmdir lock; else exit 3; fi";
+    let out = verify(
+        work.path(),
+        &[
+            "--probe",
+            "cat out/f",
+            "--reset",
+            "rm -rf out lock",
+            "--kill-points",
+            "1",
+            "--grace",
+            "1s",
+            "--json",
+        ],
+        script,
+    );
+    let r = json(&out);
+    assert_eq!(result(&r, "rerun"), "pass", "{r:#}");
+    assert_eq!(result(&r, "concurrent"), "fail", "{r:#}");
+    let detail = scenario(&r, "concurrent")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains("ended with exit status 3") && !detail.contains("state differs"),
+        "failed for the copy's exit alone: {r:#}"
+    );
+}
+
+/// `sigterm`: a command that ignores SIGTERM is killed with SIGKILL once `--grace` has passed.
+#[test]
+fn sigterm_escalates_to_sigkill_after_grace() {
+    let work = tempfile::tempdir().unwrap();
+    let out = verify(
+        work.path(),
+        &[
+            "--probe",
+            "cat f",
+            "--reset",
+            "rm -f f",
+            "--kill-points",
+            "1",
+            "--grace",
+            "300ms",
+            "--json",
+        ],
+        "trap '' TERM; echo a > f; sleep 1; echo b >> f",
+    );
+    let r = json(&out);
+    let cut = &scenario(&r, "sigterm")["trials"][0]["runs"][0];
+    assert_eq!(cut["cut"], "sigterm", "{r:#}");
+    assert_eq!(cut["outcome"], "killed by signal 9", "{r:#}");
+    assert_eq!(cut["exit_code"], 137, "{r:#}");
+}
+
 #[test]
 fn sigterm_trap_that_cleans_up_passes_sigterm() {
     let work = tempfile::tempdir().unwrap();
@@ -656,6 +717,16 @@ fn out_dir_keeps_the_whole_diff_that_the_report_bounds() {
     assert!(
         text.contains("more diff lines (--out DIR saves the whole diff)"),
         "{text}"
+    );
+    // The shown diff: from its `---` header up to the line that says what was left out.
+    let shown = text
+        .lines()
+        .skip_while(|l| !l.starts_with("--- clean run"))
+        .take_while(|l| !l.contains("more diff lines"))
+        .count();
+    assert!(
+        (1..=40).contains(&shown),
+        "{shown} diff lines shown:\n{text}"
     );
     let diff = std::fs::read_to_string(out_dir.join("rerun.diff")).unwrap();
     assert_eq!(
