@@ -1322,6 +1322,8 @@ fn key_and_lease(prefix: &str) -> (String, String) {
 fn kube_double_noop_update_is_no_write_and_no_event() {
     let fx = KubeFixture::double();
     let (key, name) = key_and_lease("kube/noop");
+    let plain_name = format!("{name}-plain");
+    let plain_key = key.clone();
     let api = fx.api();
     let (before, after) = fx.with_leases(|leases| async move {
         let pp = PostParams::default();
@@ -1361,6 +1363,19 @@ fn kube_double_noop_update_is_no_write_and_no_event() {
         rv_of(&after).parse::<u64>().unwrap(),
         rv_of(&before).parse::<u64>().unwrap() + 1
     );
+    // An empty map is absent too: a Lease with no annotations, updated with `annotations: {}`.
+    let (plain, emptied) = fx.with_leases(|leases| async move {
+        let pp = PostParams::default();
+        let mut plain = bare_lease(&plain_name, &plain_key);
+        plain.metadata.annotations = None;
+        let plain = leases.create(&pp, &plain).await.unwrap();
+        let mut empty = plain.clone();
+        empty.metadata.annotations = Some(Default::default());
+        let emptied = leases.replace(&plain_name, &pp, &empty).await.unwrap();
+        (plain, emptied)
+    });
+    assert_eq!(rv_of(&emptied), rv_of(&plain), "an empty map is no change");
+    assert_eq!(api.noop_updates(), 3);
 }
 
 /// With `allowWatchBookmarks`, BOOKMARK events carry only `metadata.resourceVersion` (the
