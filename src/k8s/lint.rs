@@ -233,7 +233,11 @@ fn polls_api(container: &Value) -> Option<&'static str> {
     if seq("kubectl", "wait") {
         return Some("kubectl wait");
     }
-    if seq("kubectl", "rollout") {
+    // Only `status` waits: `rollout restart` or `undo` act once and return.
+    if words
+        .windows(3)
+        .any(|w| w[0] == "kubectl" && w[1] == "rollout" && w[2] == "status")
+    {
         return Some("kubectl rollout status");
     }
     if words.iter().any(|w| w == "kubectl") && words.iter().any(|w| w == "until" || w == "while") {
@@ -548,6 +552,42 @@ mod tests {
         ];
         for (yaml, want) in cases {
             assert_eq!(migration(&container(yaml)).as_deref(), want, "{yaml}");
+        }
+    }
+
+    /// Every tool of the table, run as `TOOL VERB…`, is found (the README's IG001 row lists them).
+    #[test]
+    fn every_migration_tool_in_the_table_is_found() {
+        for (tool, verbs) in MIGRATION_TOOLS {
+            let argv: Vec<&str> = std::iter::once(*tool)
+                .chain(verbs.iter().copied())
+                .collect();
+            let yaml = format!("{{command: {argv:?}}}");
+            assert_eq!(migration(&container(&yaml)), Some(argv.join(" ")), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn only_waiting_kubectl_commands_are_api_polling() {
+        let cases = [
+            ("{command: [kubectl, rollout, status, deploy/db]}", true),
+            (
+                "{command: [kubectl, wait, --for=condition=ready, pod/db]}",
+                true,
+            ),
+            (
+                "{command: [sh, -c, 'until kubectl get svc db; do sleep 1; done']}",
+                true,
+            ),
+            (
+                "{image: 'groundnuty/k8s-wait-for:v2', args: [job, migrate]}",
+                true,
+            ),
+            ("{command: [kubectl, rollout, restart, deploy/web]}", false),
+            ("{command: [kubectl, apply, -f, /m.yaml]}", false),
+        ];
+        for (yaml, polls) in cases {
+            assert_eq!(polls_api(&container(yaml)).is_some(), polls, "{yaml}");
         }
     }
 
