@@ -730,3 +730,149 @@ fn install_copies_the_running_binary() {
         stderr(&out)
     );
 }
+
+/// The wrapped init containers of the one workload in `out`, by name.
+fn wrapped(out: &str) -> std::collections::BTreeMap<String, Container> {
+    let doc = docs(out).into_iter().next().expect("one document");
+    let spec: PodSpec = typed(&doc["spec"]["template"]["spec"]);
+    spec.init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect()
+}
+
+fn argv(c: &Container) -> Vec<String> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect()
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+const THREE_INITS: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  template:
+    metadata:
+      annotations:
+        initguard.io/key: shop/setup
+        initguard.io/key.b: shop/special
+    spec:
+      volumes:
+      - {name: creds, secret: {secretName: db}}
+      initContainers:
+      - {name: a, image: i, command: [migrate, up], volumeMounts: [{name: creds, mountPath: /creds}]}
+      - {name: b, image: i, command: [seed]}
+      - {name: c, image: i, command: [warm]}
+      containers: [{name: app, image: i}]
+";
+
+/// README's inject options that the golden files do not show: the key annotations with several
+/// containers, Secret volumes only with `--input-secrets`, `--binary`, `--pod-store`.
+#[test]
+fn inject_keys_secret_inputs_binary_and_pod_store() {
+    let flags = [
+        "--input-secrets",
+        "--binary",
+        "/opt/ig",
+        "--pod-store",
+        "file:/state",
+    ];
+    let out = inject(THREE_INITS, &flags);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let c = wrapped(&stdout(&out));
+    let run = |name: &str, key: &str| {
+        let mut v = vec![
+            "/opt/ig".to_string(),
+            "run".into(),
+            "--key".into(),
+            key.into(),
+        ];
+        if name == "a" {
+            v.extend(["--input".into(), "/creds".into()]);
+        }
+        v
+    };
+    for (name, key) in [
+        ("a", "shop/setup/a"),
+        ("b", "shop/special"),
+        ("c", "shop/setup/c"),
+    ] {
+        let got = argv(&c[name]);
+        assert_eq!(
+            got[..run(name, key).len()],
+            run(name, key)[..],
+            "{name}: {got:?}"
+        );
+        assert_eq!(
+            env_value(&c[name], "INITGUARD_STORE").as_deref(),
+            Some("file:/state")
+        );
+    }
+    // Without --input-secrets, the Secret volume is no input.
+    let out = inject(THREE_INITS, &[]);
+    let c = wrapped(&stdout(&out));
+    assert!(
+        !argv(&c["a"]).contains(&"/creds".to_string()),
+        "{:?}",
+        argv(&c["a"])
+    );
+    assert_eq!(argv(&c["a"])[0], "initguard");
+    assert_eq!(
+        env_value(&c["a"], "INITGUARD_STORE"),
+        None,
+        "kubernetes: is the default"
+    );
+}
+
+/// `initguard.io/inject: "true"` selects a workload for `--only-annotated`, `"b,c"` selects
+/// containers; a DaemonSet gets `--scope node` unless `--scope` says otherwise.
+#[test]
+fn inject_selection_annotations_and_the_daemonset_scope() {
+    let annotated = |value: &str| {
+        THREE_INITS.replace(
+            "metadata: {name: web, namespace: shop}",
+            &format!(
+                "metadata: {{name: web, namespace: shop, annotations: {{initguard.io/inject: \"{value}\"}}}}"
+            ),
+        )
+    };
+    let is_wrapped = |c: &Container| argv(c).get(1).is_some_and(|a| a == "run");
+    let out = inject(&annotated("true"), &["--only-annotated"]);
+    let c = wrapped(&stdout(&out));
+    assert!(c.values().all(is_wrapped), "{c:?}");
+    let out = inject(THREE_INITS, &["--only-annotated"]);
+    let c = wrapped(&stdout(&out));
+    assert!(!c.values().any(is_wrapped), "not annotated: left alone");
+    let out = inject(&annotated("b,c"), &[]);
+    let c = wrapped(&stdout(&out));
+    assert!(
+        !is_wrapped(&c["a"]) && is_wrapped(&c["b"]) && is_wrapped(&c["c"]),
+        "{c:?}"
+    );
+
+    let ds = THREE_INITS
+        .replace("kind: Deployment", "kind: DaemonSet")
+        .replace("  replicas: 3\n", "");
+    let scope = |flags: &[&str]| {
+        let out = inject(&ds, flags);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let args = argv(&wrapped(&stdout(&out))["a"]);
+        let at = args.iter().position(|a| a == "--scope");
+        at.map(|i| args[i + 1].clone())
+    };
+    assert_eq!(scope(&[]).as_deref(), Some("node"));
+    assert_eq!(scope(&["--scope", "pod"]).as_deref(), Some("pod"));
+}

@@ -199,7 +199,7 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
         return;
     };
     let root = Root::new(&bin);
-    for m in ["file", "pg", "kube", "zk"] {
+    for m in ["file", "pg", "kube", "kube-default", "zk"] {
         std::fs::create_dir_all(root.path().join("marks").join(m)).unwrap();
     }
     let base = |store: String| vec![("INITGUARD_STORE", store), ("POD_NAME", "web-0".into())];
@@ -296,6 +296,26 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
         assert_ran(&root, &out, "kube", "kubernetes store by name");
         assert_skips(&root, "chroot/kube", "kube", &env);
         assert_eq!(api.leases("initguard-test").len(), 1);
+
+        // No INITGUARD_STORE where a service-account token is (a Pod): `kubernetes:` it is.
+        let env: Vec<_> = env
+            .into_iter()
+            .filter(|(k, _)| *k != "INITGUARD_STORE")
+            .collect();
+        let cmd = marking("kube-default");
+        let out = root.initguard(&run_args("chroot/kube-default", &cmd), &env);
+        assert_ran(
+            &root,
+            &out,
+            "kube-default",
+            "kubernetes: by default in a Pod",
+        );
+        assert!(
+            stderr(&out).contains("store kubernetes:"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(api.leases("initguard-test").len(), 2);
     }
 
     // ZooKeeper, by name.
