@@ -591,6 +591,58 @@ mod tests {
         }
     }
 
+    fn rules_of(yaml: &str) -> Vec<&'static str> {
+        lint(yaml).unwrap().iter().map(|f| f.rule.id).collect()
+    }
+
+    /// IG002 is about anti-affinity standing in for a lock: beside a guarded migration it says
+    /// nothing; beside an unguarded one it speaks.
+    #[test]
+    fn anti_affinity_beside_a_guarded_migration_is_fine() {
+        let sts = |init: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kc, namespace: auth}}\n\
+                 spec:\n  replicas: 3\n  template:\n    spec:\n      affinity:\n        \
+                 podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          \
+                 - topologyKey: kubernetes.io/hostname\n      initContainers:\n      - {init}\n      \
+                 containers: [{{name: kc, image: kc}}]\n"
+            )
+        };
+        let unguarded = sts("{name: schema, image: i, command: [liquibase, update]}");
+        assert!(rules_of(&unguarded).contains(&"IG002"));
+        let guarded = sts(
+            "{name: schema, image: i, command: [initguard, run, --key, auth/kc, --, liquibase, update], \
+             env: [{name: POD_NAME, value: x}, {name: POD_NAMESPACE, value: y}]}",
+        );
+        let found = rules_of(&guarded);
+        assert!(
+            !found.contains(&"IG002") && !found.contains(&"IG001"),
+            "{found:?}"
+        );
+    }
+
+    /// IG005: `--scope pod` with `POD_UID` (flag or INITGUARD_SCOPE) is fine; without, it is not.
+    #[test]
+    fn pod_scope_needs_pod_uid_and_has_it() {
+        let pod = |env: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\nspec:\n  \
+                 initContainers:\n  - {{name: w, image: i, command: [initguard, run, --key, n/w, \
+                 --scope, pod, --, ./w.sh], env: [{env}]}}\n  containers: [{{name: c, image: i}}]\n"
+            )
+        };
+        let ids = "{name: POD_NAME, value: x}, {name: POD_NAMESPACE, value: y}";
+        assert!(rules_of(&pod(ids)).contains(&"IG005"));
+        let with_uid = pod(&format!(
+            "{ids}, {{name: POD_UID, valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}}}"
+        ));
+        assert!(
+            !rules_of(&with_uid).contains(&"IG005"),
+            "{:?}",
+            rules_of(&with_uid)
+        );
+    }
+
     #[test]
     fn flags_are_read_in_both_spellings_and_never_past_the_double_dash() {
         let argv: Vec<String> = [
