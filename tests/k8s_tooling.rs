@@ -610,7 +610,9 @@ fn fixtures_give_exactly_these_findings() {
         ("missing-pod-identity.bad", &["IG006"]),
         ("missing-pod-identity.good", &[]),
         ("kube-store-default-service-account.bad", &["IG007"]),
+        ("kube-store-default-service-account.good", &[]),
         ("kube-store-no-rbac.bad", &["IG008"]),
+        ("kube-store-no-rbac.good", &[]),
         ("api-polling-wait.bad", &["IG009", "IG009", "IG009"]),
         ("api-polling-wait.good", &[]),
     ];
