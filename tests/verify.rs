@@ -281,50 +281,18 @@ fn interrupted_kills_the_commands_whole_process_tree() {
 /// print the report README shows as "Its real output", timings aside.
 #[test]
 fn the_readme_worked_example_prints_what_the_readme_shows() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
-    let example = readme
-        .split_once("A worked example:")
-        .expect("README has the worked example")
-        .1;
-    let script = example
-        .split_once("cat > load.sh <<'SH'\n")
-        .and_then(|(_, rest)| rest.split_once("\nSH\n"))
-        .expect("the example's load.sh")
-        .0;
-    let line = example
-        .lines()
-        .find(|l| l.starts_with("initguard verify "))
-        .expect("the example's verify line");
-    let shown = example
-        .split_once("Its real output (stdout), exit code 1:\n\n```\n")
-        .and_then(|(_, rest)| rest.split_once("```\n"))
-        .expect("the example's output")
-        .0;
-    let args = shell_words(line.trim_start_matches("initguard verify "));
-    let work = tempfile::tempdir().unwrap();
-    let load = work.path().join("load.sh");
-    std::fs::write(&load, format!("{script}\n")).unwrap();
-    std::fs::set_permissions(&load, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let shown = without_timings(shown);
+    let ex = ReadmeExample::read();
+    let shown =
+        without_timings(ex.between("Its real output (stdout), exit code 1:\n\n```\n", "```\n"));
+    let broken = ex.between("cat > load.sh <<'SH'\n", "\nSH\n");
     // The copies break it only when they meet inside its window, which README says can take
     // several runs: up to 3 runs for a report in full; failing that, all but the concurrent
     // scenario as shown, and the verdict it then gives.
     let mut got = String::new();
     for _ in 0..3 {
-        let out = Command::new(bin())
-            .current_dir(work.path())
-            .env_remove("INITGUARD_KEY")
-            .env_remove("INITGUARD_INPUT")
-            .env_remove("INITGUARD_GRACE")
-            .env_remove("INITGUARD_TIMEOUT")
-            .arg("verify")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), 1, "{}", stderr(&out));
-        got = without_timings(&String::from_utf8_lossy(&out.stdout));
+        let (code, out) = ex.run(broken, &ex.args);
+        assert_eq!(code, 1, "{out}");
+        got = without_timings(&out);
         if got.contains("\nconcurrent   FAIL ") {
             assert_eq!(got, shown);
             return;
@@ -339,6 +307,85 @@ fn the_readme_worked_example_prints_what_the_readme_shows() {
         ),
         "{got}"
     );
+}
+
+/// The example's fixed script, with `--probe-dir data` for the probe, passes every scenario with
+/// the report README shows.
+#[test]
+fn the_readme_fixed_example_prints_what_the_readme_shows() {
+    let ex = ReadmeExample::read();
+    let fixed = ex.between("left\nbehind:\n\n```sh\n", "```\n");
+    let shown = ex.between(
+        "With `--probe-dir data`, so that a temporary file left behind would count too, exit code \
+         0:\n\n```\n",
+        "```\n",
+    );
+    let mut args = ex.args.clone();
+    let at = args.iter().position(|a| a == "--probe").expect("--probe");
+    args.splice(at..at + 2, ["--probe-dir".to_string(), "data".to_string()]);
+    let (code, out) = ex.run(fixed, &args);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(without_timings(&out), without_timings(shown));
+}
+
+/// README.md's `verify` worked example: its text from "A worked example:" on, and the arguments
+/// of its `initguard verify` line.
+struct ReadmeExample {
+    text: String,
+    args: Vec<String>,
+}
+
+impl ReadmeExample {
+    fn read() -> ReadmeExample {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .expect("README.md");
+        let text = readme
+            .split_once("A worked example:")
+            .expect("README has the worked example")
+            .1
+            .to_string();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("initguard verify "))
+            .expect("the example's verify line");
+        let args = shell_words(line.trim_start_matches("initguard verify "));
+        ReadmeExample { text, args }
+    }
+
+    /// The text between the first `from` and the next `to` after it.
+    fn between(&self, from: &str, to: &str) -> &str {
+        self.text
+            .split_once(from)
+            .and_then(|(_, rest)| rest.split_once(to))
+            .unwrap_or_else(|| panic!("README's example has no {from:?} … {to:?}"))
+            .0
+    }
+
+    /// `initguard verify ARGS` in a fresh directory holding `script` as `load.sh`: the exit code
+    /// and the report.
+    fn run(&self, script: &str, args: &[String]) -> (i32, String) {
+        let work = tempfile::tempdir().unwrap();
+        let load = work.path().join("load.sh");
+        std::fs::write(&load, format!("{}\n", script.trim_end())).unwrap();
+        std::fs::set_permissions(&load, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = Command::new(bin())
+            .current_dir(work.path())
+            .env_remove("INITGUARD_KEY")
+            .env_remove("INITGUARD_INPUT")
+            .env_remove("INITGUARD_GRACE")
+            .env_remove("INITGUARD_TIMEOUT")
+            .arg("verify")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            code(&out),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
 }
 
 /// The report without the concurrent scenario's row, its diff and the verdict that names it.
