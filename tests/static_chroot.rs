@@ -199,7 +199,15 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
         return;
     };
     let root = Root::new(&bin);
-    for m in ["file", "pg", "kube", "kube-default", "zk"] {
+    for m in [
+        "file",
+        "pg",
+        "kube",
+        "kube-default",
+        "kube-sa-ns",
+        "kube-url-ns",
+        "zk",
+    ] {
         std::fs::create_dir_all(root.path().join("marks").join(m)).unwrap();
     }
     let base = |store: String| vec![("INITGUARD_STORE", store), ("POD_NAME", "web-0".into())];
@@ -316,6 +324,32 @@ fn static_binary_runs_tasks_in_an_empty_root_on_every_store_by_name() {
             stderr(&out)
         );
         assert_eq!(api.leases("initguard-test").len(), 2);
+
+        // The namespace: the URL's, else that of the credentials in use. With KUBECONFIG set,
+        // those are the kubeconfig's (its context says initguard-test), even in a Pod whose
+        // service account says another.
+        std::fs::write(
+            root.path()
+                .join("var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+            "sa-ns",
+        )
+        .unwrap();
+        for (store, mark, namespace) in [
+            ("kubernetes:", "kube-sa-ns", "initguard-test"),
+            ("kubernetes:url-ns", "kube-url-ns", "url-ns"),
+        ] {
+            let mut env = base(store.into());
+            env.push(("KUBECONFIG", "/kubeconfig".into()));
+            let before = api.leases(namespace).len();
+            let out = root.initguard(&run_args(&format!("chroot/{mark}"), &marking(mark)), &env);
+            assert_ran(&root, &out, mark, store);
+            assert_eq!(
+                api.leases(namespace).len(),
+                before + 1,
+                "{store}: its Lease in {namespace}"
+            );
+        }
+        assert!(api.leases("sa-ns").is_empty());
     }
 
     // ZooKeeper, by name.
