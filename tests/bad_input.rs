@@ -130,6 +130,26 @@ fn bad_inputs() -> Vec<Bad> {
     ] {
         out.push(plain(args.iter().map(|s| s.to_string()).collect()));
     }
+    // verify's --timeout as run's; steps apply's ranges as run's (on a directory that exists).
+    for v in ["0", "0s", "-5s", "366d"] {
+        out.push(plain(
+            ["verify", "--timeout", v, "--", "touch", "ran"]
+                .map(String::from)
+                .to_vec(),
+        ));
+    }
+    for (flag, v) in [
+        ("--history", "0"),
+        ("--history", "1001"),
+        ("--tail-bytes", "1048577"),
+        ("--grace", "-1s"),
+        ("--lock-ttl", "0"),
+        ("--wait-timeout", "-1s"),
+    ] {
+        out.push(plain(
+            ["steps", "apply", ".", flag, v].map(String::from).to_vec(),
+        ));
+    }
     // Store URLs.
     for url in [
         "redis://x",

@@ -998,3 +998,39 @@ fn fingerprint_encoding_is_pinned() {
         "printing touches no store"
     );
 }
+
+/// What `run` does with no flags and no store settings: the store is `file:.initguard` in the
+/// working directory, the tail kept is 4096 bytes, the history keeps 20 runs, and failures never
+/// end in `gave_up` (`--max-attempts 0`).
+#[test]
+fn run_defaults_store_tail_history_and_no_giving_up() {
+    let work = tempfile::tempdir().unwrap();
+    let run = |script: &str| {
+        std::process::Command::new(bin())
+            .current_dir(work.path())
+            .env_remove("INITGUARD_STORE")
+            .env_remove("INITGUARD_TAIL_BYTES")
+            .env_remove("INITGUARD_HISTORY")
+            .env_remove("INITGUARD_MAX_ATTEMPTS")
+            .env_remove("INITGUARD_KEY")
+            .env_remove("POD_UID")
+            .env_remove("NODE_NAME")
+            .env("INITGUARD_LOG", "warn")
+            .args(["run", "--key", "app/defaults", "--", "sh", "-c", script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // 9000 bytes of output, then failure, 22 times over.
+    let script = "head -c 9000 /dev/zero | tr '\\0' x; exit 3";
+    for _ in 0..22 {
+        assert_eq!(code(&run(script)), 3);
+    }
+    let path = work.path().join(".initguard/app+defaults.json");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("the record under .initguard")).unwrap();
+    assert_eq!(rec["state"], "failed", "never gave up: {}", rec["state"]);
+    assert_eq!(rec["failures"], 22);
+    assert_eq!(rec["history"].as_array().map(Vec::len), Some(20));
+    assert_eq!(rec["tail"].as_str().map(str::len), Some(4096));
+}

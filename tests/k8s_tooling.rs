@@ -294,6 +294,20 @@ fn inject_selects_containers_and_annotated_workloads() {
     );
 }
 
+/// Without `--format`, the findings are text: one headline per finding, then its fix.
+#[test]
+fn lint_prints_text_by_default() {
+    let file = fixture("lint/unguarded-migration.bad.yaml");
+    let out = initguard(&["k8s", "lint", "-f", file.to_str().unwrap()], b"");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("error[IG001 unguarded-migration] "),
+        "{text}"
+    );
+    assert!(text.contains("\n  fix: "), "{text}");
+}
+
 #[test]
 fn lint_exits_2_on_usage_65_on_bad_yaml_and_74_on_an_unreadable_file() {
     let out = initguard(&["k8s", "lint", "-f", "-"], b"a: 1\n---\nkind: [\n");

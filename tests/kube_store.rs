@@ -725,6 +725,20 @@ fn an_old_renew_time_on_a_live_lease_is_not_taken_over(fx: &KubeFixture) {
     fx.delete_lease(&key);
 }
 
+/// Without `--lock-ttl` the lease is 30 s: the Lease's `leaseDurationSeconds` says so.
+#[test]
+fn kube_lock_ttl_defaults_to_30s() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/ttl");
+    let mut c = task_cmd(&fx, work.path(), &key, &[], "true");
+    c.env_remove("INITGUARD_LOCK_TTL");
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lease = fx.lease(&key).expect("the task's Lease");
+    assert_eq!(lease.spec.and_then(|s| s.lease_duration_seconds), Some(30));
+}
+
 /// `--scope pod`: one Lease and record per Pod UID, listed with their instance.
 #[test]
 fn kube_pod_scope_runs_once_per_pod_uid() {

@@ -479,6 +479,29 @@ fn a_copy_that_exits_non_zero_fails_concurrent_even_with_the_same_state() {
     );
 }
 
+/// Without `--kill-points` and `--key`: 5 cuts per cut scenario, and the command's key is
+/// `verify`.
+#[test]
+fn kill_points_and_key_defaults() {
+    let work = tempfile::tempdir().unwrap();
+    let keys = work.path().join("keys");
+    let out = verify(
+        work.path(),
+        &["--probe", "true", "--reset", "true", "--json"],
+        &format!("echo \"$INITGUARD_KEY\" >> {}; sleep 0.3", keys.display()),
+    );
+    let r = json(&out);
+    for name in ["interrupted", "sigterm"] {
+        let trials = scenario(&r, name)["trials"].as_array().map(Vec::len);
+        assert_eq!(trials, Some(5), "{name}: {r:#}");
+    }
+    let said = lines(&keys);
+    assert!(
+        !said.is_empty() && said.iter().all(|k| k == "verify"),
+        "{said:?}"
+    );
+}
+
 /// `sigterm`: a command that ignores SIGTERM is killed with SIGKILL once `--grace` has passed.
 #[test]
 fn sigterm_escalates_to_sigkill_after_grace() {

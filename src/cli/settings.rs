@@ -301,6 +301,22 @@ fn target_label(raw: &str) -> String {
 }
 
 /// `--lock-ttl` and `--wait-timeout`, checked (for `run` and `steps apply`).
+/// `--timeout D` of `run` and `verify`: a limit on one run of the command, more than 0 (leaving
+/// it out means no limit).
+pub fn command_timeout(arg: Option<&str>) -> Result<Option<Duration>, SettingsError> {
+    let timeout = arg.map(|t| duration("--timeout", t)).transpose()?;
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(SettingsError::Usage {
+            flag: "--timeout",
+            why: format!(
+                "0 is out of range: expected more than 0 and at most {MAX_DURATION_TEXT} (leave \
+                 --timeout out for no limit)"
+            ),
+        });
+    }
+    Ok(timeout)
+}
+
 pub fn acquire_opts(args: &LeaseArgs) -> Result<AcquireOpts, SettingsError> {
     Ok(AcquireOpts {
         ttl: lock_ttl(&args.lock_ttl)?,
@@ -330,20 +346,7 @@ pub fn plan(
     sql: Option<SqlTask>,
 ) -> Result<Plan, SettingsError> {
     let acquire = acquire_opts(&args.lease)?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| duration("--timeout", t))
-        .transpose()?;
-    if timeout.is_some_and(|t| t.is_zero()) {
-        return Err(SettingsError::Usage {
-            flag: "--timeout",
-            why: format!(
-                "0 is out of range: expected more than 0 and at most {MAX_DURATION_TEXT} (leave \
-                 --timeout out for no limit)"
-            ),
-        });
-    }
+    let timeout = command_timeout(args.timeout.as_deref())?;
     let env_remove = if args.pass_store_env {
         Vec::new()
     } else {

@@ -4,7 +4,7 @@
 use super::args::VerifyArgs;
 use super::failure::Failure;
 use super::report::table;
-use super::settings::{SettingsError, duration};
+use super::settings::{SettingsError, command_timeout, duration};
 use crate::fingerprint::{self, Sources};
 use crate::task::Key;
 use crate::verify::{self, DIFF_LINES, Finding, Plan, Probe, Report, bounded, secs};
@@ -87,11 +87,7 @@ fn plan(args: &VerifyArgs) -> Result<Plan, Failure> {
         copies: args.copies,
         kill_points: args.kill_points,
         grace: duration("--grace", &args.grace)?,
-        timeout: args
-            .timeout
-            .as_deref()
-            .map(|t| duration("--timeout", t))
-            .transpose()?,
+        timeout: command_timeout(args.timeout.as_deref())?,
     })
 }
 
