@@ -263,6 +263,37 @@ fn hold(tmp: &Path, state: &Path, key: &str) -> (std::process::Child, PathBuf) {
     (child, release)
 }
 
+/// The top of every range is accepted, and `--wait-timeout forever`: the run runs.
+#[test]
+fn the_largest_values_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = ig(tmp.path(), &tmp.path().join("state"))
+        .args(run_args(&[
+            "--retries",
+            "1000",
+            "--max-attempts",
+            "1000",
+            "--history",
+            "1000",
+            "--tail-bytes",
+            "1048576",
+            "--lock-ttl",
+            "365d",
+            "--timeout",
+            "365d",
+            "--grace",
+            "365d",
+            "--backoff",
+            "5m",
+            "--wait-timeout",
+            "forever",
+        ]))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(tmp.path().join("ran").exists(), "the command ran");
+}
+
 #[test]
 fn wait_timeout_zero_means_do_not_wait_however_spelt() {
     let tmp = tempfile::tempdir().unwrap();
