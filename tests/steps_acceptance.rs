@@ -1019,21 +1019,15 @@ fn interrupted_script_step_reruns_with_previous_interrupted_or_stops_with_fail()
         started.exists() || !a.running()
     });
     assert!(started.exists(), "the script step ran");
-    let mut script_pid = None;
-    wait_for(
+    let script_pid = support::pid_written_to(
+        &started,
         "the script step to write its pid",
         Duration::from_secs(10),
-        || {
-            script_pid = std::fs::read_to_string(&started)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok());
-            script_pid.is_some()
-        },
     );
     a.kill9();
     // No process of the killed run outlives its lease.
     wait_for("the script to be killed", Duration::from_secs(30), || {
-        !script_pid.is_some_and(support::pid_alive)
+        !support::pid_alive(script_pid)
     });
     let h = fx.history_of(pg::TARGET_DB, key);
     assert_eq!(h.get("1").map(|h| h.state.as_str()), Some("applied"));

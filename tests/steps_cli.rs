@@ -142,10 +142,7 @@ fn script_steps_get_their_variables_and_not_the_target() {
         "INITGUARD_STORE_PASSWORD_FILE",
         "INITGUARD_STEPS_TARGET",
     ];
-    let seen: String = settings
-        .iter()
-        .map(|v| format!(" {v}=${{{v}+set}}"))
-        .collect();
+    let seen = support::presence_words(&settings);
     fx.script(
         "V1__env.sh",
         &format!("echo \"token=$INITGUARD_FENCING_TOKEN key=$INITGUARD_KEY{seen}\" >> \"$LOG\""),
@@ -165,7 +162,7 @@ fn script_steps_get_their_variables_and_not_the_target() {
     assert_eq!(log[0], "1 env none");
     assert!(log[1].starts_with("token="), "{log:?}");
     assert!(log[1].contains(" key=steps-migrations "), "{log:?}");
-    let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
+    let unset = support::unset_line(&settings);
     assert!(
         log[1].ends_with(&unset),
         "none of {settings:?} reached the step: {log:?}"
@@ -252,13 +249,11 @@ fn an_interrupted_script_step_runs_again_told_it_was_interrupted() {
     );
     fs::write(fx.log.with_extension("slow"), "").unwrap();
     let mut child = fx.spawn(&[]);
-    let mut step = None;
-    wait_for("the slow step to start", Duration::from_secs(20), || {
-        step = fs::read_to_string(fx.log.with_extension("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        step.is_some()
-    });
+    let step = support::pid_written_to(
+        &fx.log.with_extension("pid"),
+        "the slow step to start",
+        Duration::from_secs(20),
+    );
     child.kill().unwrap(); // SIGKILL: no chance to record anything
     child.wait().unwrap();
     fs::remove_file(fx.log.with_extension("slow")).unwrap();
@@ -266,7 +261,7 @@ fn an_interrupted_script_step_runs_again_told_it_was_interrupted() {
     wait_for(
         "the step to die with initguard",
         Duration::from_secs(10),
-        || !step.is_some_and(support::pid_alive),
+        || !support::pid_alive(step),
     );
     let st = fx.status_json();
     assert_eq!(st["steps"][1]["state"], "running", "{st}");

@@ -61,13 +61,11 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut step = None;
-    wait_for("the slow step to start", Duration::from_secs(30), || {
-        step = fs::read_to_string(log.with_extension("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        step.is_some()
-    });
+    let step = support::pid_written_to(
+        &log.with_extension("pid"),
+        "the slow step to start",
+        Duration::from_secs(30),
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     fs::remove_file(log.with_extension("slow")).unwrap();
@@ -75,7 +73,7 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
     wait_for(
         "the step to die with initguard",
         Duration::from_secs(10),
-        || !step.is_some_and(support::pid_alive),
+        || !support::pid_alive(step),
     );
 
     let out = ig().output().unwrap();

@@ -304,10 +304,7 @@ fn script_steps_get_none_of_the_target_and_store_settings() {
         "INITGUARD_STEPS_TARGET",
         "INITGUARD_STEPS_TARGET_PASSWORD_FILE",
     ];
-    let seen: String = settings
-        .iter()
-        .map(|v| format!(" {v}=${{{v}+set}}"))
-        .collect();
+    let seen = support::presence_words(&settings);
     fx.script("V1__env.sh", &format!("echo \"env{seen}\" >> \"$LOG\""));
     let password = fx.root.join("password");
     fs::write(&password, format!("{}\n", pg::APP_PASSWORD)).unwrap();
@@ -322,7 +319,7 @@ fn script_steps_get_none_of_the_target_and_store_settings() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let unset: String = settings.iter().map(|v| format!(" {v}=")).collect();
+    let unset = support::unset_line(&settings);
     assert_eq!(
         lines(&fx.log),
         ["1 none".to_string(), format!("env{unset}")]

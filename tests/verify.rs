@@ -10,20 +10,41 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use support::*;
 
-/// `initguard verify ARGS… -- sh -c SCRIPT` in `work`.
-fn verify(work: &Path, args: &[&str], script: &str) -> Output {
-    Command::new(bin())
-        .current_dir(work)
+/// `initguard verify` in `work`, with none of verify's settings from the environment.
+fn verify_cmd(work: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(work)
         .env_remove("INITGUARD_KEY")
         .env_remove("INITGUARD_INPUT")
         .env_remove("INITGUARD_GRACE")
         .env_remove("INITGUARD_TIMEOUT")
         .arg("verify")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `initguard verify ARGS… -- sh -c SCRIPT` in `work`.
+fn verify(work: &Path, args: &[&str], script: &str) -> Output {
+    verify_cmd(work)
         .args(args)
         .args(["--", "sh", "-c", script])
-        .stdin(Stdio::null())
         .output()
         .expect("spawn initguard verify")
+}
+
+/// `--probe P --reset R --kill-points N --grace G --json`: the arguments most tests give.
+fn json_cuts<'a>(probe: &'a str, reset: &'a str, points: &'a str, grace: &'a str) -> [&'a str; 9] {
+    [
+        "--probe",
+        probe,
+        "--reset",
+        reset,
+        "--kill-points",
+        points,
+        "--grace",
+        grace,
+        "--json",
+    ]
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -202,17 +223,7 @@ fn two_step_write_passes_rerun_but_fails_interrupted_between_the_halves() {
     let work = tempfile::tempdir().unwrap();
     let out = verify(
         work.path(),
-        &[
-            "--probe",
-            "cat f",
-            "--reset",
-            "rm -f f",
-            "--kill-points",
-            "1",
-            "--grace",
-            "5s",
-            "--json",
-        ],
+        &json_cuts("cat f", "rm -f f", "1", "5s"),
         TWO_STEPS,
     );
     assert_eq!(code(&out), 1, "{}", stderr(&out));
@@ -244,21 +255,7 @@ fn interrupted_kills_the_commands_whole_process_tree() {
         "sh -c 'sleep 0.6; echo late >> {log}' & wait; echo end >> {log}",
         log = log.display()
     );
-    let out = verify(
-        work.path(),
-        &[
-            "--probe",
-            "true",
-            "--reset",
-            "true",
-            "--kill-points",
-            "2",
-            "--grace",
-            "1s",
-            "--json",
-        ],
-        &script,
-    );
+    let out = verify(work.path(), &json_cuts("true", "true", "2", "1s"), &script);
     let r = json(&out);
     let cuts = scenario(&r, "interrupted")["trials"]
         .as_array()
@@ -370,17 +367,7 @@ impl ReadmeExample {
         std::fs::write(&load, format!("{}\n", script.trim_end())).unwrap();
         std::fs::set_permissions(&load, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let out = Command::new(bin())
-            .current_dir(work.path())
-            .env_remove("INITGUARD_KEY")
-            .env_remove("INITGUARD_INPUT")
-            .env_remove("INITGUARD_GRACE")
-            .env_remove("INITGUARD_TIMEOUT")
-            .arg("verify")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = verify_cmd(work.path()).args(args).output().unwrap();
         (
             code(&out),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -453,17 +440,7 @@ fn a_copy_that_exits_non_zero_fails_concurrent_even_with_the_same_state() {
                   rmdir lock; else exit 3; fi";
     let out = verify(
         work.path(),
-        &[
-            "--probe",
-            "cat out/f",
-            "--reset",
-            "rm -rf out lock",
-            "--kill-points",
-            "1",
-            "--grace",
-            "1s",
-            "--json",
-        ],
+        &json_cuts("cat out/f", "rm -rf out lock", "1", "1s"),
         script,
     );
     let r = json(&out);
@@ -508,17 +485,7 @@ fn sigterm_escalates_to_sigkill_after_grace() {
     let work = tempfile::tempdir().unwrap();
     let out = verify(
         work.path(),
-        &[
-            "--probe",
-            "cat f",
-            "--reset",
-            "rm -f f",
-            "--kill-points",
-            "1",
-            "--grace",
-            "300ms",
-            "--json",
-        ],
+        &json_cuts("cat f", "rm -f f", "1", "300ms"),
         "trap '' TERM; echo a > f; sleep 1; echo b >> f",
     );
     let r = json(&out);

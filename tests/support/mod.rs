@@ -185,6 +185,28 @@ pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
         .expect("send signal");
 }
 
+/// The pid a process wrote to `path` (`echo $$ > FILE`), waited for up to `limit`.
+pub fn pid_written_to(path: &Path, what: &str, limit: Duration) -> i32 {
+    let mut pid = None;
+    wait_for(what, limit, || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_default()
+}
+
+/// Shell words that print, for each of `vars`, ` VAR=set` when it is in the environment and
+/// ` VAR=` when not; `unset_line(vars)` is what they print when none is.
+pub fn presence_words(vars: &[&str]) -> String {
+    vars.iter().map(|v| format!(" {v}=${{{v}+set}}")).collect()
+}
+
+pub fn unset_line(vars: &[&str]) -> String {
+    vars.iter().map(|v| format!(" {v}=")).collect()
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still answers kill(0); read its state to tell.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
