@@ -208,6 +208,61 @@ fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_bef
     assert_eq!(tables, "t1,t2,t3");
 }
 
+/// Step transactions are sent ahead: the next one is on its way before the one before it has
+/// answered. Behind a changed repeatable step that now fails (its earlier version is applied, so
+/// history has it `applied` under another checksum), the next step must not run.
+#[test]
+fn a_step_sent_behind_a_failing_one_does_not_run() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
+    fx.sql("R__a_view.sql", "CREATE VIEW va AS SELECT 1 AS one;\n");
+    fx.sql("R__b_view.sql", "CREATE VIEW vb AS SELECT 2 AS two;\n");
+    let store = fx.pg.url_without_password();
+    let apply = || {
+        fx.ig(&store)
+            .args(["steps", "apply"])
+            .arg(&fx.dir)
+            .output()
+            .unwrap()
+    };
+    let out = apply();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fx.sql(
+        "R__a_view.sql",
+        "CREATE OR REPLACE VIEW va AS SELECT * FROM no_such_table;\n",
+    );
+    fx.sql(
+        "R__b_view.sql",
+        "CREATE OR REPLACE VIEW vb AS SELECT 3 AS two;\n",
+    );
+    let out = apply();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        last_line(&out).contains("(R__a_view.sql) failed"),
+        "{}",
+        last_line(&out)
+    );
+    assert_eq!(
+        fx.query(pg::APP_DB, "SELECT two FROM vb"),
+        "2",
+        "R__b_view must not run after R__a_view failed"
+    );
+    let states = fx.query(
+        pg::APP_DB,
+        "SELECT string_agg(step || ' ' || state, ',' ORDER BY step) FROM initguard.steps_history WHERE set_name = 'steps-db'",
+    );
+    assert_eq!(states, "1 applied,R:a view failed,R:b view applied");
+
+    // Fixed: both run.
+    fx.sql(
+        "R__a_view.sql",
+        "CREATE OR REPLACE VIEW va AS SELECT 1 AS one;\n",
+    );
+    let out = apply();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(fx.query(pg::APP_DB, "SELECT two FROM vb"), "3");
+}
+
 #[test]
 fn status_validate_and_repair_read_and_fix_the_target_history() {
     let Some(fx) = Fx::start() else { return };

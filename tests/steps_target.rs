@@ -8,7 +8,7 @@
 #[path = "support/pg.rs"]
 mod pg;
 
-use initguard::steps::target::{Target, TargetError, TargetOptions, Tool};
+use initguard::steps::target::{StepDone, Target, TargetError, TargetOptions, Tool};
 use initguard::steps::{
     AppliedState, Kind, Planned, Previous, ProblemKind, RunInfo, Step, StepSet, discover,
 };
@@ -199,6 +199,55 @@ async fn steps_apply_with_their_history_rows_and_a_status_read_creates_nothing()
     t.apply(SET, &plan(&r2), &info).await.unwrap();
     let h = t.history(SET).await.unwrap();
     assert_eq!(h[2].checksum.as_ref(), Some(&r2.checksum));
+}
+
+/// `apply_steps` sends each step before the one before it has answered (its check requires that
+/// one applied). A step history has applied already (a stale plan) is passed over and the ones
+/// after it run; a database laid out by an older build (without `steps_check_v2`) is brought up
+/// to date by `begin`, its history kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_sent_together_pass_over_an_applied_one_and_an_older_layout_is_upgraded() {
+    let fx = fixture!();
+    let s1 = fx.step("V1__a.sql", "CREATE TABLE a (id int primary key);");
+    let s2 = fx.step("V2__b.sql", "CREATE TABLE b (id int primary key);");
+    let s3 = fx.step("V3__c.sql", "CREATE TABLE c (id int primary key);");
+    {
+        let t = fx.target().await;
+        let info = run(3);
+        t.begin(SET, 3, &info.holder).await.unwrap();
+        t.apply(SET, &plan(&s1), &info).await.unwrap();
+        t.finish(SET, 3).await.unwrap();
+    }
+    fx.sql("DROP FUNCTION initguard.steps_check_v2(text, bigint, text, text, boolean, text, text)");
+    let t = fx.target().await;
+    let info = run(4);
+    t.begin(SET, 4, &info.holder).await.unwrap();
+    let mut seen = Vec::new();
+    t.apply_steps(
+        SET,
+        &[plan(&s1), plan(&s2), plan(&s3)],
+        &info,
+        &mut |p, done| seen.push((p.step.file.clone(), done)),
+    )
+    .await
+    .unwrap();
+    t.finish(SET, 4).await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            ("V1__a.sql".to_string(), StepDone::AlreadyApplied),
+            ("V2__b.sql".to_string(), StepDone::Applied),
+            ("V3__c.sql".to_string(), StepDone::Applied),
+        ]
+    );
+    assert_eq!(
+        fx.sql("SELECT string_agg(step || ' ' || state || ' ' || token, ',' ORDER BY step) FROM initguard.steps_history"),
+        "1 applied 3,2 applied 4,3 applied 4"
+    );
+    assert_eq!(
+        fx.sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('a', 'b', 'c')"),
+        "3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

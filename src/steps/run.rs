@@ -21,7 +21,7 @@ use tracing::{info, warn};
 #[cfg(feature = "postgres")]
 pub use super::target::Tool;
 #[cfg(feature = "postgres")]
-use super::target::{Target, TargetError};
+use super::target::{StepDone, Target, TargetError};
 
 /// Where a set's SQL steps run and its history lives, when it has a target database.
 #[cfg(feature = "postgres")]
@@ -294,23 +294,34 @@ impl StepsBody {
             info!(key = %self.key, "nothing to apply: every step of {} is applied", self.key);
         }
         let mut applied = 0;
-        for p in &plan {
-            match p.step.kind {
-                Kind::Script => match self.script(ctx, &target, p).await {
-                    Err(Halt::AlreadyApplied) => continue,
-                    other => other?,
-                },
-                Kind::Sql => {
-                    #[cfg(feature = "postgres")]
-                    self.sql(ctx, &target, p).await?;
-                    #[cfg(not(feature = "postgres"))]
-                    return Err(Halt::Fail(StepsError::NeedsTarget {
-                        key: self.key.clone(),
-                        first: p.step.file.clone(),
-                    }));
+        let mut rest = &plan[..];
+        while let Some(p) = rest.first() {
+            if p.step.kind == Kind::Script {
+                match self.script(ctx, &target, p).await {
+                    Err(Halt::AlreadyApplied) => {}
+                    other => {
+                        other?;
+                        applied += 1;
+                    }
                 }
+                rest = &rest[1..];
+                continue;
             }
-            applied += 1;
+            // The SQL steps up to the next script step go to the target database together.
+            let n = rest
+                .iter()
+                .position(|q| q.step.kind != Kind::Sql)
+                .unwrap_or(rest.len());
+            #[cfg(feature = "postgres")]
+            {
+                applied += self.sql(ctx, &target, &rest[..n]).await?;
+            }
+            #[cfg(not(feature = "postgres"))]
+            return Err(Halt::Fail(StepsError::NeedsTarget {
+                key: self.key.clone(),
+                first: p.step.file.clone(),
+            }));
+            rest = &rest[n..];
         }
         #[cfg(feature = "postgres")]
         if let Some(t) = &target {
@@ -524,45 +535,56 @@ impl StepsBody {
         Ok(history)
     }
 
-    /// One SQL step, in the target database, with its history row (fenced).
+    /// SQL steps, in order, in the target database, each with its history row (fenced); how
+    /// many were applied.
     #[cfg(feature = "postgres")]
     async fn sql(
         &self,
         ctx: &mut BodyCtx<'_>,
         target: &Option<Target>,
-        p: &Planned,
-    ) -> Result<(), Halt> {
+        steps: &[Planned],
+    ) -> Result<usize, Halt> {
         let Some(target) = target else {
             return Err(Halt::Fail(StepsError::NeedsTarget {
                 key: self.key.clone(),
-                first: p.step.file.clone(),
+                first: steps
+                    .first()
+                    .map(|p| p.step.file.clone())
+                    .unwrap_or_default(),
             }));
         };
-        match (p.previous, p.resume_at) {
-            (Previous::Interrupted, 0) => {
-                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
-            }
-            (_, 0) => {}
-            (_, at) => {
-                warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
+        for p in steps {
+            match (p.previous, p.resume_at) {
+                (Previous::Interrupted, 0) => {
+                    warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
+                }
+                (_, 0) => {}
+                (_, at) => {
+                    warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
+                }
             }
         }
         let run = self.run_info(ctx);
-        let started = std::time::Instant::now();
-        match ctx
-            .guarded(target.apply(&self.opts.set_name, p, &run))
-            .await?
-        {
-            Ok(()) => {}
-            // Applied meanwhile (a plan older than the history): done, not done twice.
-            Err(TargetError::AlreadyApplied { step }) => {
-                info!(key = %self.key, "step {step} is already applied in the target database; not run again");
-                return Ok(());
+        let mut applied = 0;
+        let mut last = std::time::Instant::now();
+        let key = &self.key;
+        let mut each = |p: &Planned, done: StepDone| {
+            match done {
+                StepDone::Applied => {
+                    tracing::debug!(key = %key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, last.elapsed().as_millis());
+                }
+                // Applied meanwhile (a plan older than the history): done, not done twice.
+                StepDone::AlreadyApplied => {
+                    info!(key = %key, "step {} is already applied in the target database; not run again", p.step.id);
+                }
             }
-            Err(e) => return Err(self.target_err(e)),
-        }
-        tracing::debug!(key = %self.key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, started.elapsed().as_millis());
-        Ok(())
+            applied += 1;
+            last = std::time::Instant::now();
+        };
+        ctx.guarded(target.apply_steps(&self.opts.set_name, steps, &run, &mut each))
+            .await?
+            .map_err(|e| self.target_err(e))?;
+        Ok(applied)
     }
 
     #[cfg(feature = "postgres")]

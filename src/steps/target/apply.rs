@@ -1,16 +1,25 @@
-//! Running an SQL step against the target database, exactly once.
+//! Running SQL steps against the target database, exactly once each.
 //!
-//! A transactional step is five requests sent together, one round trip, which the server runs
-//! in order: `BEGIN; SET LOCAL synchronous_commit = off`, the prepared fence check
-//! (`steps_check_v1`: locks the set's fence row, checks the token, refuses a step already
-//! applied), the step's text as a simple query of its own, the prepared upsert of its history
-//! row, `COMMIT`. The first error aborts the transaction: every request after it fails, and the
-//! COMMIT rolls back; so the step and its row commit together or not at all, and nothing is
-//! held open between round trips. The step's text, being a message of its own, keeps the
-//! server's error position relative to itself (located in the file by line and column), and a
-//! literal or comment left open at its end cannot swallow initguard's statements. Transaction
-//! control in it is refused before anything is sent (`crate::sql`). The prepared statements are
-//! parsed and planned once per connection.
+//! A transactional step is five requests sent together, which the server runs in order:
+//! `BEGIN; SET LOCAL synchronous_commit = off`, the prepared fence check (`steps_check_v2`:
+//! locks the set's fence row, checks the token, refuses a step already applied), the step's text
+//! as a simple query of its own, the prepared upsert of its history row, `COMMIT`. The first
+//! error aborts the transaction: every request after it fails, and the COMMIT rolls back; so the
+//! step and its row commit together or not at all, and nothing is held open between messages.
+//! The step's text, being a message of its own, keeps the server's error position relative to
+//! itself (located in the file by line and column), and a literal or comment left open at its
+//! end cannot swallow initguard's statements. Transaction control in it is refused before
+//! anything is sent (`crate::sql`). The prepared statements are parsed and planned once per
+//! connection.
+//!
+//! Consecutive transactional steps are pipelined: a step's transaction is sent before the one
+//! before it has answered, so that the server starts it the moment that one commits instead of
+//! sitting idle for a round trip and this process's turn on a core (measured: 95 ms of 1,000
+//! steps' time). At most two are in flight. The later one's check also requires the earlier one
+//! applied in history (`p_after`; for a repeatable step, with its checksum): when the earlier one
+//! failed or was cancelled, the later one rolls back without running, and is not judged. Either
+//! way each one is whole on the server, fenced by its own check, so a killed or paused applier
+//! leaves at most those two to end there, each with its row or not at all.
 //!
 //! A no-transaction step (`-- initguard:no-transaction`) runs statement by statement, each in
 //! autocommit, never inside a transaction of initguard's: `CREATE INDEX CONCURRENTLY` waits for
@@ -48,112 +57,311 @@ use std::time::Instant;
 use tokio_postgres::Statement;
 use tokio_postgres::error::{DbError, ErrorPosition, SqlState};
 
+/// How one step of `apply_steps` ended, when it did not stop the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDone {
+    /// Run now, with its history row.
+    Applied,
+    /// History already had it applied (a plan older than the history): not run again.
+    AlreadyApplied,
+}
+
+/// The server's answers to the five requests of one step transaction, in order.
+type Replies = (
+    Result<(), tokio_postgres::Error>,
+    Result<u64, tokio_postgres::Error>,
+    Result<(), tokio_postgres::Error>,
+    Result<u64, tokio_postgres::Error>,
+    Result<(), tokio_postgres::Error>,
+);
+
+/// A step transaction's replies to come, with the text sent (for the error's position).
+type Pending<'a> = Pin<Box<dyn Future<Output = (String, Replies)> + Send + 'a>>;
+
+/// A step transaction sent and not yet judged: its five requests went out when it was started
+/// (`Sent::start`), and the server runs them whether or not they are awaited.
+struct Sent<'a> {
+    planned: &'a Planned,
+    /// From when the server could run it: when it was sent, or when the one before it ended.
+    from: Instant,
+    replies: Answer<'a>,
+}
+
+/// The replies, still to come, or already there at the first poll (a closed connection fails
+/// at once): a finished future must not be polled again.
+enum Answer<'a> {
+    Pending(Pending<'a>),
+    Ready(Box<(String, Replies)>),
+}
+
+impl<'a> Sent<'a> {
+    /// Poll `replies` once, with a waker that does nothing: tokio-postgres sends a request when
+    /// its future is first polled, so the requests go out now; the replies are awaited later
+    /// (with the task's own waker: each poll registers the waker it is given).
+    fn start(planned: &'a Planned, mut replies: Pending<'a>) -> Sent<'a> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let replies = match replies.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => Answer::Ready(Box::new(r)),
+            Poll::Pending => Answer::Pending(replies),
+        };
+        Sent {
+            planned,
+            from: Instant::now(),
+            replies,
+        }
+    }
+
+    async fn replies(self) -> (String, Replies) {
+        match self.replies {
+            Answer::Pending(f) => f.await,
+            Answer::Ready(r) => *r,
+        }
+    }
+}
+
+/// A transactional step that did not commit, judged from its replies alone (no request made).
+enum Unapplied {
+    /// The step's own SQL failed: recorded `failed` next, and the run stops.
+    Failed(Box<SqlFailure>, u64),
+    /// Anything else (fenced, a broken connection, …): the run stops with it.
+    Error(TargetError),
+}
+
 impl Target {
-    /// Apply one planned SQL step (see the module comment). A failure is rolled back (for a
-    /// no-transaction step: stops at the failing statement), recorded `failed` with the
-    /// server's message and its line and column in the step's file, and returned as
-    /// `StepFailed`; the steps before it stay applied (and durable).
+    /// Apply one planned SQL step (as `apply_steps`); a step history already has applied is
+    /// `AlreadyApplied`, and nothing was run.
     pub async fn apply(&self, set: &str, p: &Planned, run: &RunInfo) -> Result<(), TargetError> {
+        let mut done = StepDone::Applied;
+        self.apply_steps(set, std::slice::from_ref(p), run, &mut |_, d| done = d)
+            .await?;
+        match done {
+            StepDone::Applied => Ok(()),
+            StepDone::AlreadyApplied => Err(TargetError::AlreadyApplied {
+                step: p.step.id.to_string(),
+            }),
+        }
+    }
+
+    /// Apply planned SQL steps in order (see the module comment), calling `each` as each one
+    /// ends. A failure is rolled back (for a no-transaction step: stops at the failing
+    /// statement), recorded `failed` with the server's message and its line and column in the
+    /// step's file, and returned as `StepFailed`; the steps before it stay applied (and durable).
+    pub async fn apply_steps(
+        &self,
+        set: &str,
+        steps: &[Planned],
+        run: &RunInfo,
+        each: &mut (dyn FnMut(&Planned, StepDone) + Send),
+    ) -> Result<(), TargetError> {
         self.exclusive(async {
-            let step = &p.step;
-            let bytes = tokio::fs::read(&step.path)
-                .await
-                .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
-            // Editors may start a file with a byte order mark; the server would read it as SQL.
-            // Positions are then counted from after it, as editors show them.
-            let text = match text.strip_prefix('\u{feff}') {
-                Some(rest) => rest.to_string(),
-                None => text,
-            };
-            if step.no_transaction {
-                self.apply_statements(set, p, run, &text).await
-            } else {
-                self.apply_transactional(set, step, run, &text).await
+            let mut sent: Option<Sent<'_>> = None;
+            for p in steps {
+                let text = match read_text(&p.step).await {
+                    Ok(t) => t,
+                    Err(e) => return self.settled(set, run, sent, each).await.and(Err(e)),
+                };
+                if p.step.no_transaction {
+                    // Its statements must not queue behind a transaction of ours: settle first.
+                    self.settled(set, run, sent.take(), each).await?;
+                    match self.apply_statements(set, p, run, &text).await {
+                        Ok(()) => each(p, StepDone::Applied),
+                        Err(TargetError::AlreadyApplied { .. }) => {
+                            each(p, StepDone::AlreadyApplied)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                if let Err(r) = text::check_transactional(&text) {
+                    return self
+                        .settled(set, run, sent, each)
+                        .await
+                        .and(Err(refused(&p.step, r)));
+                }
+                let after = sent.as_ref().map(|s| &s.planned.step);
+                let replies = self.send(set, &p.step, run, text, after).await?;
+                // Sent now, before the one before it is answered: the server starts this step
+                // the moment that one commits, not a round trip and this process's turn later.
+                if let Some(before) = sent.replace(Sent::start(p, replies)) {
+                    self.settle(set, run, before, &mut sent, each).await?;
+                    if let Some(s) = sent.as_mut() {
+                        s.from = s.from.max(Instant::now());
+                    }
+                }
             }
+            self.settled(set, run, sent, each).await
         })
         .await
     }
 
-    async fn apply_transactional(
+    /// Await the step transaction `sent`, if any, and judge it.
+    async fn settled(
+        &self,
+        set: &str,
+        run: &RunInfo,
+        sent: Option<Sent<'_>>,
+        each: &mut (dyn FnMut(&Planned, StepDone) + Send),
+    ) -> Result<(), TargetError> {
+        match sent {
+            Some(s) => self.settle(set, run, s, &mut None, each).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Await the step transaction `sent` and judge it. `behind` is the one sent after it, if
+    /// any: when `sent` did not commit, `behind` (whose check requires `sent` applied) rolled
+    /// back without running, and its replies are awaited before anything else is sent — the
+    /// connection hands out replies in order, so a request sent meanwhile would wait behind them.
+    async fn settle<'a>(
+        &self,
+        set: &str,
+        run: &RunInfo,
+        sent: Sent<'a>,
+        behind: &mut Option<Sent<'a>>,
+        each: &mut (dyn FnMut(&Planned, StepDone) + Send),
+    ) -> Result<(), TargetError> {
+        let (planned, from) = (sent.planned, sent.from);
+        let step = &planned.step;
+        let (text, replies) = sent.replies().await;
+        let unapplied = match self.judge(set, step, run, &text, replies, from) {
+            Ok(done) => {
+                each(planned, done);
+                return Ok(());
+            }
+            Err(u) => u,
+        };
+        if let Some(b) = behind.take() {
+            let _ = b.replies().await;
+        }
+        match unapplied {
+            Unapplied::Error(e) => Err(e),
+            Unapplied::Failed(failure, ms) => {
+                let w = RowWrite::new(self, set, step, run);
+                self.fenced_tx(
+                    set,
+                    run,
+                    "recording the failed step",
+                    &w.failed(&failure.to_string(), Some(ms)),
+                )
+                .await?;
+                Err(TargetError::StepFailed {
+                    step: step.id.to_string(),
+                    file: step.file.clone(),
+                    failure,
+                })
+            }
+        }
+    }
+
+    /// The five requests of a transactional step, as a future that sends them all when first
+    /// polled. `after` is the step sent just before, not yet answered: the check refuses to run
+    /// this one unless that one is applied (it committed, or history had it already).
+    async fn send<'a>(
+        &'a self,
+        set: &'a str,
+        step: &'a Step,
+        run: &'a RunInfo,
+        text: String,
+        after: Option<&'a Step>,
+    ) -> Result<Pending<'a>, TargetError> {
+        let (check, record) = self.step_statements(set, run).await?;
+        Ok(Box::pin(async move {
+            let key = rows::key(&step.id);
+            let token = token_i64(run.token);
+            let repeatable = matches!(step.id, StepId::Repeatable(_));
+            let kind = kind_text(step.kind);
+            let version = rows::version_text(&step.id);
+            let after_key = after.map(|a| rows::key(&a.id));
+            // A repeatable step is applied as it is now only with this checksum.
+            let after_checksum = after
+                .filter(|a| matches!(a.id, StepId::Repeatable(_)))
+                .map(|a| a.checksum.0.as_str());
+            let client = &self.conn.client;
+            let replies = in_order(
+                client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+                client.execute(
+                    check,
+                    &[
+                        &set,
+                        &token,
+                        &key,
+                        &step.checksum.0,
+                        &repeatable,
+                        &after_key,
+                        &after_checksum,
+                    ],
+                ),
+                client.batch_execute(&text),
+                client.execute(
+                    record,
+                    &[
+                        &set,
+                        &key,
+                        &version,
+                        &step.description,
+                        &kind,
+                        &step.file,
+                        &step.checksum.0,
+                        &run.holder,
+                        &token,
+                    ],
+                ),
+                client.batch_execute("COMMIT"),
+            )
+            .await;
+            (text, replies)
+        }))
+    }
+
+    /// Whether a step transaction committed, from its replies. The first error is the one that
+    /// aborted the transaction: the requests after it fail with "current transaction is
+    /// aborted", and the COMMIT rolls back. Only when every request before it succeeded did the
+    /// COMMIT commit.
+    fn judge(
         &self,
         set: &str,
         step: &Step,
         run: &RunInfo,
         text: &str,
-    ) -> Result<(), TargetError> {
-        text::check_transactional(text).map_err(|r| refused(step, r))?;
-        let (check, record) = self.step_statements(set, run).await?;
-        let key = rows::key(&step.id);
-        let token = token_i64(run.token);
-        let repeatable = matches!(step.id, StepId::Repeatable(_));
-        let kind = kind_text(step.kind);
-        let version = rows::version_text(&step.id);
-        let client = &self.conn.client;
-        let started = Instant::now();
-        // Five requests, sent together (one round trip), run by the server in this order.
-        let (begun, checked, ran, recorded, committed) = in_order(
-            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-            client.execute(check, &[&set, &token, &key, &step.checksum.0, &repeatable]),
-            client.batch_execute(text),
-            client.execute(
-                record,
-                &[
-                    &set,
-                    &key,
-                    &version,
-                    &step.description,
-                    &kind,
-                    &step.file,
-                    &step.checksum.0,
-                    &run.holder,
-                    &token,
-                ],
-            ),
-            client.batch_execute("COMMIT"),
-        )
-        .await;
+        (begun, checked, ran, recorded, committed): Replies,
+        started: Instant,
+    ) -> Result<StepDone, Unapplied> {
         let what = format!("applying step {}", step.id);
-        // The first error is the one that aborted the transaction: the requests after it fail
-        // with "current transaction is aborted", and the COMMIT rolls back. Only when every
-        // request before it succeeded did the COMMIT commit.
-        let own = |e: tokio_postgres::Error| {
-            self.fence_refusal(set, run.token, Some(step), &e)
-                .unwrap_or_else(|| self.db_err(&what, &e))
-        };
-        begun.map_err(own)?;
-        checked.map_err(own)?;
+        let own =
+            |e: tokio_postgres::Error| match self.fence_refusal(set, run.token, Some(step), &e) {
+                Some(TargetError::AlreadyApplied { .. }) => Ok(StepDone::AlreadyApplied),
+                Some(e) => Err(Unapplied::Error(e)),
+                None => Err(Unapplied::Error(self.db_err(&what, &e))),
+            };
+        if let Err(e) = begun {
+            return own(e);
+        }
+        if let Err(e) = checked {
+            return own(e);
+        }
         if let Err(e) = ran {
             let Some(db) = e.as_db_error().filter(|_| !is_connection_error(&e)) else {
-                return Err(self.db_err(&what, &e));
+                return Err(Unapplied::Error(self.db_err(&what, &e)));
             };
             let failure = failure_in_file(db, text, 0, text.chars().count());
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let w = RowWrite::new(self, set, step, run);
-            self.fenced_tx(
-                set,
-                run,
-                "recording the failed step",
-                &w.failed(&failure.to_string(), Some(ms)),
-            )
-            .await?;
-            return Err(TargetError::StepFailed {
-                step: step.id.to_string(),
-                file: step.file.clone(),
-                failure: Box::new(failure),
-            });
+            return Err(Unapplied::Failed(Box::new(failure), ms));
         }
-        let rows = recorded.map_err(own)?;
-        committed.map_err(own)?;
+        let rows = match recorded {
+            Ok(rows) => rows,
+            Err(e) => return own(e),
+        };
+        if let Err(e) = committed {
+            return own(e);
+        }
         if rows != 1 {
-            return Err(TargetError::Db {
+            return Err(Unapplied::Error(TargetError::Db {
                 target: self.label().to_string(),
                 what,
                 reason: format!("the history row was not written with the step ({rows} rows)"),
-            });
+            }));
         }
-        Ok(())
+        Ok(StepDone::Applied)
     }
 
     /// The prepared statements of a transactional step: the fence check, and its history row.
@@ -168,7 +376,7 @@ impl Target {
                 let client = &self.conn.client;
                 let check = client
                     .prepare(&format!(
-                        "SELECT {}($1, $2, $3, $4, $5)",
+                        "SELECT {}($1, $2, $3, $4, $5, $6, $7)",
                         tables::check_fn(&self.schema)
                     ))
                     .await?;
@@ -395,6 +603,20 @@ impl Target {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A step's file as text, without the byte order mark editors may start it with (the server
+/// would read that as SQL; positions are then counted from after it, as editors show them).
+async fn read_text(step: &Step) -> Result<String, TargetError> {
+    let bytes = tokio::fs::read(&step.path)
+        .await
+        .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 fn refused(step: &Step, reason: String) -> TargetError {

@@ -156,7 +156,7 @@ impl Target {
         }
     }
 
-    /// `SELECT steps_check_v1(…)`: lock the set's fence row for the rest of the transaction and
+    /// `SELECT steps_check_v2(…)`: lock the set's fence row for the rest of the transaction and
     /// check the token (and, given a step, that it is not applied yet, as it is now).
     pub(crate) fn check_call(&self, set: &str, run: &RunInfo, step: Option<&Step>) -> String {
         let (key, checksum, repeatable) = match step {
@@ -168,7 +168,7 @@ impl Target {
             None => ("NULL".into(), "NULL".into(), false),
         };
         format!(
-            "SELECT {}({}, {}, {key}, {checksum}, {repeatable})",
+            "SELECT {}({}, {}, {key}, {checksum}, {repeatable}, NULL, NULL)",
             tables::check_fn(&self.schema),
             literal(set),
             token_i64(run.token)

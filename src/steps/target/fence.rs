@@ -1,15 +1,16 @@
 //! Fencing and durability of a steps run in the target database.
 //!
 //! `begin` registers the run's fencing token for the set in `steps_fence`, refusing a lower one.
-//! Every step transaction starts by locking that row and checking the token (`steps_check_v1`),
+//! Every step transaction starts by locking that row and checking the token (`steps_check_v2`),
 //! then runs the step, then writes its history row, then commits: exactly once, even when an
 //! older applier was killed or paused mid-step. Its transaction holds the fence row lock, so a
 //! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
 //! has committed or rolled back, and the history read after it includes whatever it committed;
 //! a step transaction of the older applier arriving afterwards finds the newer token and rolls
-//! back. A killed applier's step transaction was sent whole, in one go (`apply`): the server
-//! ends it without the client, committed, or rolled back should it notice the client gone
-//! first (or find the rest of it missing); either way the step and its row together.
+//! back. A killed applier's step transactions (at most two in flight, `apply`) were each sent
+//! whole, in one go: the server ends each without the client, committed, or rolled back should
+//! it notice the client gone first (or find the rest of it missing); either way the step and its
+//! row together.
 //!
 //! `finish` makes the run durable. Step transactions commit with `synchronous_commit = off`:
 //! "the server returns success as soon as the transaction is logically completed, before the

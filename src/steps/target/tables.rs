@@ -17,8 +17,8 @@
 use crate::store::postgres::{Conn, quote_ident, schema_lock_key};
 
 /// The check function of this layout, with its argument types (for `to_regprocedure`).
-const CHECK_FN: &str = "steps_check_v1";
-const CHECK_ARGS: &str = "(text,bigint,text,text,boolean)";
+const CHECK_FN: &str = "steps_check_v2";
+const CHECK_ARGS: &str = "(text,bigint,text,text,boolean,text,text)";
 
 /// SQLSTATE raised by the check function when the set's fence holds another token.
 pub(crate) const FENCED: &str = "IGF01";
@@ -59,9 +59,14 @@ CREATE TABLE IF NOT EXISTS {s}.steps_history (
 );
 -- Called first in every step transaction: locks the set's fence row (held until the
 -- transaction ends), refuses another token, and refuses a step that history already has as
--- applied (for a repeatable step: with this checksum).
-CREATE OR REPLACE FUNCTION {s}.steps_check_v1(
-    p_set text, p_token bigint, p_step text, p_checksum text, p_repeatable boolean
+-- applied (for a repeatable step: with this checksum). Given p_after, the step sent just before
+-- this one (its transaction queued ahead of this one on the connection, not yet answered), it
+-- also refuses unless history has that step applied (with p_after_checksum, when given): a
+-- step never runs after one that failed or was cancelled. (v1, without p_after, is the older
+-- builds'; they create it themselves when they find it missing.)
+CREATE OR REPLACE FUNCTION {s}.steps_check_v2(
+    p_set text, p_token bigint, p_step text, p_checksum text, p_repeatable boolean,
+    p_after text, p_after_checksum text
 ) RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
     t  bigint;
@@ -81,11 +86,20 @@ BEGIN
                 USING ERRCODE = 'IGA01';
         END IF;
     END IF;
+    IF p_after IS NOT NULL THEN
+        PERFORM FROM {s}.steps_history
+         WHERE set_name = p_set AND step = p_after AND state = 'applied'
+           AND (p_after_checksum IS NULL OR checksum = p_after_checksum);
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'initguard: step % of % is not applied, so the step after it is not run', p_after, p_set
+                USING ERRCODE = 'IGP01';
+        END IF;
+    END IF;
 END
 $fn$;
 "#;
 
-/// `schema.steps_check_v1`, quoted, for calls.
+/// `schema.steps_check_v2`, quoted, for calls.
 pub(crate) fn check_fn(schema: &str) -> String {
     format!("{}.{CHECK_FN}", quote_ident(schema))
 }
