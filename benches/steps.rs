@@ -145,18 +145,15 @@ impl Bench {
         c
     }
 
-    /// A fresh, empty database owned by the app role.
+    /// A fresh, empty database owned by the app role. Databases are never dropped during the
+    /// run (the throwaway server goes with its directory at the end): PostgreSQL 15's
+    /// `DROP DATABASE` forces an immediate checkpoint ("checkpoint starting: immediate force
+    /// wait" in the server's log), after which the first change to every page writes a
+    /// full-page image, so a drop between rounds weighed on whichever tool ran next.
     fn fresh_db(&self, name: &str) -> String {
-        self.pg
-            .admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         self.pg
             .admin(&format!("CREATE DATABASE {name} OWNER {}", pg::APP_USER));
         self.pg.url_for(name)
-    }
-
-    fn drop_db(&self, name: &str) {
-        self.pg
-            .admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     }
 
     /// The server's own share of "apply 1,000": the 1,000 statements alone, each in its own
@@ -179,7 +176,6 @@ impl Bench {
             .try_sql_in(&db, &sql)
             .map_err(|e| format!("floor: {e}"))?;
         let took = t.elapsed();
-        self.drop_db(&db);
         Ok(took)
     }
 
@@ -214,7 +210,6 @@ impl Bench {
         if n != STEPS + 1 {
             return Err(format!("{tool:?}: {n} tables after apply, not {}", STEPS + 1).into());
         }
-        self.drop_db(&db);
         Ok([apply, noop, status, add])
     }
 
@@ -233,7 +228,6 @@ impl Bench {
                 )
             })
             .collect::<Result<_, _>>()?;
-        self.drop_db(&db);
         Ok(skips)
     }
 
@@ -355,7 +349,6 @@ impl Bench {
                 .unwrap_or_default()
         });
         let complete = self.tables(&db) == STEPS;
-        self.drop_db(&db);
         Ok(Contest {
             appliers,
             skipped,
@@ -692,7 +685,8 @@ fn main() -> Result<(), Error> {
          for the disk, as in production). {STEPS} migrations `CREATE TABLE t_NNNN (id int primary \
          key)`, one per file, each in its own transaction with its history row; each tool with its \
          own file names (`V0001__t_0001.sql`, `0001_t_0001.sql`) and its own fresh database for \
-         every round, the tools interleaved; medians over {ROUNDS} rounds (the no-op apply and \
+         every round, the tools interleaved (no database is dropped during the run: PostgreSQL's \
+         `DROP DATABASE` forces a checkpoint, which would weigh on whichever tool ran next); medians over {ROUNDS} rounds (the no-op apply and \
          status {REPEAT} times a round), wall time with the process's CPU time (user + system, \
          getrusage) beside it. initguard's store is the \
          same database (so the no-op apply is its skip path: one store read, no connection to the \
