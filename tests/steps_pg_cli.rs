@@ -263,6 +263,47 @@ fn a_step_sent_behind_a_failing_one_does_not_run() {
     assert_eq!(fx.query(pg::APP_DB, "SELECT two FROM vb"), "3");
 }
 
+/// A step that fails only at COMMIT (a deferred constraint) fails like any other: recorded
+/// `failed` with the server's message, and the step sent behind it does not run.
+#[test]
+fn a_step_failing_at_commit_is_a_failed_step_and_the_next_does_not_run() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql(
+        "V1__tables.sql",
+        "CREATE TABLE parent (id int primary key);\n\
+         CREATE TABLE child (pid int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);\n",
+    );
+    fx.sql("V2__orphan.sql", "INSERT INTO child VALUES (42);\n");
+    fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
+    let store = fx.pg.url_without_password();
+    let out = fx
+        .ig(&store)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(line.contains("(V2__orphan.sql) failed"), "{line}");
+    assert!(
+        line.contains("23503"),
+        "the server's foreign-key error: {line}"
+    );
+    assert_eq!(fx.query(pg::APP_DB, "SELECT count(*) FROM child"), "0");
+    assert_eq!(
+        fx.query(
+            pg::APP_DB,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
+        ),
+        "0",
+        "V3 must not run after V2 failed"
+    );
+    assert_eq!(
+        fx.history(pg::APP_DB, "steps-db"),
+        ["1 applied", "2 failed"]
+    );
+}
+
 #[test]
 fn status_validate_and_repair_read_and_fix_the_target_history() {
     let Some(fx) = Fx::start() else { return };

@@ -339,20 +339,25 @@ impl Target {
         if let Err(e) = checked {
             return own(e);
         }
-        if let Err(e) = ran {
+        // The step's own SQL failed: when it ran, or at COMMIT (a deferred constraint), which
+        // is the step's failure too.
+        let failed = |e: tokio_postgres::Error| {
             let Some(db) = e.as_db_error().filter(|_| !is_connection_error(&e)) else {
                 return Err(Unapplied::Error(self.db_err(&what, &e)));
             };
             let failure = failure_in_file(db, text, 0, text.chars().count());
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            return Err(Unapplied::Failed(Box::new(failure), ms));
+            Err(Unapplied::Failed(Box::new(failure), ms))
+        };
+        if let Err(e) = ran {
+            return failed(e);
         }
         let rows = match recorded {
             Ok(rows) => rows,
             Err(e) => return own(e),
         };
         if let Err(e) = committed {
-            return own(e);
+            return failed(e);
         }
         if rows != 1 {
             return Err(Unapplied::Error(TargetError::Db {
