@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 type Error = Box<dyn std::error::Error>;
 
 const STEPS: usize = 1000;
-const ROUNDS: usize = 3;
+/// Rounds of every measurement: the shared cores' noise moves one run's figures by a fifth.
+const ROUNDS: usize = 5;
 const APPLIERS: usize = 8;
 /// The fast operations (no-op apply, status) are repeated this often in each round: a median of
 /// one run per round is mostly the machine's noise at 20 ms.
@@ -497,18 +498,16 @@ struct Floors {
 /// Each tool's figures, and the floors.
 fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, Floors), Error> {
     let mut seq: Vec<[Vec<Sample>; 4]> = tools.iter().map(|_| Default::default()).collect();
-    // Interleaved, so that both tools see the same machine load.
+    let mut floors = (Vec::new(), Vec::new());
+    let mut skip_floor = Vec::new();
+    // Interleaved, floors included, so that the tools and the floors see the same machine load.
     for round in 0..ROUNDS {
+        floors.0.push(b.floor(round, false)?);
         for (i, tool) in tools.iter().enumerate() {
             for (k, samples) in b.sequential(*tool, round)?.into_iter().enumerate() {
                 seq[i][k].extend(samples);
             }
         }
-    }
-    let mut floors = (Vec::new(), Vec::new());
-    let mut skip_floor = Vec::new();
-    for round in 0..ROUNDS {
-        floors.0.push(b.floor(round, false)?);
         floors.1.push(b.floor(round, true)?);
         skip_floor.extend(b.skip_floor(round)?);
     }
@@ -685,7 +684,7 @@ fn main() -> Result<(), Error> {
          for the disk, as in production). {STEPS} migrations `CREATE TABLE t_NNNN (id int primary \
          key)`, one per file, each in its own transaction with its history row; each tool with its \
          own file names (`V0001__t_0001.sql`, `0001_t_0001.sql`) and its own fresh database for \
-         every round, the tools interleaved (no database is dropped during the run: PostgreSQL's \
+         every round, the tools and the floors interleaved round by round (no database is dropped during the run: PostgreSQL's \
          `DROP DATABASE` forces a checkpoint, which would weigh on whichever tool ran next); medians over {ROUNDS} rounds (the no-op apply and \
          status {REPEAT} times a round), wall time with the process's CPU time (user + system, \
          getrusage) beside it. initguard's store is the \

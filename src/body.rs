@@ -84,7 +84,7 @@ impl BodyCtx<'_> {
     /// wherever it was (a database transaction in it is rolled back).
     ///
     /// A renewal that is due is made first, to its end: raced against many short pieces of work
-    /// (1,000 one-line SQL steps), a renewal started inside the race could be dropped whenever
+    /// (1,000 one-line script steps), a renewal started inside the race could be dropped whenever
     /// the work won, again and again, until the lease lapsed.
     pub async fn guarded<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Stop> {
         let (store, lease) = (self.store, self.lease);

@@ -304,6 +304,41 @@ fn a_step_failing_at_commit_is_a_failed_step_and_the_next_does_not_run() {
     );
 }
 
+/// A NUL byte is the one thing the client library cannot send in SQL text: such a step is
+/// refused before any of its transaction is sent, so neither it nor its history row is
+/// committed, and the steps after it do not run.
+#[test]
+fn a_step_with_a_nul_byte_is_refused_before_anything_is_sent() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
+    fx.sql(
+        "V2__nul.sql",
+        "CREATE TABLE t2 (id int primary key);\nSELECT 'a\0b';\n",
+    );
+    fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
+    let store = fx.pg.url_without_password();
+    let out = fx
+        .ig(&store)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(
+        line.contains("(V2__nul.sql) was not run: the file has a NUL byte (line 2, column 10)"),
+        "{line}"
+    );
+    assert_eq!(
+        fx.query(
+            pg::APP_DB,
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "t1"
+    );
+    assert_eq!(fx.history(pg::APP_DB, "steps-db"), ["1 applied"]);
+}
+
 #[test]
 fn status_validate_and_repair_read_and_fix_the_target_history() {
     let Some(fx) = Fx::start() else { return };

@@ -129,7 +129,7 @@ fn target_code(e: &crate::steps::target::TargetError) -> u8 {
         | TargetError::StepFailed { .. }
         | TargetError::Refused { .. }
         | TargetError::Untrusted { .. } => exit::STEPS_FAILED,
-        TargetError::AlreadyApplied { .. } => exit::TEMP_FAIL,
+        TargetError::AlreadyApplied { .. } | TargetError::OutOfTurn { .. } => exit::TEMP_FAIL,
         TargetError::NotAdoptable { .. } => exit::CONFIG,
     }
 }

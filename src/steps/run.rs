@@ -21,7 +21,7 @@ use tracing::{info, warn};
 #[cfg(feature = "postgres")]
 pub use super::target::Tool;
 #[cfg(feature = "postgres")]
-use super::target::{StepDone, Target, TargetError};
+use super::target::{StepEvent, Target, TargetError};
 
 /// Where a set's SQL steps run and its history lives, when it has a target database.
 #[cfg(feature = "postgres")]
@@ -307,21 +307,21 @@ impl StepsBody {
                 rest = &rest[1..];
                 continue;
             }
-            // The SQL steps up to the next script step go to the target database together.
-            let n = rest
-                .iter()
-                .position(|q| q.step.kind != Kind::Sql)
-                .unwrap_or(rest.len());
-            #[cfg(feature = "postgres")]
-            {
-                applied += self.sql(ctx, &target, &rest[..n]).await?;
-            }
             #[cfg(not(feature = "postgres"))]
             return Err(Halt::Fail(StepsError::NeedsTarget {
                 key: self.key.clone(),
                 first: p.step.file.clone(),
             }));
-            rest = &rest[n..];
+            #[cfg(feature = "postgres")]
+            {
+                // The SQL steps up to the next script step go to the target database together.
+                let n = rest
+                    .iter()
+                    .position(|q| q.step.kind != Kind::Sql)
+                    .unwrap_or(rest.len());
+                applied += self.sql(ctx, &target, &rest[..n]).await?;
+                rest = &rest[n..];
+            }
         }
         #[cfg(feature = "postgres")]
         if let Some(t) = &target {
@@ -553,33 +553,32 @@ impl StepsBody {
                     .unwrap_or_default(),
             }));
         };
-        for p in steps {
-            match (p.previous, p.resume_at) {
-                (Previous::Interrupted, 0) => {
-                    warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
-                }
-                (_, 0) => {}
-                (_, at) => {
-                    warn!(key = %self.key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
-                }
-            }
-        }
         let run = self.run_info(ctx);
         let mut applied = 0;
         let mut last = std::time::Instant::now();
         let key = &self.key;
-        let mut each = |p: &Planned, done: StepDone| {
-            match done {
-                StepDone::Applied => {
-                    tracing::debug!(key = %key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, last.elapsed().as_millis());
+        let mut each = |p: &Planned, event: StepEvent| match event {
+            // Said as it is sent, not for steps the run never reaches.
+            StepEvent::Sent => match (p.previous, p.resume_at) {
+                (Previous::Interrupted, 0) => {
+                    warn!(key = %key, "step {} ({}) was interrupted in an earlier run: running it again", p.step.id, p.step.file)
                 }
-                // Applied meanwhile (a plan older than the history): done, not done twice.
-                StepDone::AlreadyApplied => {
-                    info!(key = %key, "step {} is already applied in the target database; not run again", p.step.id);
+                (_, 0) => {}
+                (_, at) => {
+                    warn!(key = %key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
                 }
+            },
+            StepEvent::Applied => {
+                tracing::debug!(key = %key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, last.elapsed().as_millis());
+                applied += 1;
+                last = std::time::Instant::now();
             }
-            applied += 1;
-            last = std::time::Instant::now();
+            // Applied meanwhile (a plan older than the history): done, not done twice.
+            StepEvent::AlreadyApplied => {
+                info!(key = %key, "step {} is already applied in the target database; not run again", p.step.id);
+                applied += 1;
+                last = std::time::Instant::now();
+            }
         };
         ctx.guarded(target.apply_steps(&self.opts.set_name, steps, &run, &mut each))
             .await?

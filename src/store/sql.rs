@@ -60,7 +60,7 @@ impl SqlFailure {
 }
 
 /// Line and column (both 1-based) of the 1-based character position `pos`.
-fn line_col(text: &str, pos: u32) -> Option<(usize, usize)> {
+pub fn line_col(text: &str, pos: u32) -> Option<(usize, usize)> {
     let pos = usize::try_from(pos).ok()?.checked_sub(1)?;
     let mut line = 1;
     let mut col = 1;

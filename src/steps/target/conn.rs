@@ -6,7 +6,7 @@
 
 use super::error::TargetError;
 use super::rows::{self, literal, token_i64};
-use super::tables::{self, ALREADY_APPLIED, FENCED};
+use super::tables::{self, AFTER_UNAPPLIED, ALREADY_APPLIED, FENCED};
 use crate::steps::{RunInfo, Step, StepId};
 use crate::store::StoreError;
 use crate::store::postgres::{Conn, Connector, PgUrl, classify, error_chain, is_connection_error};
@@ -44,6 +44,10 @@ pub struct Target {
 /// future was dropped: lease lost, signal), it cancels the statement the server is running and
 /// leaves a ROLLBACK for the next operation, so that a cancelled run does not go on holding
 /// locks. (A step transaction cancelled that way rolls back as a whole, its history row with it.)
+/// The step sent behind it (`apply_steps` has up to two in flight) then does not run, its check
+/// finding the one before it not applied; but a cancel that arrives between the two, when the
+/// server is reading the next request, is ignored by the server, and that step runs to its end:
+/// whole, with its history row, and fenced like any other.
 struct InFlight<'a> {
     target: &'a Target,
     dirty: tokio::sync::MutexGuard<'a, bool>,
@@ -151,6 +155,10 @@ impl Target {
                 step: step
                     .map(|s| s.id.to_string())
                     .unwrap_or_else(|| db.message().to_string()),
+            }),
+            AFTER_UNAPPLIED => Some(TargetError::OutOfTurn {
+                step: step.map(|s| s.id.to_string()).unwrap_or_default(),
+                reason: db.message().to_string(),
             }),
             _ => None,
         }

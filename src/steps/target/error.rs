@@ -48,6 +48,11 @@ pub enum TargetError {
     /// read the history): nothing was run.
     #[error("step {step} is already applied in the target database; nothing was run")]
     AlreadyApplied { step: String },
+    /// The step was sent before the one before it had answered, and that one turned out not
+    /// applied: this one did not run either. (Judged only when that one committed, so never
+    /// expected: history changed under the run.)
+    #[error("step {step} was not run: {reason}")]
+    OutOfTurn { step: String, reason: String },
     /// The adopted tool's history cannot be trusted as it is (a dirty golang-migrate version, a
     /// failed Flyway migration): nothing was adopted.
     #[error("cannot adopt the history of {tool}: {}", problems.iter().map(|p| format!("{} ({})", p.detail, p.fix)).collect::<Vec<_>>().join("; "))]

@@ -7,7 +7,7 @@
 //! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
 //! has committed or rolled back, and the history read after it includes whatever it committed;
 //! a step transaction of the older applier arriving afterwards finds the newer token and rolls
-//! back. A killed applier's step transactions (at most two in flight, `apply`) were each sent
+//! back. A killed applier's step transactions (at most two in flight, `apply_steps`) were each sent
 //! whole, in one go: the server ends each without the client, committed, or rolled back should
 //! it notice the client gone first (or find the rest of it missing); either way the step and its
 //! row together.

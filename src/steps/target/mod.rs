@@ -15,6 +15,6 @@ mod tables;
 mod text;
 
 pub use adopt::Tool;
-pub use apply::StepDone;
+pub use apply::StepEvent;
 pub use conn::{Target, TargetOptions};
 pub use error::TargetError;

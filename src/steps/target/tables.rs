@@ -24,6 +24,8 @@ const CHECK_ARGS: &str = "(text,bigint,text,text,boolean,text,text)";
 pub(crate) const FENCED: &str = "IGF01";
 /// SQLSTATE raised when the step is already applied (as it is now).
 pub(crate) const ALREADY_APPLIED: &str = "IGA01";
+/// SQLSTATE raised when the step sent just before this one is not applied.
+pub(crate) const AFTER_UNAPPLIED: &str = "IGP01";
 
 /// The DDL; `{s}` is the quoted schema.
 const DDL: &str = r#"
@@ -144,6 +146,7 @@ mod tests {
     fn the_function_raises_the_codes_the_client_matches() {
         assert!(DDL.contains(&format!("ERRCODE = '{FENCED}'")));
         assert!(DDL.contains(&format!("ERRCODE = '{ALREADY_APPLIED}'")));
+        assert!(DDL.contains(&format!("ERRCODE = '{AFTER_UNAPPLIED}'")));
         assert!(DDL.contains(&format!("{{s}}.{CHECK_FN}(")));
     }
 }
