@@ -135,6 +135,7 @@ const CASES: &[Case] = &[
     ]),
     case(&["run", "--key", "app/k", "--sql-inline", " "]),
     case(&["run", "--key", "app/k", "--sql", "missing.sql"]),
+    case(&["run", "--key", "app/k", "--sql", "nul.sql"]),
     case(&[
         "run",
         "--key",
@@ -191,6 +192,7 @@ fn without_durations(line: &str) -> String {
 #[test]
 fn every_user_facing_error_message_is_pinned() {
     let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("nul.sql"), "SELECT 1;\nSELECT 'a\0b';\n").unwrap();
     let mut out = String::new();
     for c in CASES {
         let mut cmd = Command::new(bin());

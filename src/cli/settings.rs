@@ -271,6 +271,20 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
             why: "the SQL is empty".into(),
         });
     }
+    // The one thing the client library cannot send: refused here, not mistaken later for a
+    // store that does not answer.
+    if let Some(at) = sql.find('\0') {
+        let pos = u32::try_from(sql[..at].chars().count() + 1).unwrap_or(u32::MAX);
+        let place = crate::store::sql::line_col(&sql, pos)
+            .map(|(l, c)| format!(" (line {l}, column {c})"))
+            .unwrap_or_default();
+        return Err(SettingsError::Usage {
+            flag,
+            why: format!(
+                "the SQL has a NUL byte{place}, which PostgreSQL does not accept; remove it"
+            ),
+        });
+    }
     // Before anything is sent: a COMMIT inside the task's transaction would commit its effect
     // without the completion record, and the task would run (and commit) again on every retry.
     crate::sql::check_no_transaction_control(&sql)
