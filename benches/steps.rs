@@ -500,15 +500,29 @@ fn measure(b: &Bench, tools: &[Tool]) -> Result<(Vec<Figures>, Floors), Error> {
     let mut seq: Vec<[Vec<Sample>; 4]> = tools.iter().map(|_| Default::default()).collect();
     let mut floors = (Vec::new(), Vec::new());
     let mut skip_floor = Vec::new();
-    // Interleaved, floors included, so that the tools and the floors see the same machine load.
+    // Interleaved, floors included, so that the tools and the floors see the same machine load;
+    // in the reverse order every other round, so that none always runs right after the same
+    // one (the server's background writes after 1,000 new tables weigh on what comes next).
     for round in 0..ROUNDS {
-        floors.0.push(b.floor(round, false)?);
-        for (i, tool) in tools.iter().enumerate() {
-            for (k, samples) in b.sequential(*tool, round)?.into_iter().enumerate() {
-                seq[i][k].extend(samples);
+        let mut order: Vec<Option<usize>> = std::iter::once(None)
+            .chain((0..tools.len()).map(Some))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for slot in order {
+            match slot {
+                None => {
+                    floors.0.push(b.floor(round, false)?);
+                    floors.1.push(b.floor(round, true)?);
+                }
+                Some(i) => {
+                    for (k, samples) in b.sequential(tools[i], round)?.into_iter().enumerate() {
+                        seq[i][k].extend(samples);
+                    }
+                }
             }
         }
-        floors.1.push(b.floor(round, true)?);
         skip_floor.extend(b.skip_floor(round)?);
     }
     let floors = Floors {
@@ -684,7 +698,7 @@ fn main() -> Result<(), Error> {
          for the disk, as in production). {STEPS} migrations `CREATE TABLE t_NNNN (id int primary \
          key)`, one per file, each in its own transaction with its history row; each tool with its \
          own file names (`V0001__t_0001.sql`, `0001_t_0001.sql`) and its own fresh database for \
-         every round, the tools and the floors interleaved round by round (no database is dropped during the run: PostgreSQL's \
+         every round, the tools and the floors interleaved, in the reverse order every other round (no database is dropped during the run: PostgreSQL's \
          `DROP DATABASE` forces a checkpoint, which would weigh on whichever tool ran next); medians over {ROUNDS} rounds (the no-op apply and \
          status {REPEAT} times a round), wall time with the process's CPU time (user + system, \
          getrusage) beside it. initguard's store is the \
