@@ -80,6 +80,23 @@ impl Fx {
             .unwrap()
     }
 
+    /// `steps apply DIR` with the store's own database as the target (no `--target`).
+    fn apply_on_store(&self) -> Output {
+        self.ig(&self.pg.url_without_password())
+            .args(["steps", "apply"])
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// The tables of the store's database's `public` schema, comma-separated.
+    fn public_tables(&self) -> String {
+        self.query(
+            pg::APP_DB,
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+        )
+    }
+
     fn sql(&self, name: &str, text: &str) {
         fs::write(self.dir.join(name), text).unwrap();
     }
@@ -167,14 +184,7 @@ fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_bef
         "CREATE TABLE t2 (id int primary key);\n\nINSERT INTO t2 VALUES ('not a number');\n",
     );
     fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
-    let store = fx.pg.url_without_password();
-    let apply = || {
-        fx.ig(&store)
-            .args(["steps", "apply"])
-            .arg(&fx.dir)
-            .output()
-            .unwrap()
-    };
+    let apply = || fx.apply_on_store();
     let out = apply();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let line = last_line(&out);
@@ -187,10 +197,7 @@ fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_bef
         line.contains("not a number") || line.contains("invalid input"),
         "{line}"
     );
-    let tables = fx.query(
-        pg::APP_DB,
-        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
-    );
+    let tables = fx.public_tables();
     assert_eq!(tables, "t1", "V1 applied, V2 rolled back, V3 not run");
     assert_eq!(
         fx.history(pg::APP_DB, "steps-db"),
@@ -201,10 +208,7 @@ fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_bef
     fx.sql("V2__bad.sql", "CREATE TABLE t2 (id int primary key);\n");
     let out = apply();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let tables = fx.query(
-        pg::APP_DB,
-        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
-    );
+    let tables = fx.public_tables();
     assert_eq!(tables, "t1,t2,t3");
 }
 
@@ -217,14 +221,7 @@ fn a_step_sent_behind_a_failing_one_does_not_run() {
     fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
     fx.sql("R__a_view.sql", "CREATE VIEW va AS SELECT 1 AS one;\n");
     fx.sql("R__b_view.sql", "CREATE VIEW vb AS SELECT 2 AS two;\n");
-    let store = fx.pg.url_without_password();
-    let apply = || {
-        fx.ig(&store)
-            .args(["steps", "apply"])
-            .arg(&fx.dir)
-            .output()
-            .unwrap()
-    };
+    let apply = || fx.apply_on_store();
     let out = apply();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     fx.sql(
@@ -275,13 +272,7 @@ fn a_step_failing_at_commit_is_a_failed_step_and_the_next_does_not_run() {
     );
     fx.sql("V2__orphan.sql", "INSERT INTO child VALUES (42);\n");
     fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
-    let store = fx.pg.url_without_password();
-    let out = fx
-        .ig(&store)
-        .args(["steps", "apply"])
-        .arg(&fx.dir)
-        .output()
-        .unwrap();
+    let out = fx.apply_on_store();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let line = last_line(&out);
     assert!(line.contains("(V2__orphan.sql) failed"), "{line}");
@@ -316,26 +307,14 @@ fn a_step_with_a_nul_byte_is_refused_before_anything_is_sent() {
         "CREATE TABLE t2 (id int primary key);\nSELECT 'a\0b';\n",
     );
     fx.sql("V3__later.sql", "CREATE TABLE t3 (id int primary key);\n");
-    let store = fx.pg.url_without_password();
-    let out = fx
-        .ig(&store)
-        .args(["steps", "apply"])
-        .arg(&fx.dir)
-        .output()
-        .unwrap();
+    let out = fx.apply_on_store();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let line = last_line(&out);
     assert!(
         line.contains("(V2__nul.sql) was not run: the file has a NUL byte (line 2, column 10)"),
         "{line}"
     );
-    assert_eq!(
-        fx.query(
-            pg::APP_DB,
-            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'"
-        ),
-        "t1"
-    );
+    assert_eq!(fx.public_tables(), "t1");
     assert_eq!(fx.history(pg::APP_DB, "steps-db"), ["1 applied"]);
 }
 

@@ -273,15 +273,11 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
     }
     // The one thing the client library cannot send: refused here, not mistaken later for a
     // store that does not answer.
-    if let Some(at) = sql.find('\0') {
-        let pos = u32::try_from(sql[..at].chars().count() + 1).unwrap_or(u32::MAX);
-        let place = crate::store::sql::line_col(&sql, pos)
-            .map(|(l, c)| format!(" (line {l}, column {c})"))
-            .unwrap_or_default();
+    if let Some((line, column)) = crate::store::sql::nul_line_col(&sql) {
         return Err(SettingsError::Usage {
             flag,
             why: format!(
-                "the SQL has a NUL byte{place}, which PostgreSQL does not accept; remove it"
+                "the SQL has a NUL byte (line {line}, column {column}), which PostgreSQL does not accept; remove it"
             ),
         });
     }

@@ -59,8 +59,16 @@ impl SqlFailure {
     }
 }
 
+/// Line and column (both 1-based) of the first NUL byte in `text`, if it has one: the one
+/// character tokio-postgres cannot send in a query (its text goes out NUL-terminated).
+pub fn nul_line_col(text: &str) -> Option<(usize, usize)> {
+    let at = text.find('\0')?;
+    let pos = u32::try_from(text[..at].chars().count() + 1).ok()?;
+    line_col(text, pos)
+}
+
 /// Line and column (both 1-based) of the 1-based character position `pos`.
-pub fn line_col(text: &str, pos: u32) -> Option<(usize, usize)> {
+fn line_col(text: &str, pos: u32) -> Option<(usize, usize)> {
     let pos = usize::try_from(pos).ok()?.checked_sub(1)?;
     let mut line = 1;
     let mut col = 1;

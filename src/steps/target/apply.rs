@@ -647,15 +647,11 @@ async fn read_text(step: &Step) -> Result<String, TargetError> {
         .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
-    if let Some(at) = text.find('\0') {
-        let pos = u32::try_from(text[..at].chars().count() + 1).unwrap_or(u32::MAX);
-        let place = crate::store::sql::line_col(&text, pos)
-            .map(|(l, c)| format!(" (line {l}, column {c})"))
-            .unwrap_or_default();
+    if let Some((line, column)) = crate::store::sql::nul_line_col(&text) {
         return Err(refused(
             step,
             format!(
-                "the file has a NUL byte{place}, which PostgreSQL does not accept in SQL; remove it"
+                "the file has a NUL byte (line {line}, column {column}), which PostgreSQL does not accept in SQL; remove it"
             ),
         ));
     }
