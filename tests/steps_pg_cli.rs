@@ -318,6 +318,44 @@ fn a_step_with_a_nul_byte_is_refused_before_anything_is_sent() {
     assert_eq!(fx.history(pg::APP_DB, "steps-db"), ["1 applied"]);
 }
 
+/// SIGTERM while an SQL step runs: `apply` exits 143, the statement is cancelled on the server
+/// (not left to run until it ends by itself), the step rolls back, and the step sent behind it
+/// does not run. The next `apply` applies both.
+#[test]
+fn sigterm_cancels_the_running_step_and_the_one_sent_behind_it_does_not_run() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql(
+        "V1__slow.sql",
+        "CREATE TABLE t1 (id int primary key);\nSELECT pg_sleep(30);\n",
+    );
+    fx.sql("V2__next.sql", "CREATE TABLE t2 (id int primary key);\n");
+    let child = fx
+        .ig(&fx.pg.url_without_password())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' \
+                    AND state = 'active' AND pid <> pg_backend_pid()";
+    wait_for("the step to run", Duration::from_secs(20), || {
+        fx.pg.admin(sleeping) == "1"
+    });
+    support::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    wait_for("the step to be cancelled", Duration::from_secs(5), || {
+        fx.pg.admin(sleeping) == "0"
+    });
+    assert_eq!(fx.public_tables(), "", "neither step may have committed");
+    assert!(fx.history(pg::APP_DB, "steps-db").is_empty());
+
+    fx.sql("V1__slow.sql", "CREATE TABLE t1 (id int primary key);\n");
+    let out = fx.apply_on_store();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(fx.public_tables(), "t1,t2");
+}
+
 #[test]
 fn status_validate_and_repair_read_and_fix_the_target_history() {
     let Some(fx) = Fx::start() else { return };
