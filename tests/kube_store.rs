@@ -312,16 +312,14 @@ fn killed_holder_is_taken_over_with_the_next_token(fx: &KubeFixture) {
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("kube/kill9");
     let started = work.path().join("started");
-    let mut holder = spawn_task(
+    let mut holder = spawn_started(
         fx,
         work.path(),
         &key,
         &["--lock-ttl", "2s"],
-        &format!("touch {}; sleep 60", started.display()),
+        &started,
+        "sleep 60",
     );
-    wait_for("the holder to start", Duration::from_secs(20), || {
-        started.exists()
-    });
     let before = fx.lease(&key).unwrap();
     assert!(holder_of(&before).is_some());
     signal(&holder, Signal::SIGKILL);
@@ -645,16 +643,14 @@ fn foreign_edit_mid_run_is_a_conflict_the_holder_survives(fx: &KubeFixture) {
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("kube/conflict");
     let started = work.path().join("started");
-    let child = spawn_task(
+    let child = spawn_started(
         fx,
         work.path(),
         &key,
         &["--lock-ttl", "2s"],
-        &format!("touch {}; sleep 2", started.display()),
+        &started,
+        "sleep 2",
     );
-    wait_for("the holder to start", Duration::from_secs(20), || {
-        started.exists()
-    });
     fx.edit_lease(&key, |l| {
         l.metadata
             .annotations
@@ -684,16 +680,14 @@ fn an_old_renew_time_on_a_live_lease_is_not_taken_over(fx: &KubeFixture) {
     let work = tempfile::tempdir().unwrap();
     let key = unique_key("kube/skew");
     let started = work.path().join("started");
-    let holder = spawn_task(
+    let holder = spawn_started(
         fx,
         work.path(),
         &key,
         &["--lock-ttl", "4s"],
-        &format!("touch {}; sleep 3", started.display()),
+        &started,
+        "sleep 3",
     );
-    wait_for("the holder to start", Duration::from_secs(20), || {
-        started.exists()
-    });
     let long_ago: k8s_openapi::jiff::Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
     fx.edit_lease(&key, |l| {
         let spec = l.spec.as_mut().unwrap();

@@ -81,12 +81,14 @@ impl Fx {
     }
 
     /// `steps apply DIR` with the store's own database as the target (no `--target`).
+    fn apply_cmd(&self) -> Command {
+        let mut c = self.ig(&self.pg.url_without_password());
+        c.args(["steps", "apply"]).arg(&self.dir);
+        c
+    }
+
     fn apply_on_store(&self) -> Output {
-        self.ig(&self.pg.url_without_password())
-            .args(["steps", "apply"])
-            .arg(&self.dir)
-            .output()
-            .unwrap()
+        self.apply_cmd().output().unwrap()
     }
 
     /// The tables of the store's database's `public` schema, comma-separated.
@@ -329,13 +331,7 @@ fn sigterm_cancels_the_running_step_and_the_one_sent_behind_it_does_not_run() {
         "CREATE TABLE t1 (id int primary key);\nSELECT pg_sleep(30);\n",
     );
     fx.sql("V2__next.sql", "CREATE TABLE t2 (id int primary key);\n");
-    let child = fx
-        .ig(&fx.pg.url_without_password())
-        .args(["steps", "apply"])
-        .arg(&fx.dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = fx.apply_cmd().stderr(Stdio::piped()).spawn().unwrap();
     let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' \
                     AND state = 'active' AND pid <> pg_backend_pid()";
     wait_for("the step to run", Duration::from_secs(20), || {
@@ -485,11 +481,8 @@ fn script_steps_keep_their_history_in_the_target_and_an_interrupted_one_reruns()
         "[ -e \"$LOG.slow\" ] && sleep 60\necho done >> \"$LOG\"",
     );
     fs::write(fx.log.with_extension("slow"), "").unwrap();
-    let store = fx.pg.url_without_password();
     let spawn = |extra: &[&str]| -> Child {
-        fx.ig(&store)
-            .args(["steps", "apply"])
-            .arg(&fx.dir)
+        fx.apply_cmd()
             .args(["--lock-ttl", "2s"])
             .args(extra)
             .stdout(Stdio::null())
@@ -537,12 +530,9 @@ fn concurrent_appliers_apply_each_step_once_and_the_rest_skip() {
             &format!("CREATE TABLE t{v} (id int primary key);\n"),
         );
     }
-    let store = fx.pg.url_without_password();
     let children: Vec<Child> = (0..6)
         .map(|_| {
-            fx.ig(&store)
-                .args(["steps", "apply"])
-                .arg(&fx.dir)
+            fx.apply_cmd()
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -660,15 +650,8 @@ fn a_long_apply_of_short_steps_keeps_its_lease() {
             &format!("CREATE TABLE t{v} (id int);\n"),
         );
     }
-    let store = fx.pg.url_without_password();
     let started = std::time::Instant::now();
-    let out = fx
-        .ig(&store)
-        .args(["steps", "apply"])
-        .arg(&fx.dir)
-        .args(["--lock-ttl", "1s"])
-        .output()
-        .unwrap();
+    let out = fx.apply_cmd().args(["--lock-ttl", "1s"]).output().unwrap();
     let took = started.elapsed();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
@@ -680,7 +663,7 @@ fn a_long_apply_of_short_steps_keeps_its_lease() {
     let timed = |sub: &str| {
         let t = std::time::Instant::now();
         let out = fx
-            .ig(&store)
+            .ig(&fx.pg.url_without_password())
             .args(["steps", sub])
             .arg(&fx.dir)
             .env("INITGUARD_LOG", "warn")

@@ -568,14 +568,13 @@ impl StepsBody {
                     warn!(key = %key, "step {} ({}) was interrupted in an earlier run: resuming at statement {}", p.step.id, p.step.file, at + 1)
                 }
             },
-            StepEvent::Applied => {
-                tracing::debug!(key = %key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, last.elapsed().as_millis());
-                applied += 1;
-                last = std::time::Instant::now();
-            }
-            // Applied meanwhile (a plan older than the history): done, not done twice.
-            StepEvent::AlreadyApplied => {
-                info!(key = %key, "step {} is already applied in the target database; not run again", p.step.id);
+            StepEvent::Applied | StepEvent::AlreadyApplied => {
+                if event == StepEvent::Applied {
+                    tracing::debug!(key = %key, "applied step {} ({}) in {}ms", p.step.id, p.step.file, last.elapsed().as_millis());
+                } else {
+                    // Applied meanwhile (a plan older than the history): done, not done twice.
+                    info!(key = %key, "step {} is already applied in the target database; not run again", p.step.id);
+                }
                 applied += 1;
                 last = std::time::Instant::now();
             }

@@ -162,6 +162,24 @@ pub fn spawn_task(
         .expect("spawn initguard")
 }
 
+/// `spawn_task` of `touch STARTED; REST`, returned once STARTED exists: the command is running,
+/// under the lease.
+pub fn spawn_started(
+    fx: &dyn StoreFixture,
+    work: &Path,
+    key: &str,
+    extra: &[&str],
+    started: &Path,
+    rest: &str,
+) -> Child {
+    let script = format!("touch {}; {rest}", started.display());
+    let child = spawn_task(fx, work, key, extra, &script);
+    wait_for("the holder to start", Duration::from_secs(30), || {
+        started.exists()
+    });
+    child
+}
+
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|s| s.lines().map(str::to_string).collect())
