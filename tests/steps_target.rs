@@ -341,7 +341,7 @@ async fn transaction_control_is_refused_before_anything_is_sent() {
         "{text}"
     );
     assert!(text.contains("-- initguard:no-transaction"), "{text}");
-    // Text that ends inside a literal is its own message: the server rejects it, located.
+    // Text that ends inside a literal ends its message: the server rejects it, located.
     let open = fx.step("V2__open.sql", "CREATE TABLE z (id int);\nSELECT 'oops");
     match t.apply(SET, &plan(&open), &info).await.unwrap_err() {
         TargetError::StepFailed { failure, .. } => {
@@ -355,6 +355,105 @@ async fn transaction_control_is_refused_before_anything_is_sent() {
     );
     let h = t.history(SET).await.unwrap();
     assert_eq!(h.len(), 1, "only the failed V2 has a row: {h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savepoints() {
+    let fx = fixture!();
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    // A block comment left open: nothing of the message runs, neither the table nor the row.
+    let open = fx.step("V1__open.sql", "CREATE TABLE c1 (id int);\n/* not closed");
+    match t.apply(SET, &plan(&open), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.code, "42601", "{failure}");
+            assert_eq!(failure.line_col, Some((2, 1)), "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A COMMIT the lexer cannot see (inside a DO block) is refused by the server: the step's
+    // transaction is one block, so the table before it rolls back with the row.
+    let commits = fx.step(
+        "V1__open.sql",
+        "CREATE TABLE c2 (id int);\nDO $$ BEGIN COMMIT; END $$;\n",
+    );
+    match t.apply(SET, &plan(&commits), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.code, "2D000", "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Savepoints need an explicit block: the step runs in one, and commits with its row.
+    let saves = fx.step(
+        "V1__open.sql",
+        "CREATE TABLE s (v text);\nSAVEPOINT a;\nINSERT INTO s VALUES ('gone');\n\
+         ROLLBACK TO SAVEPOINT a;\nINSERT INTO s VALUES ('kept');\nRELEASE a; -- done",
+    );
+    t.apply(SET, &plan(&saves), &info).await.unwrap();
+    assert_eq!(fx.sql("SELECT string_agg(v, ',') FROM s"), "kept");
+    // One that fails after its savepoint rolls back whole, and the connection goes on.
+    let bad = fx.step(
+        "V2__bad.sql",
+        "CREATE TABLE s2 (v text);\nSAVEPOINT a;\nSELECT nosuch;\nRELEASE a;",
+    );
+    match t.apply(SET, &plan(&bad), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.line_col, Some((3, 8)), "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let next = fx.step("V3__next.sql", "CREATE TABLE s3 (v text);");
+    t.apply(SET, &plan(&next), &info).await.unwrap();
+    t.finish(SET, 1).await.unwrap();
+    assert_eq!(
+        fx.sql(
+            "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class \
+             WHERE relname IN ('c1', 'c2', 's', 's2', 's3')"
+        ),
+        "s,s3"
+    );
+    let h = t.history(SET).await.unwrap();
+    let states: Vec<_> = h.iter().map(|a| (a.id.to_string(), a.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            ("1".to_string(), AppliedState::Applied),
+            ("2".to_string(), AppliedState::Failed),
+            ("3".to_string(), AppliedState::Applied),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_duration_is_the_one_measured_and_is_written_when_the_run_ends() {
+    let fx = fixture!();
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    let slow = fx.step("V1__slow.sql", "SELECT pg_sleep(0.3);");
+    t.apply(SET, &plan(&slow), &info).await.unwrap();
+    // Committed with its row, the duration still to come.
+    let h = t.history(SET).await.unwrap();
+    assert_eq!(h[0].state, AppliedState::Applied);
+    assert_eq!(h[0].duration_ms, None);
+    t.finish(SET, 1).await.unwrap();
+    let h = t.history(SET).await.unwrap();
+    let ms = h[0].duration_ms.expect("a duration after finish");
+    assert!((300..3000).contains(&ms), "{ms}");
+    let (started, finished) = (h[0].started_at.unwrap(), h[0].finished_at.unwrap());
+    assert_eq!((finished - started).num_milliseconds(), ms as i64);
+    // A run that ends with a failed step writes the durations before it with the failure.
+    let info = run(2);
+    t.begin(SET, 2, &info.holder).await.unwrap();
+    let slow2 = fx.step("V2__slow.sql", "SELECT pg_sleep(0.2);");
+    let bad = fx.step("V3__bad.sql", "SELECT nosuch;");
+    t.apply(SET, &plan(&slow2), &info).await.unwrap();
+    t.apply(SET, &plan(&bad), &info).await.unwrap_err();
+    let h = t.history(SET).await.unwrap();
+    let ms = h[1].duration_ms.expect("a duration with the failure");
+    assert!((200..3000).contains(&ms), "{ms}");
+    assert_eq!(h[2].state, AppliedState::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

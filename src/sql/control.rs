@@ -57,6 +57,27 @@ pub fn check_no_transaction_control(sql: &str) -> Result<(), TransactionControl>
     Ok(())
 }
 
+/// Whether the script has a `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` statement, read either way
+/// of reading backslashes (as `check_no_transaction_control`). The server accepts those only in
+/// an explicit transaction block (`BEGIN`), not in the implicit one of a multi-statement query.
+pub fn uses_savepoints(sql: &str) -> bool {
+    [false, true].into_iter().any(|backslash_escapes| {
+        let options = LexOptions {
+            standard_conforming_strings: !backslash_escapes,
+        };
+        lexer::split(sql, options).iter().any(|stmt| {
+            let words = stmt.leading_words(3);
+            let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+            match w(0) {
+                "savepoint" | "release" => true,
+                "rollback" if matches!(w(1), "work" | "transaction") => w(2) == "to",
+                "rollback" => w(1) == "to",
+                _ => false,
+            }
+        })
+    })
+}
+
 /// The name of the transaction-control statement `stmt` is, if it is one.
 fn transaction_control(stmt: &lexer::Statement) -> Option<String> {
     let words = stmt.leading_words(4);
@@ -98,6 +119,31 @@ mod tests {
         check_no_transaction_control(sql)
             .err()
             .map(|e| (e.what, e.index, e.at.line, e.at.column))
+    }
+
+    #[test]
+    fn savepoints_are_found_in_any_form_and_not_in_strings_or_comments() {
+        for sql in [
+            "SAVEPOINT a; SELECT 1;",
+            "select 1; release a",
+            "SELECT 1; RELEASE SAVEPOINT a",
+            "select 1; rollback to a",
+            "SELECT 1; ROLLBACK WORK TO SAVEPOINT a",
+            "SELECT 1; rollback transaction to a",
+            // Only the standard reading (no backslash escapes) ends the string before it.
+            "SELECT 'a\\'; savepoint b; --';",
+        ] {
+            assert!(uses_savepoints(sql), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 'SAVEPOINT a'",
+            "-- RELEASE a\nSELECT 1",
+            "/* ROLLBACK TO a */ SELECT 1",
+            "CREATE TABLE savepoints (id int)",
+            "SELECT 1; ROLLBACK",
+        ] {
+            assert!(!uses_savepoints(sql), "{sql:?}");
+        }
     }
 
     #[test]

@@ -35,9 +35,10 @@ pub struct Target {
     /// Held for the length of each operation. `true` when an operation was dropped midway (its
     /// future cancelled): the next one rolls back whatever that left open first.
     op: tokio::sync::Mutex<bool>,
-    /// A transactional step's fence check and history row, prepared on first use.
-    pub(crate) prepared:
-        tokio::sync::OnceCell<(tokio_postgres::Statement, tokio_postgres::Statement)>,
+    /// The step key and the duration (ms) measured by this process of each transactional step
+    /// applied and not yet given its duration in history (`steps_step_v3` writes the row
+    /// without one); written by `finish`, or with a failed step's row.
+    pub(crate) durations: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// Marks an operation under way on the connection. Dropped before the operation ended (its
@@ -79,7 +80,7 @@ impl Target {
             connector,
             schema: url.schema.clone(),
             op: tokio::sync::Mutex::new(false),
-            prepared: tokio::sync::OnceCell::new(),
+            durations: std::sync::Mutex::new(Vec::new()),
         })
     }
 

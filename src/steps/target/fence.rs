@@ -1,8 +1,9 @@
 //! Fencing and durability of a steps run in the target database.
 //!
 //! `begin` registers the run's fencing token for the set in `steps_fence`, refusing a lower one.
-//! Every step transaction starts by locking that row and checking the token (`steps_check_v2`),
-//! then runs the step, then writes its history row, then commits: exactly once, even when an
+//! Every step transaction starts by locking that row, checking the token and writing its history
+//! row (`steps_step_v3`; other fenced transactions `steps_check_v2`), then runs the step, then
+//! commits: exactly once, even when an
 //! older applier was killed or paused mid-step. Its transaction holds the fence row lock, so a
 //! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
 //! has committed or rolled back, and the history read after it includes whatever it committed;
@@ -12,7 +13,9 @@
 //! it notice the client gone first (or find the rest of it missing); either way the step and its
 //! row together.
 //!
-//! `finish` makes the run durable. Step transactions commit with `synchronous_commit = off`:
+//! `finish` makes the run durable, and writes the durations this process measured for its steps
+//! (a step's row is written before its SQL runs, without one). Step transactions commit with
+//! `synchronous_commit = off`:
 //! "the server returns success as soon as the transaction is logically completed, before the
 //! WAL records it generated have actually made their way to disk" (PostgreSQL documentation,
 //! "Asynchronous Commit", <https://www.postgresql.org/docs/current/wal-async-commit.html>),
@@ -95,14 +98,16 @@ impl Target {
     pub async fn finish(&self, set: &str, token: u64) -> Result<(), TargetError> {
         self.exclusive(async {
             let t = format!("{}.steps_fence", quote_ident(&self.schema));
+            // The durations of the run's steps are written in the same transaction.
+            let durations = self.durations_sql(set, token).unwrap_or_default();
             let res = async {
                 self.conn
                     .client
-                    .batch_execute(
+                    .batch_execute(&format!(
                         "BEGIN;\
                          SELECT set_config('synchronous_commit', 'on', true) \
-                          WHERE current_setting('synchronous_commit') = 'off'",
-                    )
+                          WHERE current_setting('synchronous_commit') = 'off';{durations}"
+                    ))
                     .await?;
                 let n = self
                     .conn

@@ -15,20 +15,32 @@ use tokio_postgres::types::Type;
 const WRITE_COLUMNS: &str = "set_name, step, version, description, kind, file, checksum, state, \
      started_at, finished_at, duration_ms, holder, token, statements_done, error, adopted_from";
 
-/// A transactional step's row, inside the step's own transaction: started when the transaction
-/// started, finished now. Parameters: set, step key, version, description, kind, file,
-/// checksum, holder, token.
-pub(crate) fn applied_in_transaction(schema: &str) -> String {
-    format!(
-        "INSERT INTO {}.steps_history AS h ({WRITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-         'applied', now(), clock_timestamp(), \
-         (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint, $8, $9, 0, NULL, NULL) \
-         ON CONFLICT (set_name, step) DO UPDATE SET {}, state = 'applied', \
-         started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
-         duration_ms = EXCLUDED.duration_ms, statements_done = 0, error = NULL",
+/// The durations measured for transactional steps applied, `(key, ms)`, written into their rows
+/// (which `steps_step_v3` wrote with none) as one statement; None when there are none. Only rows
+/// of this run's token still without a duration are touched.
+pub(crate) fn durations_update(
+    schema: &str,
+    set: &str,
+    token: u64,
+    durations: &[(String, u64)],
+) -> Option<String> {
+    if durations.is_empty() {
+        return None;
+    }
+    let keys: Vec<String> = durations.iter().map(|(k, _)| literal(k)).collect();
+    let ms: Vec<String> = durations.iter().map(|(_, m)| m.to_string()).collect();
+    Some(format!(
+        "UPDATE {}.steps_history AS h SET duration_ms = d.ms, \
+         finished_at = h.started_at + d.ms * interval '1 millisecond' \
+         FROM unnest(ARRAY[{}]::text[], ARRAY[{}]::bigint[]) AS d(step, ms) \
+         WHERE h.set_name = {} AND h.step = d.step AND h.token = {} AND h.state = 'applied' \
+         AND h.duration_ms IS NULL",
         quote_ident(schema),
-        RowWrite::IDENTITY
-    )
+        keys.join(","),
+        ms.join(","),
+        literal(set),
+        token_i64(token)
+    ))
 }
 
 /// The statements that write one step's row.
@@ -169,6 +181,16 @@ impl<'a> RowWrite<'a> {
 }
 
 impl Target {
+    /// The statement that writes the durations measured so far (`durations_update`), which it
+    /// takes: whether or not it is then committed, they are not written twice.
+    pub(crate) fn durations_sql(&self, set: &str, token: u64) -> Option<String> {
+        let mut held = self
+            .durations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        durations_update(&self.schema, set, token, &std::mem::take(&mut *held))
+    }
+
     /// The set's history, sorted by step (versioned by version, then repeatable). Read only:
     /// without the steps tables, empty.
     pub async fn history(&self, set: &str) -> Result<Vec<Applied>, TargetError> {

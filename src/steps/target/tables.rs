@@ -9,16 +9,19 @@
 //! Under the lock every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so the
 //! second creator just finds everything there.
 //!
-//! Layout changes are made by a new `steps_check_vN` function created in the same transaction as
+//! Layout changes are made by a new `steps_check_vN` or `steps_step_vN` function created in the same transaction as
 //! the `ALTER TABLE … ADD COLUMN IF NOT EXISTS` they need: the function's presence is the layout
 //! marker, found in one cheap query (`ready`), and older builds keep calling the function they
 //! know.
 
 use crate::store::postgres::{Conn, quote_ident, schema_lock_key};
 
-/// The check function of this layout, with its argument types (for `to_regprocedure`).
+/// The check function of the fenced transactions of script and no-transaction steps.
 const CHECK_FN: &str = "steps_check_v2";
-const CHECK_ARGS: &str = "(text,bigint,text,text,boolean,text,text)";
+/// The function that starts every transactional step; its presence marks this layout (with its
+/// argument types, for `to_regprocedure`).
+const STEP_FN: &str = "steps_step_v3";
+const STEP_ARGS: &str = "(text,bigint,text,text,boolean,text,text,text,text,text,text,text)";
 
 /// SQLSTATE raised by the check function when the set's fence holds another token.
 pub(crate) const FENCED: &str = "IGF01";
@@ -99,6 +102,53 @@ BEGIN
     END IF;
 END
 $fn$;
+-- The first statement of every transactional step, in the step's transaction, before the step's
+-- SQL: makes the transaction's commit asynchronous (`finish` makes the run durable), locks the
+-- set's fence row and refuses another token, refuses the step unless p_after (the step sent
+-- just before it) is applied, and writes the step's row `applied`, refusing a step that history
+-- already has applied (for a repeatable step: with this checksum). The step's SQL runs after it
+-- in the same transaction: should it fail, the row goes with it. `duration_ms` is left NULL and
+-- `finished_at` at this instant, for the client to write the duration it measured (`finish`).
+CREATE OR REPLACE FUNCTION {s}.steps_step_v3(
+    p_set text, p_token bigint, p_step text, p_checksum text, p_repeatable boolean,
+    p_after text, p_after_checksum text,
+    p_version text, p_description text, p_kind text, p_file text, p_holder text
+) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    t bigint;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT token INTO t FROM {s}.steps_fence WHERE set_name = p_set FOR UPDATE;
+    IF t IS DISTINCT FROM p_token THEN
+        RAISE EXCEPTION 'initguard: steps of % are fenced by token %', p_set, coalesce(t::text, 'none')
+            USING ERRCODE = 'IGF01', DETAIL = coalesce(t::text, '0');
+    END IF;
+    IF p_after IS NOT NULL THEN
+        PERFORM FROM {s}.steps_history
+         WHERE set_name = p_set AND step = p_after AND state = 'applied'
+           AND (p_after_checksum IS NULL OR checksum = p_after_checksum);
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'initguard: step % of % is not applied, so the step after it is not run', p_after, p_set
+                USING ERRCODE = 'IGP01';
+        END IF;
+    END IF;
+    INSERT INTO {s}.steps_history AS h (set_name, step, version, description, kind, file,
+        checksum, state, started_at, finished_at, duration_ms, holder, token, statements_done,
+        error, adopted_from)
+    VALUES (p_set, p_step, p_version, p_description, p_kind, p_file, p_checksum, 'applied',
+        now(), clock_timestamp(), NULL, p_holder, p_token, 0, NULL, NULL)
+    ON CONFLICT (set_name, step) DO UPDATE SET version = EXCLUDED.version,
+        description = EXCLUDED.description, kind = EXCLUDED.kind, file = EXCLUDED.file,
+        checksum = EXCLUDED.checksum, holder = EXCLUDED.holder, token = EXCLUDED.token,
+        adopted_from = NULL, state = 'applied', started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at, duration_ms = NULL, statements_done = 0, error = NULL
+    WHERE h.state <> 'applied' OR (p_repeatable AND h.checksum IS DISTINCT FROM p_checksum);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'initguard: step % of % is already applied', p_step, p_set
+            USING ERRCODE = 'IGA01';
+    END IF;
+END
+$fn$;
 "#;
 
 /// `schema.steps_check_v2`, quoted, for calls.
@@ -106,9 +156,19 @@ pub(crate) fn check_fn(schema: &str) -> String {
     format!("{}.{CHECK_FN}", quote_ident(schema))
 }
 
+/// `schema.steps_step_v3`, quoted, for calls.
+pub(crate) fn step_fn(schema: &str) -> String {
+    format!("{}.{STEP_FN}", quote_ident(schema))
+}
+
+/// Whether an error's context (`where`) places it inside the step function.
+pub(crate) fn in_step_fn(context: &str) -> bool {
+    context.contains(STEP_FN)
+}
+
 /// Whether this layout is in place (one query; creates nothing).
 pub(crate) async fn ready(conn: &Conn, schema: &str) -> Result<bool, tokio_postgres::Error> {
-    let name = format!("{}.{CHECK_FN}{CHECK_ARGS}", quote_ident(schema));
+    let name = format!("{}.{STEP_FN}{STEP_ARGS}", quote_ident(schema));
     conn.client
         .query_typed_one(
             "SELECT to_regprocedure($1) IS NOT NULL",
@@ -148,5 +208,7 @@ mod tests {
         assert!(DDL.contains(&format!("ERRCODE = '{ALREADY_APPLIED}'")));
         assert!(DDL.contains(&format!("ERRCODE = '{AFTER_UNAPPLIED}'")));
         assert!(DDL.contains(&format!("{{s}}.{CHECK_FN}(")));
+        assert!(DDL.contains(&format!("{{s}}.{STEP_FN}(")));
+        assert_eq!(STEP_ARGS.matches(',').count(), 11);
     }
 }

@@ -6,7 +6,7 @@ use crate::sql::{self, LexOptions, TokenKind};
 
 /// Why a transactional step cannot be sent, or Ok. Checked both ways of reading backslashes in
 /// `'…'` strings (the server's `standard_conforming_strings` is not known before connecting).
-/// The text is sent as a message of its own, so a literal or comment left open at its end
+/// The text ends the message it is sent in, so a literal or comment left open at its end
 /// swallows nothing of initguard's: the server rejects it, with its position.
 pub(crate) fn check_transactional(text: &str) -> Result<(), String> {
     if let Err(tc) = sql::check_no_transaction_control(text) {
