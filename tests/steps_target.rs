@@ -384,6 +384,18 @@ async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savep
         }
         other => panic!("{other:?}"),
     }
+    // initguard's own codes raised by the step's SQL are the step's failure, not a refusal.
+    let mimic = fx.step(
+        "V1__open.sql",
+        "CREATE TABLE c3 (id int);\n\
+         DO $$ BEGIN RAISE EXCEPTION 'no' USING ERRCODE = 'IGA01'; END $$;",
+    );
+    match t.apply(SET, &plan(&mimic), &info).await.unwrap_err() {
+        TargetError::StepFailed { failure, .. } => {
+            assert_eq!(failure.code, "IGA01", "{failure}");
+        }
+        other => panic!("{other:?}"),
+    }
     // Savepoints need an explicit block: the step runs in one, and commits with its row.
     let saves = fx.step(
         "V1__open.sql",
@@ -409,7 +421,7 @@ async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savep
     assert_eq!(
         fx.sql(
             "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class \
-             WHERE relname IN ('c1', 'c2', 's', 's2', 's3')"
+             WHERE relname IN ('c1', 'c2', 'c3', 's', 's2', 's3')"
         ),
         "s,s3"
     );

@@ -20,10 +20,11 @@
 //! sitting idle for a round trip and this process's turn on a core. (Over 1,000 one-table steps
 //! the server's process waited for this one 95 ms in all before, 4 ms after, by its
 //! `epoll_wait` calls under perf's syscall tracepoints.) At most two are in flight. The later
-//! one's check also requires the earlier one applied in history (`p_after`; for a repeatable step, with its checksum): when the earlier one
-//! failed or was cancelled, the later one rolls back without running, and is not judged. Either
-//! way each one is whole on the server, fenced by its own check, so a killed or paused applier
-//! leaves at most those two to end there, each with its row or not at all.
+//! one's check also requires the earlier one applied in history (`p_after`; for a repeatable
+//! step, with its checksum): when the earlier one failed or was cancelled, the later one rolls
+//! back without running, and is not judged. Either way each one is whole on the server, fenced
+//! by its own check, so a killed or paused applier leaves at most those two to end there, each
+//! with its row or not at all.
 //!
 //! A no-transaction step (`-- initguard:no-transaction`) runs statement by statement, each in
 //! autocommit, never inside a transaction of initguard's: `CREATE INDEX CONCURRENTLY` waits for
@@ -363,8 +364,13 @@ impl Target {
         };
         let (ran, committed) = &answered.replies;
         if let Err(e) = ran {
-            if let Some(TargetError::AlreadyApplied { .. }) =
-                self.fence_refusal(set, run.token, Some(step), e)
+            // Only initguard's own statement says so: the step's SQL may raise any code.
+            let ours = e
+                .as_db_error()
+                .is_some_and(|db| initguards(db, answered.shift));
+            if ours
+                && let Some(TargetError::AlreadyApplied { .. }) =
+                    self.fence_refusal(set, run.token, Some(step), e)
             {
                 return Ok(StepEvent::AlreadyApplied);
             }
