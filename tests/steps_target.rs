@@ -357,6 +357,13 @@ async fn transaction_control_is_refused_before_anything_is_sent() {
     assert_eq!(h.len(), 1, "only the failed V2 has a row: {h:?}");
 }
 
+/// History does not have step `key` applied.
+async fn assert_not_applied(t: &Target, key: &str) {
+    let h = t.history(SET).await.unwrap();
+    let state = h.iter().find(|a| a.id.to_string() == key).map(|a| a.state);
+    assert_ne!(state, Some(AppliedState::Applied), "{h:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savepoints() {
     let fx = fixture!();
@@ -372,6 +379,7 @@ async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savep
         }
         other => panic!("{other:?}"),
     }
+    assert_not_applied(&t, "1").await;
     // A COMMIT the lexer cannot see (inside a DO block) is refused by the server: the step's
     // transaction is one block, so the table before it rolls back with the row.
     let commits = fx.step(
@@ -384,6 +392,7 @@ async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savep
         }
         other => panic!("{other:?}"),
     }
+    assert_not_applied(&t, "1").await;
     // initguard's own codes raised by the step's SQL are the step's failure, not a refusal.
     let mimic = fx.step(
         "V1__open.sql",
@@ -396,6 +405,7 @@ async fn nothing_of_a_step_commits_without_its_row_whatever_its_end_or_its_savep
         }
         other => panic!("{other:?}"),
     }
+    assert_not_applied(&t, "1").await;
     // Savepoints need an explicit block: the step runs in one, and commits with its row.
     let saves = fx.step(
         "V1__open.sql",
@@ -466,6 +476,17 @@ async fn a_steps_duration_is_the_one_measured_and_is_written_when_the_run_ends()
     let ms = h[1].duration_ms.expect("a duration with the failure");
     assert!((200..3000).contains(&ms), "{ms}");
     assert_eq!(h[2].state, AppliedState::Failed);
+    // And one that stops at a step refused before it is sent, likewise.
+    let info = run(3);
+    t.begin(SET, 3, &info.holder).await.unwrap();
+    let slow3 = fx.step("V4__slow.sql", "SELECT pg_sleep(0.2);");
+    let commits = fx.step("V5__commits.sql", "SELECT 1;\nCOMMIT;");
+    t.apply(SET, &plan(&slow3), &info).await.unwrap();
+    let err = t.apply(SET, &plan(&commits), &info).await.unwrap_err();
+    assert!(matches!(err, TargetError::Refused { .. }), "{err:?}");
+    let h = t.history(SET).await.unwrap();
+    let ms = h[3].duration_ms.expect("a duration when a step is refused");
+    assert!((200..3000).contains(&ms), "{ms}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,11 @@
 //! refused before anything is sent (`crate::sql`). The text comes last in its message, so a
 //! literal or comment it leaves open swallows nothing of initguard's: the server parses the
 //! whole message before running any of it, and rejects it, with a position, which is moved past
-//! initguard's prefix to the step's file (by line and column). One message per step instead of
-//! five requests with their own `BEGIN` and `COMMIT` took the server's work for 1,000
-//! one-table steps from 1.00 s to 0.91 s (by a raw-protocol client sending the same statements;
-//! the bare `CREATE TABLE`s took 0.74 s).
+//! initguard's prefix to the step's file (by line and column). Measured by a raw-protocol client
+//! sending each form's statements for 1,000 one-table steps, one message with the check and the
+//! row in one function took the server 0.91 s where five requests with their own `BEGIN` and
+//! `COMMIT` took 1.00 s (the bare `CREATE TABLE`s: 0.74 s); whole applies, 1.04 s against
+//! 1.11 s (BENCHMARKS.md).
 //!
 //! Consecutive transactional steps are pipelined: a step's transaction is sent before the one
 //! before it has answered, so that the server starts it the moment that one commits instead of
@@ -174,7 +175,7 @@ impl Target {
             for p in steps {
                 let text = match read_text(&p.step).await {
                     Ok(t) => t,
-                    Err(e) => return self.settled(set, run, sent, each).await.and(Err(e)),
+                    Err(e) => return self.stopped(set, run, sent, each, e).await,
                 };
                 if p.step.no_transaction {
                     // Its statements must not queue behind a transaction of ours: settle first.
@@ -191,9 +192,8 @@ impl Target {
                 }
                 if let Err(r) = text::check_transactional(&text) {
                     return self
-                        .settled(set, run, sent, each)
-                        .await
-                        .and(Err(refused(&p.step, r)));
+                        .stopped(set, run, sent, each, refused(&p.step, r))
+                        .await;
                 }
                 let after = sent.as_ref().map(|s| &s.planned.step);
                 let replies = self.send(set, &p.step, run, text, after);
@@ -213,6 +213,24 @@ impl Target {
             self.settled(set, run, sent, each).await
         })
         .await
+    }
+
+    /// The run stops at a step refused before it was sent: settle the one in flight, write the
+    /// durations of the steps applied (the run ends here), and return `refusal`.
+    async fn stopped(
+        &self,
+        set: &str,
+        run: &RunInfo,
+        sent: Option<Sent<'_>>,
+        each: &mut (dyn FnMut(&Planned, StepEvent) + Send),
+        refusal: TargetError,
+    ) -> Result<(), TargetError> {
+        self.settled(set, run, sent, each).await?;
+        if let Some(d) = self.durations_sql(set, run.token) {
+            self.fenced_tx(set, run, "recording the steps' durations", &d)
+                .await?;
+        }
+        Err(refusal)
     }
 
     /// Await the step transaction `sent`, if any, and judge it.
@@ -264,13 +282,13 @@ impl Target {
             Unapplied::Error(e) => Err(e),
             Unapplied::Failed(failure, ms) => {
                 let w = RowWrite::new(self, set, step, run);
-                let mut body = w.failed(&failure.to_string(), Some(ms));
-                // The steps applied before it get their durations now: the run ends here.
-                if let Some(d) = self.durations_sql(set, run.token) {
-                    body = format!("{body};{d}");
-                }
-                self.fenced_tx(set, run, "recording the failed step", &body)
-                    .await?;
+                self.fenced_tx(
+                    set,
+                    run,
+                    "recording the failed step",
+                    &w.failed(&failure.to_string(), Some(ms)),
+                )
+                .await?;
                 Err(TargetError::StepFailed {
                     step: step.id.to_string(),
                     file: step.file.clone(),
@@ -645,13 +663,14 @@ fn refused(step: &Step, reason: String) -> TargetError {
 }
 
 /// Whether the server's error is in initguard's part of a step's message: positioned within
-/// its first `shift` characters, or raised inside the step function.
+/// its first `shift` characters, raised inside the step function, or about it (a missing
+/// privilege to call it, say).
 fn initguards(db: &DbError, shift: usize) -> bool {
     let positioned = match db.position() {
         Some(ErrorPosition::Original(p)) => usize::try_from(*p).is_ok_and(|p| p <= shift),
         _ => false,
     };
-    positioned || db.where_().is_some_and(tables::in_step_fn)
+    positioned || db.where_().is_some_and(tables::in_step_fn) || tables::in_step_fn(db.message())
 }
 
 /// The server's error, with its position moved from the text sent (the piece of the file that

@@ -185,8 +185,8 @@ impl Target {
     }
 
     /// Run `body` (statements separated by `;`) in one short fenced transaction, one message,
-    /// committed synchronously; the rows it returns. Refused by the fence: rolled back,
-    /// `Fenced`.
+    /// committed synchronously, with the durations measured so far (`durations_sql`); the rows
+    /// it returns. Refused by the fence: rolled back, `Fenced`.
     pub(crate) async fn fenced_tx(
         &self,
         set: &str,
@@ -219,7 +219,16 @@ impl Target {
         body: &str,
     ) -> Result<Vec<SimpleQueryRow>, TargetError> {
         let check = self.check_call(set, run, step);
-        let sql = format!("BEGIN;{check};{body};COMMIT");
+        // Synchronous whatever the session says (a step may have turned it off): these rows
+        // say what happened, and the steps applied before them get their durations with them.
+        let durations = self
+            .durations_sql(set, run.token)
+            .map(|d| format!(";{d}"))
+            .unwrap_or_default();
+        let sql = format!(
+            "BEGIN;{check};SELECT set_config('synchronous_commit', 'on', true) \
+             WHERE current_setting('synchronous_commit') = 'off';{body}{durations};COMMIT"
+        );
         match self.conn.client.simple_query(&sql).await {
             Ok(msgs) => Ok(rows_of(msgs)),
             Err(e) => {
