@@ -37,7 +37,7 @@ pub struct Target {
     op: tokio::sync::Mutex<bool>,
     /// The step key and the duration (ms) measured by this process of each transactional step
     /// applied and not yet given its duration in history (`steps_step_v3` writes the row
-    /// without one); written by `finish`, or with a failed step's row.
+    /// without one); written by `finish`, or with the next fenced row (`fenced_tx`).
     pub(crate) durations: std::sync::Mutex<Vec<(String, u64)>>,
 }
 

@@ -3,8 +3,7 @@
 //! `begin` registers the run's fencing token for the set in `steps_fence`, refusing a lower one.
 //! Every step transaction starts by locking that row, checking the token and writing its history
 //! row (`steps_step_v3`; other fenced transactions `steps_check_v2`), then runs the step, then
-//! commits: exactly once, even when an
-//! older applier was killed or paused mid-step. Its transaction holds the fence row lock, so a
+//! commits: exactly once, even when an older applier was killed or paused mid-step. Its transaction holds the fence row lock, so a
 //! newer `begin` (an `INSERT … ON CONFLICT DO UPDATE` on that row) waits until that transaction
 //! has committed or rolled back, and the history read after it includes whatever it committed;
 //! a step transaction of the older applier arriving afterwards finds the newer token and rolls

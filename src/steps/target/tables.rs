@@ -9,10 +9,12 @@
 //! Under the lock every statement is idempotent (`IF NOT EXISTS`, `CREATE OR REPLACE`), so the
 //! second creator just finds everything there.
 //!
-//! Layout changes are made by a new `steps_check_vN` or `steps_step_vN` function created in the same transaction as
-//! the `ALTER TABLE … ADD COLUMN IF NOT EXISTS` they need: the function's presence is the layout
-//! marker, found in one cheap query (`ready`), and older builds keep calling the function they
-//! know.
+//! Layout changes are made by a new `steps_check_vN` or `steps_step_vN` function created in the
+//! same transaction as the `ALTER TABLE … ADD COLUMN IF NOT EXISTS` they need: the function's
+//! presence is the layout marker, found in one cheap query (`ready`), and older builds keep
+//! calling the function they know. `steps_step_v3` repeats `steps_check_v2`'s fence and after
+//! checks instead of calling it: each step pays for every statement, and v2 stays as older
+//! builds know it.
 
 use crate::store::postgres::{Conn, quote_ident, schema_lock_key};
 
