@@ -35,6 +35,15 @@ pub struct TransactionControl {
 /// by its `standard_conforming_strings`, which initguard cannot know before connecting (and the
 /// script may change): the script is checked both ways, so that neither reading hides one.
 pub fn check_no_transaction_control(sql: &str) -> Result<(), TransactionControl> {
+    check_transaction_statements(sql).map(|_| ())
+}
+
+/// `check_no_transaction_control`, and in the same pass whether the script has a `SAVEPOINT`,
+/// `RELEASE` or `ROLLBACK TO` statement (either reading): `Ok(true)`. The server accepts those
+/// only in an explicit transaction block (`BEGIN`), not in the implicit one of a
+/// multi-statement query.
+pub fn check_transaction_statements(sql: &str) -> Result<bool, TransactionControl> {
+    let mut savepoints = false;
     for backslash_escapes in [false, true] {
         let options = LexOptions {
             standard_conforming_strings: !backslash_escapes,
@@ -52,30 +61,22 @@ pub fn check_no_transaction_control(sql: &str) -> Result<(), TransactionControl>
                     backslash_escapes,
                 });
             }
+            savepoints = savepoints || is_savepoint(&stmt);
         }
     }
-    Ok(())
+    Ok(savepoints)
 }
 
-/// Whether the script has a `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` statement, read either way
-/// of reading backslashes (as `check_no_transaction_control`). The server accepts those only in
-/// an explicit transaction block (`BEGIN`), not in the implicit one of a multi-statement query.
-pub fn uses_savepoints(sql: &str) -> bool {
-    [false, true].into_iter().any(|backslash_escapes| {
-        let options = LexOptions {
-            standard_conforming_strings: !backslash_escapes,
-        };
-        lexer::split(sql, options).iter().any(|stmt| {
-            let words = stmt.leading_words(3);
-            let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-            match w(0) {
-                "savepoint" | "release" => true,
-                "rollback" if matches!(w(1), "work" | "transaction") => w(2) == "to",
-                "rollback" => w(1) == "to",
-                _ => false,
-            }
-        })
-    })
+/// Whether `stmt` is `SAVEPOINT`, `RELEASE [SAVEPOINT]` or `ROLLBACK [WORK|TRANSACTION] TO`.
+fn is_savepoint(stmt: &lexer::Statement) -> bool {
+    let words = stmt.leading_words(3);
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match w(0) {
+        "savepoint" | "release" => true,
+        "rollback" if matches!(w(1), "work" | "transaction") => w(2) == "to",
+        "rollback" => w(1) == "to",
+        _ => false,
+    }
 }
 
 /// The name of the transaction-control statement `stmt` is, if it is one.
@@ -133,7 +134,7 @@ mod tests {
             // Only the standard reading (no backslash escapes) ends the string before it.
             "SELECT 'a\\'; savepoint b; --';",
         ] {
-            assert!(uses_savepoints(sql), "{sql:?}");
+            assert_eq!(check_transaction_statements(sql), Ok(true), "{sql:?}");
         }
         for sql in [
             "SELECT 'SAVEPOINT a'",
@@ -142,7 +143,7 @@ mod tests {
             "CREATE TABLE savepoints (id int)",
             "SELECT 1; ROLLBACK",
         ] {
-            assert!(!uses_savepoints(sql), "{sql:?}");
+            assert_ne!(check_transaction_statements(sql), Ok(true), "{sql:?}");
         }
     }
 

@@ -4,5 +4,5 @@
 mod control;
 pub mod lexer;
 
-pub use control::{TransactionControl, check_no_transaction_control, uses_savepoints};
+pub use control::{TransactionControl, check_no_transaction_control, check_transaction_statements};
 pub use lexer::{LexOptions, Position, Statement, Token, TokenKind, split, tokens};

@@ -190,13 +190,16 @@ impl Target {
                     }
                     continue;
                 }
-                if let Err(r) = text::check_transactional(&text) {
-                    return self
-                        .stopped(set, run, sent, each, refused(&p.step, r))
-                        .await;
-                }
+                let savepoints = match text::check_transactional(&text) {
+                    Ok(savepoints) => savepoints,
+                    Err(r) => {
+                        return self
+                            .stopped(set, run, sent, each, refused(&p.step, r))
+                            .await;
+                    }
+                };
                 let after = sent.as_ref().map(|s| &s.planned.step);
-                let replies = self.send(set, &p.step, run, text, after);
+                let replies = self.send(set, &p.step, run, text, savepoints, after);
                 each(p, StepEvent::Sent);
                 // Sent now, before the one before it is answered: the server starts this step
                 // the moment that one commits, not a round trip and this process's turn later.
@@ -299,8 +302,9 @@ impl Target {
     }
 
     /// The step transaction of a transactional step, as a future that sends it when first
-    /// polled. `after` is the step sent just before, not yet answered: the check refuses to run
-    /// this one unless that one is applied (it committed, or history had it already).
+    /// polled, in an explicit block when the step has savepoints (`explicit`). `after` is the
+    /// step sent just before, not yet answered: the check refuses to run this one unless that
+    /// one is applied (it committed, or history had it already).
     ///
     /// The message goes out whole, or not at all (the connection is gone): tokio-postgres
     /// refuses to encode only a text with a NUL byte, which `read_text` made sure it has not.
@@ -310,9 +314,9 @@ impl Target {
         step: &'a Step,
         run: &'a RunInfo,
         text: String,
+        explicit: bool,
         after: Option<&'a Step>,
     ) -> Pending<'a> {
-        let explicit = crate::sql::uses_savepoints(&text);
         let after_key = after.map(|a| rows::key(&a.id));
         // A repeatable step is applied as it is now only with this checksum.
         let after_checksum = after
@@ -369,6 +373,7 @@ impl Target {
     ) -> Result<StepEvent, Unapplied> {
         let what = format!("applying step {}", step.id);
         let text = &answered.text;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let failed = |e: &tokio_postgres::Error| {
             let Some(db) = e.as_db_error().filter(|_| !is_connection_error(e)) else {
                 return Err(Unapplied::Error(self.db_err(&what, e)));
@@ -377,7 +382,6 @@ impl Target {
                 return Err(Unapplied::Error(self.own_refusal(set, step, run, &what, e)));
             }
             let failure = failure_in_file(db, text, 0, text.chars().count(), answered.shift);
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             Err(Unapplied::Failed(Box::new(failure), ms))
         };
         let (ran, committed) = &answered.replies;
@@ -397,7 +401,6 @@ impl Target {
         if let Some(Err(e)) = committed {
             return failed(e);
         }
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.durations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

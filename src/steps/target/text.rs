@@ -4,22 +4,21 @@
 
 use crate::sql::{self, LexOptions, TokenKind};
 
-/// Why a transactional step cannot be sent, or Ok. Checked both ways of reading backslashes in
+/// Why a transactional step cannot be sent, or whether it has savepoints. Checked both ways of reading backslashes in
 /// `'…'` strings (the server's `standard_conforming_strings` is not known before connecting).
 /// The text ends the message it is sent in, so a literal or comment left open at its end
 /// swallows nothing of initguard's: the server rejects it, with its position.
-pub(crate) fn check_transactional(text: &str) -> Result<(), String> {
-    if let Err(tc) = sql::check_no_transaction_control(text) {
-        return Err(format!(
+pub(crate) fn check_transactional(text: &str) -> Result<bool, String> {
+    sql::check_transaction_statements(text).map_err(|tc| {
+        format!(
             "statement {} (line {}, column {}) is {}: a transactional step runs in one \
              transaction together with its history row, so it must not start or end \
              transactions itself (SAVEPOINT, RELEASE and ROLLBACK TO are allowed); remove it, or \
              make `-- initguard:no-transaction` the step's first line to run it statement by \
              statement; nothing was run",
             tc.index, tc.at.line, tc.at.column, tc.what
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Why a no-transaction step cannot be run statement by statement, or Ok: a statement that
