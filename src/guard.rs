@@ -166,7 +166,12 @@ pub struct Guard<'a> {
     plan: &'a Plan,
     /// In-process work to run under the lease instead of `plan.child` (`initguard steps`).
     body: Option<&'a dyn Body>,
+    /// A read of the record made before the run, taken as its first read (see `after_read`).
+    early: std::sync::Mutex<Option<EarlyRead>>,
 }
+
+/// The record as read before the run began (`Guard::after_read`).
+pub type EarlyRead = Result<Option<Record>, StoreError>;
 
 impl<'a> Guard<'a> {
     pub fn new(store: &'a dyn Store, plan: &'a Plan) -> Guard<'a> {
@@ -174,6 +179,7 @@ impl<'a> Guard<'a> {
             store,
             plan,
             body: None,
+            early: std::sync::Mutex::new(None),
         }
     }
 
@@ -183,6 +189,18 @@ impl<'a> Guard<'a> {
             store,
             plan,
             body: Some(body),
+            early: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Take `early`, a read of the record made while the plan's fingerprint was still being
+    /// computed (so that the read's round trip overlaps that work), as the run's first read: a
+    /// record read a little earlier is as good a snapshot for deciding to skip. A store short of
+    /// connections is read again patiently, as a first read is.
+    pub fn after_read(self, early: EarlyRead) -> Guard<'a> {
+        Guard {
+            early: std::sync::Mutex::new(Some(early)),
+            ..self
         }
     }
 
@@ -196,9 +214,21 @@ impl<'a> Guard<'a> {
         let started = Instant::now();
         // A store short of connections at start (many replicas at once) is waited for, within
         // --wait-timeout, like a busy lease.
-        let first_read = patiently(started, plan.acquire.wait_timeout, || {
-            self.store.read(&plan.id)
-        });
+        let early = match self.early.lock() {
+            Ok(mut e) => e.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let first_read = async {
+            match early {
+                Some(Err(StoreError::Overloaded { .. })) | None => {
+                    patiently(started, plan.acquire.wait_timeout, || {
+                        self.store.read(&plan.id)
+                    })
+                    .await
+                }
+                Some(read) => read,
+            }
+        };
         let first = tokio::select! {
             biased;
             signal = signals.recv() => {

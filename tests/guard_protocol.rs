@@ -101,6 +101,88 @@ async fn succeeded_with_this_fingerprint_skips_without_taking_the_lease() {
     assert!(runs(&marker).is_empty());
 }
 
+/// `steps apply` reads the record while its files are still being hashed, and hands that read
+/// to the guard as its first.
+async fn run_after_read(
+    store: &MemoryStore,
+    plan: &Plan,
+    early: Result<Option<Record>, StoreError>,
+) -> Result<Outcome, GuardError> {
+    let mut signals = Signals::install().unwrap();
+    Guard::new(store, plan)
+        .after_read(early)
+        .run(&mut signals)
+        .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_made_before_the_run_is_its_first_read() {
+    use initguard::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("runs");
+    let store = MemoryStore::new();
+    store.put(record_in(State::Succeeded, 4));
+    let early = store.read(&id()).await;
+    let out = run_after_read(&store, &plan(&marker, "true"), early)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, Outcome::Skipped { waited: false, .. }),
+        "{out:?}"
+    );
+    assert_eq!(store.calls(Op::Read), 1, "the guard read nothing more");
+    assert_eq!(store.calls(Op::TryAcquire), 0);
+    assert!(runs(&marker).is_empty());
+
+    // Read before a record existed: the guard goes on from there, takes the lease, runs.
+    let fresh = MemoryStore::new();
+    let out = run_after_read(&fresh, &plan(&marker, "true"), Ok(None))
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert_eq!(runs(&marker).len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_early_read_that_failed_is_the_runs_error_unless_the_store_was_only_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("runs");
+    let store = MemoryStore::new();
+    store.put(record_in(State::Succeeded, 4));
+    let err = run_after_read(
+        &store,
+        &plan(&marker, "true"),
+        Err(unreachable("app/protocol")),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, GuardError::Store(StoreError::Unreachable { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        store.calls(Op::Read),
+        0,
+        "not read again, so not waited for twice"
+    );
+    assert!(runs(&marker).is_empty());
+
+    // Short of connections: read again, patiently, as any first read is.
+    let busy = StoreError::Overloaded {
+        store: "memory".into(),
+        reason: "too many clients already".into(),
+    };
+    let out = run_after_read(&store, &plan(&marker, "true"), Err(busy))
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, Outcome::Skipped { waited: false, .. }),
+        "{out:?}"
+    );
+    assert_eq!(store.calls(Op::Read), 1);
+    assert!(runs(&marker).is_empty());
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn gave_up_with_this_fingerprint_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -110,20 +110,24 @@ fn resolve_settings(url: &StoreChoice<'_>, args: &StepsSetArgs) -> Result<Settin
     })
 }
 
-/// Lists DIR here (so that a bad DIR is reported before anything is contacted), then reads and
-/// hashes its files on a blocking thread and runs `then` on the set there too, so that the
-/// caller can connect to the store and the target meanwhile.
+/// Opens DIR here (so that a missing or unreadable DIR is reported before anything is
+/// contacted), then lists it, reads and hashes its files on a blocking thread and runs `then` on
+/// the set there too, so that the caller can connect to the store and the target meanwhile.
 fn start_discovery<R: Send + 'static>(
     dir: &Path,
     then: impl FnOnce(StepSet) -> R + Send + 'static,
-) -> Result<tokio::task::JoinHandle<R>, Failure> {
-    let listing = discover::list(dir).map_err(StepsError::from)?;
-    Ok(tokio::task::spawn_blocking(move || then(listing.inspect())))
+) -> Result<Discovery<R>, Failure> {
+    let open = discover::open_dir(dir).map_err(StepsError::from)?;
+    Ok(tokio::task::spawn_blocking(move || {
+        open.list().map(|listing| then(listing.inspect()))
+    }))
 }
 
-async fn joined<R>(discovery: tokio::task::JoinHandle<R>) -> Result<R, Failure> {
+type Discovery<R> = tokio::task::JoinHandle<Result<R, discover::DiscoverError>>;
+
+async fn joined<R>(discovery: Discovery<R>) -> Result<R, Failure> {
     match discovery.await {
-        Ok(found) => Ok(found),
+        Ok(found) => Ok(found.map_err(StepsError::from)?),
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(e) => Err(Failure::Runtime(std::io::Error::other(e))),
@@ -133,7 +137,7 @@ async fn joined<R>(discovery: tokio::task::JoinHandle<R>) -> Result<R, Failure> 
 
 /// Discovery (started) and `other` (which contacts the store or the target) at once.
 async fn with_discovery<R, T>(
-    discovery: tokio::task::JoinHandle<R>,
+    discovery: Discovery<R>,
     other: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<(R, T), Failure> {
     let (found, got) = tokio::join!(joined(discovery), other);
@@ -302,7 +306,7 @@ async fn apply(
     let ttl = acquire.ttl;
     let grace = settings::duration("--grace", &args.grace)?;
     let opening = "opening the store; nothing was applied";
-    let ((steps, fp), store) = if args.dry_run || resolved.target.is_none() {
+    let ((steps, fp), (store, early)) = if args.dry_run || resolved.target.is_none() {
         // Without a target an SQL step is refused before the store is opened (so discovery
         // comes first); a dry run opens no store of its own here.
         let (steps, fp) = joined(discovery).await?;
@@ -311,14 +315,17 @@ async fn apply(
             return dry_run(&resolved.with(steps), allow(&args.allow)).await;
         }
         let store = super::entry::interruptible(signals, opening, open(&resolved.store)).await?;
-        ((steps, fp), store)
+        ((steps, fp), (store, None))
     } else {
-        super::entry::interruptible(
-            signals,
-            opening,
-            with_discovery(discovery, open(&resolved.store)),
-        )
-        .await?
+        // The record is read while discovery goes on: the skip of a set with nothing new then
+        // waits for the slower of the two, not for both one after the other.
+        let open_and_read = async {
+            let store = open(&resolved.store).await?;
+            let early = store.read(&resolved.id).await;
+            Ok((store, Some(early)))
+        };
+        super::entry::interruptible(signals, opening, with_discovery(discovery, open_and_read))
+            .await?
     };
     let set = resolved.with(steps);
     let env_remove: Vec<String> = settings::STORE_ENV
@@ -365,7 +372,7 @@ async fn apply(
         dir_label: set.dir_label.clone(),
     };
     info!(key = %plan.id, fingerprint = %plan.fingerprint, "steps {} ({} step{}), fingerprint {}", plan.id, set.steps.steps.len(), if set.steps.steps.len() == 1 { "" } else { "s" }, plan.fingerprint);
-    match steps_run::apply(store.as_ref(), &plan, set.steps, opts, signals).await {
+    match steps_run::apply(store.as_ref(), &plan, set.steps, opts, early, signals).await {
         Ok(done) => {
             if let crate::guard::Outcome::Succeeded { .. } = done.outcome {
                 info!(key = %plan.id, "applied {} step{} of {}", done.applied, if done.applied == 1 { "" } else { "s" }, plan.id);

@@ -55,8 +55,7 @@ pub fn discover(dir: &Path) -> Result<StepSet, DiscoverError> {
     list(dir).map(Listing::inspect)
 }
 
-/// DIR's entries, listed and sorted, not looked at yet: every error `discover` can return is
-/// found here, before any step file is opened.
+/// DIR's entries, listed and sorted, not looked at yet.
 #[derive(Debug)]
 pub struct Listing {
     dir: PathBuf,
@@ -74,8 +73,16 @@ struct Entry {
     kind: Option<fs::FileType>,
 }
 
-/// Lists DIR: the cheap first half of `discover` (no file is opened or hashed).
-pub fn list(dir: &Path) -> Result<Listing, DiscoverError> {
+/// DIR, found to be a directory this process can open, not listed yet: every error `discover`
+/// can return but a failing read of an open directory is found here.
+#[derive(Debug)]
+pub struct OpenDir {
+    dir: PathBuf,
+    handle: fs::File,
+}
+
+/// Opens DIR: the cheapest check that it is a readable directory (nothing is listed).
+pub fn open_dir(dir: &Path) -> Result<OpenDir, DiscoverError> {
     let meta = fs::metadata(dir).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => DiscoverError::Missing {
             dir: dir.to_path_buf(),
@@ -90,25 +97,43 @@ pub fn list(dir: &Path) -> Result<Listing, DiscoverError> {
             dir: dir.to_path_buf(),
         });
     }
-    let read_err = |source| DiscoverError::ReadDir {
+    let handle = fs::File::open(dir).map_err(|source| DiscoverError::ReadDir {
         dir: dir.to_path_buf(),
         source,
-    };
-    let handle = fs::File::open(dir).map_err(read_err)?;
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        entries.push(Entry {
-            name: entry.file_name(),
-            kind: entry.file_type().ok(),
-        });
-    }
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Listing {
+    })?;
+    Ok(OpenDir {
         dir: dir.to_path_buf(),
         handle,
-        entries,
     })
+}
+
+/// Lists DIR: the cheap first half of `discover` (no file is opened or hashed).
+pub fn list(dir: &Path) -> Result<Listing, DiscoverError> {
+    open_dir(dir)?.list()
+}
+
+impl OpenDir {
+    /// Lists the directory, sorted by name.
+    pub fn list(self) -> Result<Listing, DiscoverError> {
+        let read_err = |source| DiscoverError::ReadDir {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(read_err)? {
+            let entry = entry.map_err(read_err)?;
+            entries.push(Entry {
+                name: entry.file_name(),
+                kind: entry.file_type().ok(),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Listing {
+            dir: self.dir,
+            handle: self.handle,
+            entries,
+        })
+    }
 }
 
 impl Listing {

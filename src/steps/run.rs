@@ -9,7 +9,7 @@ use super::validate::{self, Validation};
 use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepSet};
 use crate::body::{Body, BodyCtx, BodyEnd, Stop};
 use crate::fingerprint::{self, Fingerprint, Sources};
-use crate::guard::{Guard, GuardError, OnInterrupted, Outcome, Plan};
+use crate::guard::{EarlyRead, Guard, GuardError, OnInterrupted, Outcome, Plan};
 use crate::record::Record;
 use crate::runner::{ChildOutcome, ChildSpec, Ended, Signals};
 use crate::store::{Store, StoreError};
@@ -187,6 +187,7 @@ pub async fn apply(
     plan: &Plan,
     set: StepSet,
     opts: ApplyOptions,
+    early: Option<EarlyRead>,
     signals: &mut Signals,
 ) -> Result<ApplyOutcome, StepsError> {
     let body = StepsBody {
@@ -196,7 +197,12 @@ pub async fn apply(
         failure: Mutex::new(None),
         applied: Mutex::new(0),
     };
-    let outcome = Guard::with_body(store, plan, &body).run(signals).await?;
+    let guard = Guard::with_body(store, plan, &body);
+    let guard = match early {
+        Some(read) => guard.after_read(read),
+        None => guard,
+    };
+    let outcome = guard.run(signals).await?;
     if let Outcome::Failed { .. } = outcome {
         let failure = body.failure.lock().ok().and_then(|mut f| f.take());
         return Err(failure.unwrap_or_else(|| StepsError::Other {
