@@ -214,6 +214,34 @@ fn the_store_database_is_the_default_target_and_a_failed_step_keeps_the_ones_bef
     assert_eq!(tables, "t1,t2,t3");
 }
 
+/// The first start makes the store's tables; a later one reads its record in the same round trip
+/// as its layout check, and trusts it only from tables of this build's layout.
+#[test]
+fn a_set_done_on_store_tables_of_a_newer_layout_is_refused_not_skipped() {
+    let Some(fx) = Fx::start() else { return };
+    fx.sql("V1__one.sql", "CREATE TABLE t1 (id int primary key);\n");
+    let out = fx.apply_on_store();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        fx.query(pg::APP_DB, "SELECT version FROM initguard.layout"),
+        "1"
+    );
+    let again = fx.apply_on_store();
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert!(stderr(&again).contains("skipped"), "{}", stderr(&again));
+
+    fx.query(pg::APP_DB, "UPDATE initguard.layout SET version = 99");
+    let out = fx.apply_on_store();
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    let line = last_line(&out);
+    assert!(
+        line.contains("table layout") && line.contains("upgrade initguard"),
+        "{line}"
+    );
+    assert!(!stderr(&out).contains("skipped"), "{}", stderr(&out));
+    assert_eq!(fx.history(pg::APP_DB, "steps-db"), ["1 applied"]);
+}
+
 /// Step transactions are sent ahead: the next one is on its way before the one before it has
 /// answered. Behind a changed repeatable step that now fails (its earlier version is applied, so
 /// history has it `applied` under another checksum), the next step must not run.

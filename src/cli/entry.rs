@@ -215,14 +215,16 @@ async fn run(
         }
         .into());
     }
-    let store = interruptible(
+    // The record is read as the store is opened (on PostgreSQL in the same round trip).
+    let (store, early) = interruptible(
         signals,
         "opening the store; nothing was run",
-        store::open(&url),
+        store::open_reading(&url, &plan.id),
     )
     .await?;
     info!(store = %url.redacted(), key = %plan.id, fingerprint = %plan.fingerprint, "store {}, task {}, fingerprint {}", store.describe(), plan.id, plan.fingerprint);
     let outcome = crate::guard::Guard::new(store.as_ref(), &plan)
+        .after_read(early)
         .run(signals)
         .await?;
     Ok(outcome.exit_code())

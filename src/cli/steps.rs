@@ -320,8 +320,8 @@ async fn apply(
         // The record is read while discovery goes on: the skip of a set with nothing new then
         // waits for the slower of the two, not for both one after the other.
         let open_and_read = async {
-            let store = open(&resolved.store).await?;
-            let early = store.read(&resolved.id).await;
+            let (store, early) = store::open_reading(&resolved.store, &resolved.id).await?;
+            info!(store = %resolved.store.redacted(), "store {}", store.describe());
             Ok((store, Some(early)))
         };
         super::entry::interruptible(signals, opening, with_discovery(discovery, open_and_read))

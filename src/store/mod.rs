@@ -294,6 +294,23 @@ pub async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
+/// `open`, and the record of `id` read as soon as the store is open: in the same round trip as
+/// opening where the store can do that (PostgreSQL), else right after. The read's error is the
+/// read's, returned beside the open store.
+pub async fn open_reading(
+    url: &StoreUrl,
+    id: &TaskId,
+) -> Result<(Box<dyn Store>, Result<Option<Record>, StoreError>), StoreError> {
+    #[cfg(feature = "postgres")]
+    if let StoreUrl::Postgres(pg) = url {
+        let (store, early) = postgres::PgStore::open_reading(pg, id).await?;
+        return Ok((Box::new(store), early));
+    }
+    let store = open(url).await?;
+    let early = store.read(id).await;
+    Ok((store, early))
+}
+
 /// Small jittered pause for backends that poll; jitter spreads many waiters apart.
 pub fn jittered(base: Duration) -> Duration {
     let factor = 0.5 + rand::random::<f64>();

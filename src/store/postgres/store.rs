@@ -50,6 +50,7 @@ struct Statements {
     write: String,
     release: String,
     read: String,
+    read_with_layout: String,
     list: String,
     holder_of: String,
     lease_row: String,
@@ -114,6 +115,13 @@ impl Statements {
                  SELECT pg_notify($3, task) FROM r"
             ),
             read: format!("SELECT record FROM {t} WHERE task = $1"),
+            // The first read of a process: the layout's version beside the record, so that the
+            // record counts only from tables of this build's layout (`open_reading`).
+            read_with_layout: format!(
+                "SELECT l.version, t.record FROM {s}.layout l LEFT JOIN {t} t ON t.task = $1
+                 WHERE l.id = 1",
+                s = quote_ident(schema)
+            ),
             list: format!("SELECT task, record FROM {t} WHERE record IS NOT NULL ORDER BY task"),
             holder_of: format!(
                 "SELECT token, holder, expires_at > clock_timestamp() FROM {t}
@@ -206,6 +214,70 @@ enum Take {
 impl PgStore {
     /// Connect and make sure initguard's tables exist (creating or upgrading them once).
     pub async fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
+        let (store, conn) = PgStore::connected(url).await?;
+        if let Some(conn) = conn {
+            store.ready(&conn).await?;
+        }
+        Ok(store)
+    }
+
+    /// `open`, and the record of `id` read in the same round trip as the connection's LISTEN and
+    /// its layout check (one statement reads both): a start that only has to skip then waits
+    /// for one round trip after logging in, not two. The read counts only when the tables have
+    /// this build's layout; otherwise the tables are made sure of as `open` does and the record
+    /// is read after.
+    pub async fn open_reading(
+        url: &PgUrl,
+        id: &TaskId,
+    ) -> Result<(PgStore, Result<Option<Record>, StoreError>), StoreError> {
+        let (store, conn) = PgStore::connected(url).await?;
+        let Some(conn) = conn else {
+            // No connection to spare: the read says so, and the caller reads again patiently.
+            let early = store.read(id).await;
+            return Ok((store, early));
+        };
+        let name = id.storage_name();
+        let listen = store.listen(&conn);
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
+        let read = tokio::time::timeout(
+            QUERY_TIMEOUT,
+            conn.client
+                .query_typed(&store.sql.read_with_layout, &params),
+        );
+        let (listened, read) = tokio::join!(listen, read);
+        listened?;
+        let current = match read {
+            Err(_) => return Err(store.unreachable("reading the record timed out")),
+            Ok(Err(e)) if is_connection_error(&e) => {
+                return Err(store.pg_error("reading the record", &e));
+            }
+            // Tables missing (a first start), or a statement this layout does not answer.
+            Ok(Err(_)) => None,
+            // Anything but this layout's version and a readable column is left to `ensure`
+            // and the plain read, which say what is wrong.
+            Ok(Ok(rows)) => rows.first().and_then(|row| {
+                let version: i32 = row.try_get(0).ok()?;
+                let record: Option<serde_json::Value> = row.try_get(1).ok()?;
+                (version == schema::LAYOUT).then_some(record)
+            }),
+        };
+        let early = match current {
+            Some(value) => {
+                store.schema_ready.store(true, Ordering::Relaxed);
+                value.map(|v| store.decode(&id.to_string(), v)).transpose()
+            }
+            None => {
+                store.ensure_schema(&conn).await?;
+                store.schema_ready.store(true, Ordering::Relaxed);
+                store.read(id).await
+            }
+        };
+        Ok((store, early))
+    }
+
+    /// The store with its first connection, not made ready yet; no connection when the server
+    /// has none to spare.
+    async fn connected(url: &PgUrl) -> Result<(PgStore, Option<Arc<Conn>>), StoreError> {
         // Channel names are identifiers (at most 63 bytes); schema names are ASCII.
         let channel: String = format!("initguard_{}", url.schema)
             .chars()
@@ -234,23 +306,14 @@ impl PgStore {
             schema_ready: AtomicBool::new(false),
             subscriptions: Mutex::new(HashMap::new()),
         };
-        if let Some(conn) = conn {
-            store.ready(&conn).await?;
-        }
-        Ok(store)
+        Ok((store, conn))
     }
 
     /// Make a new connection ready: LISTEN on initguard's channel and, until some connection has
     /// done it, make sure of the tables, both in one round trip (`Conn::listen`).
     async fn ready(&self, conn: &Conn) -> Result<(), StoreError> {
         let first = !self.schema_ready.load(Ordering::Relaxed);
-        let listen = async {
-            match tokio::time::timeout(QUERY_TIMEOUT, conn.listen(&self.channel)).await {
-                Err(_) => Err(self.unreachable("listening for releases timed out")),
-                Ok(Err(e)) => Err(self.pg_error("listening for releases", &e)),
-                Ok(Ok(())) => Ok(()),
-            }
-        };
+        let listen = self.listen(conn);
         let schema = async {
             if first {
                 self.ensure_schema(conn).await
@@ -267,6 +330,15 @@ impl PgStore {
             tracing::info!(store = %self.connector.label, "reconnected to the store");
         }
         Ok(())
+    }
+
+    /// LISTEN on initguard's channel, on a new connection.
+    async fn listen(&self, conn: &Conn) -> Result<(), StoreError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, conn.listen(&self.channel)).await {
+            Err(_) => Err(self.unreachable("listening for releases timed out")),
+            Ok(Err(e)) => Err(self.pg_error("listening for releases", &e)),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     pub(crate) async fn ensure_schema(&self, conn: &Conn) -> Result<(), StoreError> {
