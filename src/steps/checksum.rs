@@ -43,7 +43,15 @@ impl Normalising {
     }
 
     pub(crate) fn finish(self) -> Checksum {
-        Checksum(format!("{PREFIX}{}", hex::encode(self.hash.finalize())))
+        // Into one buffer: `hex::encode` builds its String a char at a time, which showed in
+        // discovery's profile (every step file is hashed at every start).
+        let mut hex = [0u8; 64];
+        let mut out = String::with_capacity(PREFIX.len() + hex.len());
+        out.push_str(PREFIX);
+        if hex::encode_to_slice(self.hash.finalize(), &mut hex).is_ok() {
+            out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        }
+        Checksum(out)
     }
 }
 

@@ -167,7 +167,7 @@ impl Listing {
 fn look_at(dir: &Path, handle: &fs::File, entry: &Entry) -> Found {
     let path = dir.join(&entry.name);
     match entry.name.to_str() {
-        Some(name) => inspect(dir, handle, &path, name, entry.kind),
+        Some(name) => inspect(dir, handle, path, name, entry.kind),
         None => Found::Problem(unreadable(
             &entry.name.to_string_lossy(),
             "the file name is not valid UTF-8".into(),
@@ -189,7 +189,7 @@ enum Found {
 fn inspect(
     dir: &Path,
     handle: &fs::File,
-    path: &Path,
+    path: PathBuf,
     name: &str,
     listed: Option<fs::FileType>,
 ) -> Found {
@@ -208,7 +208,7 @@ fn inspect(
     let meta = if listed.is_some_and(|t| t.is_file()) {
         None
     } else {
-        match fs::metadata(path) {
+        match fs::metadata(&path) {
             Ok(m) => Some(m),
             Err(e) => return cannot_stat(e),
         }
@@ -236,7 +236,7 @@ fn inspect(
     let mode = match (kind, meta) {
         (Kind::Sql, _) => 0,
         (Kind::Script, Some(meta)) => meta.permissions().mode(),
-        (Kind::Script, None) => match fs::metadata(path) {
+        (Kind::Script, None) => match fs::metadata(&path) {
             Ok(m) => m.permissions().mode(),
             Err(e) => return cannot_stat(e),
         },
@@ -269,7 +269,7 @@ fn inspect(
         description: parsed.description,
         kind,
         file: name.to_string(),
-        path: path.to_path_buf(),
+        path,
         checksum,
         no_transaction: kind == Kind::Sql && marks_no_transaction(&head),
     }))

@@ -6,7 +6,7 @@
 
 use super::repair::{self, Change};
 use super::validate::{self, Validation};
-use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepSet};
+use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepId, StepSet};
 use crate::body::{Body, BodyCtx, BodyEnd, Stop};
 use crate::fingerprint::{self, Fingerprint, Sources};
 use crate::guard::{EarlyRead, Guard, GuardError, OnInterrupted, Outcome, Plan};
@@ -127,14 +127,22 @@ fn describe(o: &ChildOutcome) -> String {
 /// The set's fingerprint: every step's identity, kind and checksum, in apply order, and the
 /// target database's identity without its password. Reads nothing: the checksums are discovery's.
 pub fn fingerprint(set: &StepSet, target: Option<&str>) -> Fingerprint {
-    let mut steps = Vec::new();
+    let mut steps = Vec::with_capacity(set.steps.len() * 128);
     for s in &set.steps {
-        // Length-prefixed fields: no two different sets encode to the same bytes.
+        let (prefix, id) = match &s.id {
+            StepId::Versioned(v) => ("", v.text.as_str()),
+            StepId::Repeatable(d) => ("R:", d.as_str()),
+        };
+        // Length-prefixed fields: no two different sets encode to the same bytes. The id is
+        // written as `StepId` displays it, without a String for each field of each step.
+        let id_len = prefix.len() + id.len();
+        steps.extend_from_slice(&(id_len as u64).to_be_bytes());
+        steps.extend_from_slice(prefix.as_bytes());
+        steps.extend_from_slice(id.as_bytes());
         for field in [
-            s.id.to_string(),
-            s.kind.to_string(),
-            s.checksum.0.clone(),
-            u8::from(s.no_transaction).to_string(),
+            s.kind.as_str(),
+            s.checksum.0.as_str(),
+            if s.no_transaction { "1" } else { "0" },
         ] {
             steps.extend_from_slice(&(field.len() as u64).to_be_bytes());
             steps.extend_from_slice(field.as_bytes());
