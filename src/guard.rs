@@ -193,10 +193,11 @@ impl<'a> Guard<'a> {
         }
     }
 
-    /// Take `early`, a read of the record made while the plan's fingerprint was still being
-    /// computed (so that the read's round trip overlaps that work), as the run's first read: a
-    /// record read a little earlier is as good a snapshot for deciding to skip. A store short of
-    /// connections is read again patiently, as a first read is.
+    /// Take `early`, a read of the record made before the run (as the store was opened, and for
+    /// `steps apply` while the plan's fingerprint was still being computed, so that the read's
+    /// round trip overlaps that work), as the run's first read: a record read a little earlier
+    /// is as good a snapshot for deciding to skip. A store short of connections is read again
+    /// patiently, as a first read is; any other error is the run's, not waited for twice.
     pub fn after_read(self, early: EarlyRead) -> Guard<'a> {
         Guard {
             early: std::sync::Mutex::new(Some(early)),

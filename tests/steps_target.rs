@@ -357,6 +357,27 @@ async fn transaction_control_is_refused_before_anything_is_sent() {
     assert_eq!(h.len(), 1, "only the failed V2 has a row: {h:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_file_changed_since_discovery_is_refused_and_nothing_of_it_runs() {
+    let fx = fixture!();
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    let s = fx.step("V1__grows.sql", "CREATE TABLE grown_a (id int);\n");
+    std::fs::write(&s.path, "CREATE TABLE grown_b (id int);\n").unwrap();
+    let err = t.apply(SET, &plan(&s), &info).await.unwrap_err();
+    assert!(matches!(err, TargetError::Refused { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("changed since this run read it"),
+        "{err}"
+    );
+    assert_eq!(
+        fx.sql("SELECT count(*) FROM pg_class WHERE relname IN ('grown_a', 'grown_b')"),
+        "0"
+    );
+    assert_not_applied(&t, "1").await;
+}
+
 /// History does not have step `key` applied.
 async fn assert_not_applied(t: &Target, key: &str) {
     let h = t.history(SET).await.unwrap();

@@ -259,8 +259,22 @@ fn check_target(set: &Settings, steps: &StepSet) -> Result<(), StepsError> {
 
 async fn open(url: &StoreUrl) -> Result<Box<dyn Store>, Failure> {
     let store = store::open(url).await?;
-    info!(store = %url.redacted(), "store {}", store.describe());
+    opened(url, store.as_ref());
     Ok(store)
+}
+
+/// `open`, and `id`'s record read as the store is opened (`store::open_reading`).
+async fn open_reading(
+    url: &StoreUrl,
+    id: &TaskId,
+) -> Result<(Box<dyn Store>, crate::guard::EarlyRead), Failure> {
+    let (store, early) = store::open_reading(url, id).await?;
+    opened(url, store.as_ref());
+    Ok((store, early))
+}
+
+fn opened(url: &StoreUrl, store: &dyn Store) {
+    info!(store = %url.redacted(), "store {}", store.describe());
 }
 
 fn adopt_tool(a: Option<AdoptArg>) -> Option<steps_run::Tool> {
@@ -287,8 +301,8 @@ async fn apply(
     signals: &mut Signals,
 ) -> Result<u8, Failure> {
     let resolved = resolve_settings(url, &args.set)?;
-    // DIR is listed here; its files are read and hashed (and the fingerprint made) on another
-    // thread while the rest is checked and the store opened.
+    // DIR is opened here; it is listed and its files are read and hashed (and the fingerprint
+    // made) on another thread while the rest is checked, the store opened and the record read.
     let label = resolved.target.as_ref().map(target_label);
     let discovery = start_discovery(&args.set.dir, move |steps| {
         let fp = steps_run::fingerprint(&steps, label.as_deref());
@@ -320,8 +334,7 @@ async fn apply(
         // The record is read while discovery goes on: the skip of a set with nothing new then
         // waits for the slower of the two, not for both one after the other.
         let open_and_read = async {
-            let (store, early) = store::open_reading(&resolved.store, &resolved.id).await?;
-            info!(store = %resolved.store.redacted(), "store {}", store.describe());
+            let (store, early) = open_reading(&resolved.store, &resolved.id).await?;
             Ok((store, Some(early)))
         };
         super::entry::interruptible(signals, opening, with_discovery(discovery, open_and_read))

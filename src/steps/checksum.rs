@@ -43,13 +43,15 @@ impl Normalising {
     }
 
     pub(crate) fn finish(self) -> Checksum {
-        // Into one buffer: `hex::encode` builds its String a char at a time, which showed in
+        // Written in place: `hex::encode` builds its String a char at a time, which showed in
         // discovery's profile (every step file is hashed at every start).
-        let mut hex = [0u8; 64];
-        let mut out = String::with_capacity(PREFIX.len() + hex.len());
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let digest = self.hash.finalize();
+        let mut out = String::with_capacity(PREFIX.len() + 2 * digest.len());
         out.push_str(PREFIX);
-        if hex::encode_to_slice(self.hash.finalize(), &mut hex).is_ok() {
-            out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        for b in digest {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
         }
         Checksum(out)
     }

@@ -68,9 +68,9 @@ pub struct Listing {
 #[derive(Debug)]
 struct Entry {
     name: std::ffi::OsString,
-    /// What the directory listing says the entry is (no `stat` needed), when the file system
-    /// says; a symlink is followed later, with `stat`.
-    kind: Option<fs::FileType>,
+    /// The directory listing says it is a regular file (no `stat` needed); anything else,
+    /// a symlink or a file system that does not say, is looked at with `stat`.
+    regular: bool,
 }
 
 /// DIR, found to be a directory this process can open, not listed yet: every error `discover`
@@ -113,18 +113,28 @@ pub fn list(dir: &Path) -> Result<Listing, DiscoverError> {
 }
 
 impl OpenDir {
-    /// Lists the directory, sorted by name.
+    /// Lists the directory, sorted by name. Through the handle step files are opened from, not
+    /// DIR's path again: the names listed are the names of that directory's files, whatever
+    /// DIR's path leads to by now.
     pub fn list(self) -> Result<Listing, DiscoverError> {
-        let read_err = |source| DiscoverError::ReadDir {
+        use std::os::unix::ffi::OsStringExt;
+        let read_err = |e: nix::Error| DiscoverError::ReadDir {
             dir: self.dir.clone(),
-            source,
+            source: io::Error::from(e),
         };
+        let mut listed = nix::unistd::dup(&self.handle)
+            .and_then(nix::dir::Dir::from_fd)
+            .map_err(read_err)?;
         let mut entries = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(read_err)? {
+        for entry in listed.iter() {
             let entry = entry.map_err(read_err)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
             entries.push(Entry {
-                name: entry.file_name(),
-                kind: entry.file_type().ok(),
+                name: std::ffi::OsString::from_vec(name.to_vec()),
+                regular: entry.file_type() == Some(nix::dir::Type::File),
             });
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -167,7 +177,7 @@ impl Listing {
 fn look_at(dir: &Path, handle: &fs::File, entry: &Entry) -> Found {
     let path = dir.join(&entry.name);
     match entry.name.to_str() {
-        Some(name) => inspect(dir, handle, path, name, entry.kind),
+        Some(name) => inspect(dir, handle, path, name, entry.regular),
         None => Found::Problem(unreadable(
             &entry.name.to_string_lossy(),
             "the file name is not valid UTF-8".into(),
@@ -191,7 +201,7 @@ fn inspect(
     handle: &fs::File,
     path: PathBuf,
     name: &str,
-    listed: Option<fs::FileType>,
+    listed_regular: bool,
 ) -> Found {
     let cannot_stat = |e: io::Error| {
         Found::Problem(unreadable(
@@ -205,7 +215,7 @@ fn inspect(
     };
     // A file the listing calls regular needs no `stat` (an SQL step never does; a script's
     // execute bit is looked at below); anything else (a symlink, say) is followed.
-    let meta = if listed.is_some_and(|t| t.is_file()) {
+    let meta = if listed_regular {
         None
     } else {
         match fs::metadata(&path) {
@@ -514,6 +524,26 @@ fn duplicates(dir: &Path, steps: &[Step]) -> Vec<Problem> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// DIR's path may lead elsewhere by the time the discovery thread lists it (a ConfigMap
+    /// volume swaps its `..data` link): the names must come from the directory whose files are
+    /// read, the one opened.
+    #[test]
+    fn the_directory_opened_is_the_one_listed_and_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, moved) = (tmp.path().join("steps"), tmp.path().join("moved"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("V1__first.sql"), "SELECT 1;\n").unwrap();
+        let open = open_dir(&dir).unwrap();
+        fs::rename(&dir, &moved).unwrap();
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("V2__other.sql"), "SELECT 2;\n").unwrap();
+        let set = open.list().unwrap().inspect();
+        let files: Vec<&str> = set.steps.iter().map(|s| s.file.as_str()).collect();
+        assert_eq!(files, ["V1__first.sql"]);
+        assert!(set.problems.is_empty(), "{:?}", set.problems);
+        assert_eq!(set.steps[0].checksum, checksum::of_bytes(b"SELECT 1;\n"));
+    }
 
     fn named(name: &str) -> Named {
         match parse_name(name) {

@@ -70,12 +70,21 @@ pub enum StepId {
     Repeatable(String),
 }
 
+impl StepId {
+    /// The id as it is shown and stored, in two pieces (`"R:"` and the description for a
+    /// repeatable step), so that it can be written without a String of its own.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            StepId::Versioned(v) => ("", &v.text),
+            StepId::Repeatable(d) => ("R:", d),
+        }
+    }
+}
+
 impl fmt::Display for StepId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StepId::Versioned(v) => write!(f, "{v}"),
-            StepId::Repeatable(d) => write!(f, "R:{d}"),
-        }
+        let (prefix, text) = self.parts();
+        write!(f, "{prefix}{text}")
     }
 }
 

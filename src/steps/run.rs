@@ -6,7 +6,7 @@
 
 use super::repair::{self, Change};
 use super::validate::{self, Validation};
-use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepId, StepSet};
+use super::{Allow, Applied, AppliedState, Kind, Planned, Previous, Problem, StepSet};
 use crate::body::{Body, BodyCtx, BodyEnd, Stop};
 use crate::fingerprint::{self, Fingerprint, Sources};
 use crate::guard::{EarlyRead, Guard, GuardError, OnInterrupted, Outcome, Plan};
@@ -129,10 +129,7 @@ fn describe(o: &ChildOutcome) -> String {
 pub fn fingerprint(set: &StepSet, target: Option<&str>) -> Fingerprint {
     let mut steps = Vec::with_capacity(set.steps.len() * 128);
     for s in &set.steps {
-        let (prefix, id) = match &s.id {
-            StepId::Versioned(v) => ("", v.text.as_str()),
-            StepId::Repeatable(d) => ("R:", d.as_str()),
-        };
+        let (prefix, id) = s.id.parts();
         // Length-prefixed fields: no two different sets encode to the same bytes. The id is
         // written as `StepId` displays it, without a String for each field of each step.
         let id_len = prefix.len() + id.len();
@@ -760,6 +757,49 @@ mod tests {
         assert_eq!(
             fingerprint(&s, None).value,
             "sha256:f6d13be193cf61685102e900abd84375044dacd1e0eba9dec587a16920337af6"
+        );
+    }
+
+    /// `fingerprint` as it was first written (a String for every field), for sets with every
+    /// kind of id and flag: the encoding that writes the fields in place must give the same bytes.
+    #[test]
+    fn fingerprint_encodes_every_kind_of_step_as_first_written() {
+        fn as_first_written(set: &StepSet, target: Option<&str>) -> String {
+            let mut steps = Vec::new();
+            for s in &set.steps {
+                for field in [
+                    s.id.to_string(),
+                    s.kind.to_string(),
+                    s.checksum.0.clone(),
+                    u8::from(s.no_transaction).to_string(),
+                ] {
+                    steps.extend_from_slice(&(field.len() as u64).to_be_bytes());
+                    steps.extend_from_slice(field.as_bytes());
+                }
+            }
+            let mut extra = vec![(STEPS_COMPONENT.to_string(), steps)];
+            if let Some(t) = target {
+                extra.push((TARGET_COMPONENT.to_string(), t.as_bytes().to_vec()));
+            }
+            fingerprint::compute(&Sources {
+                extra,
+                ..Sources::default()
+            })
+            .unwrap()
+            .value
+        }
+        let mut sql = step(3, "sha256:c");
+        sql.kind = Kind::Sql;
+        sql.no_transaction = true;
+        let mut repeatable = step(4, "sha256:d");
+        repeatable.id = StepId::Repeatable("views".into());
+        let s = set(vec![step(1, "sha256:a"), sql, repeatable]);
+        for target in [None, Some("postgres://app@db/app")] {
+            assert_eq!(fingerprint(&s, target).value, as_first_written(&s, target));
+        }
+        assert_eq!(
+            fingerprint(&s, None).value,
+            "sha256:365dece189f562cca8ed03ac75b2e378f3eadf8bd01b38a418944272de6e51b5"
         );
     }
 

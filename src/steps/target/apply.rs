@@ -641,6 +641,18 @@ async fn read_text(step: &Step) -> Result<String, TargetError> {
     let bytes = tokio::fs::read(&step.path)
         .await
         .map_err(|e| refused(step, format!("cannot read {}: {e}", step.path.display())))?;
+    // The history row records discovery's checksum: what is sent must be what it was taken of
+    // (a file edited, or DIR's path swapped for another directory, since the run began).
+    if crate::steps::checksum::of_bytes(&bytes) != step.checksum {
+        return Err(refused(
+            step,
+            format!(
+                "{} changed since this run read it at its start; nothing of it was sent: run \
+                 apply again to apply the file as it is now",
+                step.path.display()
+            ),
+        ));
+    }
     let text = String::from_utf8(bytes)
         .map_err(|_| refused(step, "the file is not UTF-8 text".to_string()))?;
     if let Some((line, column)) = crate::store::sql::nul_line_col(&text) {

@@ -232,7 +232,9 @@ impl PgStore {
     ) -> Result<(PgStore, Result<Option<Record>, StoreError>), StoreError> {
         let (store, conn) = PgStore::connected(url).await?;
         let Some(conn) = conn else {
-            // No connection to spare: the read says so, and the caller reads again patiently.
+            // No connection to spare: the read tries once more at once, as the guard's first
+            // read would; a server still full answers Overloaded, and the guard reads again
+            // patiently.
             let early = store.read(id).await;
             return Ok((store, early));
         };
@@ -264,7 +266,7 @@ impl PgStore {
         let early = match current {
             Some(value) => {
                 store.schema_ready.store(true, Ordering::Relaxed);
-                value.map(|v| store.decode(&id.to_string(), v)).transpose()
+                store.record_of(id, value)
             }
             None => {
                 store.ensure_schema(&conn).await?;
@@ -455,6 +457,15 @@ impl PgStore {
                 }
             }
         }
+    }
+
+    /// `id`'s record from the `record` column as read.
+    fn record_of(
+        &self,
+        id: &TaskId,
+        value: Option<serde_json::Value>,
+    ) -> Result<Option<Record>, StoreError> {
+        value.map(|v| self.decode(&id.to_string(), v)).transpose()
     }
 
     fn decode(&self, id_name: &str, value: serde_json::Value) -> Result<Record, StoreError> {
@@ -807,7 +818,7 @@ impl Store for PgStore {
                 })
             })
             .await?;
-        value.map(|v| self.decode(&id.to_string(), v)).transpose()
+        self.record_of(id, value)
     }
 
     async fn try_acquire(
