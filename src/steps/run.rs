@@ -514,8 +514,9 @@ impl StepsBody {
         target: &Target,
     ) -> Result<Vec<Applied>, Halt> {
         let set = &self.opts.set_name;
-        let mut history = ctx
-            .guarded(target.history(set))
+        // Both asked at once, one round trip: adoption below changes no index.
+        let (mut history, invalid) = ctx
+            .guarded(target.history_and_invalid_indexes(set))
             .await?
             .map_err(|e| self.target_err(e))?;
         if history.is_empty()
@@ -536,10 +537,6 @@ impl StepsBody {
                 .await?
                 .map_err(|e| self.target_err(e))?;
         }
-        let invalid = ctx
-            .guarded(target.invalid_indexes())
-            .await?
-            .map_err(|e| self.target_err(e))?;
         for p in &invalid {
             warn!(key = %self.key, "{}", problem_line(p));
         }

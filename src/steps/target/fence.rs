@@ -108,15 +108,16 @@ impl Target {
                           WHERE current_setting('synchronous_commit') = 'off';{durations}"
                     ))
                     .await?;
+                // Typed: parsed, bound and run in one round trip (no prepare first).
                 let n = self
                     .conn
                     .client
-                    .execute(
+                    .execute_typed(
                         &format!(
                             "UPDATE {t} SET updated_at = clock_timestamp() \
                              WHERE set_name = $1 AND token = $2"
                         ),
-                        &[&set, &token_i64(token)],
+                        &[(&set, Type::TEXT), (&token_i64(token), Type::INT8)],
                     )
                     .await?;
                 if n == 1 {
