@@ -129,22 +129,28 @@ fn describe(o: &ChildOutcome) -> String {
 pub fn fingerprint(set: &StepSet, target: Option<&str>) -> Fingerprint {
     let mut steps = Vec::with_capacity(set.steps.len() * 128);
     for s in &set.steps {
-        let (prefix, id) = s.id.parts();
         // Length-prefixed fields: no two different sets encode to the same bytes. The id is
         // written as `StepId` displays it, without a String for each field of each step.
-        let id_len = prefix.len() + id.len();
-        steps.extend_from_slice(&(id_len as u64).to_be_bytes());
-        steps.extend_from_slice(prefix.as_bytes());
-        steps.extend_from_slice(id.as_bytes());
-        for field in [
-            s.kind.as_str(),
-            s.checksum.0.as_str(),
-            if s.no_transaction { "1" } else { "0" },
-        ] {
-            steps.extend_from_slice(&(field.len() as u64).to_be_bytes());
-            steps.extend_from_slice(field.as_bytes());
-        }
+        let (prefix, id) = s.id.parts();
+        push_field(&mut steps, &[prefix, id]);
+        push_field(&mut steps, &[s.kind.as_str()]);
+        push_field(&mut steps, &[s.checksum.0.as_str()]);
+        push_field(&mut steps, &[if s.no_transaction { "1" } else { "0" }]);
     }
+    of_encoded_steps(steps, target)
+}
+
+/// One field, its pieces written one after the other behind their total length.
+fn push_field(out: &mut Vec<u8>, pieces: &[&str]) {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(&(len as u64).to_be_bytes());
+    for p in pieces {
+        out.extend_from_slice(p.as_bytes());
+    }
+}
+
+/// The fingerprint of the encoded steps and the target's identity.
+fn of_encoded_steps(steps: Vec<u8>, target: Option<&str>) -> Fingerprint {
     let mut extra = vec![(STEPS_COMPONENT.to_string(), steps)];
     if let Some(t) = target {
         extra.push((TARGET_COMPONENT.to_string(), t.as_bytes().to_vec()));
@@ -774,16 +780,7 @@ mod tests {
                     steps.extend_from_slice(field.as_bytes());
                 }
             }
-            let mut extra = vec![(STEPS_COMPONENT.to_string(), steps)];
-            if let Some(t) = target {
-                extra.push((TARGET_COMPONENT.to_string(), t.as_bytes().to_vec()));
-            }
-            fingerprint::compute(&Sources {
-                extra,
-                ..Sources::default()
-            })
-            .unwrap()
-            .value
+            of_encoded_steps(steps, target).value
         }
         let mut sql = step(3, "sha256:c");
         sql.kind = Kind::Sql;
