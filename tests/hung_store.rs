@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::pg::Pg;
 use support::proxy::Proxy;
-use support::{code, stderr, wait_for};
+use support::{code, exit_within, stderr, wait_for};
 
 /// README: a store that does not answer is reported (exit 69) 10 s after it went silent.
 const BOUND: Duration = Duration::from_secs(10);
@@ -107,30 +107,6 @@ fn spawn_four(t: &Target, work: &Path, key: &str, marker: &Path) -> Vec<(&'stati
             (name, t.spawn(work, &refs))
         })
         .collect()
-}
-
-/// Wait for `child` at most `limit` from `since`; kill it and fail when it is still alive.
-fn exit_within(
-    what: &str,
-    mut child: Child,
-    since: Instant,
-    limit: Duration,
-) -> (Output, Duration) {
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            let took = since.elapsed();
-            return (child.wait_with_output().expect("output"), took);
-        }
-        if since.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what} still running after {limit:?}; stderr:\n{}",
-                stderr(&out)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn last_line(o: &Output) -> String {

@@ -385,7 +385,14 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stdout(&out).contains("changed"), "{}", stdout(&out));
     assert!(stdout(&out).contains("V1__one.sh"), "{}", stdout(&out));
-    assert_eq!(code(&fx.steps("validate", &["--allow-changed"])), 0);
+    // Allowed: a warning (the same row), not an error.
+    let out = fx.steps("validate", &["--allow-changed"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("changed") && stdout(&out).contains("V1__one.sh"),
+        "the warning: {}",
+        stdout(&out)
+    );
     let out = fx.steps("apply", &[]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
@@ -421,7 +428,13 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
     let out = fx.steps("validate", &[]);
     assert_eq!(code(&out), 1, "{}", stdout(&out));
     assert!(stdout(&out).contains("missing"), "{}", stdout(&out));
-    assert_eq!(code(&fx.steps("validate", &["--allow-missing"])), 0);
+    let out = fx.steps("validate", &["--allow-missing"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("missing") && stdout(&out).contains("--allow-missing: ignored"),
+        "the warning: {}",
+        stdout(&out)
+    );
     let out = fx.steps("repair", &[]);
     assert!(stdout(&out).contains("removed 3"), "{}", stdout(&out));
     assert_eq!(code(&fx.steps("validate", &[])), 0);

@@ -323,6 +323,14 @@ fn a_step_failing_at_commit_is_a_failed_step_and_the_next_does_not_run() {
         fx.history(pg::APP_DB, "steps-db"),
         ["1 applied", "2 failed"]
     );
+    let recorded = fx.query(
+        pg::APP_DB,
+        "SELECT error FROM initguard.steps_history WHERE set_name = 'steps-db' AND step = '2'",
+    );
+    assert!(
+        recorded.contains("23503") && recorded.contains("foreign key"),
+        "the history keeps the server's message: {recorded}"
+    );
 }
 
 /// A NUL byte is the one thing the client library cannot send in SQL text: such a step is
@@ -463,6 +471,100 @@ fn dry_run_reads_the_target_and_changes_nothing() {
         "not even the history table"
     );
     assert!(!fx.root.join("state").exists(), "no record, no lease");
+}
+
+/// With a `postgres://` store and no `--target`, the store's database is the target, and a start
+/// with nothing new reads the record over the store's one connection: counted at a proxy in
+/// front of the server, the skip opens exactly one connection.
+#[test]
+fn a_skip_on_the_store_database_opens_one_connection() {
+    let Some(fx) = Fx::start() else { return };
+    three_tables(&fx);
+    let proxy =
+        support::proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], fx.pg.port)));
+    let store = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        pg::APP_USER,
+        proxy.port,
+        pg::APP_DB
+    );
+    let apply = || {
+        fx.ig(&store)
+            .args(["steps", "apply"])
+            .arg(&fx.dir)
+            .output()
+            .unwrap()
+    };
+    let out = apply();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("applied 3 steps"), "{}", stderr(&out));
+    let before = proxy.connections();
+    let out = apply();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipped"), "{}", stderr(&out));
+    assert_eq!(proxy.connections() - before, 1, "connections of the skip");
+}
+
+/// `status`, `validate` and `--dry-run` only read, on a PostgreSQL store too: with the store in
+/// one database and the target in another, neither gets initguard's tables (the store's `open`
+/// would create them). Once `apply` has made them, `status` reads the history.
+#[test]
+fn status_validate_and_dry_run_create_nothing_in_the_store_or_the_target_database() {
+    let Some(fx) = Fx::start() else { return };
+    three_tables(&fx);
+    let store = fx.pg.url_without_password();
+    let read_only = |sub: &str, extra: &[&str]| {
+        let out = fx
+            .ig(&store)
+            .args(["steps", sub])
+            .arg(&fx.dir)
+            .args(["--target", &fx.target()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{sub}: {}", stderr(&out));
+        out
+    };
+    let schemas = || {
+        [pg::APP_DB, pg::TARGET_DB].map(|db| {
+            fx.query(
+                db,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'initguard'",
+            )
+        })
+    };
+    let status = read_only("status", &[]);
+    assert_eq!(
+        stdout(&status)
+            .lines()
+            .filter(|l| l.split_whitespace().skip(2).take(2).eq(["sql", "pending"]))
+            .count(),
+        3,
+        "{}",
+        stdout(&status)
+    );
+    read_only("validate", &[]);
+    read_only("apply", &["--dry-run"]);
+    assert_eq!(schemas(), ["0", "0"], "store's and target's databases");
+    let out = fx
+        .ig(&store)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .args(["--target", &fx.target()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(schemas(), ["1", "1"]);
+    let status = read_only("status", &[]);
+    assert_eq!(
+        stdout(&status)
+            .lines()
+            .filter(|l| l.split_whitespace().skip(2).take(2).eq(["sql", "applied"]))
+            .count(),
+        3,
+        "{}",
+        stdout(&status)
+    );
 }
 
 /// The target given by INITGUARD_STEPS_TARGET with its password in a file, the store's password
@@ -736,5 +838,116 @@ fn every_step_is_durable_when_apply_exits_0_even_if_the_server_crashes_at_once()
             "SELECT count(*) FROM initguard.steps_history WHERE set_name = 'steps-db' AND state = 'applied'",
         ),
         "300"
+    );
+}
+
+/// The store goes silent in the middle of an apply whose target it does not carry (the store's
+/// traffic goes through a proxy that stops forwarding; the target is reached directly): the
+/// lease cannot be renewed, so the apply stops with 75 before the lease can lapse, and a step
+/// still in flight does not commit after that. Once the store answers again, the next apply
+/// finishes the set: every step's effect is there exactly once, with its history row, and none
+/// of the successor's effects overlaps the first applier's.
+#[test]
+fn a_store_gone_silent_mid_apply_stops_it_with_75_and_the_next_apply_finishes_each_step_once() {
+    let Some(fx) = Fx::start() else { return };
+    let proxy =
+        support::proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], fx.pg.port)));
+    let store = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        pg::APP_USER,
+        proxy.port,
+        pg::APP_DB
+    );
+    const STEPS: usize = 40;
+    fx.sql(
+        "V1__effects.sql",
+        "CREATE TABLE effects (step int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());\n",
+    );
+    for v in 2..=STEPS {
+        fx.sql(
+            &format!("V{v}__slow{v}.sql"),
+            &format!("SELECT pg_sleep(0.1);\nINSERT INTO effects (step) VALUES ({v});\n"),
+        );
+    }
+    let apply = |ttl: &str| {
+        let mut c = fx.ig(&store);
+        c.args(["steps", "apply"])
+            .arg(&fx.dir)
+            .args(["--target", &fx.target(), "--lock-ttl", ttl]);
+        c
+    };
+    let applied = || {
+        if fx.query(
+            pg::TARGET_DB,
+            "SELECT to_regclass('initguard.steps_history') IS NULL",
+        ) == "t"
+        {
+            return 0;
+        }
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM initguard.steps_history WHERE set_name = 'steps-db' AND state = 'applied'",
+        )
+        .parse::<usize>()
+        .unwrap_or(0)
+    };
+    let child = apply("3s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("five steps applied", Duration::from_secs(60), || {
+        applied() >= 5
+    });
+    let hole = proxy.blackholed();
+    let silent = std::time::Instant::now();
+    let (out, took) = support::exit_within("the applier", child, silent, Duration::from_secs(30));
+    let at_exit = applied();
+    eprintln!(
+        "first applier exited {} {} ms after its store went silent, {at_exit} steps applied",
+        code(&out),
+        took.as_millis()
+    );
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(at_exit < STEPS, "stopped before the end: {at_exit}");
+    // Nothing of the first applier commits after it exited: its step in flight was cancelled.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        applied(),
+        at_exit,
+        "a step committed after the applier exited"
+    );
+    drop(hole);
+    let out = apply("3s").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(applied(), STEPS);
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) || ' ' || count(DISTINCT step) || ' ' || min(step) || ' ' || max(step) FROM effects",
+        ),
+        format!("{} {} 2 {STEPS}", STEPS - 1, STEPS - 1),
+        "each step's effect exactly once"
+    );
+    // The successor's first effect comes after the first applier's last one (the history row
+    // of each step names its holder).
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(DISTINCT h.holder) FROM initguard.steps_history h WHERE h.set_name = 'steps-db'",
+        ),
+        "2",
+        "two appliers"
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "WITH e AS (SELECT e.at, h.holder, h.token FROM effects e
+                        JOIN initguard.steps_history h ON h.set_name = 'steps-db' AND h.version = e.step::text)
+             SELECT (SELECT max(at) FROM e WHERE token = (SELECT min(token) FROM e))
+                  < (SELECT min(at) FROM e WHERE token = (SELECT max(token) FROM e))",
+        ),
+        "t",
+        "the appliers' effects do not overlap"
     );
 }

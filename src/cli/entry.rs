@@ -57,7 +57,14 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
-    let result = runtime.block_on(dispatch(cli, &mut signals));
+    let result = runtime.block_on(async {
+        let result = dispatch(cli, &mut signals).await;
+        // A statement given up on (lease lost, signal) is cancelled from a spawned task: it
+        // must reach the server before the exit, or the statement would run on after it.
+        #[cfg(feature = "postgres")]
+        store::postgres::cancel::settle(store::postgres::cancel::SETTLE_LIMIT).await;
+        result
+    });
     // Without waiting for blocking work still in flight (a DNS lookup or a write to a pipe
     // nobody reads): everything that matters has been awaited, and an exit must not hang.
     runtime.shutdown_background();

@@ -446,8 +446,8 @@ async fn read(
         });
     }
     let recorded = async {
-        let store = open(store).await?;
-        Ok::<_, Failure>(store.read(id).await?.map(|r| r.steps).unwrap_or_default())
+        let record = store::read_only(store, id).await?;
+        Ok::<_, Failure>(record.map(|r| r.steps).unwrap_or_default())
     };
     let (recorded, target) = tokio::join!(recorded, read_target(id, target, indexes));
     let recorded = recorded?;
@@ -721,5 +721,22 @@ mod tests {
         let long = format!("/no/such/{}", "m".repeat(300));
         assert_eq!(key(&long).unwrap().len(), crate::task::MAX_KEY_LEN);
         assert_eq!(key("/").unwrap(), "steps-");
+    }
+
+    /// The set's fingerprint takes the target as `target_label` gives it: a password is no part
+    /// of it (rotating one in the URL starts no re-apply), the database is.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_target_in_the_fingerprint_has_no_password() {
+        let label = |u: &str| match StoreUrl::parse(u) {
+            Ok(StoreUrl::Postgres(pg)) => target_label(&pg),
+            _ => panic!("{u} is a postgres URL"),
+        };
+        let first = label("postgres://app:first-pw@db:5432/app");
+        assert_eq!(label("postgres://app:second-pw@db:5432/app"), first);
+        assert!(!first.contains("pw"), "{first}");
+        assert_ne!(label("postgres://app:first-pw@db:5432/other"), first);
+        let plain = label("postgres://app@db:5432/app");
+        assert!(!plain.contains("pw"), "{plain}");
     }
 }

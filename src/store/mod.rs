@@ -311,6 +311,16 @@ pub async fn open_reading(
     Ok((store, early))
 }
 
+/// The record of `id`, for commands that only read: no store is created or upgraded by it
+/// (PostgreSQL's `open` creates initguard's tables; the other stores' reads create nothing).
+pub async fn read_only(url: &StoreUrl, id: &TaskId) -> Result<Option<Record>, StoreError> {
+    #[cfg(feature = "postgres")]
+    if let StoreUrl::Postgres(pg) = url {
+        return postgres::PgStore::read_only(pg, id).await;
+    }
+    open(url).await?.read(id).await
+}
+
 /// Small jittered pause for backends that poll; jitter spreads many waiters apart.
 pub fn jittered(base: Duration) -> Duration {
     let factor = 0.5 + rand::random::<f64>();

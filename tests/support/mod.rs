@@ -198,6 +198,30 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Wait for `child` at most `limit` from `since`; kill it and fail when it is still alive.
+pub fn exit_within(
+    what: &str,
+    mut child: Child,
+    since: Instant,
+    limit: Duration,
+) -> (Output, Duration) {
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let took = since.elapsed();
+            return (child.wait_with_output().expect("output"), took);
+        }
+        if since.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what} still running after {limit:?}; stderr:\n{}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
         .expect("send signal");

@@ -7,7 +7,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ const TICK: Duration = Duration::from_millis(20);
 struct Switches {
     blackhole: AtomicBool,
     stop: AtomicBool,
+    /// Connections accepted so far.
+    accepted: AtomicUsize,
     /// Every socket opened, so that drop can close them all (unblocking their pumps).
     sockets: Mutex<Vec<TcpStream>>,
 }
@@ -38,6 +40,7 @@ impl Proxy {
         let switches = Arc::new(Switches {
             blackhole: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            accepted: AtomicUsize::new(0),
             sockets: Mutex::new(Vec::new()),
         });
         let sw = switches.clone();
@@ -45,6 +48,7 @@ impl Proxy {
             while !sw.stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        sw.accepted.fetch_add(1, Ordering::SeqCst);
                         let _ = client.set_nonblocking(false);
                         // A black-holed backend: the connection is accepted and left hanging.
                         let Ok(server) = TcpStream::connect(backend) else {
@@ -73,6 +77,11 @@ impl Proxy {
     /// Stop (`true`) or resume (`false`) moving bytes on every connection, open or future.
     pub fn blackhole(&self, on: bool) {
         self.switches.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// How many connections clients have opened through the proxy so far.
+    pub fn connections(&self) -> usize {
+        self.switches.accepted.load(Ordering::SeqCst)
     }
 
     /// Black-hole now; resume when the guard is dropped (even when the test panics).

@@ -61,7 +61,7 @@ impl Drop for InFlight<'_> {
             *self.dirty = true;
             self.target
                 .connector
-                .cancel_in_background(self.target.conn.client.cancel_token());
+                .cancel_in_background(&self.target.conn);
         }
     }
 }

@@ -143,17 +143,23 @@ impl Connector {
         self.config.options(opts.trim());
     }
 
-    /// Cancel whatever a connection is running, in the background (used when a task's future is
-    /// dropped: its transaction must not go on holding locks).
-    pub fn cancel_in_background(&self, token: tokio_postgres::CancelToken) {
+    /// Cancel whatever `conn` is running, in the background (used when a task's future is
+    /// dropped: its transaction must not go on holding locks, nor commit later), then wait for
+    /// the connection to answer all it was sent before, so that the cancelled statement and
+    /// anything queued behind it have ended when the task does. `cancel::settle` waits for it
+    /// before the process exits.
+    pub fn cancel_in_background(&self, conn: &Arc<Conn>) {
         let tls = self.tls.clone();
+        let conn = conn.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+            super::cancel::track(rt.spawn(async move {
+                let token = conn.client.cancel_token();
                 let _ = match tls {
                     Tls::Plain => token.cancel_query(NoTls).await,
                     Tls::Rustls(t) => token.cancel_query(t).await,
                 };
-            });
+                let _ = conn.client.batch_execute("").await;
+            }));
         }
     }
 

@@ -27,8 +27,7 @@ struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.finished {
-            self.connector
-                .cancel_in_background(self.conn.client.cancel_token());
+            self.connector.cancel_in_background(&self.conn);
         }
     }
 }

@@ -277,6 +277,60 @@ impl PgStore {
         Ok((store, early))
     }
 
+    /// The record of `id`, creating and upgrading nothing (for commands that only read: `steps
+    /// status`, `validate`, `--dry-run`): `None` when initguard's tables are not there yet.
+    /// Tables of a newer layout are refused as `open` refuses them.
+    pub async fn read_only(url: &PgUrl, id: &TaskId) -> Result<Option<Record>, StoreError> {
+        let (store, conn) = PgStore::connected(url).await?;
+        let Some(conn) = conn else {
+            return Err(StoreError::Overloaded {
+                store: store.connector.label.clone(),
+                reason: "the server has no connection to spare".into(),
+            });
+        };
+        let name = id.storage_name();
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
+        let read = tokio::time::timeout(
+            QUERY_TIMEOUT,
+            conn.client
+                .query_typed(&store.sql.read_with_layout, &params),
+        )
+        .await;
+        let rows = match read {
+            Err(_) => return Err(store.unreachable("reading the record timed out")),
+            Ok(Err(e))
+                if e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
+            {
+                return Ok(None);
+            }
+            Ok(Err(e)) => return Err(store.pg_error("reading the record", &e)),
+            Ok(Ok(rows)) => rows,
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let version: i32 = row
+            .try_get(0)
+            .map_err(|e| store.pg_error("reading the table layout", &e))?;
+        if version > schema::LAYOUT {
+            return Err(StoreError::NewerSchema {
+                key: "initguard's table layout".into(),
+                location: format!("schema {} of {}", url.schema, store.connector.label),
+                found: u64::try_from(version).unwrap_or_default(),
+            });
+        }
+        if version < schema::LAYOUT {
+            // Created by an older initguard and not upgraded yet: the first writer upgrades it;
+            // until then there is no record of this layout to read.
+            return Ok(None);
+        }
+        let record: Option<serde_json::Value> = row
+            .try_get(1)
+            .map_err(|e| store.pg_error("reading the record", &e))?;
+        store.record_of(id, record)
+    }
+
     /// The store with its first connection, not made ready yet; no connection when the server
     /// has none to spare.
     async fn connected(url: &PgUrl) -> Result<(PgStore, Option<Arc<Conn>>), StoreError> {
