@@ -933,6 +933,14 @@ fn create_index_concurrently_interrupted_resumes_and_the_index_is_valid() {
                     said(&v)
                 );
             }
+            // `status` lists it under the table too, with the same statement, and exits 0.
+            let s = fx.run(fx.steps("status", &dir, name, &[]), LIMIT);
+            assert_eq!(s.code, 0, "{name}: status:\n{}", said(&s));
+            assert!(
+                said(&s).contains(&md5) && said(&s).contains("DROP INDEX CONCURRENTLY"),
+                "status names the index and the fix:\n{}",
+                said(&s)
+            );
         }
         assert_eq!(fx.effects(pg::APP_DB, name).get(&3), None);
         // Case b: the dead applier's build is held where it is (its server process stopped), so

@@ -435,6 +435,22 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
         "the warning: {}",
         stdout(&out)
     );
+    // With a new step pending, apply refuses: the table on stderr, the new step not run.
+    fx.script("V4__four.sh", "");
+    let out = fx.steps("apply", &[]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing") && stderr(&out).contains("Problem"),
+        "the table on stderr: {}",
+        stderr(&out)
+    );
+    assert!(
+        last_line(&out).contains("nothing was applied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fx.log().len(), 3, "V4 did not run");
+    fs::remove_file(fx.dir.join("V4__four.sh")).unwrap();
     let out = fx.steps("repair", &[]);
     assert!(stdout(&out).contains("removed 3"), "{}", stdout(&out));
     assert_eq!(code(&fx.steps("validate", &[])), 0);

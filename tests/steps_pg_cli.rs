@@ -716,6 +716,18 @@ fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_vers
     let out = fx.steps("apply", &["--adopt", "golang-migrate"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("dirty"), "{}", stderr(&out));
+    // The table row names the version and how to settle it.
+    let row = stderr(&out)
+        .lines()
+        .find(|l| l.starts_with("dirty"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        row.split_whitespace().nth(1) == Some("2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("migrate force"), "{}", stderr(&out));
     assert_eq!(
         fx.query(
             pg::TARGET_DB,
@@ -723,6 +735,14 @@ fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_vers
         ),
         "0",
         "nothing applied"
+    );
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM initguard.steps_history WHERE set_name = 'steps-db'"
+        ),
+        "0",
+        "nothing adopted"
     );
 
     fx.query(pg::TARGET_DB, "UPDATE schema_migrations SET dirty = false");
@@ -916,6 +936,17 @@ fn a_store_gone_silent_mid_apply_stops_it_with_75_and_the_next_apply_finishes_ea
         applied(),
         at_exit,
         "a step committed after the applier exited"
+    );
+    // Cut off from its store, the run never ended: its steps have no duration, and the moment
+    // each started as its end (each step takes 100 ms).
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FILTER (WHERE duration_ms IS NULL
+                                       AND finished_at - started_at < interval '50 ms')
+             FROM initguard.steps_history WHERE set_name = 'steps-db' AND state = 'applied'",
+        ),
+        at_exit.to_string()
     );
     drop(hole);
     let out = apply("3s").output().unwrap();

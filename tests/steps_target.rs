@@ -952,6 +952,10 @@ async fn sqlx_history_is_adopted_and_an_unsuccessful_version_is_not_trusted() {
         }
         other => panic!("{other:?}"),
     }
+    assert!(
+        t.history("dirty").await.unwrap().is_empty(),
+        "nothing adopted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
