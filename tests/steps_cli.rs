@@ -393,18 +393,7 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
         "the warning: {}",
         stdout(&out)
     );
-    let out = fx.steps("apply", &[]);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("changed"),
-        "the table on stderr: {}",
-        stderr(&out)
-    );
-    assert!(
-        last_line(&out).contains("nothing was applied"),
-        "{}",
-        stderr(&out)
-    );
+    apply_refuses(&fx, "changed");
     let out = fx.steps("repair", &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
@@ -437,10 +426,22 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
     );
     // With a new step pending, apply refuses: the table on stderr, the new step not run.
     fx.script("V4__four.sh", "");
+    apply_refuses(&fx, "missing");
+    assert_eq!(fx.log().len(), 3, "V4 did not run");
+    fs::remove_file(fx.dir.join("V4__four.sh")).unwrap();
+    let out = fx.steps("repair", &[]);
+    assert!(stdout(&out).contains("removed 3"), "{}", stdout(&out));
+    assert_eq!(code(&fx.steps("validate", &[])), 0);
+    assert_eq!(fx.log().len(), 3, "validate and repair ran nothing");
+}
+
+/// `apply` refuses before it applies anything: exit 1, the problem table (with `problem`) on
+/// stderr.
+fn apply_refuses(fx: &Fx, problem: &str) {
     let out = fx.steps("apply", &[]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("missing") && stderr(&out).contains("Problem"),
+        stderr(&out).contains(problem) && stderr(&out).contains("Problem"),
         "the table on stderr: {}",
         stderr(&out)
     );
@@ -449,12 +450,6 @@ fn validation_refuses_changed_missing_and_out_of_order_steps_unless_allowed() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(fx.log().len(), 3, "V4 did not run");
-    fs::remove_file(fx.dir.join("V4__four.sh")).unwrap();
-    let out = fx.steps("repair", &[]);
-    assert!(stdout(&out).contains("removed 3"), "{}", stdout(&out));
-    assert_eq!(code(&fx.steps("validate", &[])), 0);
-    assert_eq!(fx.log().len(), 3, "validate and repair ran nothing");
 }
 
 #[test]

@@ -80,6 +80,21 @@ impl Fx {
             .unwrap()
     }
 
+    /// A proxy in front of the server, and the store's database reached through it.
+    fn proxied_store(&self) -> (support::proxy::Proxy, String) {
+        let proxy = support::proxy::Proxy::start(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            self.pg.port,
+        )));
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            pg::APP_USER,
+            proxy.port,
+            pg::APP_DB
+        );
+        (proxy, url)
+    }
+
     /// `steps apply DIR` with the store's own database as the target (no `--target`).
     fn apply_cmd(&self) -> Command {
         let mut c = self.ig(&self.pg.url_without_password());
@@ -480,14 +495,7 @@ fn dry_run_reads_the_target_and_changes_nothing() {
 fn a_skip_on_the_store_database_opens_one_connection() {
     let Some(fx) = Fx::start() else { return };
     three_tables(&fx);
-    let proxy =
-        support::proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], fx.pg.port)));
-    let store = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        pg::APP_USER,
-        proxy.port,
-        pg::APP_DB
-    );
+    let (proxy, store) = fx.proxied_store();
     let apply = || {
         fx.ig(&store)
             .args(["steps", "apply"])
@@ -870,14 +878,7 @@ fn every_step_is_durable_when_apply_exits_0_even_if_the_server_crashes_at_once()
 #[test]
 fn a_store_gone_silent_mid_apply_stops_it_with_75_and_the_next_apply_finishes_each_step_once() {
     let Some(fx) = Fx::start() else { return };
-    let proxy =
-        support::proxy::Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], fx.pg.port)));
-    let store = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        pg::APP_USER,
-        proxy.port,
-        pg::APP_DB
-    );
+    let (proxy, store) = fx.proxied_store();
     const STEPS: usize = 40;
     fx.sql(
         "V1__effects.sql",
