@@ -107,7 +107,19 @@ impl Etcd {
         if tls {
             e.tls = Some(make_certs(&e.dir.path().join("tls")));
         }
-        e.launch();
+        // A port found free can be taken by another test's server before etcd binds it: start
+        // again on fresh ports then.
+        for attempt in 0.. {
+            match e.try_launch() {
+                Ok(()) => break,
+                Err(log) if attempt < 4 && log.contains("address already in use") => {
+                    let _ = std::fs::remove_dir_all(e.dir.path().join("data"));
+                    e.port = free_port();
+                    e.peer_port = free_port();
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         Some(e)
     }
 
@@ -135,6 +147,13 @@ impl Etcd {
     }
 
     fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            panic!("{log}");
+        }
+    }
+
+    /// Start etcd on this server's ports and wait until it is healthy; what went wrong otherwise.
+    fn try_launch(&mut self) -> Result<(), String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let client = self.client_url();
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log");
@@ -176,19 +195,18 @@ impl Etcd {
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ok {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "etcd exited with {st} before it was healthy:\n{}",
                     self.log()
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd was not healthy after 30s:\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("etcd was not healthy after 30s:\n{}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -14,8 +14,12 @@ static PENDING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// How long an exit waits for them: a healthy server takes the request and ends the statement in
 /// milliseconds; one that does not within this is unreachable, and waiting longer would only
-/// delay the exit.
-pub const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+/// delay the exit (the lease may be lapsing meanwhile).
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long one cancellation task lives at most: in a process that goes on, a connection that
+/// never answers must not keep its task (and socket) forever.
+pub(super) const TASK_LIMIT: Duration = Duration::from_secs(10);
 
 pub(super) fn track(task: JoinHandle<()>) {
     let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
@@ -25,7 +29,7 @@ pub(super) fn track(task: JoinHandle<()>) {
 
 /// Wait, at most `limit` in all, until every cancellation sent has reached its server and the
 /// connection it was for has answered everything sent on it before (what was cancelled ended).
-pub async fn settle(limit: Duration) {
+pub(crate) async fn settle(limit: Duration) {
     let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
     let deadline = tokio::time::Instant::now() + limit;
     for task in pending {

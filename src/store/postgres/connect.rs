@@ -152,13 +152,16 @@ impl Connector {
         let tls = self.tls.clone();
         let conn = conn.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            super::cancel::track(rt.spawn(async move {
+            let ended = async move {
                 let token = conn.client.cancel_token();
                 let _ = match tls {
                     Tls::Plain => token.cancel_query(NoTls).await,
                     Tls::Rustls(t) => token.cancel_query(t).await,
                 };
                 let _ = conn.client.batch_execute("").await;
+            };
+            super::cancel::track(rt.spawn(async move {
+                let _ = tokio::time::timeout(super::cancel::TASK_LIMIT, ended).await;
             }));
         }
     }

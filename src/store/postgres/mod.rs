@@ -1,6 +1,6 @@
 //! `postgres://…`: the PostgreSQL store and its SQL tasks. Declarations and re-exports only.
 
-pub mod cancel;
+pub(crate) mod cancel;
 mod config;
 mod connect;
 mod schema;

@@ -238,26 +238,19 @@ impl PgStore {
             let early = store.read(id).await;
             return Ok((store, early));
         };
-        let name = id.storage_name();
         let listen = store.listen(&conn);
-        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
-        let read = tokio::time::timeout(
-            QUERY_TIMEOUT,
-            conn.client
-                .query_typed(&store.sql.read_with_layout, &params),
-        );
+        let read = store.read_with_layout(&conn, id);
         let (listened, read) = tokio::join!(listen, read);
         listened?;
-        let current = match read {
-            Err(_) => return Err(store.unreachable("reading the record timed out")),
-            Ok(Err(e)) if is_connection_error(&e) => {
+        let current = match read? {
+            Err(e) if is_connection_error(&e) => {
                 return Err(store.pg_error("reading the record", &e));
             }
             // Tables missing (a first start), or a statement this layout does not answer.
-            Ok(Err(_)) => None,
+            Err(_) => None,
             // Anything but this layout's version and a readable column is left to `ensure`
             // and the plain read, which say what is wrong.
-            Ok(Ok(rows)) => rows.first().and_then(|row| {
+            Ok(rows) => rows.first().and_then(|row| {
                 let version: i32 = row.try_get(0).ok()?;
                 let record: Option<serde_json::Value> = row.try_get(1).ok()?;
                 (version == schema::LAYOUT).then_some(record)
@@ -279,33 +272,36 @@ impl PgStore {
 
     /// The record of `id`, creating and upgrading nothing (for commands that only read: `steps
     /// status`, `validate`, `--dry-run`): `None` when initguard's tables are not there yet.
-    /// Tables of a newer layout are refused as `open` refuses them.
+    /// Tables of a newer layout are refused as `open` refuses them; an older layout's record is
+    /// read as it is (a record says its own format).
     pub async fn read_only(url: &PgUrl, id: &TaskId) -> Result<Option<Record>, StoreError> {
         let (store, conn) = PgStore::connected(url).await?;
-        let Some(conn) = conn else {
-            return Err(StoreError::Overloaded {
-                store: store.connector.label.clone(),
-                reason: "the server has no connection to spare".into(),
-            });
+        let conn = match conn {
+            Some(conn) => conn,
+            // No connection to spare: once more after a pause, as `open` and a read would; a
+            // server still full answers Overloaded with its own reason.
+            None => {
+                tokio::time::sleep(jittered(Duration::from_millis(300))).await;
+                store.connector.connect().await?
+            }
         };
-        let name = id.storage_name();
-        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
-        let read = tokio::time::timeout(
-            QUERY_TIMEOUT,
-            conn.client
-                .query_typed(&store.sql.read_with_layout, &params),
-        )
-        .await;
-        let rows = match read {
-            Err(_) => return Err(store.unreachable("reading the record timed out")),
-            Ok(Err(e))
+        let rows = match store.read_with_layout(&conn, id).await? {
+            Err(e)
                 if e.code() == Some(&SqlState::UNDEFINED_TABLE)
                     || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
             {
                 return Ok(None);
             }
-            Ok(Err(e)) => return Err(store.pg_error("reading the record", &e)),
-            Ok(Ok(rows)) => rows,
+            Err(e) if is_connection_error(&e) => {
+                return Err(store.pg_error("reading the record", &e));
+            }
+            Err(e) => {
+                return Err(match classify(&store.connector.label, &e) {
+                    Err(fatal) => fatal,
+                    Ok(reason) => store.unreachable(&format!("reading the record: {reason}")),
+                });
+            }
+            Ok(rows) => rows,
         };
         let Some(row) = rows.first() else {
             return Ok(None);
@@ -320,15 +316,27 @@ impl PgStore {
                 found: u64::try_from(version).unwrap_or_default(),
             });
         }
-        if version < schema::LAYOUT {
-            // Created by an older initguard and not upgraded yet: the first writer upgrades it;
-            // until then there is no record of this layout to read.
-            return Ok(None);
-        }
         let record: Option<serde_json::Value> = row
             .try_get(1)
             .map_err(|e| store.pg_error("reading the record", &e))?;
         store.record_of(id, record)
+    }
+
+    /// The layout's version beside the record of `id`, in one statement; the statement's own
+    /// error is the caller's to judge (tables missing on a first start).
+    async fn read_with_layout(
+        &self,
+        conn: &Conn,
+        id: &TaskId,
+    ) -> Result<Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>, StoreError> {
+        let name = id.storage_name();
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] = [(&name, Type::TEXT)];
+        tokio::time::timeout(
+            QUERY_TIMEOUT,
+            conn.client.query_typed(&self.sql.read_with_layout, &params),
+        )
+        .await
+        .map_err(|_| self.unreachable("reading the record timed out"))
     }
 
     /// The store with its first connection, not made ready yet; no connection when the server
