@@ -106,3 +106,82 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
         .collect();
     assert_eq!(states, ["applied", "applied"], "{record}");
 }
+
+/// Four `steps apply` at once on the `kubernetes:` store: one applies, the other three wait and
+/// then skip; each script step ran exactly once, and no two ran at the same time.
+#[test]
+fn concurrent_applies_on_the_kubernetes_store_run_each_step_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = KubeApi::start();
+    let kubeconfig = api.kubeconfig(tmp.path(), NS);
+    let dir = tmp.path().join("steps");
+    fs::create_dir(&dir).unwrap();
+    let log = tmp.path().join("log");
+    for v in 1..=3 {
+        let path = dir.join(format!("V{v}__s{v}.sh"));
+        fs::write(
+            &path,
+            "#!/bin/sh\necho \"start $INITGUARD_STEP_VERSION $(date +%s%N)\" >> \"$LOG\"\nsleep 0.2\necho \"end $INITGUARD_STEP_VERSION $(date +%s%N)\" >> \"$LOG\"\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(bin())
+                .args(["steps", "apply"])
+                .arg(&dir)
+                .args(["--store", &format!("kubernetes:{NS}")])
+                .env("KUBECONFIG", &kubeconfig)
+                .env("LOG", &log)
+                .env("INITGUARD_LOG", "info")
+                .env_remove("INITGUARD_STEPS_TARGET")
+                .env_remove("INITGUARD_KEY")
+                .env_remove("INITGUARD_FENCING_TOKEN")
+                .env_remove("POD_UID")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in &outs {
+        assert_eq!(code(out), 0, "{}", stderr(out));
+    }
+    let applied = outs
+        .iter()
+        .filter(|o| stderr(o).contains("applied 3 steps"))
+        .count();
+    let skipped = outs
+        .iter()
+        .filter(|o| stderr(o).contains("skipped"))
+        .count();
+    assert_eq!((applied, skipped), (1, 3));
+    let lines = lines(&log);
+    let events: Vec<(&str, &str, u128)> = lines
+        .iter()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (
+                f.next().unwrap_or(""),
+                f.next().unwrap_or(""),
+                f.next().and_then(|t| t.parse().ok()).unwrap_or(0),
+            )
+        })
+        .collect();
+    let order: Vec<String> = events.iter().map(|(e, v, _)| format!("{e} {v}")).collect();
+    assert_eq!(
+        order,
+        ["start 1", "end 1", "start 2", "end 2", "start 3", "end 3"],
+        "each step once, one at a time"
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].2 <= w[1].2),
+        "timestamps in order: {lines:?}"
+    );
+}

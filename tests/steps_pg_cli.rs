@@ -371,6 +371,53 @@ fn a_step_with_a_nul_byte_is_refused_before_anything_is_sent() {
     assert_eq!(fx.history(pg::APP_DB, "steps-db"), ["1 applied"]);
 }
 
+/// A cancellation that cannot reach the server (the target behind a proxy that stopped passing
+/// bytes) delays the exit by at most 1 s: SIGTERM during a step, and `apply` exits 143 well
+/// before the cancellation task's own 10 s bound.
+#[test]
+fn an_unreachable_target_delays_the_exit_after_sigterm_by_at_most_a_second() {
+    let Some(fx) = Fx::start() else { return };
+    let (proxy, _) = fx.proxied_store();
+    let target = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        pg::APP_USER,
+        proxy.port,
+        pg::TARGET_DB
+    );
+    fx.sql(
+        "V1__slow.sql",
+        "CREATE TABLE t1 (id int primary key);\nSELECT pg_sleep(3);\n",
+    );
+    let child = fx
+        .ig(&fx.file_store())
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .args(["--target", &target])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' \
+                    AND state = 'active' AND pid <> pg_backend_pid()";
+    wait_for("the step to run", Duration::from_secs(20), || {
+        fx.pg.admin(sleeping) == "1"
+    });
+    let hole = proxy.blackholed();
+    let sent = std::time::Instant::now();
+    support::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (out, took) = support::exit_within("the applier", child, sent, Duration::from_secs(20));
+    eprintln!(
+        "exited {} {} ms after SIGTERM",
+        code(&out),
+        took.as_millis()
+    );
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(took < Duration::from_secs(5), "{took:?}: {}", stderr(&out));
+    drop(hole);
+    wait_for("the step to end", Duration::from_secs(20), || {
+        fx.pg.admin(sleeping) == "0"
+    });
+}
+
 /// SIGTERM while an SQL step runs: `apply` exits 143, the statement is cancelled on the server
 /// (not left to run until it ends by itself), the step rolls back, and the step sent behind it
 /// does not run. The next `apply` applies both.
