@@ -130,6 +130,30 @@ fn script_steps_apply_once_in_order_and_a_second_apply_skips() {
     assert_eq!(code(&more), 0, "{}", stderr(&more));
     assert_eq!(fx.log().len(), 4);
     assert_eq!(fx.log()[3], "11 eleventh none");
+    // An executable without an extension is a script step too.
+    fx.script("V12__twelfth", "");
+    let more = fx.steps("apply", &[]);
+    assert_eq!(code(&more), 0, "{}", stderr(&more));
+    assert_eq!(fx.log().len(), 5);
+    assert_eq!(fx.log()[4], "12 twelfth none");
+    // The store options also come before `steps` (after `steps status` everywhere else).
+    let store = format!("file:{}", fx.state.display());
+    for args in [
+        ["--store", &store, "steps", "status"],
+        ["steps", "status", "--store", &store],
+    ] {
+        let out = fx
+            .ig()
+            .env_remove("INITGUARD_STORE")
+            .args(args)
+            .arg(&fx.dir)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["counts"]["applied"], 5, "{args:?}: {json}");
+    }
 }
 
 #[test]

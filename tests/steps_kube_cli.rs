@@ -17,14 +17,54 @@ use support::{bin, code, lines, stderr, wait_for};
 
 const NS: &str = "initguard-test";
 
+/// The API double, a kubeconfig for it, DIR and the steps' log.
+struct Fx {
+    _tmp: tempfile::TempDir,
+    api: KubeApi,
+    kubeconfig: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = KubeApi::start();
+        let kubeconfig = api.kubeconfig(tmp.path(), NS);
+        let dir = tmp.path().join("steps");
+        fs::create_dir(&dir).unwrap();
+        let log = tmp.path().join("log");
+        Fx {
+            _tmp: tmp,
+            api,
+            kubeconfig,
+            dir,
+            log,
+        }
+    }
+
+    /// `steps apply DIR` on the `kubernetes:` store.
+    fn apply(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.args(["steps", "apply"])
+            .arg(&self.dir)
+            .args(["--store", &format!("kubernetes:{NS}")])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("LOG", &self.log)
+            .env("INITGUARD_LOG", "info")
+            .env_remove("INITGUARD_STEPS_TARGET")
+            .env_remove("INITGUARD_KEY")
+            .env_remove("INITGUARD_FENCING_TOKEN")
+            .env_remove("POD_UID")
+            .stdin(Stdio::null());
+        c
+    }
+}
+
 #[test]
 fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
-    let tmp = tempfile::tempdir().unwrap();
-    let api = KubeApi::start();
-    let kubeconfig = api.kubeconfig(tmp.path(), NS);
-    let dir = tmp.path().join("steps");
-    fs::create_dir(&dir).unwrap();
-    let log = tmp.path().join("log");
+    let fx = Fx::new();
+    let (api, dir, log) = (&fx.api, &fx.dir, &fx.log);
     for (name, body) in [
         ("V1__first.sh", ""),
         (
@@ -41,18 +81,8 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let ig = || {
-        let mut c = Command::new(bin());
-        c.args(["steps", "apply"])
-            .arg(&dir)
-            .args(["--store", &format!("kubernetes:{NS}"), "--lock-ttl", "2s"])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("LOG", &log)
-            .env("INITGUARD_LOG", "info")
-            .env_remove("INITGUARD_STEPS_TARGET")
-            .env_remove("INITGUARD_KEY")
-            .env_remove("INITGUARD_FENCING_TOKEN")
-            .env_remove("POD_UID")
-            .stdin(Stdio::null());
+        let mut c = fx.apply();
+        c.args(["--lock-ttl", "2s"]);
         c
     };
     fs::write(log.with_extension("slow"), "").unwrap();
@@ -78,11 +108,11 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
 
     let out = ig().output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(lines(&log), ["1 none", "2 none", "2 interrupted"]);
+    assert_eq!(lines(log), ["1 none", "2 none", "2 interrupted"]);
     let again = ig().output().unwrap();
     assert_eq!(code(&again), 0, "{}", stderr(&again));
     assert!(stderr(&again).contains("skipped"), "{}", stderr(&again));
-    assert_eq!(lines(&log).len(), 3, "nothing ran again");
+    assert_eq!(lines(log).len(), 3, "nothing ran again");
 
     // The step history is in the record, in the Lease's annotation.
     let lease = api
@@ -111,12 +141,8 @@ fn script_steps_on_the_kubernetes_store_run_once_and_resume_after_a_kill() {
 /// then skip; each script step ran exactly once, and no two ran at the same time.
 #[test]
 fn concurrent_applies_on_the_kubernetes_store_run_each_step_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let api = KubeApi::start();
-    let kubeconfig = api.kubeconfig(tmp.path(), NS);
-    let dir = tmp.path().join("steps");
-    fs::create_dir(&dir).unwrap();
-    let log = tmp.path().join("log");
+    let fx = Fx::new();
+    let (dir, log) = (&fx.dir, &fx.log);
     for v in 1..=3 {
         let path = dir.join(format!("V{v}__s{v}.sh"));
         fs::write(
@@ -128,18 +154,7 @@ fn concurrent_applies_on_the_kubernetes_store_run_each_step_once() {
     }
     let children: Vec<_> = (0..4)
         .map(|_| {
-            Command::new(bin())
-                .args(["steps", "apply"])
-                .arg(&dir)
-                .args(["--store", &format!("kubernetes:{NS}")])
-                .env("KUBECONFIG", &kubeconfig)
-                .env("LOG", &log)
-                .env("INITGUARD_LOG", "info")
-                .env_remove("INITGUARD_STEPS_TARGET")
-                .env_remove("INITGUARD_KEY")
-                .env_remove("INITGUARD_FENCING_TOKEN")
-                .env_remove("POD_UID")
-                .stdin(Stdio::null())
+            fx.apply()
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -162,7 +177,7 @@ fn concurrent_applies_on_the_kubernetes_store_run_each_step_once() {
         .filter(|o| stderr(o).contains("skipped"))
         .count();
     assert_eq!((applied, skipped), (1, 3));
-    let lines = lines(&log);
+    let lines = lines(log);
     let events: Vec<(&str, &str, u128)> = lines
         .iter()
         .map(|l| {

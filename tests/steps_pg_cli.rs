@@ -568,15 +568,17 @@ fn status_validate_and_dry_run_create_nothing_in_the_store_or_the_target_databas
     let Some(fx) = Fx::start() else { return };
     three_tables(&fx);
     let store = fx.pg.url_without_password();
-    let read_only = |sub: &str, extra: &[&str]| {
-        let out = fx
-            .ig(&store)
+    let run = |sub: &str, extra: &[&str]| {
+        fx.ig(&store)
             .args(["steps", sub])
             .arg(&fx.dir)
             .args(["--target", &fx.target()])
             .args(extra)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let read_only = |sub: &str, extra: &[&str]| {
+        let out = run(sub, extra);
         assert_eq!(code(&out), 0, "{sub}: {}", stderr(&out));
         out
     };
@@ -601,13 +603,7 @@ fn status_validate_and_dry_run_create_nothing_in_the_store_or_the_target_databas
     read_only("validate", &[]);
     read_only("apply", &["--dry-run"]);
     assert_eq!(schemas(), ["0", "0"], "store's and target's databases");
-    let out = fx
-        .ig(&store)
-        .args(["steps", "apply"])
-        .arg(&fx.dir)
-        .args(["--target", &fx.target()])
-        .output()
-        .unwrap();
+    let out = run("apply", &[]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(schemas(), ["1", "1"]);
     let status = read_only("status", &[]);
@@ -622,13 +618,7 @@ fn status_validate_and_dry_run_create_nothing_in_the_store_or_the_target_databas
     );
     // Store tables of a newer layout are refused, not read as empty.
     fx.query(pg::APP_DB, "UPDATE initguard.layout SET version = 99");
-    let out = fx
-        .ig(&store)
-        .args(["steps", "status"])
-        .arg(&fx.dir)
-        .args(["--target", &fx.target()])
-        .output()
-        .unwrap();
+    let out = run("status", &[]);
     assert_eq!(code(&out), 65, "{}", stderr(&out));
     assert!(
         last_line(&out).contains("upgrade initguard"),
@@ -830,6 +820,58 @@ fn adopting_golang_migrate_applies_only_what_it_did_not_and_refuses_a_dirty_vers
             "SELECT count(*) FROM pg_tables WHERE tablename = 't3'"
         ),
         "1"
+    );
+    // Once adopted, a changed file of an adopted step is reported like any other.
+    fx.sql(
+        "000001_t1.up.sql",
+        "CREATE TABLE t1 (id int, changed int);\n",
+    );
+    let out = fx.steps("validate", &[]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with("changed") && l.contains("000001_t1.up.sql")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// The target's password from a password file named by PGPASSFILE, as libpq reads it (no
+/// PGPASSWORD, none in the URL).
+#[test]
+fn the_target_password_comes_from_pgpassfile() {
+    let Some(fx) = Fx::start() else { return };
+    three_tables(&fx);
+    let pgpass = fx.root.join("pgpass");
+    fs::write(
+        &pgpass,
+        format!(
+            "127.0.0.1:{}:{}:{}:{}\n",
+            fx.pg.port,
+            pg::TARGET_DB,
+            pg::APP_USER,
+            pg::APP_PASSWORD
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&pgpass, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = fx
+        .ig(&fx.file_store())
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", &pgpass)
+        .args(["steps", "apply"])
+        .arg(&fx.dir)
+        .args(["--target", &fx.target()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        fx.query(
+            pg::TARGET_DB,
+            "SELECT count(*) FROM initguard.steps_history WHERE state = 'applied'"
+        ),
+        "3"
     );
 }
 
