@@ -310,11 +310,7 @@ impl PgStore {
             .try_get(0)
             .map_err(|e| store.pg_error("reading the table layout", &e))?;
         if version > schema::LAYOUT {
-            return Err(StoreError::NewerSchema {
-                key: "initguard's table layout".into(),
-                location: format!("schema {} of {}", url.schema, store.connector.label),
-                found: u64::try_from(version).unwrap_or_default(),
-            });
+            return Err(store.newer_layout(&url.schema, version));
         }
         let record: Option<serde_json::Value> = row
             .try_get(1)
@@ -409,12 +405,17 @@ impl PgStore {
         match tokio::time::timeout(QUERY_TIMEOUT, schema::ensure(conn, &self.url.schema)).await {
             Err(_) => Err(self.unreachable("creating initguard's tables timed out")),
             Ok(Ok(())) => Ok(()),
-            Ok(Err(SchemaError::Newer { schema, found })) => Err(StoreError::NewerSchema {
-                key: "initguard's table layout".into(),
-                location: format!("schema {schema} of {}", self.connector.label),
-                found: u64::try_from(found).unwrap_or_default(),
-            }),
+            Ok(Err(SchemaError::Newer { schema, found })) => Err(self.newer_layout(&schema, found)),
             Ok(Err(SchemaError::Db(e))) => Err(self.pg_error("creating initguard's tables", &e)),
+        }
+    }
+
+    /// Tables of a layout newer than this build's: refused, never read or changed.
+    fn newer_layout(&self, schema: &str, found: i32) -> StoreError {
+        StoreError::NewerSchema {
+            key: "initguard's table layout".into(),
+            location: format!("schema {schema} of {}", self.connector.label),
+            found: u64::try_from(found).unwrap_or_default(),
         }
     }
 
