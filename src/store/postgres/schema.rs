@@ -96,12 +96,17 @@ pub(crate) async fn ensure(conn: &Conn, schema: &str) -> Result<(), SchemaError>
             }
         }
         Ok(None) => {}
-        Err(e)
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-                || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) => {}
+        Err(e) if not_created(&e) => {}
         Err(e) => return Err(e.into()),
     }
     upgrade(conn, schema).await
+}
+
+/// The error of a statement on initguard's tables before they were created (no such table, or
+/// no such schema).
+pub(crate) fn not_created(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code() == Some(&SqlState::UNDEFINED_TABLE) || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME)
 }
 
 async fn upgrade(conn: &Conn, schema: &str) -> Result<(), SchemaError> {

@@ -286,12 +286,7 @@ impl PgStore {
             }
         };
         let rows = match store.read_with_layout(&conn, id).await? {
-            Err(e)
-                if e.code() == Some(&SqlState::UNDEFINED_TABLE)
-                    || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
-            {
-                return Ok(None);
-            }
+            Err(e) if schema::not_created(&e) => return Ok(None),
             Err(e) if is_connection_error(&e) => {
                 return Err(store.pg_error("reading the record", &e));
             }
