@@ -67,13 +67,14 @@ pub fn of_bytes(bytes: &[u8]) -> Checksum {
 /// The checksum of a step file, read in chunks (a script step may be large).
 pub fn of_file(path: &Path) -> io::Result<Checksum> {
     let file = std::fs::File::open(path)?;
-    Ok(of_reader(file, 0)?.0)
+    Ok(of_reader(file, &mut [])?.0)
 }
 
-/// Hashes everything `r` yields; returns with the checksum the first `keep` bytes read (for the
-/// first-line marker). Reads through one buffer per thread, reused from call to call (discovery
-/// hashes every file of DIR: a fresh 64 KiB buffer each time cost more than hashing a small file).
-pub(crate) fn of_reader(mut r: impl Read, keep: usize) -> io::Result<(Checksum, Vec<u8>)> {
+/// Hashes everything `r` yields, and copies the first bytes read into `head` (for the first-line
+/// marker); returns the checksum and how much of `head` was filled. Reads through one buffer per
+/// thread, reused from call to call (discovery hashes every file of DIR: a fresh buffer each
+/// time cost more than hashing a small file), and allocates nothing else.
+pub(crate) fn of_reader(mut r: impl Read, head: &mut [u8]) -> io::Result<(Checksum, usize)> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -88,7 +89,7 @@ pub(crate) fn of_reader(mut r: impl Read, keep: usize) -> io::Result<(Checksum, 
         if buf.len() < CHUNK {
             buf.resize(CHUNK, 0);
         }
-        let mut head = Vec::with_capacity(keep);
+        let mut kept = 0;
         let mut n = Normalising::default();
         loop {
             let got = match r.read(&mut buf[..]) {
@@ -98,13 +99,12 @@ pub(crate) fn of_reader(mut r: impl Read, keep: usize) -> io::Result<(Checksum, 
                 Err(e) => return Err(e),
             };
             let chunk = &buf[..got];
-            if head.len() < keep {
-                let take = (keep - head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..take]);
-            }
+            let take = (head.len() - kept).min(chunk.len());
+            head[kept..kept + take].copy_from_slice(&chunk[..take]);
+            kept += take;
             n.update(chunk);
         }
-        Ok((n.finish(), head))
+        Ok((n.finish(), kept))
     })
 }
 

@@ -137,7 +137,8 @@ impl OpenDir {
                 regular: entry.file_type() == Some(nix::dir::Type::File),
             });
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        // Names in one directory are unique: an unstable sort gives the one order there is.
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(Listing {
             dir: self.dir,
             handle: self.handle,
@@ -156,43 +157,46 @@ impl Listing {
             dir: dir.to_path_buf(),
             ..StepSet::default()
         };
-        for entry in &self.entries {
+        set.steps.reserve(self.entries.len());
+        for entry in self.entries {
             if entry.name.as_encoded_bytes().first() == Some(&b'.') {
                 continue;
             }
             match look_at(dir, &self.handle, entry) {
-                Found::Step(step) => set.steps.push(*step),
-                Found::Problem(p) => set.problems.push(p),
+                Found::Step(step) => set.steps.push(step),
+                Found::Problem(p) => set.problems.push(*p),
                 Found::Ignored => {}
             }
         }
+        // (version, file) is unique: an unstable sort gives the one order there is.
         set.steps
-            .sort_by(|a, b| a.id.cmp(&b.id).then_with(|| a.file.cmp(&b.file)));
+            .sort_unstable_by(|a, b| a.id.cmp(&b.id).then_with(|| a.file.cmp(&b.file)));
         set.problems.extend(duplicates(dir, &set.steps));
         set
     }
 }
 
 /// One entry's finding (dotfiles already left out).
-fn look_at(dir: &Path, handle: &fs::File, entry: &Entry) -> Found {
+fn look_at(dir: &Path, handle: &fs::File, entry: Entry) -> Found {
     let path = dir.join(&entry.name);
-    match entry.name.to_str() {
-        Some(name) => inspect(dir, handle, path, name, entry.regular),
-        None => Found::Problem(unreadable(
-            &entry.name.to_string_lossy(),
+    match entry.name.into_string() {
+        Ok(name) => inspect(dir, handle, path, name, entry.regular),
+        Err(name) => Found::Problem(Box::new(unreadable(
+            &name.to_string_lossy(),
             "the file name is not valid UTF-8".into(),
             format!(
                 "rename {} to a step name, or move it out of {}",
                 path.display(),
                 dir.display()
             ),
-        )),
+        ))),
     }
 }
 
+/// A problem is the rare finding: boxed, so that a step is not moved through a larger value.
 enum Found {
-    Step(Box<Step>),
-    Problem(Problem),
+    Step(Step),
+    Problem(Box<Problem>),
     Ignored,
 }
 
@@ -200,12 +204,13 @@ fn inspect(
     dir: &Path,
     handle: &fs::File,
     path: PathBuf,
-    name: &str,
+    name: String,
     listed_regular: bool,
 ) -> Found {
+    let problem = |p: Problem| Found::Problem(Box::new(p));
     let cannot_stat = |e: io::Error| {
-        Found::Problem(unreadable(
-            name,
+        problem(unreadable(
+            &name,
             format!("cannot read it: {e}"),
             format!(
                 "fix or remove {} (a broken symlink?), or make it readable",
@@ -228,18 +233,18 @@ fn inspect(
             return Found::Ignored;
         }
         if !meta.is_file() {
-            return Found::Problem(unreadable(
-                name,
+            return problem(unreadable(
+                &name,
                 "not a regular file (a FIFO, socket or device)".into(),
                 format!("move {} out of {}", path.display(), dir.display()),
             ));
         }
     }
-    let parsed = match parse_name(name) {
+    let parsed = match parse_name(&name) {
         Parsed::Step(p) => p,
         Parsed::Ignored => return Found::Ignored,
         Parsed::Bad { detail, fix } => {
-            return Found::Problem(unreadable(name, detail, fix.for_file(dir, name)));
+            return problem(unreadable(&name, detail, fix.for_file(dir, &name)));
         }
     };
     let kind = if parsed.sql { Kind::Sql } else { Kind::Script };
@@ -252,10 +257,10 @@ fn inspect(
         },
     };
     if kind == Kind::Script && mode & 0o111 == 0 {
-        return Found::Problem(Problem {
+        return problem(Problem {
             kind: ProblemKind::NotExecutable,
             step: Some(parsed.id.to_string()),
-            file: Some(name.to_string()),
+            file: Some(name.clone()),
             detail: "not a .sql file, and not executable, so it cannot run as a script".into(),
             fix: format!(
                 "chmod +x {} to run it as a script, or give it a .sql extension (or move it out of {})",
@@ -264,26 +269,31 @@ fn inspect(
             ),
         });
     }
-    let (checksum, head) = match open_in(handle, name).and_then(|f| checksum::of_reader(f, 512)) {
+    let mut head = [0u8; MARKER_HEAD];
+    let read = open_in(handle, &name).and_then(|f| checksum::of_reader(f, &mut head));
+    let (checksum, kept) = match read {
         Ok(got) => got,
         Err(e) => {
-            return Found::Problem(unreadable(
-                name,
+            return problem(unreadable(
+                &name,
                 format!("cannot read it: {e}"),
                 format!("make {} readable (chmod +r)", path.display()),
             ));
         }
     };
-    Found::Step(Box::new(Step {
+    Found::Step(Step {
         id: parsed.id,
         description: parsed.description,
         kind,
-        file: name.to_string(),
+        file: name,
         path,
         checksum,
-        no_transaction: kind == Kind::Sql && marks_no_transaction(&head),
-    }))
+        no_transaction: kind == Kind::Sql && marks_no_transaction(&head[..kept]),
+    })
 }
+
+/// How much of a step file's start is kept to look for the first-line marker.
+const MARKER_HEAD: usize = 512;
 
 /// Opens `name` in the directory `handle` is open on, for reading. Non-blocking, so that a file
 /// swapped for a FIFO since it was listed cannot hang discovery.
