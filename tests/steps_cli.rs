@@ -136,10 +136,11 @@ fn script_steps_apply_once_in_order_and_a_second_apply_skips() {
     assert_eq!(code(&more), 0, "{}", stderr(&more));
     assert_eq!(fx.log().len(), 5);
     assert_eq!(fx.log()[4], "12 twelfth none");
-    // The store options also come before `steps` (after `steps status` everywhere else).
+    // The store options come before `steps`, between `steps` and `status`, and after `status`.
     let store = format!("file:{}", fx.state.display());
     for args in [
         ["--store", &store, "steps", "status"],
+        ["steps", "--store", &store, "status"],
         ["steps", "status", "--store", &store],
     ] {
         let out = fx

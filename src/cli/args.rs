@@ -97,14 +97,24 @@ pub enum Command {
     Verify(Box<VerifyArgs>),
     /// Versioned steps: apply a directory of SQL migrations and scripts, each exactly once, in
     /// version order, under one lease
-    #[command(subcommand)]
-    Steps(StepsCommand),
+    Steps(StepsArgs),
     /// Copy this binary to DIR/initguard (mode 0755), e.g. into an emptyDir from a scratch image
     Install(InstallArgs),
     /// Kubernetes manifest tooling
     #[cfg(feature = "kubernetes")]
     #[command(subcommand)]
     K8s(K8sCommand),
+}
+
+/// `steps`: the store options may come here too (`initguard steps --store URL status DIR`),
+/// between the two places `run` and the others take them.
+#[derive(Debug, Args)]
+pub struct StepsArgs {
+    /// Merged into `Cli::store` by `parse`; read from there.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: StepsCommand,
 }
 
 #[derive(Debug, Subcommand)]

@@ -170,7 +170,7 @@ async fn dispatch(cli: Cli, signals: &mut Signals) -> Result<u8, Failure> {
             let during = format!("releasing the lease on {}; nothing was released", args.key);
             interruptible(signals, during, release(url, args)).await
         }
-        Command::Steps(cmd) => super::steps::steps(url, cmd, signals).await,
+        Command::Steps(cmd) => super::steps::steps(url, cmd.command, signals).await,
         // verify stops its commands on a signal itself, and says so in its report.
         Command::Verify(args) => super::verify::verify(*args).await,
         #[cfg(feature = "kubernetes")]

@@ -14,35 +14,35 @@ pub fn parse(
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
 ) -> Result<Cli, clap::Error> {
     let mut matches = Cli::command().try_get_matches_from(args)?;
-    // Read where the values came from before `from_arg_matches_mut` takes them out.
+    // Read where the values came from before `from_arg_matches_mut` takes them out: at the top,
+    // then at each subcommand down to the innermost (`steps`, then `steps apply`).
     let before: Vec<&str> = given(&matches);
-    // The subcommand that takes the store options is the innermost one (`steps apply`).
-    let mut leaf = matches.subcommand().map(|(_, sub)| sub);
-    while let Some(inner) = leaf.and_then(|m| m.subcommand()).map(|(_, sub)| sub) {
-        leaf = Some(inner);
+    let mut levels: Vec<Vec<&str>> = Vec::new();
+    let mut level = matches.subcommand().map(|(_, sub)| sub);
+    while let Some(m) = level {
+        levels.push(given(m));
+        level = m.subcommand().map(|(_, sub)| sub);
     }
-    let after: Vec<&str> = leaf.map(given).unwrap_or_default();
     let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
-    match store_args_of(&mut cli.command) {
-        Some(sub) => {
-            let sub = std::mem::take(sub);
-            cli.store = merge(std::mem::take(&mut cli.store), sub, |id| {
-                after.contains(&id)
-            });
-        }
-        None => {
-            if let Some(id) = before.first() {
-                return Err(clap::Error::raw(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    format!(
-                        "--{} only applies to subcommands that use a store (run, wait, status, \
-                         history, reset, release, steps)\n",
-                        id.replace('_', "-")
-                    ),
-                ));
-            }
+    let below = store_args_of(&mut cli.command);
+    if below.is_empty() {
+        if let Some(id) = before.first() {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "--{} only applies to subcommands that use a store (run, wait, status, \
+                     history, reset, release, steps)\n",
+                    id.replace('_', "-")
+                ),
+            ));
         }
     }
+    // Outermost first: each level's options override those above it.
+    let mut store = std::mem::take(&mut cli.store);
+    for (sub, given_here) in below.into_iter().zip(&levels) {
+        store = merge(store, std::mem::take(sub), |id| given_here.contains(&id));
+    }
+    cli.store = store;
     Ok(cli)
 }
 
@@ -57,22 +57,29 @@ fn given(m: &ArgMatches) -> Vec<&'static str> {
         .collect()
 }
 
-/// The subcommand's own store options, if it takes any.
-fn store_args_of(command: &mut Command) -> Option<&mut StoreArgs> {
+/// The store options of each subcommand level that takes them, outermost first (`steps`, then
+/// `steps apply`); empty for a subcommand that uses no store. Every level below the top that
+/// takes them is listed, so that the levels line up with `parse`'s.
+fn store_args_of(command: &mut Command) -> Vec<&mut StoreArgs> {
     match command {
-        Command::Run(a) => Some(&mut a.store),
-        Command::Wait(a) => Some(&mut a.store),
-        Command::Status(a) => Some(&mut a.store),
-        Command::History(a) => Some(&mut a.store),
-        Command::Reset(a) => Some(&mut a.store),
-        Command::Release(a) => Some(&mut a.store),
-        Command::Steps(StepsCommand::Apply(a)) => Some(&mut a.set.store),
-        Command::Steps(StepsCommand::Status(a)) => Some(&mut a.set.store),
-        Command::Steps(StepsCommand::Validate(a)) => Some(&mut a.set.store),
-        Command::Steps(StepsCommand::Repair(a)) => Some(&mut a.set.store),
-        Command::Verify(_) | Command::Install(_) => None,
+        Command::Run(a) => vec![&mut a.store],
+        Command::Wait(a) => vec![&mut a.store],
+        Command::Status(a) => vec![&mut a.store],
+        Command::History(a) => vec![&mut a.store],
+        Command::Reset(a) => vec![&mut a.store],
+        Command::Release(a) => vec![&mut a.store],
+        Command::Steps(steps) => {
+            let inner = match &mut steps.command {
+                StepsCommand::Apply(a) => &mut a.set.store,
+                StepsCommand::Status(a) => &mut a.set.store,
+                StepsCommand::Validate(a) => &mut a.set.store,
+                StepsCommand::Repair(a) => &mut a.set.store,
+            };
+            vec![&mut steps.store, inner]
+        }
+        Command::Verify(_) | Command::Install(_) => Vec::new(),
         #[cfg(feature = "kubernetes")]
-        Command::K8s(_) => None,
+        Command::K8s(_) => Vec::new(),
     }
 }
 
@@ -155,6 +162,72 @@ mod tests {
     }
 
     #[test]
+    fn steps_takes_the_store_options_at_each_of_its_three_places() {
+        let dir = "migrations";
+        for (args, want) in [
+            (
+                &["initguard", "--store", "file:a", "steps", "status", dir][..],
+                "file:a",
+            ),
+            (
+                &["initguard", "steps", "--store", "file:b", "apply", dir][..],
+                "file:b",
+            ),
+            (
+                &["initguard", "steps", "repair", dir, "--store", "file:c"][..],
+                "file:c",
+            ),
+            // The place nearest the subcommand wins.
+            (
+                &[
+                    "initguard",
+                    "--store",
+                    "file:a",
+                    "steps",
+                    "--store",
+                    "file:b",
+                    "validate",
+                    dir,
+                ][..],
+                "file:b",
+            ),
+            (
+                &[
+                    "initguard",
+                    "--store",
+                    "file:a",
+                    "steps",
+                    "--store",
+                    "file:b",
+                    "status",
+                    dir,
+                    "--store",
+                    "file:c",
+                ][..],
+                "file:c",
+            ),
+        ] {
+            assert_eq!(store_of(args).store.as_deref(), Some(want), "{args:?}");
+        }
+        // Option by option: one from each place.
+        let s = store_of(&[
+            "initguard",
+            "--pg-schema",
+            "top",
+            "steps",
+            "--kube-context",
+            "mid",
+            "status",
+            dir,
+            "--store",
+            "file:leaf",
+        ]);
+        assert_eq!(s.pg_schema.as_deref(), Some("top"));
+        assert_eq!(s.kube_context.as_deref(), Some("mid"));
+        assert_eq!(s.store.as_deref(), Some("file:leaf"));
+    }
+
+    #[test]
     fn store_options_are_refused_where_no_store_is_used() {
         for args in [
             &["initguard", "--store", "file:a", "verify", "--", "true"][..],
@@ -229,6 +302,7 @@ mod tests {
             "history",
             "reset",
             "release",
+            "steps",
             "steps apply",
             "steps status",
             "steps validate",
