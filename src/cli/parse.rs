@@ -25,17 +25,17 @@ pub fn parse(
     }
     let mut cli = Cli::from_arg_matches_mut(&mut matches)?;
     let below = store_args_of(&mut cli.command);
-    if below.is_empty() {
-        if let Some(id) = before.first() {
-            return Err(clap::Error::raw(
-                clap::error::ErrorKind::ArgumentConflict,
-                format!(
-                    "--{} only applies to subcommands that use a store (run, wait, status, \
-                     history, reset, release, steps)\n",
-                    id.replace('_', "-")
-                ),
-            ));
-        }
+    if below.is_empty()
+        && let Some(id) = before.first()
+    {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--{} only applies to subcommands that use a store (run, wait, status, \
+                 history, reset, release, steps)\n",
+                id.replace('_', "-")
+            ),
+        ));
     }
     // Outermost first: each level's options override those above it.
     let mut store = std::mem::take(&mut cli.store);
