@@ -13,6 +13,21 @@ pub fn one_line(e: &clap::Error, args: &[String]) -> String {
         .find_map(|l| l.trim().strip_prefix("Usage:"))
         .map(command_path)
         .unwrap_or_else(|| subcommand_given(args));
+    // A group (`initguard steps`) given only options (`--store URL`, or a store variable) has clap
+    // report a missing subcommand instead, with the list in brackets: worded as above.
+    if e.kind() == ErrorKind::MissingSubcommand
+        && usage.contains(' ')
+        && let Some(list) = text
+            .split_once("[subcommands: ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(list, _)| list)
+    {
+        let commands: Vec<&str> = list.split(", ").filter(|c| *c != "help").collect();
+        return format!(
+            "{usage} needs a subcommand, one of: {}; see '{usage} --help'",
+            commands.join(", ")
+        );
+    }
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let commands = subcommands(&text);
         return if commands.is_empty() {
