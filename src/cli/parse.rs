@@ -164,50 +164,25 @@ mod tests {
     #[test]
     fn steps_takes_the_store_options_at_each_of_its_three_places() {
         let dir = "migrations";
-        for (args, want) in [
-            (
-                &["initguard", "--store", "file:a", "steps", "status", dir][..],
-                "file:a",
-            ),
-            (
-                &["initguard", "steps", "--store", "file:b", "apply", dir][..],
-                "file:b",
-            ),
-            (
-                &["initguard", "steps", "repair", dir, "--store", "file:c"][..],
-                "file:c",
-            ),
+        for (line, want) in [
+            ("initguard --store file:a steps status DIR", "file:a"),
+            ("initguard steps --store file:b apply DIR", "file:b"),
+            ("initguard steps repair DIR --store file:c", "file:c"),
             // The place nearest the subcommand wins.
             (
-                &[
-                    "initguard",
-                    "--store",
-                    "file:a",
-                    "steps",
-                    "--store",
-                    "file:b",
-                    "validate",
-                    dir,
-                ][..],
+                "initguard --store file:a steps --store file:b validate DIR",
                 "file:b",
             ),
             (
-                &[
-                    "initguard",
-                    "--store",
-                    "file:a",
-                    "steps",
-                    "--store",
-                    "file:b",
-                    "status",
-                    dir,
-                    "--store",
-                    "file:c",
-                ][..],
+                "initguard --store file:a steps --store file:b status DIR --store file:c",
                 "file:c",
             ),
         ] {
-            assert_eq!(store_of(args).store.as_deref(), Some(want), "{args:?}");
+            let args: Vec<&str> = line
+                .split(' ')
+                .map(|w| if w == "DIR" { dir } else { w })
+                .collect();
+            assert_eq!(store_of(&args).store.as_deref(), Some(want), "{args:?}");
         }
         // Option by option: one from each place.
         let s = store_of(&[
