@@ -1631,25 +1631,11 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
     let count = work.path().join("count");
     let script = format!("echo run >> {}; sleep 2", count.display());
     // The application's connections (initguard's, all as the app role), sampled while they run.
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let (outs, held) = std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut held = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let n = pg.try_sql_in(
-                    "postgres",
-                    &format!(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
-                        pg::APP_USER
-                    ),
-                );
-                if let Some(n) = n.ok().and_then(|n| n.trim().parse::<usize>().ok()) {
-                    held.push(n);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            held
-        });
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
+        pg::APP_USER
+    );
+    let (outs, held) = pg.sample(&sessions, Duration::from_millis(50), || {
         let children: Vec<Child> = (0..100)
             .map(|_| {
                 run_task(
@@ -1665,9 +1651,10 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
                 .expect("spawn")
             })
             .collect();
-        let outs: Vec<Output> = children.into_iter().map(wait_output).collect();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        (outs, sampler.join().unwrap())
+        children
+            .into_iter()
+            .map(wait_output)
+            .collect::<Vec<Output>>()
     });
     let failed: Vec<String> = outs
         .iter()

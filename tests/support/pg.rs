@@ -434,6 +434,39 @@ impl Pg {
         }
     }
 
+    /// Run `sql` (one number per run) as the superuser every `every` in one psql session, for as
+    /// long as `during` runs, and return the numbers read. One session for all the samples: a
+    /// psql started per sample took up to half a second on a loaded machine, too few samples.
+    pub fn sample<T>(
+        &self,
+        sql: &str,
+        every: Duration,
+        during: impl FnOnce() -> T,
+    ) -> (T, Vec<usize>) {
+        let mut psql = Command::new(self.bin.join("psql"))
+            .arg(self.admin_url("postgres"))
+            .args(["-X", "-q", "-A", "-t"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql");
+        {
+            use std::io::Write;
+            let mut stdin = psql.stdin.take().expect("psql stdin");
+            writeln!(stdin, "{sql}\n\\watch {}", every.as_secs_f64()).expect("to psql");
+            // psql keeps watching until it is killed; its stdin may close.
+        }
+        let out = during();
+        let _ = psql.kill();
+        let printed = psql.wait_with_output().expect("psql output");
+        let numbers = String::from_utf8_lossy(&printed.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (out, numbers)
+    }
+
     /// Stop the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn kill(&mut self) {
         if self.running {
