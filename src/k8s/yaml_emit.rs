@@ -167,9 +167,12 @@ fn plain_is_safe(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
+    // `---` and `...` at the start of a line mark a document's start and end.
     if RESERVED.contains(&lower.as_str())
         || lower.trim_start_matches(['-', '+']) == ".inf"
         || s != s.trim()
+        || s.starts_with("---")
+        || s.starts_with("...")
     {
         return false;
     }
@@ -235,7 +238,7 @@ mod tests {
     fn yaml_1_1_lookalikes_are_quoted() {
         for s in [
             "yes", "No", "on", "OFF", "y", "0644", "1:30", "1e3", ".5", "-1", "", " x", "a: b",
-            "#x", "- x", "x #y", "true", "~", "null", "0x1f", "*a", "a,b",
+            "#x", "- x", "x #y", "true", "~", "null", "0x1f", "*a", "a,b", "---", "... A", "---x",
         ] {
             let text = to_string(&Value::from(s));
             assert!(text.starts_with('"'), "{s:?} -> {text}");
