@@ -1034,3 +1034,73 @@ fn run_defaults_store_tail_history_and_no_giving_up() {
     assert_eq!(rec["history"].as_array().map(Vec::len), Some(20));
     assert_eq!(rec["tail"].as_str().map(str::len), Some(4096));
 }
+
+/// `wait` with the fingerprint options of the `run` it waits for (`--input`, `--input-env`,
+/// `--version`, the command) returns 0 for that run's success, and keeps waiting (75 at its
+/// timeout) when any one of them differs: changed inputs are another success. It writes nothing.
+#[test]
+fn wait_with_the_runs_fingerprint_options_finds_only_that_success() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let inputs = work.path().join("migrations");
+    fs::create_dir(&inputs).unwrap();
+    fs::write(inputs.join("1.sql"), "select 1;\n").unwrap();
+    let count = work.path().join("count");
+    let script = format!("echo run >> {}", count.display());
+    let options = [
+        "--input",
+        "migrations",
+        "--input-env",
+        "APP_RELEASE",
+        "--version",
+        "7",
+    ];
+    let out = task_cmd(&fx, work.path(), "fp", &options, &script)
+        .env("APP_RELEASE", "r1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let done = record(&fx, work.path(), "fp");
+    let wait = |options: &[&str], release: &str| {
+        cmd(&fx, work.path())
+            .args(["wait", "--key", "fp", "--wait-timeout", "1s"])
+            .args(options)
+            .args(["--", "sh", "-c", &script])
+            .env("APP_RELEASE", release)
+            .output()
+            .unwrap()
+    };
+    let out = wait(&options, "r1");
+    assert_eq!(code(&out), 0, "the same options: {}", stderr(&out));
+    let other_version = [
+        "--input",
+        "migrations",
+        "--input-env",
+        "APP_RELEASE",
+        "--version",
+        "8",
+    ];
+    let no_inputs = ["--input-env", "APP_RELEASE", "--version", "7"];
+    for (what, options, release) in [
+        ("another --version", &other_version[..], "r1"),
+        ("another --input-env value", &options[..], "r2"),
+        ("without the --input", &no_inputs[..], "r1"),
+    ] {
+        let out = wait(options, release);
+        assert_eq!(code(&out), 75, "{what}: {}", stderr(&out));
+        assert!(
+            one_line_error(&out).contains("gave up waiting"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+    fs::write(inputs.join("2.sql"), "select 2;\n").unwrap();
+    let out = wait(&options, "r1");
+    assert_eq!(code(&out), 75, "a changed input: {}", stderr(&out));
+    assert_eq!(lines(&count).len(), 1, "only the run ran it");
+    assert_eq!(
+        record(&fx, work.path(), "fp"),
+        done,
+        "the waiters wrote nothing"
+    );
+}

@@ -1684,3 +1684,106 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
         "one lease acquisition: the waiters skipped without one"
     );
 }
+
+/// `wait` computes an SQL task's fingerprint as `run` does: the same `--sql-inline` waits for
+/// that success, with the target in its redacted form (another password is the same target), an
+/// empty `INITGUARD_SQL_TARGET` read as none by both (a manifest may set it for every task), and
+/// another target is another success. A target that is no URL is refused at once (2), as `run`
+/// refuses it.
+#[test]
+fn wait_computes_an_sql_tasks_fingerprint_as_run_does() {
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    effect_table(&pg, pg::APP_DB, "effect");
+    effect_table(&pg, pg::TARGET_DB, "effect");
+    let sql = "INSERT INTO effect VALUES ('w')";
+    let wait = |target: Option<&str>, timeout: &str| {
+        let mut c = ig(&pg.url(), work.path());
+        c.args(["wait", "--key", "wsql", "--wait-timeout", timeout])
+            .args(["--sql-inline", sql])
+            .env("INITGUARD_SQL_TARGET", "");
+        if let Some(t) = target {
+            c.args(["--sql-target", t]);
+        }
+        c.output().unwrap()
+    };
+    // Started before the run, as a waiting container is.
+    let mut waiter = ig(&pg.url(), work.path());
+    waiter
+        .args(["wait", "--key", "wsql", "--wait-timeout", "60s"])
+        .args(["--sql-inline", sql])
+        .env("INITGUARD_SQL_TARGET", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let waiter = waiter.spawn().unwrap();
+    let out = ig(&pg.url(), work.path())
+        .env("INITGUARD_SQL_TARGET", "")
+        .args(["run", "--key", "wsql", "--sql-inline", sql])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "w"), 1);
+    let out = wait_output(waiter);
+    assert_eq!(
+        code(&out),
+        0,
+        "empty target, as run read it: {}",
+        stderr(&out)
+    );
+    let out = wait(Some(&pg.url_for(pg::TARGET_DB)), "1s");
+    assert_eq!(code(&out), 75, "another target: {}", stderr(&out));
+
+    let target = pg.url_for(pg::TARGET_DB);
+    let out = ig(&pg.url(), work.path())
+        .args([
+            "run",
+            "--key",
+            "wsql-t",
+            "--sql-inline",
+            sql,
+            "--sql-target",
+            &target,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rotated = target.replace(pg::APP_PASSWORD, "rotated-pw");
+    let out = ig(&pg.url(), work.path())
+        .args([
+            "wait",
+            "--key",
+            "wsql-t",
+            "--wait-timeout",
+            "5s",
+            "--sql-inline",
+            sql,
+        ])
+        .args(["--sql-target", &rotated])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "the target's password is not the task: {}",
+        stderr(&out)
+    );
+
+    let before = record_of(&pg.url(), work.path(), "wsql");
+    let out = wait(Some("mysql://db/app"), "60s");
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--sql-target") && stderr(&out).contains("postgres://"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(record_of(&pg.url(), work.path(), "wsql"), before);
+    // And a run that is no SQL task ignores the empty variable.
+    let out = ig(&pg.url(), work.path())
+        .env("INITGUARD_SQL_TARGET", "")
+        .args(["run", "--key", "plain", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(effects(&pg, pg::APP_DB, "effect", "w"), 1);
+    assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "w"), 1);
+}

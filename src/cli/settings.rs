@@ -163,21 +163,14 @@ pub fn task_id_of(key: &str, scope: &str) -> Result<TaskId, SettingsError> {
 /// `sql` is the task `sql_task` read, passed in so that the file is read once: the text that is
 /// fingerprinted is the text that runs.
 pub fn fingerprint(args: &RunArgs, sql: Option<&SqlTask>) -> Result<Fingerprint, SettingsError> {
-    let mut extra = Vec::new();
-    if let Some(task) = sql {
-        let label = match &args.sql {
-            Some(path) => format!("--sql {}", path.display()),
-            None => "--sql-inline".to_string(),
-        };
-        extra.push((label, task.sql.clone().into_bytes()));
-        if let Some(target) = &task.target {
-            // The redacted form: rotating the target's password is not a change of the task.
-            extra.push((
-                "--sql-target".to_string(),
-                target_label(target).into_bytes(),
-            ));
-        }
-    }
+    let extra = match sql {
+        Some(task) => sql_sources(
+            args.sql.as_deref(),
+            task.sql.clone().into_bytes(),
+            task.target.as_deref(),
+        ),
+        None => Vec::new(),
+    };
     Ok(fingerprint::compute(&Sources {
         argv: args.command.clone(),
         inputs: args.fingerprint.inputs.clone(),
@@ -204,26 +197,21 @@ pub fn wait_plan(args: &super::args::WaitArgs) -> Result<crate::wait::WaitPlan, 
                         .into(),
             });
         }
-        let mut extra = Vec::new();
-        let sql = match (&args.sql, &args.sql_inline) {
-            (Some(path), _) => Some((
-                format!("--sql {}", path.display()),
-                std::fs::read(path).map_err(|e| SettingsError::Usage {
-                    flag: "--sql",
-                    why: format!("cannot read {}: {e}", path.display()),
-                })?,
-            )),
-            (None, Some(text)) => Some(("--sql-inline".to_string(), text.clone().into_bytes())),
+        let text = match (&args.sql, &args.sql_inline) {
+            (Some(path), _) => Some(std::fs::read(path).map_err(|e| SettingsError::Usage {
+                flag: "--sql",
+                why: format!("cannot read {}: {e}", path.display()),
+            })?),
+            (None, Some(text)) => Some(text.clone().into_bytes()),
             (None, None) => None,
         };
-        let has_sql = sql.is_some();
-        extra.extend(sql);
-        if has_sql && let Some(target) = &args.sql_target {
-            extra.push((
-                "--sql-target".to_string(),
-                target_label(target).into_bytes(),
-            ));
-        }
+        // Read as `run` reads it (empty is none, checked), or the waiter would wait for a
+        // fingerprint no run computes.
+        let target = sql_target(args.sql_target.as_deref())?;
+        let extra = match text {
+            Some(text) => sql_sources(args.sql.as_deref(), text, target.as_deref()),
+            None => Vec::new(),
+        };
         Some(
             fingerprint::compute(&Sources {
                 argv: args.command.clone(),
@@ -242,6 +230,28 @@ pub fn wait_plan(args: &super::args::WaitArgs) -> Result<crate::wait::WaitPlan, 
     })
 }
 
+/// What an SQL task adds to its fingerprint, one function for `run` and `wait`: the SQL under
+/// the flag that gave it, and its target in the redacted form (rotating the target's password is
+/// not a change of the task).
+fn sql_sources(
+    file: Option<&std::path::Path>,
+    text: Vec<u8>,
+    target: Option<&str>,
+) -> Vec<(String, Vec<u8>)> {
+    let label = match file {
+        Some(path) => format!("--sql {}", path.display()),
+        None => "--sql-inline".to_string(),
+    };
+    let mut extra = vec![(label, text)];
+    if let Some(target) = target {
+        extra.push((
+            "--sql-target".to_string(),
+            target_label(target).into_bytes(),
+        ));
+    }
+    extra
+}
+
 /// The SQL task `--sql`/`--sql-inline`/`--sql-target` describe, if any.
 pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
     let sql = match (&args.sql, &args.sql_inline) {
@@ -251,7 +261,8 @@ pub fn sql_task(args: &RunArgs) -> Result<Option<SqlTask>, SettingsError> {
         })?,
         (None, Some(text)) => text.clone(),
         (None, None) => {
-            if args.sql_target.is_some() {
+            // Empty is none, as everywhere: a manifest may set the variable for every task.
+            if sql_target(args.sql_target.as_deref())?.is_some() {
                 return Err(SettingsError::Usage {
                     flag: "--sql-target",
                     why: "needs --sql FILE or --sql-inline SQL".into(),
