@@ -910,8 +910,11 @@ mod tests {
             assert!(first >= Duration::from_millis(500) && first <= b);
             let third = backoff(b, 3);
             assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
-            assert!(backoff(b, 40) <= MAX_BACKOFF);
+            let late = backoff(b, 40);
+            assert!(late >= MAX_BACKOFF / 2 && late <= MAX_BACKOFF, "{late:?}");
         }
+        // README: "at most 5 min".
+        assert_eq!(MAX_BACKOFF, Duration::from_secs(300));
     }
 
     #[test]

@@ -542,33 +542,50 @@ fn options_are_read_from_initguard_environment_and_flags_win() {
     assert_eq!(lines(&marker).len(), 2);
 }
 
+/// `--scope pod` runs once per `POD_UID` and `--scope node` once per `NODE_NAME`; without its
+/// variable (or with it empty) either is a configuration error, 78, that runs nothing.
 #[test]
-fn pod_scope_runs_once_per_pod_uid() {
-    let fx = FileFixture::new();
-    let work = tempfile::tempdir().unwrap();
-    let marker = work.path().join("ran");
-    let script = format!("echo $POD_UID >> {}", marker.display());
-    for uid in ["uid-a", "uid-a", "uid-b"] {
-        let out = cmd(&fx, work.path())
-            .env("POD_UID", uid)
-            .args([
-                "run", "--key", "per-pod", "--scope", "pod", "--", "sh", "-c", &script,
+fn pod_and_node_scopes_run_once_per_pod_uid_and_per_node_name() {
+    for (scope, var) in [("pod", "POD_UID"), ("node", "NODE_NAME")] {
+        let fx = FileFixture::new();
+        let work = tempfile::tempdir().unwrap();
+        let marker = work.path().join("ran");
+        let script = format!("echo ${var} >> {}", marker.display());
+        let run = |value: Option<&str>| {
+            let mut c = cmd(&fx, work.path());
+            if let Some(v) = value {
+                c.env(var, v);
+            }
+            c.args([
+                "run", "--key", "per", "--scope", scope, "--", "sh", "-c", &script,
             ])
             .output()
-            .unwrap();
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+            .unwrap()
+        };
+        for value in ["a-1", "a-1", "b-2", "a-1"] {
+            let out = run(Some(value));
+            assert_eq!(code(&out), 0, "{scope} {value}: {}", stderr(&out));
+        }
+        assert_eq!(
+            lines(&marker),
+            vec!["a-1", "b-2"],
+            "{scope}: once per {var}"
+        );
+        for value in [None, Some(""), Some("  ")] {
+            let out = run(value);
+            assert_eq!(
+                code(&out),
+                78,
+                "{scope} scope with {var}={value:?} is a configuration error"
+            );
+            assert!(one_line_error(&out).contains(var), "{}", stderr(&out));
+        }
+        assert_eq!(
+            lines(&marker).len(),
+            2,
+            "{scope}: nothing ran without {var}"
+        );
     }
-    assert_eq!(lines(&marker), vec!["uid-a", "uid-b"]);
-    let out = cmd(&fx, work.path())
-        .args(["run", "--key", "per-pod", "--scope", "pod", "--", "true"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        code(&out),
-        78,
-        "pod scope without POD_UID is a configuration error"
-    );
-    assert!(one_line_error(&out).contains("POD_UID"));
 }
 
 #[test]
@@ -1103,4 +1120,62 @@ fn wait_with_the_runs_fingerprint_options_finds_only_that_success() {
         done,
         "the waiters wrote nothing"
     );
+}
+
+/// Lists in variables are comma-separated: `INITGUARD_INPUT=a,b` and `INITGUARD_INPUT_ENV=X,Y`
+/// are the same fingerprint as the flags given twice, and as `--input a,b` (a comma splits on
+/// the command line too); a flag replaces its variable instead of adding to it.
+#[test]
+fn comma_separated_list_variables_are_the_repeated_flags() {
+    let work = tempfile::tempdir().unwrap();
+    for (name, content) in [("a", "1"), ("b", "2")] {
+        fs::write(work.path().join(name), content).unwrap();
+    }
+    let fingerprint = |vars: &[(&str, &str)], flags: &[&str]| {
+        let mut c = cmd(&FileFixture::new(), work.path());
+        c.env_remove("INITGUARD_INPUT")
+            .env_remove("INITGUARD_INPUT_ENV")
+            .env("X", "x")
+            .env("Y", "y");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = c
+            .args(["run", "--key", "lists"])
+            .args(flags)
+            .args(["--print-fingerprint", "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().last().unwrap_or_default().to_string()
+    };
+    let flags = fingerprint(
+        &[],
+        &[
+            "--input",
+            "a",
+            "--input",
+            "b",
+            "--input-env",
+            "X",
+            "--input-env",
+            "Y",
+        ],
+    );
+    assert!(flags.starts_with("fingerprint sha256:"), "{flags}");
+    let vars = fingerprint(
+        &[("INITGUARD_INPUT", "a,b"), ("INITGUARD_INPUT_ENV", "X,Y")],
+        &[],
+    );
+    assert_eq!(vars, flags);
+    let commas = fingerprint(&[], &["--input", "a,b", "--input-env", "X,Y"]);
+    assert_eq!(commas, flags);
+    let only_a = fingerprint(&[], &["--input", "a", "--input-env", "X,Y"]);
+    assert_ne!(only_a, flags);
+    let flag_wins = fingerprint(
+        &[("INITGUARD_INPUT", "b")],
+        &["--input", "a", "--input-env", "X,Y"],
+    );
+    assert_eq!(flag_wins, only_a, "the flag replaces the variable");
 }

@@ -229,3 +229,76 @@ fn store_options_where_no_store_is_used_are_a_one_line_usage_error() {
         assert!(out.status.success(), "{out:?}");
     }
 }
+
+/// Each option's `[default: …]` in a help text, by flag.
+fn help_defaults(help: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut flag = None;
+    for line in help.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(f) = words
+            .iter()
+            .find(|w| w.starts_with("--"))
+            .filter(|_| words.first().is_some_and(|w| w.starts_with('-')))
+        {
+            flag = Some(f.trim_end_matches(',').to_string());
+        }
+        if let (Some(f), Some(at)) = (&flag, line.find("[default: ")) {
+            let rest = &line[at + "[default: ".len()..];
+            if let Some(end) = rest.find(']') {
+                out.insert(f.clone(), rest[..end].to_string());
+            }
+        }
+    }
+    out
+}
+
+/// README's option table states the defaults `run --help` shows (the values the parser
+/// applies), and `reset`'s own `--wait-timeout` default: a changed default cannot leave the
+/// table behind.
+#[test]
+fn the_readme_option_table_states_the_defaults_help_shows() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let shown = help_defaults(&help(&["run"]));
+    let mut compared = Vec::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let (flags, defaults) = (cells[0].trim_start_matches("| "), cells[1]);
+        let flags: Vec<&str> = flags.split(" / ").collect();
+        let defaults: Vec<&str> = defaults.split(" / ").collect();
+        for (i, f) in flags.iter().enumerate() {
+            let name = f.trim_matches('`').split_whitespace().next().unwrap_or("");
+            let Some(expected) = shown.get(name) else {
+                continue;
+            };
+            let stated = defaults.get(i).copied().unwrap_or(defaults[0]);
+            assert!(
+                stated.starts_with(&format!("`{expected}`")),
+                "README says {name} defaults to {stated}, run --help says {expected}"
+            );
+            compared.push(name.to_string());
+        }
+    }
+    for flag in [
+        "--scope",
+        "--lock-ttl",
+        "--wait-timeout",
+        "--retries",
+        "--backoff",
+        "--grace",
+    ] {
+        assert!(
+            compared.contains(&flag.to_string()),
+            "{flag} not in README's table: {compared:?}"
+        );
+    }
+    let reset = help_defaults(&help(&["reset"]));
+    let expected = reset
+        .get("--wait-timeout")
+        .expect("reset has a --wait-timeout default");
+    assert!(
+        readme.contains(&format!("The same for `reset` (default `{expected}`)")),
+        "reset --help says --wait-timeout defaults to {expected}"
+    );
+}

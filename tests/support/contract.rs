@@ -790,7 +790,7 @@ pub fn release_leaves_a_live_holders_lease_alone(fx: &dyn StoreFixture) {
 /// A store holding 10 keys, each with a global, a pod-scoped and a node-scoped record (on pods and
 /// nodes of its own): `reset` of one key resets exactly its 3 records, once each, and leaves every
 /// other stored object byte for byte as it was, creating nothing (no lock, row or Lease of the
-/// key for another key's pod or node).
+/// key for another key's pod or node). `reset` of a key that never ran changes nothing at all.
 pub fn reset_changes_only_the_keys_own_records(fx: &dyn StoreFixture) {
     let work = tempfile::tempdir().unwrap();
     let base = unique_key("contract/reset");
@@ -875,4 +875,14 @@ pub fn reset_changes_only_the_keys_own_records(fx: &dyn StoreFixture) {
         "{target} ran again, {} skipped",
         keys[4]
     );
+    // A key that never ran: reset says so and creates nothing (no record, lock, row or Lease).
+    let before = fx.stored();
+    let never = format!("{base}-never");
+    let out = cmd(fx, work.path())
+        .args(["reset", &never])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing to reset"), "{}", stderr(&out));
+    assert_eq!(fx.stored(), before, "reset of {never} changed the store");
 }
