@@ -1179,3 +1179,122 @@ fn comma_separated_list_variables_are_the_repeated_flags() {
     );
     assert_eq!(flag_wins, only_a, "the flag replaces the variable");
 }
+
+/// The file store's lock belongs to the live process: a paused (SIGSTOP) holder keeps it past
+/// any `--lock-ttl`, the waiter runs nothing and exits 75 at its `--wait-timeout`, and the holder,
+/// woken, finishes its run (exit 0): one execution.
+#[test]
+fn a_paused_holder_keeps_the_file_lock_and_waiters_time_out() {
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let started = work.path().join("started");
+    let go = work.path().join("go");
+    let holder = spawn_started(
+        &fx,
+        work.path(),
+        "paused",
+        &["--lock-ttl", "1s"],
+        &started,
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo holder >> {}",
+            go.display(),
+            marker.display()
+        ),
+    );
+    signal(&holder, nix::sys::signal::Signal::SIGSTOP);
+    let out = run_task(
+        &fx,
+        work.path(),
+        "paused",
+        &["--lock-ttl", "1s", "--wait-timeout", "3s"],
+        &format!("echo waiter >> {}", marker.display()),
+    );
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(
+        one_line_error(&out).contains("gave up waiting"),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(&go, "").unwrap();
+    signal(&holder, nix::sys::signal::Signal::SIGCONT);
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "the woken holder finishes: {}", stderr(&out));
+    assert_eq!(lines(&marker), vec!["holder"]);
+    assert_eq!(record(&fx, work.path(), "paused")["state"], "succeeded");
+}
+
+/// While waiting for the lease behind a live holder, SIGTERM, SIGINT, SIGHUP and SIGQUIT end a
+/// waiting `run` (and a `wait`) at once with 128+N and one line saying so; they run nothing, and
+/// the holder's run goes on to succeed.
+#[test]
+fn a_signal_ends_a_waiter_behind_a_live_holder() {
+    use nix::sys::signal::Signal;
+    let fx = FileFixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("ran");
+    let started = work.path().join("started");
+    let go = work.path().join("go");
+    let holder = spawn_started(
+        &fx,
+        work.path(),
+        "held",
+        &[],
+        &started,
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
+    );
+    let script = format!("echo waiter >> {}", marker.display());
+    let mut waiters = Vec::new();
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let run = spawn_task(
+            &fx,
+            work.path(),
+            "held",
+            &["--wait-timeout", "60s"],
+            &script,
+        );
+        let wait = cmd(&fx, work.path())
+            .args(["wait", "--key", "held", "--any", "--wait-timeout", "60s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        waiters.push((sig, "run", run));
+        waiters.push((sig, "wait", wait));
+    }
+    // Both kinds have logged that they wait for the holder.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    for (sig, _, child) in &waiters {
+        signal(child, *sig);
+    }
+    for (sig, what, child) in waiters {
+        let out = child.wait_with_output().unwrap();
+        eprintln!(
+            "{what} exited {} {} ms after {sig}",
+            code(&out),
+            sent.elapsed().as_millis()
+        );
+        assert_eq!(
+            code(&out),
+            128 + sig as i32,
+            "{what} {sig}: {}",
+            stderr(&out)
+        );
+        assert!(
+            one_line_error(&out).contains(&format!("stopped by signal {}", sig as i32)),
+            "{what} {sig}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!marker.exists(), "a waiter ran the command");
+    fs::write(&go, "").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(record(&fx, work.path(), "held")["state"], "succeeded");
+}

@@ -1787,3 +1787,106 @@ fn wait_computes_an_sql_tasks_fingerprint_as_run_does() {
     assert_eq!(effects(&pg, pg::APP_DB, "effect", "w"), 1);
     assert_eq!(effects(&pg, pg::TARGET_DB, "effect", "w"), 1);
 }
+
+/// Outside Kubernetes (no `POD_UID`) a lease belongs to its host: `release` on another host (a
+/// UTS namespace with another host name) frees nothing, on the holder's host it frees a killed
+/// holder's lease before its TTL, and a waiter runs. A holder with a `POD_UID` is not freed by a
+/// `release` without one on the same host.
+#[test]
+fn release_without_pod_uid_frees_only_a_dead_holder_of_this_host() {
+    let root = nix::unistd::geteuid().is_root();
+    let unshare = Path::new("/usr/bin/unshare").exists();
+    if !support::require("root and unshare (another host name)", root && unshare) {
+        return;
+    }
+    let Some(pg) = Pg::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let started = work.path().join("started");
+    let release = |key: &str, host: Option<&str>| {
+        let mut c = match host {
+            Some(host) => {
+                let mut c = Command::new("/usr/bin/unshare");
+                c.args(["-u", "/bin/sh", "-c"])
+                    .arg(format!("hostname {host} && exec {} release {key}", bin()));
+                c
+            }
+            None => {
+                let mut c = Command::new(bin());
+                c.args(["release", key]);
+                c
+            }
+        };
+        c.current_dir(work.path())
+            .env("INITGUARD_STORE", pg.url())
+            .env("INITGUARD_LOG", "info")
+            .env_remove("POD_UID")
+            .env_remove("POD_NAME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for (key, holder_uid) in [("rel/host", None), ("rel/pod", Some("uid-web-0"))] {
+        let _ = std::fs::remove_file(&started);
+        let mut holder = ig(&pg.url(), work.path());
+        if let Some(uid) = holder_uid {
+            holder.env("POD_UID", uid).env("POD_NAME", "web-0");
+        }
+        let mut holder = holder
+            .args(["run", "--key", key, "--lock-ttl", "12s", "--"])
+            .args([
+                "sh",
+                "-c",
+                &format!("touch {}; sleep 60", started.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the holder to start", Duration::from_secs(20), || {
+            started.exists()
+        });
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let killed = Instant::now();
+        let out = release(key, Some("elsewhere"));
+        assert_eq!(code(&out), 0, "{key}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing released"),
+            "{key} from another host: {}",
+            stderr(&out)
+        );
+        let out = release(key, None);
+        assert_eq!(code(&out), 0, "{key}: {}", stderr(&out));
+        if holder_uid.is_some() {
+            assert!(
+                stderr(&out).contains("nothing released"),
+                "{key}: a Pod's lease is not this host's: {}",
+                stderr(&out)
+            );
+            continue;
+        }
+        assert!(
+            stderr(&out).contains("released the lease"),
+            "{key}: {}",
+            stderr(&out)
+        );
+        let ran = work.path().join("ran");
+        let out = run_task(
+            &pg.url(),
+            work.path(),
+            key,
+            &["--lock-ttl", "12s", "--wait-timeout", "0"],
+            &format!("echo ran >> {}", ran.display()),
+        )
+        .output()
+        .unwrap();
+        assert_eq!(
+            code(&out),
+            0,
+            "free at once after the release: {}",
+            stderr(&out)
+        );
+        assert!(killed.elapsed() < Duration::from_secs(12), "before the TTL");
+        assert_eq!(count_lines(&ran), 1);
+    }
+}

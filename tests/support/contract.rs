@@ -883,6 +883,10 @@ pub fn reset_changes_only_the_keys_own_records(fx: &dyn StoreFixture) {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("nothing to reset"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to reset"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(fx.stored(), before, "reset of {never} changed the store");
 }
