@@ -1680,3 +1680,152 @@ fn kube_waiters_survive_broken_and_expired_watches() {
         assert!(outs.iter().all(|o| code(o) == 0));
     }
 }
+
+/// `--kube-context NAME` (or `INITGUARD_KUBE_CONTEXT`) picks a context that is not the
+/// kubeconfig's current one: the current context points at a server that refuses connections
+/// (69 without the option), the named one at the API double, which gets the Lease. A context the
+/// kubeconfig does not have is a one-line configuration error naming it, and nothing runs.
+#[test]
+fn kube_context_selects_a_context_other_than_the_current_one() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let kubeconfig = work.path().join("two-contexts");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: {}\n\
+             - name: gone\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n\
+             - name: double\n  context:\n    cluster: double\n    user: u\n    namespace: {NS}\n\
+             - name: gone\n  context:\n    cluster: gone\n    user: u\n\
+             current-context: gone\nusers:\n- name: u\n  user:\n    token: not-a-secret\n",
+            fx.api().url()
+        ),
+    )
+    .unwrap();
+    let marker = work.path().join("ran");
+    let script = format!("echo ran >> {}", marker.display());
+    let run = |key: &str, flag: Option<&str>, var: Option<&str>| {
+        let mut c = cmd(&fx, work.path());
+        c.env("KUBECONFIG", &kubeconfig)
+            .env_remove("INITGUARD_KUBE_CONTEXT")
+            .env("INITGUARD_STORE", "kubernetes:");
+        if let Some(f) = flag {
+            c.args(["--kube-context", f]);
+        }
+        if let Some(v) = var {
+            c.env("INITGUARD_KUBE_CONTEXT", v);
+        }
+        c.args(["run", "--key", key, "--", "sh", "-c", &script])
+            .output()
+            .unwrap()
+    };
+    let out = run("kube/ctx-current", None, None);
+    assert_eq!(
+        code(&out),
+        69,
+        "the current context's server: {}",
+        stderr(&out)
+    );
+    let out = run("kube/ctx-flag", Some("double"), None);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        fx.lease("kube/ctx-flag").is_some(),
+        "the Lease is in the named context's cluster"
+    );
+    let out = run("kube/ctx-var", None, Some("double"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(fx.lease("kube/ctx-var").is_some());
+    let out = run("kube/ctx-flag-wins", Some("double"), Some("gone"));
+    assert_eq!(
+        code(&out),
+        0,
+        "the flag wins over the variable: {}",
+        stderr(&out)
+    );
+    let out = run("kube/ctx-unknown", Some("nosuch"), None);
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert!(last_line(&out).contains("nosuch"), "{}", stderr(&out));
+    assert_eq!(lines(&marker).len(), 3, "one run per context that answered");
+}
+
+/// A holder killed mid-run: the next run reports `InitguardInterruptedPredecessor`, a Warning
+/// from initguard.io/initguard as README's field selector lists it, and with
+/// `--on-interrupted fail` exits 75 without running. Dropping the record annotation (README's
+/// advice for a corrupt one, `kubectl annotate lease NAME initguard.io/record-`) makes the task
+/// run again.
+#[test]
+fn kube_interrupted_predecessor_event_and_a_dropped_record_runs_again() {
+    let fx = KubeFixture::double();
+    let work = tempfile::tempdir().unwrap();
+    let key = unique_key("kube/interrupted");
+    let started = work.path().join("started");
+    let marker = work.path().join("ran");
+    let in_pod = |c: &mut std::process::Command| {
+        c.env("POD_NAME", "web-0")
+            .env("POD_UID", "uid-web-0")
+            .env("POD_NAMESPACE", NS);
+    };
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &["--lock-ttl", "2s"],
+        &format!("touch {}; sleep 60", started.display()),
+    );
+    in_pod(&mut c);
+    let mut holder = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let script = format!("echo ran >> {}", marker.display());
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &[
+            "--lock-ttl",
+            "2s",
+            "--on-interrupted",
+            "fail",
+            "--wait-timeout",
+            "60s",
+        ],
+        &script,
+    );
+    in_pod(&mut c);
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 75, "{}", stderr(&out));
+    assert!(!marker.exists(), "--on-interrupted fail runs nothing");
+    let warnings: Vec<String> = fx
+        .api()
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["reportingComponent"] == "initguard.io/initguard")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(warnings, vec!["InitguardInterruptedPredecessor"]);
+    // The operator's way out without initguard: drop the record.
+    fx.edit_lease(&key, |l| {
+        l.metadata.annotations.as_mut().map(|a| a.remove(RECORD));
+    });
+    let mut c = task_cmd(
+        &fx,
+        work.path(),
+        &key,
+        &["--on-interrupted", "fail"],
+        &script,
+    );
+    in_pod(&mut c);
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&marker), vec!["ran"]);
+    let out = run_task(&fx, work.path(), &key, &[], &script);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lines(&marker).len(), 1, "then it skips");
+}
