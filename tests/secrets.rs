@@ -287,3 +287,41 @@ fn a_password_in_a_working_postgres_url_appears_in_no_log_record_status_or_child
         assert!(!rows.contains(pw), "{rows}");
     }
 }
+
+/// Every store credential variable README's `--pass-store-env` row names (the ZooKeeper digest
+/// and the etcd user and TLS files too, whatever the store in use) is removed from the command's
+/// environment, and passed with `--pass-store-env`.
+#[test]
+fn every_store_credential_variable_is_removed_unless_passed() {
+    let vars = [
+        ("INITGUARD_ZK_AUTH", format!("app:{PW}")),
+        ("INITGUARD_ZK_AUTH_FILE", format!("/run/{PW}-zk")),
+        ("INITGUARD_ETCD_USER", format!("app:{PW}")),
+        ("INITGUARD_ETCD_CA_FILE", "/run/etcd/ca.pem".to_string()),
+        ("INITGUARD_ETCD_CERT_FILE", "/run/etcd/cert.pem".to_string()),
+        ("INITGUARD_ETCD_KEY_FILE", "/run/etcd/key.pem".to_string()),
+    ];
+    for pass in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = ig(tmp.path());
+        c.env("INITGUARD_STORE", "file:state")
+            .args(["run", "--key", "app/creds"]);
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+        if pass {
+            c.arg("--pass-store-env");
+        }
+        let o = c.args(["--", "env"]).output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let env = String::from_utf8_lossy(&o.stdout);
+        for (k, v) in &vars {
+            assert_eq!(
+                env.lines().any(|l| l == format!("{k}={v}")),
+                pass,
+                "{k} in the command's environment (--pass-store-env {pass}):\n{env}"
+            );
+        }
+        assert_eq!(env.contains(PW), pass, "{env}");
+    }
+}

@@ -702,7 +702,12 @@ fn failing_clean_run_is_reported_as_a_failure_with_its_exit_code_not_as_non_idem
 #[test]
 fn setup_problems_are_one_line_errors() {
     let work = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], i32, &str); 5] = [
+    // Succeeds the first time only: the reset before the second scenario fails.
+    let once = format!(
+        "[ ! -e {0} ] && touch {0}",
+        work.path().join("once").display()
+    );
+    let cases: [(&[&str], i32, &str); 6] = [
         (
             &[],
             2,
@@ -727,6 +732,11 @@ fn setup_problems_are_one_line_errors() {
             &["--probe", "true", "--reset", "exit 5"],
             78,
             "--reset \"exit 5\" exited 5 before the clean run",
+        ),
+        (
+            &["--probe", "true", "--reset", &once],
+            78,
+            "exited 1 before the concurrent scenario",
         ),
     ];
     for (args, want, msg) in cases {
