@@ -253,52 +253,85 @@ fn help_defaults(help: &str) -> std::collections::HashMap<String, String> {
     out
 }
 
-/// README's option table states the defaults `run --help` shows (the values the parser
-/// applies), and `reset`'s own `--wait-timeout` default: a changed default cannot leave the
-/// table behind.
+/// README's option tables state the defaults `--help` shows (the values the parser applies):
+/// the first against `run`, the one under "Migrations" against `steps apply` (its row "as for
+/// `run`" too), and the `--wait-timeout` defaults of `reset` and `steps repair` README gives in
+/// words. A changed default cannot leave README behind.
 #[test]
-fn the_readme_option_table_states_the_defaults_help_shows() {
+fn the_readme_option_tables_state_the_defaults_help_shows() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let shown = help_defaults(&help(&["run"]));
+    let (options, steps) = readme
+        .split_once("## Migrations")
+        .expect("README has a Migrations section");
+    let run = help_defaults(&help(&["run"]));
+    let apply = help_defaults(&help(&["steps", "apply"]));
     let mut compared = Vec::new();
-    for row in readme.lines().filter(|l| l.starts_with("| `--")) {
-        let cells: Vec<&str> = row.split(" | ").collect();
-        let (flags, defaults) = (cells[0].trim_start_matches("| "), cells[1]);
-        let flags: Vec<&str> = flags.split(" / ").collect();
-        let defaults: Vec<&str> = defaults.split(" / ").collect();
-        for (i, f) in flags.iter().enumerate() {
-            let name = f.trim_matches('`').split_whitespace().next().unwrap_or("");
-            let Some(expected) = shown.get(name) else {
+    for (text, shown, of) in [(options, &run, "run"), (steps, &apply, "steps apply")] {
+        for row in text.lines().filter(|l| l.starts_with("| `--")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let flags: Vec<&str> = cells[0].trim_start_matches("| ").split(" / ").collect();
+            let defaults: Vec<&str> = cells[1].split(" / ").collect();
+            if cells[1].starts_with("as for `run`") {
+                for flag in cells[0].trim_start_matches("| ").split(", ") {
+                    let flag = flag.trim_matches('`');
+                    assert_eq!(
+                        shown.get(flag),
+                        run.get(flag),
+                        "{flag}: {of} and run differ"
+                    );
+                    assert!(
+                        shown.contains_key(flag),
+                        "{of} --help shows no default for {flag}"
+                    );
+                    compared.push(format!("{of} {flag}"));
+                }
                 continue;
-            };
-            let stated = defaults.get(i).copied().unwrap_or(defaults[0]);
-            assert!(
-                stated.starts_with(&format!("`{expected}`")),
-                "README says {name} defaults to {stated}, run --help says {expected}"
-            );
-            compared.push(name.to_string());
+            }
+            for (i, f) in flags.iter().enumerate() {
+                let name = f.trim_matches('`').split_whitespace().next().unwrap_or("");
+                let Some(expected) = shown.get(name) else {
+                    continue;
+                };
+                let stated = defaults.get(i).copied().unwrap_or(defaults[0]);
+                assert!(
+                    stated.starts_with(&format!("`{expected}`")),
+                    "README says {name} of {of} defaults to {stated}, --help says {expected}"
+                );
+                compared.push(format!("{of} {name}"));
+            }
         }
     }
     for flag in [
-        "--scope",
-        "--lock-ttl",
-        "--wait-timeout",
-        "--retries",
-        "--backoff",
-        "--grace",
+        "run --scope",
+        "run --lock-ttl",
+        "run --wait-timeout",
+        "run --retries",
+        "run --backoff",
+        "run --grace",
+        "steps apply --on-interrupted",
+        "steps apply --wait-timeout",
     ] {
         assert!(
             compared.contains(&flag.to_string()),
-            "{flag} not in README's table: {compared:?}"
+            "{flag} not in README's tables: {compared:?}"
         );
     }
-    let reset = help_defaults(&help(&["reset"]));
-    let expected = reset
-        .get("--wait-timeout")
-        .expect("reset has a --wait-timeout default");
-    assert!(
-        readme.contains(&format!("The same for `reset` (default `{expected}`)")),
-        "reset --help says --wait-timeout defaults to {expected}"
-    );
+    for (args, words) in [
+        (&["reset"][..], "The same for `reset` (default `{}`)"),
+        (
+            &["steps", "repair"][..],
+            "`steps repair`'s `--wait-timeout`: `{}`",
+        ),
+    ] {
+        let shown = help_defaults(&help(args));
+        let expected = shown
+            .get("--wait-timeout")
+            .expect("a --wait-timeout default");
+        let sentence = words.replace("{}", expected);
+        assert!(
+            readme.contains(&sentence),
+            "{args:?} --help says --wait-timeout defaults to {expected}"
+        );
+    }
 }
