@@ -1008,6 +1008,17 @@ fn kube_events_carry_microsecond_event_times_in_the_order_they_happened() {
     assert_ne!(times[0], times[2], "{times:?}");
 }
 
+/// The reasons of the Warning events from initguard.io/initguard, as README's field selector
+/// lists them, oldest first.
+fn initguard_warnings(fx: &KubeFixture) -> Vec<String> {
+    fx.api()
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["reportingComponent"] == "initguard.io/initguard")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The run that gives up reports `InitguardGaveUp`, not `InitguardFailed`: both are Warnings from
 /// reportingComponent initguard.io/initguard, which is what README's field selector lists.
 #[test]
@@ -1022,13 +1033,7 @@ fn kube_final_failure_is_a_warning_event_initguard_gave_up() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    let warnings: Vec<String> = fx
-        .api()
-        .events()
-        .iter()
-        .filter(|e| e["type"] == "Warning" && e["reportingComponent"] == "initguard.io/initguard")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let warnings = initguard_warnings(&fx);
     assert_eq!(warnings, vec!["InitguardGaveUp"]);
 }
 
@@ -1802,13 +1807,7 @@ fn kube_interrupted_predecessor_event_and_a_dropped_record_runs_again() {
     let out = c.output().unwrap();
     assert_eq!(code(&out), 75, "{}", stderr(&out));
     assert!(!marker.exists(), "--on-interrupted fail runs nothing");
-    let warnings: Vec<String> = fx
-        .api()
-        .events()
-        .iter()
-        .filter(|e| e["type"] == "Warning" && e["reportingComponent"] == "initguard.io/initguard")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let warnings = initguard_warnings(&fx);
     assert_eq!(warnings, vec!["InitguardInterruptedPredecessor"]);
     // The operator's way out without initguard: drop the record.
     fx.edit_lease(&key, |l| {
