@@ -450,6 +450,7 @@ fn thousand_steps_apply_reapply_skips_without_the_target_and_validation_guards_t
     assert_eq!(tokens.len(), 1, "one applier, one token: {tokens:?}");
 
     let t = Instant::now();
+    let before = proxy.connections();
     let again = {
         let _hole = proxy.blackholed();
         fx.run(
@@ -458,6 +459,11 @@ fn thousand_steps_apply_reapply_skips_without_the_target_and_validation_guards_t
         )
     };
     assert_ok(&again, "re-apply with the target black-holed");
+    assert_eq!(
+        proxy.connections(),
+        before,
+        "the skip opened no connection to the target"
+    );
     assert!(
         again.stderr.contains("skip"),
         "the re-apply says it skipped: {}",

@@ -588,3 +588,55 @@ fn an_unreachable_target_exits_69_without_showing_its_password() {
     );
     assert!(!stderr(&out).contains("s3cr3t"), "{}", stderr(&out));
 }
+
+/// `--grace`, `--tail-bytes` and `--history` of `steps apply` mean what they mean for `run`: a
+/// script step that ignores SIGTERM is killed `--grace` after it (1 s here, not the default 10 s),
+/// `--tail-bytes 0` keeps no output in the record, and `--history 1` keeps one past run.
+#[test]
+fn script_steps_take_grace_tail_bytes_and_history_as_run_does() {
+    let fx = Fx::new();
+    fx.script(
+        "V1__stubborn.sh",
+        "trap '' TERM\n[ -e \"$LOG.slow\" ] || { echo said-something; exit 0; }\nsleep 60",
+    );
+    fs::write(fx.log.with_extension("slow"), "").unwrap();
+    let child = fx.spawn(&["--grace", "1s"]);
+    wait_for("the step to start", Duration::from_secs(20), || {
+        fx.log().len() == 1
+    });
+    let sent = std::time::Instant::now();
+    support::signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (out, took) = support::exit_within("the applier", child, sent, Duration::from_secs(30));
+    assert_eq!(code(&out), 143, "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(5),
+        "killed about 1 s after SIGTERM, not after the default 10 s: {took:?}"
+    );
+    fs::remove_file(fx.log.with_extension("slow")).unwrap();
+    let out = fx.steps("apply", &["--tail-bytes", "0", "--history", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "said-something\n",
+        "the output still passes through"
+    );
+    let rec = fx.ig().args(["status", "--json"]).output().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&rec.stdout).unwrap();
+    assert_eq!(rec[0]["state"], "succeeded", "{rec}");
+    assert!(
+        rec[0]["tail"].as_str().unwrap_or_default().is_empty(),
+        "no tail kept: {rec}"
+    );
+    let hist = fx
+        .ig()
+        .args(["history", "steps-migrations", "--json"])
+        .output()
+        .unwrap();
+    let hist: serde_json::Value = serde_json::from_slice(&hist.stdout).unwrap();
+    assert_eq!(
+        hist[0]["history"].as_array().map(Vec::len),
+        Some(1),
+        "one past run kept of two (interrupted, succeeded): {hist}"
+    );
+    assert_eq!(hist[0]["history"][0]["state"], "succeeded", "{hist}");
+}

@@ -510,6 +510,34 @@ async fn a_steps_duration_is_the_one_measured_and_is_written_when_the_run_ends()
     assert!((200..3000).contains(&ms), "{ms}");
 }
 
+/// README: "Step commits do not wait for the disk" — a transactional step runs with
+/// `synchronous_commit` off, set for its own transaction only; the run's end commits
+/// synchronously (the durability half is the server-crash test's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_commits_without_waiting_for_the_disk() {
+    let fx = fixture!();
+    let t = fx.target().await;
+    let info = run(1);
+    t.begin(SET, 1, &info.holder).await.unwrap();
+    let step = fx.step(
+        "V1__seen.sql",
+        "CREATE TABLE seen AS SELECT current_setting('synchronous_commit') AS v;",
+    );
+    let after = fx.step(
+        "V2__after.sql",
+        "INSERT INTO seen SELECT current_setting('synchronous_commit');",
+    );
+    t.apply(SET, &plan(&step), &info).await.unwrap();
+    t.apply(SET, &plan(&after), &info).await.unwrap();
+    t.finish(SET, 1).await.unwrap();
+    assert_eq!(fx.sql("SELECT string_agg(v, ',') FROM seen"), "off,off");
+    assert_eq!(
+        fx.sql("SHOW synchronous_commit"),
+        "on",
+        "the server's setting is left alone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lower_token_is_fenced_off_and_runs_nothing() {
     let fx = fixture!();

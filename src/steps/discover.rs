@@ -637,6 +637,11 @@ mod tests {
         );
         assert_eq!(fix("Vx_y.sql"), Fix::Rules);
         assert_eq!(fix("V_1.sql"), Fix::Rules);
+        // README's migration guide: validate suggests the name for sqlx's and dbmate's files.
+        match fix("20240101_add_users.sql") {
+            Fix::RenameTo(to) => assert!(to.starts_with("V20240101__add_users.sql "), "{to}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest::proptest! {
