@@ -1688,8 +1688,8 @@ fn more_contenders_than_connections_run_once_and_all_exit_0() {
 /// `wait` computes an SQL task's fingerprint as `run` does: the same `--sql-inline` waits for
 /// that success, with the target in its redacted form (another password is the same target), an
 /// empty `INITGUARD_SQL_TARGET` read as none by both (a manifest may set it for every task), and
-/// another target is another success. A target that is no URL is refused at once (2), as `run`
-/// refuses it.
+/// another target or SQL text is another success. A target that is no URL is refused at once
+/// (2), as `run` refuses it.
 #[test]
 fn wait_computes_an_sql_tasks_fingerprint_as_run_does() {
     let Some(pg) = Pg::start() else { return };
@@ -1732,6 +1732,12 @@ fn wait_computes_an_sql_tasks_fingerprint_as_run_does() {
     );
     let out = wait(Some(&pg.url_for(pg::TARGET_DB)), "1s");
     assert_eq!(code(&out), 75, "another target: {}", stderr(&out));
+    let out = ig(&pg.url(), work.path())
+        .args(["wait", "--key", "wsql", "--wait-timeout", "1s"])
+        .args(["--sql-inline", "INSERT INTO effect VALUES ('v')"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 75, "another SQL text: {}", stderr(&out));
 
     let target = pg.url_for(pg::TARGET_DB);
     let out = ig(&pg.url(), work.path())
