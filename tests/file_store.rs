@@ -1180,6 +1180,24 @@ fn comma_separated_list_variables_are_the_repeated_flags() {
     assert_eq!(flag_wins, only_a, "the flag replaces the variable");
 }
 
+/// A holder of `key` whose command has started and waits for the file `go` (returned with it)
+/// to exist, then runs `then`.
+fn gated_holder(
+    fx: &FileFixture,
+    work: &Path,
+    key: &str,
+    extra: &[&str],
+    then: &str,
+) -> (std::process::Child, PathBuf) {
+    let go = work.join("go");
+    let rest = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; {then}",
+        go.display()
+    );
+    let holder = spawn_started(fx, work, key, extra, &work.join("started"), &rest);
+    (holder, go)
+}
+
 /// The file store's lock belongs to the live process: a paused (SIGSTOP) holder keeps it past
 /// any `--lock-ttl`, the waiter runs nothing and exits 75 at its `--wait-timeout`, and the holder,
 /// woken, finishes its run (exit 0): one execution.
@@ -1188,19 +1206,12 @@ fn a_paused_holder_keeps_the_file_lock_and_waiters_time_out() {
     let fx = FileFixture::new();
     let work = tempfile::tempdir().unwrap();
     let marker = work.path().join("ran");
-    let started = work.path().join("started");
-    let go = work.path().join("go");
-    let holder = spawn_started(
+    let (holder, go) = gated_holder(
         &fx,
         work.path(),
         "paused",
         &["--lock-ttl", "1s"],
-        &started,
-        &format!(
-            "while [ ! -e {} ]; do sleep 0.05; done; echo holder >> {}",
-            go.display(),
-            marker.display()
-        ),
+        &format!("echo holder >> {}", marker.display()),
     );
     signal(&holder, nix::sys::signal::Signal::SIGSTOP);
     let out = run_task(
@@ -1233,16 +1244,7 @@ fn a_signal_ends_a_waiter_behind_a_live_holder() {
     let fx = FileFixture::new();
     let work = tempfile::tempdir().unwrap();
     let marker = work.path().join("ran");
-    let started = work.path().join("started");
-    let go = work.path().join("go");
-    let holder = spawn_started(
-        &fx,
-        work.path(),
-        "held",
-        &[],
-        &started,
-        &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()),
-    );
+    let (holder, go) = gated_holder(&fx, work.path(), "held", &[], "true");
     let script = format!("echo waiter >> {}", marker.display());
     let mut waiters = Vec::new();
     for sig in [

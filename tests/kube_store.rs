@@ -1778,16 +1778,7 @@ fn kube_interrupted_predecessor_event_and_a_dropped_record_runs_again() {
         &format!("touch {}; sleep 60", started.display()),
     );
     in_pod(&mut c);
-    let mut holder = c
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the holder to start", Duration::from_secs(20), || {
-        started.exists()
-    });
-    let _ = holder.kill();
-    let _ = holder.wait();
+    kill_once_started(c, &started);
     let script = format!("echo ran >> {}", marker.display());
     let mut c = task_cmd(
         &fx,

@@ -1837,22 +1837,14 @@ fn release_without_pod_uid_frees_only_a_dead_holder_of_this_host() {
         if let Some(uid) = holder_uid {
             holder.env("POD_UID", uid).env("POD_NAME", "web-0");
         }
-        let mut holder = holder
+        holder
             .args(["run", "--key", key, "--lock-ttl", "12s", "--"])
             .args([
                 "sh",
                 "-c",
                 &format!("touch {}; sleep 60", started.display()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for("the holder to start", Duration::from_secs(20), || {
-            started.exists()
-        });
-        let _ = holder.kill();
-        let _ = holder.wait();
+            ]);
+        support::kill_once_started(holder, &started);
         let killed = Instant::now();
         let out = release(key, Some("elsewhere"));
         assert_eq!(code(&out), 0, "{key}: {}", stderr(&out));

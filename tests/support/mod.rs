@@ -162,6 +162,21 @@ pub fn spawn_task(
         .expect("spawn initguard")
 }
 
+/// Spawn `holder` (an initguard whose command touches `started` first), wait until its command
+/// has started, then kill it (SIGKILL: no chance to give its lease up or record anything).
+pub fn kill_once_started(mut holder: Command, started: &Path) {
+    let mut child = holder
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn initguard");
+    wait_for("the holder to start", Duration::from_secs(20), || {
+        started.exists()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `spawn_task` of `touch STARTED; REST`, returned once STARTED exists: the command is running,
 /// under the lease.
 pub fn spawn_started(
